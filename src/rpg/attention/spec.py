@@ -1,0 +1,99 @@
+"""What the regional attention processor needs to know, independent of any model.
+
+:class:`RegionalConditioning` says where every prompt's tokens sit in the packed embeddings the
+pipeline receives; :class:`RegionalLayout` says where every region sits on the canvas. A backbone
+builds the first by encoding prompts, :meth:`RegionalLayout.from_plan` builds the second, and the
+processor combines them at every latent resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from rpg.models import RegionPlan
+
+Span = tuple[int, int]
+"""A half-open token range ``[start, end)`` along the sequence axis of packed embeddings."""
+
+
+@dataclass(frozen=True)
+class RegionalConditioning:
+    """Packed prompt embeddings ``[base | region 0 | region 1 | ...]`` and their token spans.
+
+    ``negative_prompt_embeds`` has the same token length as ``prompt_embeds`` because diffusers
+    concatenates the two along the batch axis for classifier-free guidance. When every region
+    shares one negative prompt, ``negative_region_spans`` is ``None`` and the unconditional half
+    attends to ``negative_span`` only (plain attention, as in the stock pipeline); the rest of
+    the negative tensor is padding that no query reads.
+    """
+
+    prompt_embeds: torch.Tensor
+    region_spans: tuple[Span, ...]
+    base_span: Span | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    negative_span: Span | None = None
+    negative_region_spans: tuple[Span, ...] | None = None
+    negative_base_span: Span | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        total = self.prompt_embeds.shape[1]
+        for span in (*self.region_spans, *([self.base_span] if self.base_span else [])):
+            if not 0 <= span[0] < span[1] <= total:
+                raise ValueError(f"token span {span} is outside the {total} packed tokens")
+        neg = self.negative_prompt_embeds
+        if neg is not None and neg.shape[1] != total:
+            raise ValueError(
+                f"negative embeddings have {neg.shape[1]} tokens but prompt embeddings have "
+                f"{total}; pack them to the same length"
+            )
+        if self.negative_region_spans is not None and len(self.negative_region_spans) != len(
+            self.region_spans
+        ):
+            raise ValueError("negative_region_spans must have one span per region")
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_spans)
+
+
+@dataclass(frozen=True)
+class RegionalLayout:
+    """Where the regions are: split rows, the effective base weight per region, the image size."""
+
+    rows: tuple[tuple[float, tuple[float, ...]], ...]
+    base_weights: tuple[float, ...]
+    height: int
+    width: int
+    latent_factor: int = 8
+
+    def __post_init__(self) -> None:
+        n = sum(len(w) for _, w in self.rows)
+        if n != len(self.base_weights):
+            raise ValueError(f"layout has {n} regions but {len(self.base_weights)} base weights")
+        if self.height % self.latent_factor or self.width % self.latent_factor:
+            raise ValueError(
+                f"image size {self.width}x{self.height} must be a multiple of {self.latent_factor}"
+            )
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.base_weights)
+
+    @classmethod
+    def from_plan(cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8) -> (
+        RegionalLayout
+    ):
+        return cls(
+            rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),
+            base_weights=tuple(plan.base_weights()),
+            height=height,
+            width=width,
+            latent_factor=latent_factor,
+        )

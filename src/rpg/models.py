@@ -1,0 +1,338 @@
+"""Typed core of rpg: plans, recaptions, requests and results.
+
+The models are frozen pydantic v2 models. Their field descriptions are the reference
+documentation and end up in the JSON Schema that planners hand to language models, so they are
+written for both readers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rpg.errors import SplitRatioError
+from rpg.layout import format_split_ratio, parse_split_ratio, split_prompts
+
+__all__ = [
+    "DEFAULT_BASE_RATIO",
+    "Entity",
+    "GenerationRequest",
+    "GenerationResult",
+    "PlanResult",
+    "Recaption",
+    "Region",
+    "RegionPlan",
+    "Row",
+]
+
+#: Base-prompt weight used when a plan has a base prompt and names no ratio.
+DEFAULT_BASE_RATIO = 0.3
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def _non_blank(value: str, what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+class Entity(BaseModel):
+    """One key entity of a prompt and the attributes that belong to it."""
+
+    model_config = _FROZEN
+
+    name: str = Field(description="The entity, as a short noun phrase, e.g. 'girl' or 'red apple'.")
+    attributes: list[str] = Field(
+        default_factory=list,
+        description="Attributes that belong to this entity only, e.g. ['silver braid', 'blue dress'].",
+    )
+
+
+class Recaption(BaseModel):
+    """The planner's reading of the prompt: what it says, and who is in it."""
+
+    model_config = _FROZEN
+
+    original_prompt: str = Field(description="The user's prompt, unchanged.")
+    recaption: str = Field(
+        default="",
+        description="A richer rewrite of the whole prompt, keeping every entity and attribute.",
+    )
+    entities: list[Entity] = Field(
+        default_factory=list, description="The key entities of the prompt, with their attributes."
+    )
+
+
+class Region(BaseModel):
+    """One cell of the canvas and the sub-prompt that is drawn there."""
+
+    model_config = _FROZEN
+
+    prompt: str = Field(
+        description="The sub-prompt for this region: its entity with all of that entity's "
+        "attributes, plus the shared setting and style.",
+    )
+    width: float = Field(
+        default=1.0,
+        gt=0,
+        description="Relative width of the region within its row; widths in a row are normalised.",
+    )
+    negative_prompt: str | None = Field(
+        default=None,
+        description="A negative prompt for this region only; null uses the request's negative "
+        "prompt.",
+    )
+    base_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="How much of the base prompt is blended into this region (0 to 1); null uses "
+        "the plan's base_ratio.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        return _non_blank(v, "a region prompt")
+
+
+class Row(BaseModel):
+    """A horizontal band of the canvas, split left to right into regions."""
+
+    model_config = _FROZEN
+
+    height: float = Field(
+        default=1.0,
+        gt=0,
+        description="Relative height of the row; heights of all rows are normalised.",
+    )
+    regions: list[Region] = Field(
+        min_length=1, description="The regions of this row, from left to right."
+    )
+
+
+class RegionPlan(BaseModel):
+    """How the canvas is split: rows top to bottom, regions left to right, and a base prompt."""
+
+    model_config = _FROZEN
+
+    rows: list[Row] = Field(min_length=1, description="The rows of the canvas, from top to bottom.")
+    base_prompt: str | None = Field(
+        default=None,
+        description="A prompt for the whole image, blended into every region; use it when the "
+        "entities share a class or a scene. Null for none.",
+    )
+    base_ratio: float = Field(
+        default=DEFAULT_BASE_RATIO,
+        ge=0,
+        le=1,
+        description="Weight of the base prompt in each region (0 to 1); ignored without a base "
+        "prompt.",
+    )
+
+    @field_validator("base_prompt")
+    @classmethod
+    def _base_not_blank(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = v.strip()
+        return v or None
+
+    @property
+    def regions(self) -> list[Region]:
+        """All regions in reading order: rows top to bottom, regions left to right."""
+        return [region for row in self.rows for region in row.regions]
+
+    @property
+    def prompts(self) -> list[str]:
+        """The regional prompts in reading order."""
+        return [region.prompt for region in self.regions]
+
+    def base_weights(self) -> list[float]:
+        """The effective base weight of every region (0 for all when there is no base prompt)."""
+        if self.base_prompt is None:
+            return [0.0] * len(self.regions)
+        return [
+            self.base_ratio if r.base_weight is None else r.base_weight for r in self.regions
+        ]
+
+    def split_rows(self) -> list[tuple[float, list[float]]]:
+        """The plan's geometry as ``[(height, [width, ...]), ...]`` relative weights."""
+        return [(row.height, [r.width for r in row.regions]) for row in self.rows]
+
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        """Every region's box ``(x0, y0, x1, y1)`` as fractions of the canvas, in reading order."""
+        total_h = sum(row.height for row in self.rows)
+        boxes = []
+        y = 0.0
+        for row in self.rows:
+            y1 = y + row.height / total_h
+            total_w = sum(r.width for r in row.regions)
+            x = 0.0
+            for region in row.regions:
+                x1 = x + region.width / total_w
+                boxes.append((x, y, x1, y1))
+                x = x1
+            y = y1
+        return boxes
+
+    @classmethod
+    def from_split_ratio(
+        cls,
+        split_ratio: str,
+        prompts: str | Sequence[str],
+        *,
+        base_prompt: str | None = None,
+        base_ratio: float = DEFAULT_BASE_RATIO,
+        use_base: bool = False,
+    ) -> RegionPlan:
+        """Build a plan from the paper's split-ratio string and its prompts.
+
+        ``prompts`` is a list or one ``BREAK``-separated string. With ``use_base=True`` the first
+        prompt is the base prompt, as in the paper's format.
+        """
+        rows = parse_split_ratio(split_ratio)
+        items = split_prompts(prompts) if isinstance(prompts, str) else [p.strip() for p in prompts]
+        if use_base:
+            if base_prompt is not None:
+                raise SplitRatioError("give either base_prompt or use_base=True, not both")
+            if not items:
+                raise SplitRatioError("use_base=True needs the base prompt as the first prompt")
+            base_prompt, items = items[0], items[1:]
+        n_regions = sum(len(widths) for _, widths in rows)
+        if n_regions != len(items):
+            raise SplitRatioError(
+                f"split ratio {split_ratio!r} has {n_regions} region"
+                f"{'s' if n_regions != 1 else ''} but {len(items)} prompt"
+                f"{'s were' if len(items) != 1 else ' was'} given"
+            )
+        for i, p in enumerate(items):
+            if not p:
+                raise SplitRatioError(f"regional prompt {i + 1} of {len(items)} is empty")
+        it = iter(items)
+        return cls(
+            rows=[
+                Row(height=h, regions=[Region(prompt=next(it), width=w) for w in widths])
+                for h, widths in rows
+            ],
+            base_prompt=base_prompt,
+            base_ratio=base_ratio,
+        )
+
+    def to_split_ratio(self) -> str:
+        """The plan's geometry in the split-ratio grammar (prompts are not part of it)."""
+        return format_split_ratio(self.split_rows())
+
+    def to_prompt_text(self, *, include_base: bool = True) -> str:
+        """The prompts joined by ``BREAK``, base prompt first when there is one."""
+        items = self.prompts
+        if include_base and self.base_prompt is not None:
+            items = [self.base_prompt, *items]
+        return " BREAK ".join(items)
+
+    def with_base_ratio(self, base_ratio: float) -> RegionPlan:
+        """A copy of the plan with another base ratio (validated)."""
+        return RegionPlan.model_validate({**self.model_dump(), "base_ratio": base_ratio})
+
+    @classmethod
+    def single(cls, prompt: str) -> RegionPlan:
+        """A plan of one full-canvas region and no base prompt."""
+        return cls(rows=[Row(regions=[Region(prompt=prompt)])])
+
+
+class PlanResult(BaseModel):
+    """What a planner returns: its recaption, the plan, and how it got there."""
+
+    model_config = _FROZEN
+
+    recaption: Recaption = Field(description="The recaptioned prompt and its entities.")
+    plan: RegionPlan = Field(description="The region plan.")
+    raw: str = Field(default="", description="The model's raw reply, for debugging.")
+    planner: str = Field(default="", description="Identifier of the planner that made the plan.")
+    seconds: float = Field(default=0.0, ge=0, description="Wall time spent planning.")
+
+
+class GenerationRequest(BaseModel):
+    """Everything needed to render one prompt; serialisable, so an image can be re-rendered."""
+
+    model_config = _FROZEN
+
+    prompt: str = Field(description="The user's prompt.")
+    plan: RegionPlan | None = Field(
+        default=None, description="A region plan; null asks the planner for one."
+    )
+    planner: str | None = Field(
+        default=None, description="Name of the planner to use when no plan is given."
+    )
+    model: str | None = Field(
+        default=None, description="Model id, local folder or checkpoint file (informational)."
+    )
+    width: int | None = Field(
+        default=None,
+        ge=8,
+        le=8192,
+        description="Image width in pixels, a multiple of 8; null uses the model's native size.",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=8,
+        le=8192,
+        description="Image height in pixels, a multiple of 8; null uses the model's native size.",
+    )
+    steps: int = Field(default=30, ge=1, le=1000, description="Number of denoising steps.")
+    guidance_scale: float = Field(
+        default=7.0, ge=0, le=100, description="Classifier-free guidance scale; 0 or 1 turns it off."
+    )
+    negative_prompt: str = Field(default="", description="Negative prompt for the whole image.")
+    seed: int | None = Field(
+        default=None, ge=0, description="Random seed; null picks one and records it in the result."
+    )
+    num_images: int = Field(default=1, ge=1, le=64, description="Images to generate.")
+    scheduler: str = Field(default="dpm++2m-karras", description="Scheduler name.")
+    base_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Overrides the plan's base ratio when set.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        return _non_blank(v, "the prompt")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, v: int | None) -> int | None:
+        if v is not None and v % 8:
+            lower, upper = v // 8 * 8, v // 8 * 8 + 8
+            raise ValueError(f"must be a multiple of 8, got {v} (try {lower or upper} or {upper})")
+        return v
+
+    def effective_plan(self) -> RegionPlan | None:
+        """The plan with the request's base-ratio override applied."""
+        if self.plan is None or self.base_ratio is None:
+            return self.plan
+        return self.plan.with_base_ratio(self.base_ratio)
+
+
+class GenerationResult(BaseModel):
+    """Images and everything that made them."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    images: list[Any] = Field(description="The generated images (PIL.Image.Image).", exclude=True)
+    plan: RegionPlan = Field(description="The plan that was rendered.")
+    request: GenerationRequest = Field(
+        description="The request, with the plan and the seed actually used filled in."
+    )
+    plan_result: PlanResult | None = Field(
+        default=None, description="The planner's output, when a planner made the plan."
+    )
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Seconds spent in plan, encode, denoise and decode."
+    )
