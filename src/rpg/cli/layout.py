@@ -1,0 +1,43 @@
+"""``rpg layout``: draw a plan file as labelled rectangles."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rpg.models import RegionPlan
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``768x512``) into ``(width, height)``."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 768x512, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "layout",
+        help="draw a plan as a picture",
+        description="Draw a plan (the JSON of 'rpg plan --json', or a RegionPlan) as labelled "
+        "rectangles, with the base prompt as a caption.",
+    )
+    p.add_argument("plan", type=Path, help="plan JSON file")
+    p.add_argument("--out", type=Path, default=Path("layout.png"), help="output PNG file")
+    p.add_argument("--size", type=parse_size, default=(768, 768), help="canvas size WxH")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rpg.layout_image import draw_plan
+
+    plan = RegionPlan.load(args.plan)
+    image = draw_plan(plan, args.size)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out} ({len(plan.regions)} regions)")
+    return 0

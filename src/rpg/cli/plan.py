@@ -1,0 +1,123 @@
+"""``rpg plan``: ask a planner for a plan, or build and check a hand-written one."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rpg.errors import ConfigurationError
+from rpg.models import DEFAULT_BASE_RATIO, PlanResult, Recaption, RegionPlan
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="plan the regions of a prompt",
+        description="Recaption a prompt and split the canvas into regions with a planner, or "
+        "build a plan by hand from a split ratio and BREAK-separated prompts.",
+        epilog='examples:\n  rpg plan "From left to right, a red apple, a blue mug and a yellow '
+        'banana" --json > plan.json\n  rpg plan --split-ratio "1,1;1,1" --prompts "a BREAK b '
+        'BREAK c BREAK d"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", nargs="?", help="the prompt to plan (not needed with --split-ratio)")
+    p.add_argument(
+        "--planner", default="rules", help="planner name (see 'rpg plugins'); default: rules"
+    )
+    p.add_argument("--model", help="model name for LLM planners (e.g. gpt-4o-mini, qwen2.5:7b)")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (vLLM, llama.cpp, LM Studio)")
+    p.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or localhost)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
+    p.add_argument("--json", action="store_true", help="print the plan result as JSON")
+    hand = p.add_argument_group("hand-written plan")
+    hand.add_argument("--split-ratio", help="rows and widths, e.g. '1,1' or '1,2;1,1,1'")
+    hand.add_argument("--prompts", help="regional prompts separated by BREAK")
+    hand.add_argument("--base-prompt", help="prompt blended into every region")
+    hand.add_argument(
+        "--base-ratio",
+        type=float,
+        default=None,
+        help=f"weight of the base prompt, 0 to 1 (default {DEFAULT_BASE_RATIO})",
+    )
+    p.set_defaults(run=run)
+
+
+def planner_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The planner options given on the command line (shared with ``rpg generate``)."""
+    options: dict[str, Any] = {}
+    for key in ("model", "base_url", "host"):
+        value = getattr(args, key, None)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def _hand_plan(args: argparse.Namespace) -> PlanResult:
+    if args.prompts is None:
+        raise ConfigurationError("--split-ratio needs --prompts 'first BREAK second ...'")
+    plan = RegionPlan.from_split_ratio(
+        args.split_ratio,
+        args.prompts,
+        base_prompt=args.base_prompt,
+        base_ratio=DEFAULT_BASE_RATIO if args.base_ratio is None else args.base_ratio,
+    )
+    prompt = args.prompt or plan.to_prompt_text()
+    return PlanResult(recaption=Recaption(original_prompt=prompt), plan=plan, planner="manual")
+
+
+def _planned(args: argparse.Namespace) -> PlanResult:
+    from rpg import create_planner
+
+    options = planner_options(args)
+    if args.no_cache:
+        options["cache"] = False
+    try:
+        planner = create_planner(args.planner, **options)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"planner {args.planner!r} does not take these options: {exc}"
+        ) from None
+    result = planner.plan(args.prompt)
+    if args.base_ratio is not None:
+        result = result.model_copy(update={"plan": result.plan.with_base_ratio(args.base_ratio)})
+    return result
+
+
+def format_plan(result: PlanResult) -> str:
+    """A readable table of a plan result."""
+    plan = result.plan
+    lines = []
+    if result.planner and result.planner != "manual":
+        lines.append(f"planner:     {result.planner} ({result.seconds:.2f} s)")
+    if result.recaption.recaption:
+        lines.append(f"recaption:   {result.recaption.recaption}")
+    lines.append(f"split ratio: {plan.to_split_ratio()}")
+    if plan.base_prompt is not None:
+        lines.append(f"base prompt: {plan.base_prompt} (ratio {plan.base_ratio:g})")
+    lines.append("")
+    lines.append(f"{'#':>2}  {'row':>3}  {'box x0,y0 - x1,y1':<21}  prompt")
+    index = 0
+    for r, row in enumerate(plan.rows):
+        for region in row.regions:
+            x0, y0, x1, y1 = plan.boxes()[index]
+            box = f"{x0:.2f},{y0:.2f} - {x1:.2f},{y1:.2f}"
+            lines.append(f"{index + 1:>2}  {r + 1:>3}  {box:<21}  {region.prompt}")
+            index += 1
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.split_ratio is not None:
+        result = _hand_plan(args)
+    elif args.prompt:
+        result = _planned(args)
+    else:
+        raise ConfigurationError("give a PROMPT, or --split-ratio with --prompts")
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(format_plan(result))
+    if args.split_ratio is None and not args.json:
+        print(f"\nplanned by {result.planner} in {result.seconds:.2f} s", file=sys.stderr)
+    return 0
