@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,9 +70,9 @@ def test_cell_edges_tile_exactly(ws: list[float], n: int) -> None:
     assert edges[0] == 0
     assert edges[-1] == n
     assert len(edges) == len(ws) + 1
-    assert all(a <= b for a, b in zip(edges, edges[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(edges))
     if n >= len(ws):  # every region keeps at least one latent cell when there is room
-        assert all(a < b for a, b in zip(edges, edges[1:], strict=False))
+        assert all(a < b for a, b in itertools.pairwise(edges))
 
 
 def test_narrow_region_is_widened_at_coarse_layers() -> None:

@@ -108,7 +108,7 @@ def test_json_schema_describes_every_field() -> None:
 
 @pytest.mark.parametrize("size", [100, 513, 7])
 def test_request_sizes_must_be_multiples_of_8(size: int) -> None:
-    with pytest.raises(ValidationError, match="multiple of 8|greater than or equal"):
+    with pytest.raises(ValidationError, match=r"multiple of 8|greater than or equal"):
         GenerationRequest(prompt="a cat", width=size, height=512)
 
 

@@ -12,7 +12,7 @@ from rpg import plugins
 from rpg.cli import main
 from rpg.errors import RegistryError
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 import rpg
 from rpg.models import PlanResult, Recaption, RegionPlan
 
@@ -31,7 +31,7 @@ class HalvesPlanner:
 @rpg.hookimpl
 def rpg_register_planners(registry):
     registry.register("{name}", HalvesPlanner, description="splits every prompt in two")
-'''
+"""
 
 
 def _install_fake_distribution(root: Path, dist: str, module: str, planner_name: str) -> None:

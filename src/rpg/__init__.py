@@ -66,7 +66,7 @@ def create_planner(name: str = "rules", **options: Any) -> Planner:
     """Make a registered planner by name, passing ``options`` to its factory."""
     from rpg.plugins import planner_registry
 
-    return planner_registry().get(name).target(**options)  # type: ignore[no-any-return]
+    return planner_registry().get(name).target(**options)
 
 
 def __getattr__(name: str) -> Any:

@@ -116,9 +116,9 @@ def cell_edges(weights: Sequence[float], n: int) -> list[int]:
     return edges
 
 
-def grid_cells(rows: Sequence[tuple[float, Sequence[float]]], h: int, w: int) -> list[
-    tuple[int, int, int, int]
-]:
+def grid_cells(
+    rows: Sequence[tuple[float, Sequence[float]]], h: int, w: int
+) -> list[tuple[int, int, int, int]]:
     """Cells ``(y0, y1, x0, x1)`` of every region, in reading order, on an ``h × w`` grid."""
     row_edges = cell_edges([r[0] for r in rows], h)
     cells = []
@@ -129,9 +129,9 @@ def grid_cells(rows: Sequence[tuple[float, Sequence[float]]], h: int, w: int) ->
     return cells
 
 
-def latent_grids(height: int, width: int, *, factor: int = 8, levels: int = 6) -> list[
-    tuple[int, int]
-]:
+def latent_grids(
+    height: int, width: int, *, factor: int = 8, levels: int = 6
+) -> list[tuple[int, int]]:
     """The latent grids a UNet sees for an image: ``H/8 × W/8`` then halved, rounding up."""
     h, w = height // factor, width // factor
     grids = [(h, w)]
@@ -141,9 +141,9 @@ def latent_grids(height: int, width: int, *, factor: int = 8, levels: int = 6) -
     return grids
 
 
-def latent_grid_for_tokens(tokens: int, height: int, width: int, *, factor: int = 8) -> tuple[
-    int, int
-]:
+def latent_grid_for_tokens(
+    tokens: int, height: int, width: int, *, factor: int = 8
+) -> tuple[int, int]:
     """Recover the ``h × w`` grid of an attention layer from its query count and the image size."""
     for h, w in latent_grids(height, width, factor=factor, levels=12):
         if h * w == tokens:

@@ -51,7 +51,7 @@ class Entity(BaseModel):
     name: str = Field(description="The entity, as a short noun phrase, e.g. 'girl' or 'red apple'.")
     attributes: list[str] = Field(
         default_factory=list,
-        description="Attributes that belong to this entity only, e.g. ['silver braid', 'blue dress'].",
+        description="Attributes of this entity only, e.g. ['silver braid', 'blue dress'].",
     )
 
 
@@ -159,9 +159,7 @@ class RegionPlan(BaseModel):
         """The effective base weight of every region (0 for all when there is no base prompt)."""
         if self.base_prompt is None:
             return [0.0] * len(self.regions)
-        return [
-            self.base_ratio if r.base_weight is None else r.base_weight for r in self.regions
-        ]
+        return [self.base_ratio if r.base_weight is None else r.base_weight for r in self.regions]
 
     def split_rows(self) -> list[tuple[float, list[float]]]:
         """The plan's geometry as ``[(height, [width, ...]), ...]`` relative weights."""
@@ -305,7 +303,10 @@ class GenerationRequest(BaseModel):
     )
     steps: int = Field(default=30, ge=1, le=1000, description="Number of denoising steps.")
     guidance_scale: float = Field(
-        default=7.0, ge=0, le=100, description="Classifier-free guidance scale; 0 or 1 turns it off."
+        default=7.0,
+        ge=0,
+        le=100,
+        description="Classifier-free guidance scale; 0 or 1 turns it off.",
     )
     negative_prompt: str = Field(default="", description="Negative prompt for the whole image.")
     seed: int | None = Field(

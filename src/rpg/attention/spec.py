@@ -87,9 +87,9 @@ class RegionalLayout:
         return len(self.base_weights)
 
     @classmethod
-    def from_plan(cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8) -> (
-        RegionalLayout
-    ):
+    def from_plan(
+        cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8
+    ) -> RegionalLayout:
         return cls(
             rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),
             base_weights=tuple(plan.base_weights()),
