@@ -84,3 +84,19 @@ def test_layout_reports_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_default_planner_falls_back_to_rules_offline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # discard port: nothing answers
+    prompt = "From left to right, a red apple, a blue mug and a yellow banana on a wooden table"
+    assert main(["plan", prompt, "--json"]) == 0
+    result = PlanResult.model_validate_json(capsys.readouterr().out)
+    assert result.planner == "rules"
+    assert len(result.plan.rows) == 1
+    prompts = result.plan.prompts
+    assert len(prompts) == 3
+    for prompt_text, thing in zip(prompts, ["apple", "mug", "banana"], strict=True):
+        assert thing in prompt_text

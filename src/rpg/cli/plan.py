@@ -23,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("prompt", nargs="?", help="the prompt to plan (not needed with --split-ratio)")
     p.add_argument(
-        "--planner", default="rules", help="planner name (see 'rpg plugins'); default: rules"
+        "--planner",
+        default="auto",
+        help="planner name (see 'rpg plugins'); default 'auto': openai if OPENAI_API_KEY is "
+        "set, else a running Ollama, else the offline 'rules' planner",
     )
     p.add_argument("--model", help="model name for LLM planners (e.g. gpt-4o-mini, qwen2.5:7b)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (vLLM, llama.cpp, LM Studio)")
