@@ -1,0 +1,87 @@
+"""Install the regional processor on a model's cross-attention layers, for a ``with`` block.
+
+The processors go in through diffusers' own ``set_attn_processor`` with a full name → processor
+dict (self-attention layers get back the very object they had), and the previous processors are
+put back the same way on exit, also when the body raises. No ``forward`` is patched, so
+everything else diffusers does (LoRA, hooks, offloading) keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
+
+from rpg.attention.processor import RegionalAttnProcessor
+from rpg.attention.spec import RegionalConditioning, RegionalLayout
+
+__all__ = ["AttentionModel", "cross_attention_names", "regional"]
+
+_SUFFIX = ".processor"
+
+
+@runtime_checkable
+class AttentionModel(Protocol):
+    """What ``regional`` needs from a model: diffusers' ``AttentionMixin`` interface."""
+
+    @property
+    def attn_processors(self) -> dict[str, Any]: ...
+
+    def set_attn_processor(self, processor: Any) -> None: ...
+
+    def named_modules(self) -> Iterator[tuple[str, Any]]: ...
+
+
+def cross_attention_names(model: AttentionModel) -> list[str]:
+    """Keys of ``model.attn_processors`` that belong to cross-attention layers."""
+    modules = dict(model.named_modules())
+    names = []
+    for key in model.attn_processors:
+        module = modules.get(key[: -len(_SUFFIX)]) if key.endswith(_SUFFIX) else None
+        if module is None:
+            raise TypeError(f"cannot find the attention module of processor {key!r}")
+        if not getattr(module, "is_cross_attention", False):
+            continue
+        if getattr(module, "added_kv_proj_dim", None) is not None:
+            raise ValueError(
+                f"{key}: attention with added key/value projections is not supported by "
+                "regional attention"
+            )
+        names.append(key)
+    return names
+
+
+@contextmanager
+def regional(
+    model: AttentionModel | Sequence[AttentionModel],
+    conditioning: RegionalConditioning,
+    layout: RegionalLayout,
+    *,
+    guidance: bool,
+) -> Iterator[None]:
+    """Use :class:`RegionalAttnProcessor` on every cross-attention layer inside the block.
+
+    ``model`` is a UNet, a ControlNet, any diffusers model with ``attn_processors`` and
+    ``set_attn_processor``, or a list of them (all share one processor and its index cache).
+    """
+    models = [model] if isinstance(model, AttentionModel) else list(model)
+    for m in models:
+        if not isinstance(m, AttentionModel):
+            raise TypeError(
+                f"{type(m).__name__} has no attn_processors/set_attn_processor; pass a diffusers "
+                "model such as a UNet2DConditionModel or ControlNetModel"
+            )
+    processor = RegionalAttnProcessor(conditioning, layout, guidance=guidance)
+    saved: list[tuple[AttentionModel, dict[str, Any]]] = []
+    try:
+        for m in models:
+            previous = dict(m.attn_processors)
+            cross = set(cross_attention_names(m))
+            if not cross:
+                raise ValueError(f"{type(m).__name__} has no cross-attention layers")
+            saved.append((m, previous))
+            m.set_attn_processor({k: processor if k in cross else v for k, v in previous.items()})
+        yield
+    finally:
+        for m, previous in reversed(saved):
+            m.set_attn_processor(dict(previous))

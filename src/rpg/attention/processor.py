@@ -1,0 +1,248 @@
+"""The regional cross-attention processor.
+
+For every region ``r`` with cell ``R_r``, token span ``S_r`` and base weight ``β_r``::
+
+    out[R_r] = (1 − β_r) · Attn(x[R_r], ctx[S_r]) + β_r · Attn(x[R_r], ctx[S_base])
+
+computed with one ``to_q`` over all queries, one ``to_k``/``to_v`` over the packed context, one
+scaled-dot-product attention per region on that region's query rows and token span, one attention
+of all queries against the base span when some ``β_r > 0``, and one ``to_out``. Attention work is
+therefore the stock layer's work plus the base term; nothing runs once per region over the whole
+canvas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from rpg.attention.regions import RegionIndex, region_index
+from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
+from rpg.layout import latent_grid_for_tokens
+
+__all__ = ["RegionalAttnProcessor"]
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, N, H·d]`` → ``[B, H, N, d]`` (a view)."""
+    b, n, inner = x.shape
+    return x.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+class RegionalAttnProcessor:
+    """A diffusers attention processor that confines each region's queries to its own prompt.
+
+    It reads only the token spans of ``conditioning`` (the tensors are not kept) and the geometry
+    of ``layout``. With ``guidance=True`` the batch is ``[negative, positive]`` as the stock
+    pipelines build it for classifier-free guidance: with one shared negative prompt the negative
+    half is plain attention over ``negative_span`` (the whole context when that is ``None``); with
+    per-region negatives it follows the regional formula over the negative spans, using
+    ``negative_base_span`` (else ``negative_span``) for the base term.
+
+    One instance may serve every layer: index tensors are cached per grid size and device.
+    """
+
+    def __init__(
+        self, conditioning: RegionalConditioning, layout: RegionalLayout, *, guidance: bool
+    ) -> None:
+        if conditioning.num_regions != layout.num_regions:
+            raise ValueError(
+                f"conditioning has {conditioning.num_regions} region spans but the layout has "
+                f"{layout.num_regions} regions"
+            )
+        self.layout = layout
+        self.guidance = guidance
+        self.region_spans: tuple[Span, ...] = tuple(conditioning.region_spans)
+        self.base_span: Span | None = conditioning.base_span
+        self.negative_span: Span | None = conditioning.negative_span
+        self.negative_region_spans: tuple[Span, ...] | None = conditioning.negative_region_spans
+        self.negative_base_span: Span | None = (
+            conditioning.negative_base_span or conditioning.negative_span
+        )
+        uses_base = any(b > 0 for b in layout.base_weights)
+        if uses_base and self.base_span is None:
+            raise ValueError(
+                "the layout blends a base prompt (base weight > 0) but the "
+                "conditioning has no base_span"
+            )
+        if (
+            uses_base
+            and guidance
+            and self.negative_region_spans is not None
+            and self.negative_base_span is None
+        ):
+            raise ValueError(
+                "per-region negatives with a base prompt need negative_base_span "
+                "or negative_span for the negative half's base term"
+            )
+        self._indices: dict[tuple[int, int, torch.device], RegionIndex] = {}
+        self._plain_processor = AttnProcessor2_0()
+
+    def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex:
+        """The cached :class:`RegionIndex` of an ``h × w`` grid on ``device``."""
+        key = (h, w, device)
+        found = self._indices.get(key)
+        if found is None:
+            found = self._indices[key] = region_index(self.layout, h, w, device)
+        return found
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None:
+            # Self-attention is never installed with this processor; stay correct if it happens.
+            return self._plain_processor(attn, hidden_states, None, attention_mask, temb)
+
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        four_d = hidden_states.ndim == 4
+        if four_d:
+            b4, c4, h4, w4 = hidden_states.shape
+            hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
+            grid = (h4, w4)
+        else:
+            grid = latent_grid_for_tokens(
+                hidden_states.shape[1],
+                self.layout.height,
+                self.layout.width,
+                factor=self.layout.latent_factor,
+            )
+        batch, n_tokens, _ = hidden_states.shape
+        if encoder_hidden_states.shape[0] != batch:
+            raise ValueError(
+                f"context batch {encoder_hidden_states.shape[0]} differs from query batch {batch}"
+            )
+        if self.guidance and batch % 2:
+            raise ValueError(
+                f"guidance=True expects a [negative, positive] batch of even size, got {batch}"
+            )
+        index = self.index_for(*grid, hidden_states.device)
+
+        mask = None
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(
+                attention_mask, encoder_hidden_states.shape[1], batch
+            )
+            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+            if index.perm is not None and mask.shape[2] == n_tokens:
+                mask = mask.index_select(2, index.perm)
+
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if index.perm is not None:
+            hidden_states = hidden_states.index_select(1, index.perm)
+        context = encoder_hidden_states
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+
+        query = _heads(attn.to_q(hidden_states), attn.heads)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        # [B, N, H, d]: every region's attention is written straight into its rows.
+        out = query.new_empty(batch, attn.heads, n_tokens, query.shape[-1]).transpose(1, 2)
+
+        positive = slice(batch // 2, batch) if self.guidance else slice(0, batch)
+        if self.guidance:
+            negative = slice(0, batch // 2)
+            if self.negative_region_spans is None:
+                span = self.negative_span or (0, context.shape[1])
+                key, value = self._project(attn, context[negative, span[0] : span[1]])
+                part = F.scaled_dot_product_attention(
+                    query[negative], key, value, attn_mask=_cut(mask, negative, None, span)
+                )
+                out[negative].copy_(part.transpose(1, 2))
+            else:
+                self._regional(
+                    attn,
+                    query,
+                    context,
+                    mask,
+                    index,
+                    out,
+                    negative,
+                    self.negative_region_spans,
+                    self.negative_base_span,
+                )
+        self._regional(
+            attn, query, context, mask, index, out, positive, self.region_spans, self.base_span
+        )
+
+        hidden_states = out.reshape(batch, n_tokens, -1).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if index.inverse is not None:
+            hidden_states = hidden_states.index_select(1, index.inverse)
+        if four_d:
+            hidden_states = hidden_states.transpose(1, 2).reshape(b4, c4, h4, w4)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _project(attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = _heads(attn.to_k(context), attn.heads)
+        value = _heads(attn.to_v(context), attn.heads)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        return key, value
+
+    def _regional(
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        index: RegionIndex,
+        out: torch.Tensor,
+        rows: slice,
+        spans: tuple[Span, ...],
+        base_span: Span | None,
+    ) -> None:
+        """Write the regional formula for the batch ``rows`` of ``out`` (permuted order)."""
+        q = query[rows]
+        key, value = self._project(attn, context[rows])
+        target = out[rows]
+        for (start, end), (k0, k1) in zip(index.bounds, spans, strict=True):
+            if start == end:
+                continue
+            part = F.scaled_dot_product_attention(
+                q[:, :, start:end],
+                key[:, :, k0:k1],
+                value[:, :, k0:k1],
+                attn_mask=_cut(mask, rows, (start, end), (k0, k1)),
+            )
+            target[:, start:end].copy_(part.transpose(1, 2))
+        if index.base_weights is None or base_span is None:
+            return
+        k0, k1 = base_span
+        base = F.scaled_dot_product_attention(
+            q, key[:, :, k0:k1], value[:, :, k0:k1], attn_mask=_cut(mask, rows, None, base_span)
+        ).transpose(1, 2)
+        if index.uniform_base_weight is not None:
+            target.lerp_(base, index.uniform_base_weight)
+        else:
+            weight = index.base_weights.to(target.dtype).unsqueeze(-1)  # [N, 1, 1]
+            target.lerp_(base, weight)
+
+
+def _cut(
+    mask: torch.Tensor | None, rows: slice, queries: Span | None, keys: Span
+) -> torch.Tensor | None:
+    """The part of a ``[B, H, N or 1, T]`` mask for some batch rows, query rows and keys."""
+    if mask is None:
+        return None
+    mask = mask[rows, :, :, keys[0] : keys[1]]
+    if queries is not None and mask.shape[2] != 1:
+        mask = mask[:, :, queries[0] : queries[1]]
+    return mask
