@@ -8,4 +8,11 @@ from rpg.plugins import BackboneRegistry
 
 @hookimpl
 def rpg_register_backbones(registry: BackboneRegistry) -> None:
-    del registry  # filled in as backbones land
+    # Imported here so that listing plugins does not pay for torch/diffusers until needed.
+    from rpg.backbones.sd import StableDiffusionBackbone
+
+    registry.register(
+        StableDiffusionBackbone.name,
+        StableDiffusionBackbone,
+        description=StableDiffusionBackbone.description,
+    )

@@ -1,0 +1,185 @@
+"""Tiny Stable Diffusion components with random weights, written as a real diffusers folder.
+
+Tests, demos and plugin authors need the *real* pipeline code path (tokenizer → text encoder →
+UNet → VAE, schedulers, callbacks, progress bars) without downloading gigabytes. The folder that
+:func:`write_tiny_sd` writes loads with ``StableDiffusionPipeline.from_pretrained`` like any
+checkpoint, renders 64×64 in about a second on two CPU cores, and is bit-for-bit the same for a
+given seed. Its images are noise: the weights are random.
+
+The model name :data:`TINY_SD` (``"tiny-sd"``) is reserved: :mod:`rpg.backbones.loading` writes
+the folder once into rpg's cache directory and reuses it, so ``rpg generate --model tiny-sd``
+works offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["TINY_MODELS", "TINY_SD", "byte_level_vocab", "write_tiny_sd"]
+
+#: Reserved model name of the tiny SD 1.x-style model.
+TINY_SD = "tiny-sd"
+
+#: Reserved model names and what each is, for error messages and ``rpg plugins``.
+TINY_MODELS: dict[str, str] = {
+    TINY_SD: "tiny Stable Diffusion 1.x architecture with random weights (64×64, offline)",
+}
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+_MAX_LENGTH = 77
+_HIDDEN = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable characters (byte-level BPE)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, codes, strict=True)}
+
+
+def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
+    """A CLIP vocabulary over single bytes, so that any text tokenizes, and its merges.
+
+    Every byte appears twice, plain and with CLIP's end-of-word suffix ``</w>``; a handful of
+    merges for common letter pairs keep ordinary words a little shorter than one token per
+    character. The special tokens come last.
+    """
+    chars = sorted(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges = ["t h", "e r", "a n", "i n", "o n", "th e</w>", "an d</w>"]
+    for merge in merges:
+        merged = merge.replace(" ", "")
+        if merged not in tokens:
+            tokens.append(merged)
+    tokens += [_BOS, _EOS]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def _write_tokenizer(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = byte_level_vocab()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": _MAX_LENGTH,
+        "bos_token": _BOS,
+        "eos_token": _EOS,
+        "unk_token": _EOS,
+        "pad_token": _EOS,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    special = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": _EOS}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
+
+
+def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write a complete tiny SD 1.x-architecture diffusers folder to ``path`` and return it.
+
+    UNet with block_out_channels (32, 64), one layer per block and cross-attention dimension 32
+    (native size 64×64); a four-level VAE (latent factor 8, like the real one); a two-layer CLIP
+    text encoder of width 32; a byte-level CLIP tokenizer (``vocab.json``/``merges.txt``,
+    ``model_max_length=77``); SD 1.5's PNDM scheduler settings. The same ``seed`` writes the
+    same weights. An existing folder is replaced.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        staging = Path(tmp) / "model"
+        tok_dir = Path(tmp) / "tokenizer"
+        _write_tokenizer(tok_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            unet = UNet2DConditionModel(
+                sample_size=8,
+                in_channels=4,
+                out_channels=4,
+                layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=_HIDDEN,
+                attention_head_dim=4,
+                norm_num_groups=16,
+            )
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(16, 16, 32, 32),
+                layers_per_block=1,
+                latent_channels=4,
+                norm_num_groups=16,
+                sample_size=64,
+            )
+            text_config = CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=_HIDDEN,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=_MAX_LENGTH,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                projection_dim=_HIDDEN,
+            )
+            text_encoder = CLIPTextModel(text_config)
+        scheduler = PNDMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            set_alpha_to_one=False,
+            skip_prk_steps=True,
+            steps_offset=1,
+        )
+        pipe: Any = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(staging)
+        # Keep the tokenizer's source files next to whatever save_pretrained wrote.
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(tok_dir / name, staging / "tokenizer" / name)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return target
