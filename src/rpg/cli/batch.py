@@ -1,0 +1,91 @@
+"""``rpg batch``: render a JSONL file of requests with one loaded model; resumable."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rpg.cli.common import (
+    DEFAULT_MODEL,
+    add_model_arguments,
+    add_planner_arguments,
+    add_render_arguments,
+    load_rpg,
+    request_overrides,
+)
+from rpg.errors import ConfigurationError
+
+_EXAMPLES = """examples:
+  rpg batch requests.jsonl --out out/ --seeds 1,2,3
+  rpg batch requests.jsonl --out out/ --plan plan.json --model ./my-sd15-folder
+
+Each line of REQUESTS.jsonl is a JSON object with GenerationRequest fields (only "prompt" is
+required) or a bare JSON string prompt. Options given here are defaults that a line overrides.
+Running the same command again skips finished items (see OUT/manifest.jsonl).
+"""
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1,2,3`` or ``0-7`` (inclusive) into a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds must look like 1,2,3 or 0-7, got {text!r}"
+        ) from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError("seeds must not be negative")
+    return seeds
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="render many requests from a JSONL file (resumable)",
+        description="Render every line of a JSONL file of requests with one loaded model. Each "
+        "distinct prompt is planned once and reused across seeds; a manifest records every "
+        "item, so an interrupted run resumes where it stopped.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("requests", type=Path, metavar="REQUESTS.jsonl", help="one request per line")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seeds", type=parse_seeds, help="render every line with each seed")
+    add_model_arguments(p)
+    add_planner_arguments(p)
+    add_render_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
+    from rpg.models import RegionPlan
+
+    if not args.requests.is_file():
+        raise ConfigurationError(f"requests file not found: {args.requests}")
+    lines = read_requests(args.requests)
+    if not lines:
+        raise ConfigurationError(f"{args.requests} has no requests")
+    defaults = request_overrides(args)
+    shared_plan: RegionPlan | None = defaults.pop("plan", None)
+    model = args.model or DEFAULT_MODEL
+    defaults["model"] = model
+    items = expand_requests(lines, defaults=defaults, seeds=args.seeds)
+    pipe = load_rpg(args, model, args.planner)
+    pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
+    report = run_batch(pipe, items, args.out, plan=shared_plan, progress=not args.no_progress)
+    print(
+        f"{report.done} done, {report.skipped} already done, {report.failed} failed, "
+        f"{report.plans_made} plan{'s' if report.plans_made != 1 else ''} made; "
+        f"manifest: {args.out / MANIFEST_NAME}"
+    )
+    return 1 if report.failed else 0

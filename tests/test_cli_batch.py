@@ -1,0 +1,97 @@
+"""``rpg batch`` as a user runs it, including a hard kill midway and a resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rpg.cli import main
+from rpg.cli.batch import parse_seeds
+
+
+def _manifest(out: Path) -> list[dict[str, object]]:
+    path = out / "manifest.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("1,2,3") == [1, 2, 3]
+    assert parse_seeds("4-6,9") == [4, 5, 6, 9]
+    for bad in ("a", "3-1", "-2"):
+        with pytest.raises(Exception, match="seeds"):
+            parse_seeds(bad)
+
+
+def test_batch_command_reports_and_exits_non_zero_on_failed_items(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat on the left and a dog on the right"}\n{"prompt": ""}\n')
+    out = tmp_path / "out"
+    args = ["batch", str(src), "--out", str(out), "--model", "tiny-sd", "--planner", "rules"]
+    code = main([*args, "--steps", "2", "--seeds", "3,4", "--no-progress"])
+    assert code == 1  # the empty prompt failed (once per seed); the rest still rendered
+    assert "2 done, 0 already done, 2 failed, 1 plan made" in capsys.readouterr().out
+    assert len(list(out.glob("*.png"))) == 2
+
+
+def test_missing_requests_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["batch", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path)]) == 1
+    assert "requests file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_killed_batch_resumes_without_redoing_finished_items(
+    tmp_path: Path, rpg_cache: Path
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"a cat number {i}"}) + "\n" for i in range(6)))
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "rpg", "batch", str(src), "--out", str(out),
+        "--model", "tiny-sd", "--planner", "rules", "--steps", "4", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "RPG_CACHE_DIR": str(rpg_cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sum(r.get("status") == "done" for r in _manifest(out)) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the batch finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    finished_first = {r["key"] for r in _manifest(out) if r.get("status") == "done"}
+    assert 2 <= len(finished_first) < 6
+    # no partial image: every PNG on disk is one the manifest records as finished
+    recorded = {f for r in _manifest(out) if r.get("status") == "done" for f in r["files"]}  # type: ignore[attr-defined]
+    assert {p.name for p in out.glob("*.png")} <= recorded
+
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    records = _manifest(out)
+    done_keys = [r["key"] for r in records if r.get("status") == "done"]
+    assert len(set(done_keys)) == 6
+    assert len(done_keys) == 6, "a finished item was rendered again"
+    assert len(list(out.glob("*.png"))) == 6
+    assert not list(out.glob("*.part"))
