@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rpg.cli.layout import parse_size
+from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest, RegionPlan
 
@@ -79,6 +80,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     render.add_argument("--negative", help="negative prompt for the whole image")
     render.add_argument("--scheduler", help="dpm++2m-karras (default), euler-a, euler, ddim, ...")
     render.add_argument("--num-images", type=int, help="images to render (default 1)")
+    add_refine_argument(render)
     out = p.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -173,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
         planner_options=planner_options,
         model=model,
     )
-    result = pipe.generate(request)
+    if args.refine:
+        result = generate_refined(pipe, request, args.out, args.refine)
+    else:
+        result = pipe.generate(request)
 
     paths = output_paths(args.out, len(result.images))
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
@@ -193,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
 
         assert req.width is not None and req.height is not None
         layout_path = args.out.with_name(f"{args.out.stem}.layout.png")
-        draw_plan(result.plan, (req.width, req.height)).save(layout_path, format="PNG")
+        # Same aspect as the image, but large enough to read the labels on small images.
+        scale = max(1.0, 512 / max(req.width, req.height))
+        size = (round(req.width * scale), round(req.height * scale))
+        draw_plan(result.plan, size).save(layout_path, format="PNG")
         print(f"wrote {layout_path} (the plan)")
     return 0
