@@ -232,7 +232,7 @@ def test_isolation_other_regions_exactly_unchanged(
         with torch.no_grad():
             before = proc(attn, x, ctx)
             for j in range(n):
-                changed = ctx.clone()
+                changed = ctx.clone()  # a region prompt lives in the positive half only
                 changed[-1:, spans[j][0] : spans[j][1]] += torch.randn(1, 3, 12)
                 after = proc(attn, x, changed)
                 others = labels != j

@@ -254,14 +254,28 @@ class Backbone(ABC):
         """Encode each text into ``[1, T_i, D]`` embeddings (``T_i`` may span several windows)."""
 
     def pooled_embeds(
-        self, plan: RegionPlan, negative_prompt: str, *, guidance: bool
+        self,
+        plan: RegionPlan,
+        negative_prompt: str,
+        *,
+        guidance: bool,
+        prompt: str | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Pooled text embeddings (positive, negative) for models that need them (SDXL)."""
-        del plan, negative_prompt, guidance
+        """Pooled text embeddings (positive, negative) for models that need them (SDXL).
+
+        ``prompt`` is the user's whole prompt, for a global embedding when the plan has no base
+        prompt.
+        """
+        del plan, negative_prompt, guidance, prompt
         return None, None
 
     def encode(
-        self, plan: RegionPlan, negative_prompt: str = "", *, guidance: bool = True
+        self,
+        plan: RegionPlan,
+        negative_prompt: str = "",
+        *,
+        guidance: bool = True,
+        prompt: str | None = None,
     ) -> RegionalConditioning:
         """Encode ``plan`` into packed embeddings and spans, and the negative half if guided.
 
@@ -270,7 +284,8 @@ class Backbone(ABC):
         ``negative_prompt`` encoding read by every unconditional query (plain attention, as in
         the stock pipeline); otherwise ``[negative base | region negatives...]`` packed like the
         positives, where a region without its own uses ``negative_prompt``. The shorter half is
-        padded with copies of its own tokens so both have one length.
+        padded with copies of its own tokens so both have one length. ``prompt`` (the user's
+        whole prompt) goes to :meth:`pooled_embeds`.
         """
         has_base = plan.base_prompt is not None
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
@@ -299,7 +314,9 @@ class Backbone(ABC):
             length = max(embeds.shape[1], negative.shape[1])
             embeds, negative = pad_tokens(embeds, length), pad_tokens(negative, length)
 
-        pooled, negative_pooled = self.pooled_embeds(plan, negative_prompt, guidance=guidance)
+        pooled, negative_pooled = self.pooled_embeds(
+            plan, negative_prompt, guidance=guidance, prompt=prompt
+        )
         return RegionalConditioning(
             prompt_embeds=embeds,
             region_spans=region_spans,

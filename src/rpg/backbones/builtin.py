@@ -9,10 +9,17 @@ from rpg.plugins import BackboneRegistry
 @hookimpl
 def rpg_register_backbones(registry: BackboneRegistry) -> None:
     # Imported here so that listing plugins does not pay for torch/diffusers until needed.
-    from rpg.backbones.sd import StableDiffusionBackbone
-
-    registry.register(
-        StableDiffusionBackbone.name,
-        StableDiffusionBackbone,
-        description=StableDiffusionBackbone.description,
+    from rpg.backbones.controlnet import (
+        StableDiffusionControlNetBackbone,
+        StableDiffusionXLControlNetBackbone,
     )
+    from rpg.backbones.sd import StableDiffusionBackbone
+    from rpg.backbones.sdxl import StableDiffusionXLBackbone
+
+    for backbone in (
+        StableDiffusionBackbone,
+        StableDiffusionXLBackbone,
+        StableDiffusionControlNetBackbone,
+        StableDiffusionXLControlNetBackbone,
+    ):
+        registry.register(backbone.name, backbone, description=backbone.description)

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from rpg.backbones.tiny import TINY_MODELS, TINY_SD, write_tiny_sd
+from rpg.backbones.tiny import TINY_MODELS, TINY_SD, TINY_WRITERS
 from rpg.errors import ConfigurationError, ModelNotFoundError
 
 __all__ = [
@@ -73,11 +73,12 @@ def cache_dir() -> Path:
 
 def tiny_model_path(name: str = TINY_SD) -> Path:
     """The folder of a reserved tiny model, written on first use and reused afterwards."""
-    if name != TINY_SD:
+    writer = TINY_WRITERS.get(name)
+    if writer is None:
         raise ModelNotFoundError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
     path = cache_dir() / name
     if not (path / "model_index.json").is_file():
-        write_tiny_sd(path, seed=0)
+        writer(path, seed=0)
     return path
 
 

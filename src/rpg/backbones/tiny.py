@@ -17,12 +17,34 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["TINY_MODELS", "TINY_SD", "byte_level_vocab", "write_tiny_sd"]
+from rpg.backbones.tiny_xl import (
+    TINY_CONTROLNET,
+    TINY_SDXL,
+    TINY_SDXL_CONTROLNET,
+    save_sdxl_single_file,
+    write_tiny_controlnet,
+    write_tiny_sdxl,
+)
+
+__all__ = [
+    "TINY_CONTROLNET",
+    "TINY_MODELS",
+    "TINY_SD",
+    "TINY_SDXL",
+    "TINY_SDXL_CONTROLNET",
+    "TINY_WRITERS",
+    "byte_level_vocab",
+    "save_sdxl_single_file",
+    "write_tiny_controlnet",
+    "write_tiny_sd",
+    "write_tiny_sdxl",
+]
 
 #: Reserved model name of the tiny SD 1.x-style model.
 TINY_SD = "tiny-sd"
@@ -30,6 +52,7 @@ TINY_SD = "tiny-sd"
 #: Reserved model names and what each is, for error messages and ``rpg plugins``.
 TINY_MODELS: dict[str, str] = {
     TINY_SD: "tiny Stable Diffusion 1.x architecture with random weights (64×64, offline)",
+    TINY_SDXL: "tiny SDXL architecture with random weights (64×64, offline)",
 }
 
 _BOS = "<|startoftext|>"
@@ -183,3 +206,10 @@ def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
             shutil.rmtree(target)
         os.replace(staging, target)
     return target
+
+
+#: Writers of the reserved tiny pipelines by name, used by ``loading.tiny_model_path``.
+TINY_WRITERS: dict[str, Callable[..., Path]] = {
+    TINY_SD: write_tiny_sd,
+    TINY_SDXL: write_tiny_sdxl,
+}
