@@ -18,7 +18,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,12 @@ from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
 from rpg.models import GenerationRequest, GenerationResult, PlanResult
 from rpg.planners.base import Planner
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from rpg.edit import EditResult
+    from rpg.refine import RefineResult
 
 __all__ = ["RPG", "select_backbone"]
 
@@ -104,7 +110,10 @@ class RPG:
 
         ``model``: ``"tiny-sd"``, a diffusers folder, a ``.safetensors``/``.ckpt`` file, or a hub
         id already in the local Hugging Face cache. ``options`` go to the backbone's ``load``:
-        ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``.
+        ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``;
+        ``controlnet`` (one or a list of ControlNet names, folders or files: the detected
+        backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
+        images then go to ``generate(..., image=...)``).
         ``device``/``dtype``: ``"auto"`` picks CUDA > MPS > CPU and float16 on GPUs, float32 on
         the CPU.
         """
@@ -113,6 +122,10 @@ class RPG:
         }
         info = resolve_model(model, **resolve_opts)
         backbone_cls = select_backbone(info, backbone)
+        if options.get("controlnet") is not None:
+            from rpg.backbones.controlnet import controlnet_backbone_for
+
+            backbone_cls = controlnet_backbone_for(backbone_cls)
         loaded = backbone_cls.load(info, device=device, dtype=dtype, **options)
         return cls(loaded, planner=planner, planner_options=planner_options, model=os.fspath(model))
 
@@ -250,7 +263,9 @@ class RPG:
         guidance = backbone.uses_guidance(request.guidance_scale)
 
         t = time.perf_counter()
-        conditioning = backbone.encode(plan, request.negative_prompt, guidance=guidance)
+        conditioning = backbone.encode(
+            plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
+        )
         layout = backbone.layout(plan, width, height)
         timings["encode"] = time.perf_counter() - t
 
@@ -285,6 +300,24 @@ class RPG:
             plan_result=plan_result,
             timings=timings,
         )
+
+    # ----------------------------------------------------------------- closed loop
+
+    def refine(
+        self, request: GenerationRequest | str, *, rounds: int = 2, **options: Any
+    ) -> RefineResult:
+        """Render, let a multimodal planner review and revise; see :func:`rpg.refine.refine`."""
+        from rpg.refine import refine
+
+        return refine(self, request, rounds=rounds, **options)
+
+    def edit(
+        self, image: Image | str | os.PathLike[str], instruction: str, **options: Any
+    ) -> EditResult:
+        """Repaint only the regions ``instruction`` concerns; see :func:`rpg.edit.edit`."""
+        from rpg.edit import edit
+
+        return edit(self, image, instruction, **options)
 
     def __repr__(self) -> str:
         return (

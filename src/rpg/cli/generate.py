@@ -26,6 +26,8 @@ _EXAMPLES = """examples:
   rpg generate "..." --model ./my-sd15-folder --plan plan.json --seed 3 --out apple.png
   rpg generate "..." --model model.safetensors --config ./sd15-folder --size 512x768
   rpg generate --from apple.png --steps 40 --out apple-40.png   # re-render, change one setting
+  rpg generate "..." --model ./sdxl-folder --controlnet ./controlnet-canny-sdxl \\
+      --control-image edges.png --control-scale 0.7   # SDXL detected, ControlNet added
 """
 
 
@@ -65,6 +67,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     model.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     model.add_argument("--dtype", help="auto (default), float16, bfloat16 or float32")
+    control = p.add_argument_group("controlnet")
+    control.add_argument(
+        "--controlnet",
+        action="append",
+        metavar="MODEL",
+        help="ControlNet folder, .safetensors file, cached hub id, or tiny-controlnet / "
+        "tiny-sdxl-controlnet (random weights); repeat for several",
+    )
+    control.add_argument(
+        "--control-image",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="control image (edges, pose, depth ...), one per --controlnet in the same order; "
+        "without --size the image is rendered at the first one's size",
+    )
+    control.add_argument(
+        "--control-scale",
+        action="append",
+        type=float,
+        metavar="S",
+        help="ControlNet conditioning scale: one for all or one per --controlnet (default 1)",
+    )
     plan = p.add_argument_group("plan")
     plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
     plan.add_argument("--planner", help="planner name (see 'rpg plugins'); default: rules")
@@ -142,6 +167,34 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{suffix}") for i in range(count)]
 
 
+def control_inputs(
+    args: argparse.Namespace, backbone: Any, request: GenerationRequest
+) -> tuple[dict[str, Any], GenerationRequest]:
+    """ControlNet images and scales for ``generate``, and the request sized to the first image.
+
+    Images are checked against the ControlNets by the backbone, where the API does it too.
+    """
+    from rpg.backbones.controlnet import ControlNetBackboneMixin, open_control_image
+
+    if not isinstance(backbone, ControlNetBackboneMixin):
+        if args.control_image or args.control_scale:
+            raise ConfigurationError(
+                "--control-image/--control-scale need --controlnet MODEL (or a ControlNet "
+                "pipeline folder as --model)"
+            )
+        return {}, request
+    images = [open_control_image(path) for path in args.control_image or []]
+    if images and request.width is None and request.height is None:
+        width, height = images[0].size
+        request = request.model_copy(
+            update={"width": max(8, width // 8 * 8), "height": max(8, height // 8 * 8)}
+        )
+    control: dict[str, Any] = {"image": images or None}
+    if args.control_scale:
+        control["controlnet_conditioning_scale"] = args.control_scale
+    return control, request
+
+
 def run(args: argparse.Namespace) -> int:
     from rpg.backbones.loading import resolve_model
     from rpg.backbones.schedulers import check_scheduler
@@ -168,7 +221,16 @@ def run(args: argparse.Namespace) -> int:
         if value is not None
     }
     backbone_cls = select_backbone(info)
-    backbone = backbone_cls.load(info, device=args.device or "auto", dtype=args.dtype or "auto")
+    load_options: dict[str, Any] = {}
+    if args.controlnet:
+        from rpg.backbones.controlnet import controlnet_backbone_for
+
+        backbone_cls = controlnet_backbone_for(backbone_cls)
+        load_options["controlnet"] = args.controlnet
+    backbone = backbone_cls.load(
+        info, device=args.device or "auto", dtype=args.dtype or "auto", **load_options
+    )
+    control, request = control_inputs(args, backbone, request)
     pipe = RPG(
         backbone,
         planner=request.planner or "rules",
@@ -176,9 +238,11 @@ def run(args: argparse.Namespace) -> int:
         model=model,
     )
     if args.refine:
+        if control:
+            raise ConfigurationError("--refine does not take ControlNet inputs yet")
         result = generate_refined(pipe, request, args.out, args.refine)
     else:
-        result = pipe.generate(request)
+        result = pipe.generate(request, **control)
 
     paths = output_paths(args.out, len(result.images))
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):

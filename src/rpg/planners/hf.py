@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError, ModelNotFoundError, PlannerError
-from rpg.planners.structured import ChatMessage, ChatPlanner, plan_schema
+from rpg.planners.structured import ChatMessage, ChatPlanner, ReplyFormat, plan_schema
 
 if TYPE_CHECKING:
     import torch
@@ -242,7 +242,12 @@ class HFPlanner(ChatPlanner):
             )
 
     def _complete(
-        self, messages: list[ChatMessage], *, structured: bool, image_png: bytes | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        structured: bool,
+        image_png: bytes | None,
+        reply_format: ReplyFormat | None = None,
     ) -> str:
         import torch
 
@@ -256,7 +261,7 @@ class HFPlanner(ChatPlanner):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
         kwargs["pad_token_id"] = pad if pad is not None else tokenizer.eos_token_id
-        if structured and loaded.grammar is not None:
+        if structured and loaded.grammar is not None and reply_format is None:
             from xgrammar.contrib.hf import LogitsProcessor
 
             # one processor per generate() call: it holds the matcher's state

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from rpg.errors import ConfigurationError, PlannerError
+from rpg.planners.feedback import MultimodalChatPlanner
 from rpg.planners.structured import (
     ChatMessage,
-    ChatPlanner,
     PlannerModelNotFoundError,
+    ReplyFormat,
     Retry,
     RetryPolicy,
     StructuredOutputUnsupported,
@@ -80,7 +81,7 @@ def _short(text: object, limit: int = 240) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-class OllamaPlanner(ChatPlanner):
+class OllamaPlanner(MultimodalChatPlanner):
     """Plans with a model served by Ollama.
 
     ``host`` defaults to ``$OLLAMA_HOST``, else ``http://127.0.0.1:11434``. ``options`` are passed
@@ -148,7 +149,12 @@ class OllamaPlanner(ChatPlanner):
         return None
 
     def _complete(
-        self, messages: list[ChatMessage], *, structured: bool, image_png: bytes | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        structured: bool,
+        image_png: bytes | None,
+        reply_format: ReplyFormat | None = None,
     ) -> str:
         import httpx
         import ollama as ollama_sdk
@@ -163,7 +169,7 @@ class OllamaPlanner(ChatPlanner):
             sent.append(entry)
         kwargs: dict[str, Any] = {"model": self.model, "messages": sent, "options": self.options}
         if structured:
-            kwargs["format"] = plan_schema()
+            kwargs["format"] = plan_schema() if reply_format is None else reply_format.schema()
         if self.think is not None:
             kwargs["think"] = self.think
         if self.keep_alive is not None:

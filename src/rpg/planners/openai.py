@@ -18,12 +18,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError, PlannerError
+from rpg.planners.feedback import MultimodalChatPlanner
 from rpg.planners.structured import (
     SCHEMA_NAME,
     ChatMessage,
-    ChatPlanner,
     PlannerConfigurationError,
     PlannerModelNotFoundError,
+    ReplyFormat,
     Retry,
     RetryPolicy,
     StructuredOutputUnsupported,
@@ -62,7 +63,7 @@ def _short(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-class OpenAIPlanner(ChatPlanner):
+class OpenAIPlanner(MultimodalChatPlanner):
     """Plans with a chat model behind an OpenAI-compatible API.
 
     ``api_key`` defaults to ``$OPENAI_API_KEY`` and ``base_url`` to ``$OPENAI_BASE_URL`` (else the
@@ -138,7 +139,12 @@ class OpenAIPlanner(ChatPlanner):
     # -- the request
 
     def _request(
-        self, messages: list[ChatMessage], *, structured: bool, image_png: bytes | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        structured: bool,
+        image_png: bytes | None,
+        reply_format: ReplyFormat | None = None,
     ) -> dict[str, Any]:
         sent: list[dict[str, Any]] = []
         image_done = image_png is None
@@ -169,8 +175,10 @@ class OpenAIPlanner(ChatPlanner):
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
-                    "name": SCHEMA_NAME,
-                    "schema": plan_schema(strict=self.strict),
+                    "name": SCHEMA_NAME if reply_format is None else reply_format.name,
+                    "schema": plan_schema(strict=self.strict)
+                    if reply_format is None
+                    else reply_format.schema(strict=self.strict),
                     "strict": self.strict,
                 },
             }
@@ -191,11 +199,18 @@ class OpenAIPlanner(ChatPlanner):
         return None
 
     def _complete(
-        self, messages: list[ChatMessage], *, structured: bool, image_png: bytes | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        structured: bool,
+        image_png: bytes | None,
+        reply_format: ReplyFormat | None = None,
     ) -> str:
         import openai as openai_sdk
 
-        kwargs = self._request(messages, structured=structured, image_png=image_png)
+        kwargs = self._request(
+            messages, structured=structured, image_png=image_png, reply_format=reply_format
+        )
         try:
             completion = call_with_retries(
                 lambda: self._client.chat.completions.create(**kwargs),

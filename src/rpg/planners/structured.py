@@ -56,6 +56,7 @@ __all__ = [
     "PlannerConfigurationError",
     "PlannerModelNotFoundError",
     "ReplyEntity",
+    "ReplyFormat",
     "ReplyRegion",
     "ReplyRow",
     "Retry",
@@ -69,6 +70,7 @@ __all__ = [
     "parse_plan_reply",
     "parse_retry_after",
     "plan_schema",
+    "reply_schema",
     "strip_reasoning",
 ]
 
@@ -242,14 +244,21 @@ def _walk(
             _walk(sub, fn, key)
 
 
-def plan_schema(*, strict: bool = False, bounded: bool = False) -> dict[str, Any]:
-    """The JSON Schema of :class:`PlanReply`, self-contained (no ``$ref``).
+def reply_schema(
+    model: type[BaseModel],
+    *,
+    strict: bool = False,
+    bounded: bool = False,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """The JSON Schema of a reply model, self-contained (no ``$ref``), as services accept it.
 
     ``strict=True`` gives the subset OpenAI's strict structured output accepts (every property
     required, ``additionalProperties: false``, no numeric or length bounds). ``bounded=True`` adds
-    length and count limits, for constrained decoding by small local models.
+    length and count limits, for constrained decoding by small local models. ``description``
+    replaces the top-level docstring, which is written for Python readers.
     """
-    raw = PlanReply.model_json_schema()
+    raw = model.model_json_schema()
     schema: dict[str, Any] = _inline_refs(raw, raw.get("$defs", {}))
 
     def fix(node: dict[str, Any], key: str | None) -> None:
@@ -268,11 +277,38 @@ def plan_schema(*, strict: bool = False, bounded: bool = False) -> dict[str, Any
                 del node[k]
 
     _walk(schema, fix)
-    schema["description"] = (
-        "An image plan: the recaptioned prompt, its key entities, and the canvas split into rows "
-        "(top to bottom) of regions (left to right), each region with its own prompt."
-    )
+    if description:
+        schema["description"] = description
     return schema
+
+
+def plan_schema(*, strict: bool = False, bounded: bool = False) -> dict[str, Any]:
+    """The JSON Schema of :class:`PlanReply` (see :func:`reply_schema` for the flags)."""
+    return reply_schema(
+        PlanReply,
+        strict=strict,
+        bounded=bounded,
+        description=(
+            "An image plan: the recaptioned prompt, its key entities, and the canvas split into "
+            "rows (top to bottom) of regions (left to right), each region with its own prompt."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ReplyFormat:
+    """A JSON reply other than a plan that a chat planner can be asked for (review, edit).
+
+    Backends send :meth:`schema` as structured output under :attr:`name`; ``None`` in their
+    ``reply_format`` argument means the plan schema.
+    """
+
+    name: str
+    model: type[BaseModel]
+    description: str
+
+    def schema(self, *, strict: bool = False) -> dict[str, Any]:
+        return reply_schema(self.model, strict=strict, description=self.description)
 
 
 def json_instructions() -> str:
@@ -554,37 +590,74 @@ class ChatPlanner(ABC):
 
     @abstractmethod
     def _complete(
-        self, messages: list[ChatMessage], *, structured: bool, image_png: bytes | None
+        self,
+        messages: list[ChatMessage],
+        *,
+        structured: bool,
+        image_png: bytes | None,
+        reply_format: ReplyFormat | None = None,
     ) -> str:
         """Send ``messages`` and return the reply text with reasoning already removed.
 
-        ``image_png`` goes with the first user message. Transport failures are retried inside
-        and turned into :class:`PlannerError`; a server that rejects structured output raises
-        :class:`StructuredOutputUnsupported`.
+        ``image_png`` goes with the first user message. With ``structured``, the reply is
+        constrained to ``reply_format``'s schema (the plan schema when ``None``). Transport
+        failures are retried inside and turned into :class:`PlannerError`; a server that rejects
+        structured output raises :class:`StructuredOutputUnsupported`.
         """
+
+    def _image_png(self, image: Image | None) -> bytes | None:
+        """PNG bytes of ``image``, or a clear error when this backend cannot read images."""
+        if image is None:
+            return None
+        if not self.supports_images:
+            raise PlannerError(
+                f"the {self.name} planner cannot read images ({self.planner_id} is text-only);"
+                " use a multimodal model through the openai or ollama planner"
+            )
+        return encode_image_png(image)
 
     def plan(self, prompt: str, *, image: Image | None = None) -> PlanResult:
         """Ask the model for a plan, validate it, and send validation errors back to the model."""
         if not prompt or not prompt.strip():
             raise PlannerError("the prompt is empty; give a caption to plan")
         start = time.perf_counter()
-        image_png = None
-        if image is not None:
-            if not self.supports_images:
-                raise PlannerError(
-                    f"the {self.name} planner cannot read images ({self.planner_id} is text-only);"
-                    " use a multimodal model through the openai or ollama planner"
-                )
-            image_png = encode_image_png(image)
+        result = self._converse(
+            lambda structured: build_messages(prompt, structured=structured),
+            lambda raw: parse_plan_reply(raw, prompt=prompt, planner=self.planner_id),
+            image_png=self._image_png(image),
+        )
+        return result.model_copy(update={"seconds": time.perf_counter() - start})
+
+    def _converse(
+        self,
+        first_messages: Callable[[bool], list[ChatMessage]],
+        parse: Callable[[str], T],
+        *,
+        image_png: bytes | None = None,
+        reply_format: ReplyFormat | None = None,
+        retry_message: Callable[[str, bool], str] | None = None,
+        what: str = "plan",
+    ) -> T:
+        """The validate → retry loop shared by planning, reviewing and editing.
+
+        ``first_messages(structured)`` opens the conversation; ``parse`` turns a reply into the
+        result or raises :class:`PlannerError`, whose message is sent back to the model
+        (through ``retry_message(error, structured)``) a bounded number of times.
+        """
+        again = retry_message or (
+            lambda error, structured: _retry_message(error, structured=structured)
+        )
         structured = self.structured is not False
-        messages = build_messages(prompt, structured=structured)
+        messages = first_messages(structured)
         attempts = self.validation_retries + 1
         last_error = ""
         raw = ""
         attempt = 0
         while attempt < attempts:
             try:
-                raw = self._complete(messages, structured=structured, image_png=image_png)
+                raw = self._complete(
+                    messages, structured=structured, image_png=image_png, reply_format=reply_format
+                )
             except StructuredOutputUnsupported as exc:
                 if not structured:  # pragma: no cover - a backend bug
                     raise PlannerError(str(exc)) from None
@@ -594,10 +667,10 @@ class ChatPlanner(ABC):
                     exc,
                 )
                 self.structured = structured = False
-                messages = build_messages(prompt, structured=False)
+                messages = first_messages(False)
                 continue  # not counted: the model has not answered yet
             try:
-                result = parse_plan_reply(raw, prompt=prompt, planner=self.planner_id)
+                return parse(raw)
             except PlannerError as exc:
                 last_error = str(exc)
                 attempt += 1
@@ -611,12 +684,10 @@ class ChatPlanner(ABC):
                 messages = [
                     *messages,
                     {"role": "assistant", "content": raw},
-                    {"role": "user", "content": _retry_message(last_error, structured=structured)},
+                    {"role": "user", "content": again(last_error, structured)},
                 ]
-                continue
-            return result.model_copy(update={"seconds": time.perf_counter() - start})
         raise PlannerError(
-            f"{self.planner_id} gave no valid plan in {attempts} attempt"
+            f"{self.planner_id} gave no valid {what} in {attempts} attempt"
             f"{'s' if attempts != 1 else ''}; last problem: {last_error}",
             raw=raw,
         )
