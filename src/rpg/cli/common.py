@@ -91,11 +91,17 @@ def planner_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in pairs if value is not None}
 
 
-def load_rpg(args: argparse.Namespace, model: str, planner: str | None) -> Any:
+def load_rpg(
+    args: argparse.Namespace,
+    model: str,
+    planner: str | None,
+    *,
+    controlnet: list[str] | None = None,
+) -> Any:
     """Resolve and load ``model`` with the command-line device/dtype; returns an ``RPG``.
 
-    Says on stderr when the model is a tiny random-weight one, so nobody mistakes its noise for
-    a bug.
+    With ``controlnet`` the detected backbone's ControlNet variant loads those ControlNets. Says
+    on stderr when the model is a tiny random-weight one, so nobody mistakes its noise for a bug.
     """
     from rpg.backbones.loading import resolve_model
     from rpg.orchestrator import RPG, select_backbone
@@ -108,7 +114,15 @@ def load_rpg(args: argparse.Namespace, model: str, planner: str | None) -> Any:
             file=sys.stderr,
         )
     backbone_cls = select_backbone(info)
-    backbone = backbone_cls.load(info, device=args.device or "auto", dtype=args.dtype or "auto")
+    options: dict[str, Any] = {}
+    if controlnet:
+        from rpg.backbones.controlnet import controlnet_backbone_for
+
+        backbone_cls = controlnet_backbone_for(backbone_cls)
+        options["controlnet"] = controlnet
+    backbone = backbone_cls.load(
+        info, device=args.device or "auto", dtype=args.dtype or "auto", **options
+    )
     return RPG(
         backbone,
         planner=planner or "auto",

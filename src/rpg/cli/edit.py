@@ -8,8 +8,9 @@ them with regional attention, and every pixel outside the feathered mask is kept
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from rpg.cli.common import DEFAULT_MODEL, add_model_arguments, load_rpg
 
 _EXAMPLES = """examples:
   rpg edit apple.png "make the mug green" --planner openai --out apple-green.png
@@ -31,16 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("image", type=Path, metavar="IMAGE", help="the image to edit")
     p.add_argument("instruction", metavar="INSTRUCTION", help='what to change, e.g. "make it red"')
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        help="hub id, diffusers folder or .safetensors/.ckpt file; default: the model in "
-        "IMAGE's rpg metadata, else tiny-sd (random weights)",
-    )
-    model.add_argument("--config", metavar="FOLDER", help="configs of a single-file --model")
-    model.add_argument("--allow-download", action="store_true", help="download a missing model")
-    model.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    model.add_argument("--dtype", help="auto (default), float16, bfloat16 or float32")
+    add_model_arguments(p)  # without --model: the model in IMAGE's metadata, else tiny-sd
     plan = p.add_argument_group("planner (must read images: openai or ollama)")
     plan.add_argument("--planner", default="auto", help="planner name; default: auto")
     plan.add_argument("--planner-model", help="the planner's (vision) model")
@@ -65,35 +57,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpg.backbones.loading import resolve_model
-    from rpg.cli.generate import DEFAULT_MODEL
     from rpg.edit import edit, read_image
     from rpg.metadata import save_png
-    from rpg.orchestrator import RPG, select_backbone
 
     if not args.image.is_file():
         raise FileNotFoundError(f"image not found: {args.image}")
     source, stored = read_image(args.image)
     model = args.model or (stored.model if stored is not None else None) or DEFAULT_MODEL
-    info = resolve_model(model, config=args.config, allow_download=args.allow_download)
-    if info.is_tiny:
-        print(
-            f"note: {model!r} has random weights; the repainted regions will be noise.",
-            file=sys.stderr,
-        )
-    planner_options = {
-        key: value
-        for key, value in (
-            ("model", args.planner_model),
-            ("base_url", args.base_url),
-            ("host", args.host),
-        )
-        if value is not None
-    }
-    backbone = select_backbone(info).load(
-        info, device=args.device or "auto", dtype=args.dtype or "auto"
-    )
-    pipe = RPG(backbone, planner=args.planner, planner_options=planner_options, model=model)
+    pipe = load_rpg(args, model, args.planner)
     result = edit(
         pipe,
         args.image,

@@ -8,17 +8,22 @@ next to ``--from`` changes just that setting.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from rpg.cli.layout import parse_size
+from rpg.cli.common import (
+    DEFAULT_MODEL,
+    add_model_arguments,
+    add_planner_arguments,
+    add_render_arguments,
+    load_rpg,
+    request_overrides,
+)
 from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
-from rpg.models import GenerationRequest, RegionPlan
+from rpg.models import GenerationRequest
 
-#: The model used when ``--model`` is not given: runs offline anywhere (random weights).
-DEFAULT_MODEL = "tiny-sd"
+__all__ = ["DEFAULT_MODEL", "add_parser", "build_request", "output_paths", "run"]
 
 _EXAMPLES = """examples:
   rpg generate "A red cat on the left and a blue dog on the right" --seed 1 --out x.png \\
@@ -49,24 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="IMAGE",
         help="re-render a PNG saved by rpg; other options override its settings",
     )
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        help="hub id (read from the local Hugging Face cache), diffusers folder, or "
-        f".safetensors/.ckpt file; default: {DEFAULT_MODEL} (random weights, offline)",
-    )
-    model.add_argument(
-        "--config",
-        metavar="FOLDER",
-        help="diffusers folder with the configs of a single-file --model (needed offline)",
-    )
-    model.add_argument(
-        "--allow-download",
-        action="store_true",
-        help="download a hub model that is not in the cache (default: cache only)",
-    )
-    model.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    model.add_argument("--dtype", help="auto (default), float16, bfloat16 or float32")
+    add_model_arguments(p)
     control = p.add_argument_group("controlnet")
     control.add_argument(
         "--controlnet",
@@ -90,21 +78,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="S",
         help="ControlNet conditioning scale: one for all or one per --controlnet (default 1)",
     )
-    plan = p.add_argument_group("plan")
-    plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
-    plan.add_argument("--planner", help="planner name (see 'rpg plugins'); default: rules")
-    plan.add_argument("--planner-model", help="model name for LLM planners")
-    plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
-    plan.add_argument("--host", help="Ollama server URL for the ollama planner")
-    plan.add_argument("--base-ratio", type=float, help="weight of the base prompt, 0 to 1")
-    render = p.add_argument_group("rendering")
-    render.add_argument("--size", type=parse_size, help="WxH, multiples of 8; default: native")
-    render.add_argument("--steps", type=int, help="denoising steps (default 30)")
-    render.add_argument("--seed", type=int, help="random seed (default: random, recorded)")
-    render.add_argument("--guidance", type=float, help="guidance scale (default 7)")
-    render.add_argument("--negative", help="negative prompt for the whole image")
-    render.add_argument("--scheduler", help="dpm++2m-karras (default), euler-a, euler, ddim, ...")
-    render.add_argument("--num-images", type=int, help="images to render (default 1)")
+    add_planner_arguments(p)
+    render = add_render_arguments(p)
     add_refine_argument(render)
     out = p.add_argument_group("output")
     out.add_argument(
@@ -119,28 +94,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The request fields set on the command line (``None`` means "not given")."""
-    fields: dict[str, Any] = {
-        "steps": args.steps,
-        "seed": args.seed,
-        "guidance_scale": args.guidance,
-        "negative_prompt": args.negative,
-        "scheduler": args.scheduler,
-        "num_images": args.num_images,
-        "base_ratio": args.base_ratio,
-        "planner": args.planner,
-    }
-    if args.size is not None:
-        fields["width"], fields["height"] = args.size
-    if args.plan is not None:
-        fields["plan"] = RegionPlan.load(args.plan)
-    return {k: v for k, v in fields.items() if v is not None}
-
-
 def build_request(args: argparse.Namespace) -> GenerationRequest:
     """The request to render: from ``--from`` (with overrides) or from the prompt and options."""
-    overrides = _overrides(args)
+    overrides = request_overrides(args)
     if args.from_image is not None:
         from rpg.metadata import load_request
 
@@ -196,51 +152,16 @@ def control_inputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpg.backbones.loading import resolve_model
     from rpg.backbones.schedulers import check_scheduler
     from rpg.metadata import save_png
-    from rpg.orchestrator import RPG, select_backbone
 
     request = build_request(args)
     check_scheduler(request.scheduler)  # fail before loading a model
     model = request.model or DEFAULT_MODEL
-    info = resolve_model(model, config=args.config, allow_download=args.allow_download)
-    if info.is_tiny:
-        print(
-            f"note: {model!r} has random weights; its images are noise (it is for trying rpg "
-            "offline). Pass --model with a real checkpoint for pictures.",
-            file=sys.stderr,
-        )
-    planner_options = {
-        key: value
-        for key, value in (
-            ("model", args.planner_model),
-            ("base_url", args.base_url),
-            ("host", args.host),
-        )
-        if value is not None
-    }
-    backbone_cls = select_backbone(info)
-    load_options: dict[str, Any] = {}
-    if args.controlnet:
-        from rpg.backbones.controlnet import controlnet_backbone_for
-
-        backbone_cls = controlnet_backbone_for(backbone_cls)
-        load_options["controlnet"] = args.controlnet
-    backbone = backbone_cls.load(
-        info, device=args.device or "auto", dtype=args.dtype or "auto", **load_options
-    )
-    control, request = control_inputs(args, backbone, request)
-    pipe = RPG(
-        backbone,
-        planner=request.planner or "rules",
-        planner_options=planner_options,
-        model=model,
-    )
+    pipe = load_rpg(args, model, request.planner, controlnet=args.controlnet)
+    control, request = control_inputs(args, pipe.backbone, request)
     if args.refine:
-        if control:
-            raise ConfigurationError("--refine does not take ControlNet inputs yet")
-        result = generate_refined(pipe, request, args.out, args.refine)
+        result = generate_refined(pipe, request, args.out, args.refine, **control)
     else:
         result = pipe.generate(request, **control)
 
