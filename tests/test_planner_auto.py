@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import rpg
+from planner_helpers import closed_port
 from rpg.cli import main
 from rpg.models import PlanResult
 from rpg.planners.auto import select_planner
@@ -18,12 +18,6 @@ from rpg.planners.ollama import OllamaPlanner
 from rpg.planners.openai import OpenAIPlanner
 from rpg.plugins import planner_registry
 from servers import OllamaServer, Reply
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from planner_helpers import decode_b64_image, isolate_env, one_row
 from rpg.errors import PlannerError
 from rpg.models import RegionPlan
 from rpg.planners.cache import CachedPlanner
@@ -39,15 +38,10 @@ PLAN = RegionPlan.from_split_ratio(
     base_prompt="still life on a table",
 )
 REVISED: dict[str, Any] = {
-    "rows": [
-        {
-            "height": 1,
-            "regions": [
-                {"prompt": "a large shiny red apple on a wooden table", "width": 2},
-                {"prompt": "a cobalt blue ceramic mug on a wooden table", "width": 1},
-            ],
-        }
-    ],
+    "rows": one_row(
+        ("a large shiny red apple on a wooden table", 2),
+        ("a cobalt blue ceramic mug on a wooden table", 1),
+    ),
     "base_prompt": "still life on a wooden table",
     "base_ratio": 0.2,
 }
@@ -61,16 +55,14 @@ def gradient(width: int = 24, height: int = 16) -> Image.Image:
 
 
 def decode(data: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    image = decode_b64_image(data)
     assert image.format == "PNG"
     return image
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("RPG_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, "OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST")
 
 
 @pytest.fixture

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from planner_helpers import Sleeps, closed_port, decode_b64_image, isolate_env, one_row
 from rpg.errors import ModelNotFoundError, PlannerError
 from rpg.planners import template
 from rpg.planners.ollama import (
@@ -29,15 +27,10 @@ PLAN: dict[str, Any] = {
         {"name": "girl", "attributes": ["red scarf"]},
         {"name": "girl", "attributes": ["green sweater"]},
     ],
-    "rows": [
-        {
-            "height": 1,
-            "regions": [
-                {"prompt": "a girl in a red scarf chatting in a cosy cafe", "width": 1},
-                {"prompt": "a girl in a green sweater chatting in a cosy cafe", "width": 1},
-            ],
-        }
-    ],
+    "rows": one_row(
+        ("a girl in a red scarf chatting in a cosy cafe", 1),
+        ("a girl in a green sweater chatting in a cosy cafe", 1),
+    ),
     "base_prompt": "two girls chatting in a cosy cafe",
     "base_ratio": 0.3,
 }
@@ -50,19 +43,9 @@ TEXT_REPLY = """\
 **Regional Prompt:** two girls in a cafe BREAK a girl with a red scarf BREAK a girl in green"""
 
 
-class Sleeps:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    monkeypatch.delenv("OLLAMA_HOST", raising=False)
-    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
-    monkeypatch.setenv("RPG_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, "OLLAMA_HOST", "OLLAMA_API_KEY")
 
 
 @pytest.fixture
@@ -85,12 +68,6 @@ def make(server: OllamaServer, sleeps: Sleeps, **kw: Any) -> OllamaPlanner:
     }
     options.update(kw)
     return OllamaPlanner(**options)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_structured_reply_and_what_was_sent(server: OllamaServer, sleeps: Sleeps) -> None:
@@ -198,7 +175,7 @@ def test_image_goes_in_the_user_message(server: OllamaServer, sleeps: Sleeps) ->
     make(server, sleeps).plan(PROMPT, image=Image.new("RGB", (5, 7), (0, 0, 255)))
     user = server.chat_requests[0].json["messages"][1]
     (encoded,) = user["images"]
-    decoded = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    decoded = decode_b64_image(encoded)
     assert decoded.format == "PNG" and decoded.size == (5, 7)
     assert "images" not in server.chat_requests[0].json["messages"][0]
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from planner_helpers import Sleeps, closed_port, decode_b64_image, isolate_env, one_row
 from rpg.cli import main
 from rpg.errors import ConfigurationError, ModelNotFoundError, PlannerError
 from rpg.models import PlanResult
@@ -33,15 +31,10 @@ PLAN: dict[str, Any] = {
         {"name": "apple", "attributes": ["red"]},
         {"name": "mug", "attributes": ["blue"]},
     ],
-    "rows": [
-        {
-            "height": 1,
-            "regions": [
-                {"prompt": "a shiny red apple on a wooden table", "width": 1},
-                {"prompt": "a blue ceramic mug on a wooden table", "width": 2},
-            ],
-        }
-    ],
+    "rows": one_row(
+        ("a shiny red apple on a wooden table", 1),
+        ("a blue ceramic mug on a wooden table", 2),
+    ),
     "base_prompt": "still life on a wooden table",
     "base_ratio": 0.25,
 }
@@ -57,21 +50,9 @@ Base prompt used: no
 Regional Prompt: a red apple on a table BREAK a blue mug on a table"""
 
 
-class Sleeps:
-    """Records the waits a RetryPolicy asks for instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("RPG_CACHE_DIR", str(tmp_path / "cache"))
+    isolate_env(monkeypatch, tmp_path, "OPENAI_API_KEY", "OPENAI_BASE_URL", "OLLAMA_HOST")
 
 
 @pytest.fixture
@@ -95,12 +76,6 @@ def make(server: OpenAIServer, sleeps: Sleeps, **kw: Any) -> OpenAIPlanner:
     }
     options.update(kw)
     return OpenAIPlanner(**options)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- structured output
@@ -412,7 +387,7 @@ def test_image_is_sent_as_base64_png(server: OpenAIServer, sleeps: Sleeps) -> No
     assert text_part["type"] == "text" and PROMPT in text_part["text"]
     url = image_part["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
-    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    decoded = decode_b64_image(url.split(",", 1)[1])
     assert decoded.format == "PNG"
     assert decoded.size == (12, 8)
     assert decoded.convert("RGB").getpixel((3, 3)) == (200, 10, 30)

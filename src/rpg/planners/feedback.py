@@ -32,8 +32,9 @@ from rpg.planners.structured import (
     ChatMessage,
     ChatPlanner,
     ReplyFormat,
-    _describe,
-    _first_json_object,
+    describe_validation_error,
+    first_json_object,
+    json_retry_message,
     strip_reasoning,
 )
 
@@ -337,10 +338,8 @@ def build_edit_messages(instruction: str, plan: RegionPlan | None) -> list[ChatM
 
 
 def _retry(error: str, structured: bool) -> str:
-    return (
-        f'Your reply could not be used: "{error.strip()}". Answer again with the whole JSON '
-        "object, fixing that problem."
-    )
+    # Reviews and edits are JSON even when the server does not enforce a schema.
+    return json_retry_message(error)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -349,7 +348,7 @@ def _retry(error: str, structured: bool) -> str:
 def _parse_json(text: str, model: type[M], what: str, fill: Callable[[dict[str, Any]], None]) -> M:
     if not text or not text.strip():
         raise PlannerError("the reply is empty", raw=text or "")
-    data = _first_json_object(strip_reasoning(text))
+    data = first_json_object(strip_reasoning(text))
     if data is None:
         raise PlannerError(f"the reply holds no JSON object; answer with the {what}", raw=text)
     fill(data)
@@ -357,7 +356,7 @@ def _parse_json(text: str, model: type[M], what: str, fill: Callable[[dict[str, 
         return model.model_validate(data)
     except ValidationError as exc:
         raise PlannerError(
-            f"the JSON reply is not a valid {what}: {_describe(exc)}", raw=text
+            f"the JSON reply is not a valid {what}: {describe_validation_error(exc)}", raw=text
         ) from None
 
 

@@ -29,6 +29,7 @@ from rpg.planners.structured import (
     b64,
     call_with_retries,
     plan_schema,
+    shorten,
     strip_reasoning,
 )
 
@@ -74,11 +75,6 @@ def server_answers(host: str | None = None, *, timeout: float = 0.5) -> bool:
             return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def _short(text: object, limit: int = 240) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 class OllamaPlanner(MultimodalChatPlanner):
@@ -198,7 +194,7 @@ class OllamaPlanner(MultimodalChatPlanner):
         return strip_reasoning(response.message.content or "")
 
     def _response_error(self, exc: ollama_sdk.ResponseError, *, structured: bool) -> Exception:
-        status, detail = exc.status_code, _short(exc.error)
+        status, detail = exc.status_code, shorten(exc.error)
         if status == 404 and "not found" in detail.lower():
             return PlannerModelNotFoundError(
                 f"the Ollama server at {self.host} does not have model {self.model!r}; "

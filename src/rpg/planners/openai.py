@@ -32,6 +32,7 @@ from rpg.planners.structured import (
     call_with_retries,
     parse_retry_after,
     plan_schema,
+    shorten,
     strip_reasoning,
 )
 
@@ -56,11 +57,6 @@ _STRUCTURED_HINT = re.compile(r"response_format|json_schema|structured|schema|gr
 def is_reasoning_model(model: str) -> bool:
     """True for OpenAI reasoning model names (``o1``, ``o3-mini``, ``o4-mini``, ``gpt-5``, ...)."""
     return bool(_REASONING.match(model.rsplit("/", 1)[-1]))
-
-
-def _short(text: str, limit: int = 240) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class OpenAIPlanner(MultimodalChatPlanner):
@@ -233,7 +229,7 @@ class OpenAIPlanner(MultimodalChatPlanner):
             )
             raise PlannerError(
                 f"could not connect to {self.server} ({self.retry.retries + 1} attempts): "
-                f"{_short(str(exc.__cause__ or exc))}; {hint}"
+                f"{shorten(str(exc.__cause__ or exc))}; {hint}"
             ) from None
 
         if not completion.choices:
@@ -242,7 +238,7 @@ class OpenAIPlanner(MultimodalChatPlanner):
         message = choice.message
         refusal = getattr(message, "refusal", None)
         if refusal:
-            raise PlannerError(f"{self.model} refused to plan: {_short(refusal)}", raw=refusal)
+            raise PlannerError(f"{self.model} refused to plan: {shorten(refusal)}", raw=refusal)
         if not message.content and choice.finish_reason == "length":
             raise PlannerError(
                 f"{self.model} used all {self.max_tokens} tokens without answering (reasoning "
@@ -254,7 +250,7 @@ class OpenAIPlanner(MultimodalChatPlanner):
 
     def _status_error(self, exc: openai_sdk.APIStatusError, *, structured: bool) -> Exception:
         status = exc.status_code
-        detail = _short(exc.message)
+        detail = shorten(exc.message)
         if status == 401:
             extra = " (no key was set, so a placeholder was sent)" if self._placeholder_key else ""
             return PlannerConfigurationError(

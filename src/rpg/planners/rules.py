@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from rpg.errors import ConfigurationError, PlannerError
 from rpg.models import DEFAULT_BASE_RATIO, Entity, PlanResult, Recaption, Region, RegionPlan, Row
+from rpg.planners.template import split_outside_brackets
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -122,25 +123,6 @@ def _tidy(text: str) -> str:
     return text
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on a character outside brackets."""
-    parts: list[str] = []
-    cur: list[str] = []
-    depth = 0
-    for ch in text:
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth = max(0, depth - 1)
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return parts
-
-
 def _starts_entity(text: str) -> bool:
     words = text.strip().split(maxsplit=1)
     return bool(words) and (words[0].lower() in _DETERMINERS or words[0].isdigit())
@@ -167,7 +149,7 @@ def _split_and(piece: str) -> list[str]:
 def _split_list(text: str) -> list[str]:
     """Split "A, B and C" into entities; pieces that do not start like an entity stay attached."""
     items: list[str] = []
-    for piece in _split_top(text, ","):
+    for piece in split_outside_brackets(text, ","):
         piece = piece.strip()
         if not piece:
             continue
@@ -306,7 +288,7 @@ def _take_style(body: str) -> tuple[str, str, str]:
     prefix = ""
     if m and rest[m.end() :].strip():
         prefix, rest = m.group(0), rest[m.end() :]
-    pieces = _split_top(rest, ",")
+    pieces = split_outside_brackets(rest, ",")
     tail: list[str] = []
     while len(pieces) > 1 and _STYLE_WORDS.search(pieces[-1]) and not _starts_entity(pieces[-1]):
         tail.insert(0, pieces.pop().strip())
@@ -437,7 +419,7 @@ def _by_and(body: str) -> tuple[list[list[str]], str, str] | None:
     """ "A and B" (or "A, B and C") when every part starts like a separate entity."""
     if not _starts_entity(body):
         return None
-    pieces = [p.strip() for p in _split_top(body, ",") if p.strip()]
+    pieces = [p.strip() for p in split_outside_brackets(body, ",") if p.strip()]
     if len(pieces) > 1 and not all(_starts_entity(p.removeprefix("and ")) for p in pieces):
         pieces = [body]  # commas belong to descriptions; only "and" can split
     items = [i for p in pieces for i in _split_and(p.removeprefix("and "))]

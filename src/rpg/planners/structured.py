@@ -64,13 +64,17 @@ __all__ = [
     "StructuredOutputUnsupported",
     "build_messages",
     "call_with_retries",
+    "describe_validation_error",
     "encode_image_png",
+    "first_json_object",
     "image_digest",
     "json_instructions",
+    "json_retry_message",
     "parse_plan_reply",
     "parse_retry_after",
     "plan_schema",
     "reply_schema",
+    "shorten",
     "strip_reasoning",
 ]
 
@@ -361,14 +365,19 @@ def build_messages(prompt: str, *, structured: bool) -> list[ChatMessage]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def json_retry_message(error: str) -> str:
+    """The message that sends a rejected JSON reply back to the model, with the problem."""
+    return (
+        f'Your reply could not be used: "{error.strip()}". Answer again with the whole '
+        "JSON object, fixing that problem."
+    )
+
+
 def _retry_message(error: str, *, structured: bool) -> str:
     from rpg.planners import template
 
     if structured:
-        return (
-            f'Your reply could not be used: "{error.strip()}". Answer again with the whole '
-            "JSON object, fixing that problem."
-        )
+        return json_retry_message(error)
     return template.build_retry_message(error)
 
 
@@ -391,7 +400,8 @@ def strip_reasoning(text: str) -> str:
     return cleaned.strip() if cleaned != text else text
 
 
-def _first_json_object(text: str) -> Any | None:
+def first_json_object(text: str) -> Any | None:
+    """The first JSON object (a ``dict``) found anywhere in ``text``, or ``None``."""
     decoder = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
         try:
@@ -403,7 +413,8 @@ def _first_json_object(text: str) -> Any | None:
     return None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """A one-line summary of a pydantic error (first six problems), for the model to act on."""
     parts = []
     for err in exc.errors()[:6]:
         where = ".".join(str(p) for p in err["loc"]) or "reply"
@@ -420,7 +431,7 @@ def parse_plan_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult
     if not text or not text.strip():
         raise PlannerError("the reply is empty", raw=text or "")
     body = strip_reasoning(text)
-    data = _first_json_object(body)
+    data = first_json_object(body)
     if data is None:
         if body.lstrip().startswith(("{", "```json")):
             raise PlannerError(
@@ -445,8 +456,14 @@ def parse_plan_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult
         return reply.to_result(prompt=prompt, raw=text, planner=planner)
     except ValidationError as exc:
         raise PlannerError(
-            f"the JSON reply is not a valid plan: {_describe(exc)}", raw=text
+            f"the JSON reply is not a valid plan: {describe_validation_error(exc)}", raw=text
         ) from None
+
+
+def shorten(text: object, limit: int = 240) -> str:
+    """``text`` on one line (white space folded), cut to ``limit`` characters with an ellipsis."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- images

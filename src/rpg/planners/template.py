@@ -27,6 +27,7 @@ __all__ = [
     "build_retry_message",
     "build_user_message",
     "parse_reply",
+    "split_outside_brackets",
 ]
 
 #: Bump whenever INSTRUCTIONS or the reply format changes: plan caches key on it.
@@ -274,7 +275,7 @@ def _parse_entities(items: list[str]) -> list[Entity]:
         if ";" in line:
             items = line.split(";")
         elif ":" not in line:
-            items = _split_outside_parens(line, ",")
+            items = split_outside_brackets(line, ",")
     entities = []
     for item in items:
         item = item.strip().strip(_MARKUP).strip()
@@ -290,7 +291,8 @@ def _parse_entities(items: list[str]) -> list[Entity]:
     return entities
 
 
-def _split_outside_parens(text: str, sep: str) -> list[str]:
+def split_outside_brackets(text: str, sep: str) -> list[str]:
+    """Split ``text`` on ``sep`` where it stands outside ``()``, ``[]`` and ``{}``."""
     parts: list[str] = []
     cur: list[str] = []
     depth = 0
