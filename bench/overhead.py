@@ -36,9 +36,7 @@ import gc
 import json
 import platform
 import statistics
-import string
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -51,6 +49,14 @@ import torch
 
 from rpg.attention import RegionalConditioning, RegionalLayout, regional
 from rpg.attention.install import cross_attention_names
+from rpg.backbones.tiny import (
+    SD_SCHEDULE,
+    byte_level_tokenizer,
+    clip_text_config,
+    four_level_vae,
+    sd_pipeline,
+    sdxl_pipeline,
+)
 from rpg.layout import grid_cells, latent_grid_for_tokens
 
 GRIDS: dict[int, tuple[tuple[float, tuple[float, ...]], ...]] = {
@@ -60,6 +66,8 @@ GRIDS: dict[int, tuple[tuple[float, tuple[float, ...]], ...]] = {
     8: ((1.0, (1.0, 1.0, 1.0, 1.0)), (1.0, (1.0, 1.0, 1.0, 1.0))),
 }
 BASE_RATIO = 0.3
+#: CLIP's vocabulary size: the text encoders' embedding tables have the real size.
+CLIP_VOCAB_SIZE = 49408
 PROMPTS = [
     "a red apple",
     "a blue mug",
@@ -83,30 +91,12 @@ class Bench:
     call_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_tokenizer(folder: Path) -> None:
-    """A minimal CLIP BPE vocabulary: single characters, end-of-word forms, no merges."""
-    chars = string.ascii_lowercase + string.digits + ",.!?-'"
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-
-
 def build_sd15(device: torch.device, dtype: torch.dtype) -> Bench:
     """Stable Diffusion 1.5's architecture, random weights."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
+    tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -130,46 +120,18 @@ def build_sd15(device: torch.device, dtype: torch.dtype) -> Bench:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
+    vae = four_level_vae((128, 256, 512, 512), layers_per_block=2, sample_size=512)
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
+        clip_text_config(
+            tokenizer, 768, 12, heads=12, intermediate=3072, vocab_size=CLIP_VOCAB_SIZE
         )
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
+    pipe = sd_pipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE),
     )
     pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -192,19 +154,10 @@ def build_sdxl(device: torch.device, dtype: torch.dtype) -> Bench:
     CLIP ViT-L and the 700M-parameter OpenCLIP bigG: they run once per prompt, outside the
     timed call, and only their output shapes matter to the UNet.
     """
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         sample_size=128,
@@ -223,51 +176,25 @@ def build_sdxl(device: torch.device, dtype: torch.dtype) -> Bench:
         projection_class_embeddings_input_dim=2816,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
+    vae = four_level_vae(
+        (128, 256, 512, 512), layers_per_block=2, sample_size=1024, scaling_factor=0.13025
     )
 
-    def text_config(hidden: int, heads: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=hidden,
-            intermediate_size=4 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            projection_dim=hidden,
+    def text_config(hidden: int, heads: int) -> Any:
+        return clip_text_config(
+            tokenizer, hidden, 2, heads=heads, intermediate=4 * hidden, vocab_size=CLIP_VOCAB_SIZE
         )
 
     text_encoder = CLIPTextModel(text_config(768, 12))
     text_encoder_2 = CLIPTextModelWithProjection(text_config(1280, 20))
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    pipe: Any = StableDiffusionXLPipeline(
+    pipe = sdxl_pipeline(
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         unet=unet,
-        scheduler=scheduler,
-        add_watermarker=False,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading"),
     )
     pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

@@ -174,9 +174,15 @@ class RPG:
     @property
     def planner(self) -> Planner:
         """The default planner (created on first use)."""
-        return self._get_planner(self._planner_name)
+        return self.get_planner()
 
-    def _get_planner(self, name: str) -> Planner:
+    def get_planner(self, name: str | None = None) -> Planner:
+        """The planner registered as ``name`` (default: this RPG's own), created on first use.
+
+        Each planner is created once and reused; the ``planner_options`` given to this RPG
+        apply to its default planner only.
+        """
+        name = self._planner_name if name is None else name
         if name not in self._planners:
             from rpg import create_planner
 
@@ -199,7 +205,7 @@ class RPG:
             self._plans.move_to_end(key)
             return cached
         started = time.perf_counter()
-        result = self._get_planner(name).plan(prompt)
+        result = self.get_planner(name).plan(prompt)
         if not result.seconds:
             result = result.model_copy(update={"seconds": time.perf_counter() - started})
         self._plans[key] = result

@@ -96,12 +96,7 @@ def resolve_planner(rpg: RPG, planner: str | Planner | None) -> MultimodalPlanne
 
     A text-only planner raises :class:`~rpg.errors.PlannerError` naming the multimodal ones.
     """
-    if planner is None:
-        chosen: Planner = rpg.planner
-    elif isinstance(planner, str):
-        chosen = rpg._get_planner(planner)
-    else:
-        chosen = planner
+    chosen = rpg.get_planner(planner) if planner is None or isinstance(planner, str) else planner
     return as_multimodal(chosen)
 
 

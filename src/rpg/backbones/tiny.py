@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,25 @@ from rpg.backbones.tiny_xl import (
 )
 
 __all__ = [
+    "SD_SCHEDULE",
     "TINY_CONTROLNET",
     "TINY_MODELS",
     "TINY_SD",
     "TINY_SDXL",
     "TINY_SDXL_CONTROLNET",
     "TINY_WRITERS",
+    "byte_level_tokenizer",
     "byte_level_vocab",
+    "clip_text_config",
+    "four_level_vae",
     "save_sdxl_single_file",
+    "sd_pipeline",
+    "sdxl_pipeline",
+    "staged_folder",
     "write_tiny_controlnet",
     "write_tiny_sd",
     "write_tiny_sdxl",
+    "write_tokenizer",
 ]
 
 #: Reserved model name of the tiny SD 1.x-style model.
@@ -96,7 +105,12 @@ def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def _write_tokenizer(folder: Path) -> None:
+def write_tokenizer(folder: Path) -> None:
+    """Write the byte-level CLIP tokenizer of :func:`byte_level_vocab` into ``folder``.
+
+    ``vocab.json``, ``merges.txt`` and the tokenizer configs (``model_max_length=77``), ready for
+    ``CLIPTokenizer.from_pretrained(folder)``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = byte_level_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
@@ -117,6 +131,146 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
 
 
+def byte_level_tokenizer() -> Any:
+    """The ``CLIPTokenizer`` of :func:`write_tokenizer`, loaded through a temporary folder."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
+# --- components at any size -------------------------------------------------------------------
+# The tiny writers and bench/overhead.py (real sizes, random weights) build the same kinds of
+# components; only the sizes differ.
+
+#: The noise schedule of SD 1.x and SDXL, shared by their schedulers.
+SD_SCHEDULE: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+}
+
+
+def four_level_vae(
+    block_out_channels: tuple[int, int, int, int],
+    *,
+    layers_per_block: int,
+    sample_size: int,
+    norm_num_groups: int = 32,
+    **options: Any,
+) -> Any:
+    """An ``AutoencoderKL`` with SD's four levels (latent factor 8) and four latent channels.
+
+    ``options`` go to ``AutoencoderKL`` as well (SDXL's ``scaling_factor=0.13025``).
+    """
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        latent_channels=4,
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+        **options,
+    )
+
+
+def clip_text_config(
+    tokenizer: Any,
+    hidden: int,
+    layers: int,
+    *,
+    heads: int = 4,
+    intermediate: int | None = None,
+    vocab_size: int | None = None,
+) -> Any:
+    """A ``CLIPTextConfig`` of width ``hidden`` for ``tokenizer`` (77 positions, square projection).
+
+    ``intermediate`` defaults to ``2 * hidden``, ``vocab_size`` to the tokenizer's size. The
+    projection is square, as OpenCLIP-G's is; diffusers' single-file converter relies on it.
+    """
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer) if vocab_size is None else vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden if intermediate is None else intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden,
+    )
+
+
+def sd_pipeline(*, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any) -> Any:
+    """A ``StableDiffusionPipeline`` of these components, without safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def sdxl_pipeline(
+    *,
+    vae: Any,
+    text_encoder: Any,
+    text_encoder_2: Any,
+    tokenizer: Any,
+    tokenizer_2: Any,
+    unet: Any,
+    scheduler: Any,
+) -> Any:
+    """A ``StableDiffusionXLPipeline`` of these components, without watermarker."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+@contextmanager
+def staged_folder(path: str | os.PathLike[str]) -> Iterator[tuple[Path, Path]]:
+    """Yield ``(scratch, staging)`` next to ``path``; on success ``staging`` replaces ``path``.
+
+    ``scratch`` is a temporary folder on the same file system (removed afterwards) and
+    ``staging`` a path inside it to write the result to, so ``path`` is never half-written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        staging = Path(tmp) / "model"
+        yield Path(tmp), staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+
+
 def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write a complete tiny SD 1.x-architecture diffusers folder to ``path`` and return it.
 
@@ -126,20 +280,12 @@ def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
     ``model_max_length=77``); SD 1.5's PNDM scheduler settings. The same ``seed`` writes the
     same weights. An existing folder is replaced.
     """
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-        staging = Path(tmp) / "model"
-        tok_dir = Path(tmp) / "tokenizer"
-        _write_tokenizer(tok_dir)
+    with staged_folder(path) as (tmp, staging):
+        tok_dir = tmp / "tokenizer"
+        write_tokenizer(tok_dir)
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -155,57 +301,19 @@ def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
                 attention_head_dim=4,
                 norm_num_groups=16,
             )
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(16, 16, 32, 32),
-                layers_per_block=1,
-                latent_channels=4,
-                norm_num_groups=16,
-                sample_size=64,
+            vae = four_level_vae(
+                (16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=16
             )
-            text_config = CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=_HIDDEN,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=_MAX_LENGTH,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=_HIDDEN,
-            )
-            text_encoder = CLIPTextModel(text_config)
-        scheduler = PNDMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            num_train_timesteps=1000,
-            set_alpha_to_one=False,
-            skip_prk_steps=True,
-            steps_offset=1,
-        )
-        pipe: Any = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            text_encoder = CLIPTextModel(clip_text_config(tokenizer, _HIDDEN, 2, intermediate=37))
+        scheduler = PNDMScheduler(**SD_SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True)
+        pipe = sd_pipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
         )
         pipe.save_pretrained(staging)
         # Keep the tokenizer's source files next to whatever save_pretrained wrote.
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(tok_dir / name, staging / "tokenizer" / name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    return target
+    return Path(path)
 
 
 #: Writers of the reserved tiny pipelines by name, used by ``loading.tiny_model_path``.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,6 @@ TINY_XL_MODELS: dict[str, str] = {
     TINY_SDXL_CONTROLNET: "tiny ControlNet for tiny-sdxl with random weights (offline)",
 }
 
-_MAX_LENGTH = 77
 # The two encoders must differ in width: diffusers' single-file loader tells SDXL's CLIP-L
 # and OpenCLIP-G apart by the width of their position embeddings, as in the real 768 / 1280.
 _HIDDEN_1 = 32
@@ -56,41 +54,6 @@ _HIDDEN_2 = 64
 # Ten layers: diffusers recognises an SDXL single file by OpenCLIP-G's tenth block.
 _LAYERS_2 = 10
 _TIME_EMBED_DIM = 8
-_VAE_KWARGS: dict[str, Any] = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (16, 16, 32, 32),
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 16,
-    "sample_size": 64,
-}
-
-
-def _replace_folder(staging: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
-def _text_config(tokenizer: Any, hidden: int, layers: int) -> Any:
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        max_position_embeddings=_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        # OpenCLIP-G's projection is square; the single-file converter relies on it.
-        projection_dim=hidden,
-    )
 
 
 def _sdxl_unet() -> Any:
@@ -127,36 +90,40 @@ def write_tiny_sdxl(path: str | os.PathLike[str], seed: int = 0) -> Path:
     below the finest level, as in SDXL. VAE: four levels (latent factor 8). Scheduler: SDXL's
     Euler settings. An existing folder is replaced.
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from rpg.backbones.tiny import _write_tokenizer  # lazy: rpg.backbones.tiny re-exports this
+    # lazy: rpg.backbones.tiny imports this module
+    from rpg.backbones.tiny import (
+        SD_SCHEDULE,
+        clip_text_config,
+        four_level_vae,
+        sdxl_pipeline,
+        staged_folder,
+        write_tokenizer,
+    )
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-        staging = Path(tmp) / "model"
-        tok_dir = Path(tmp) / "tokenizer"
-        _write_tokenizer(tok_dir)
+    with staged_folder(path) as (tmp, staging):
+        tok_dir = tmp / "tokenizer"
+        write_tokenizer(tok_dir)
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
         tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             unet = _sdxl_unet()
-            vae = AutoencoderKL(**_VAE_KWARGS, scaling_factor=0.13025)
-            text_encoder = CLIPTextModel(_text_config(tokenizer, _HIDDEN_1, 2))
-            text_encoder_2 = CLIPTextModelWithProjection(
-                _text_config(tokenizer_2, _HIDDEN_2, _LAYERS_2)
+            vae = four_level_vae(
+                (16, 16, 32, 32),
+                layers_per_block=1,
+                sample_size=64,
+                norm_num_groups=16,
+                scaling_factor=0.13025,
             )
-        scheduler = EulerDiscreteScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            num_train_timesteps=1000,
-            steps_offset=1,
-            timestep_spacing="leading",
-        )
-        pipe: Any = StableDiffusionXLPipeline(
+            text_encoder = CLIPTextModel(clip_text_config(tokenizer, _HIDDEN_1, 2))
+            text_encoder_2 = CLIPTextModelWithProjection(
+                clip_text_config(tokenizer_2, _HIDDEN_2, _LAYERS_2)
+            )
+        scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading")
+        pipe = sdxl_pipeline(
             vae=vae,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
@@ -164,15 +131,12 @@ def write_tiny_sdxl(path: str | os.PathLike[str], seed: int = 0) -> Path:
             tokenizer_2=tokenizer_2,
             unet=unet,
             scheduler=scheduler,
-            force_zeros_for_empty_prompt=True,
-            add_watermarker=False,
         )
         pipe.save_pretrained(staging)
         for sub in ("tokenizer", "tokenizer_2"):
             for name in ("vocab.json", "merges.txt"):
                 shutil.copyfile(tok_dir / name, staging / sub / name)
-        _replace_folder(staging, target)
-    return target
+    return Path(path)
 
 
 def _randomise_zero_convs(controlnet: torch.nn.Module, std: float) -> None:
@@ -199,16 +163,14 @@ def write_tiny_controlnet(path: str | os.PathLike[str], *, sdxl: bool, seed: int
     """
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from rpg.backbones.tiny import write_tiny_sd
+    from rpg.backbones.tiny import staged_folder, write_tiny_sd
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+    with staged_folder(path) as (tmp, staging):
         if sdxl:
             unet_config = dict(_sdxl_unet().config)
         else:
             # The tiny SD UNet's architecture is whatever write_tiny_sd writes; read it back.
-            sd_dir = write_tiny_sd(Path(tmp) / "sd", seed=seed)
+            sd_dir = write_tiny_sd(tmp / "sd", seed=seed)
             unet_config = dict(UNet2DConditionModel.load_config(sd_dir / "unet"))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
@@ -219,10 +181,8 @@ def write_tiny_controlnet(path: str | os.PathLike[str], *, sdxl: bool, seed: int
                 load_weights_from_unet=False,
             )
             _randomise_zero_convs(controlnet, std=0.05)
-        staging = Path(tmp) / "controlnet"
         controlnet.save_pretrained(staging)
-        _replace_folder(staging, target)
-    return target
+    return Path(path)
 
 
 # --- single-file export -----------------------------------------------------------------------
@@ -254,6 +214,13 @@ def _resnet_key(rest: str) -> str:
     return f"{_RESNET.get(head, head)}.{tail}"
 
 
+def _layer_key(blocks: str, index: int, kind: str, rest: str) -> str:
+    """A resnet's (``kind == "resnets"``) or attention's parameter in original block ``index``."""
+    if kind == "resnets":
+        return f"{blocks}.{index}.0.{_resnet_key(rest)}"
+    return f"{blocks}.{index}.1.{rest}"
+
+
 def _unet_key(key: str, layers: int, up_with_attention: set[int]) -> str:
     """One diffusers UNet parameter name in the original layout."""
     for new, old in _UNET_FIXED.items():
@@ -265,11 +232,7 @@ def _unet_key(key: str, layers: int, up_with_attention: set[int]) -> str:
         first = 1 + block * (layers + 1)
         if parts[2] == "downsamplers":  # down_blocks.b.downsamplers.0.conv.* → op
             return f"input_blocks.{first + layers}.0.op.{'.'.join(parts[5:])}"
-        index = first + int(parts[3])
-        rest = ".".join(parts[4:])
-        if parts[2] == "resnets":
-            return f"input_blocks.{index}.0.{_resnet_key(rest)}"
-        return f"input_blocks.{index}.1.{rest}"
+        return _layer_key("input_blocks", first + int(parts[3]), parts[2], ".".join(parts[4:]))
     if parts[0] == "mid_block":
         rest = ".".join(parts[3:])
         if parts[1] == "resnets":
@@ -282,11 +245,7 @@ def _unet_key(key: str, layers: int, up_with_attention: set[int]) -> str:
             # after the last layer's resnet (.0) and attention (.1) when the block has one
             slot = 2 if block in up_with_attention else 1
             return f"output_blocks.{first + layers}.{slot}.conv.{'.'.join(parts[5:])}"
-        index = first + int(parts[3])
-        rest = ".".join(parts[4:])
-        if parts[2] == "resnets":
-            return f"output_blocks.{index}.0.{_resnet_key(rest)}"
-        return f"output_blocks.{index}.1.{rest}"
+        return _layer_key("output_blocks", first + int(parts[3]), parts[2], ".".join(parts[4:]))
     raise ValueError(f"no original-layout name for UNet parameter {key!r}")
 
 
