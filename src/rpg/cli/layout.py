@@ -39,5 +39,6 @@ def run(args: argparse.Namespace) -> int:
     image = draw_plan(plan, args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
-    print(f"wrote {args.out} ({len(plan.regions)} regions)")
+    n = len(plan.regions)
+    print(f"wrote {args.out} ({n} region{'s' if n != 1 else ''})")
     return 0
