@@ -17,8 +17,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Recaption a prompt and split the canvas into regions with a planner, or "
         "build a plan by hand from a split ratio and BREAK-separated prompts.",
         epilog='examples:\n  rpg plan "From left to right, a red apple, a blue mug and a yellow '
-        'banana" --json > plan.json\n  rpg plan --split-ratio "1,1;1,1" --prompts "a BREAK b '
-        'BREAK c BREAK d"',
+        'banana" --json > plan.json\n  rpg plan --split-ratio "1,1,1;1,1,1" --prompts "a BREAK '
+        'b BREAK c BREAK d"   # two rows of two',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", nargs="?", help="the prompt to plan (not needed with --split-ratio)")
