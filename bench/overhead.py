@@ -4,22 +4,27 @@ Builds the real Stable Diffusion 1.5 architecture (UNet, VAE, CLIP text encoder)
 weights from configs written here, so nothing is downloaded, and times the stock
 ``StableDiffusionPipeline`` given 77-token ``prompt_embeds`` against the same pipeline inside
 ``rpg.attention.regional`` with packed embeddings for 1, 2, 4 and 8 regions, with and without a
-base prompt. Runs are interleaved (every repeat runs every configuration once) after one warm-up
-round, and the median is reported. A reference row re-runs full attention once per region plus
-once for the base, as the paper's reference code does.
+base prompt, each with the key/value cache off and on (``kv`` rows: each layer projects the text
+context once per call instead of once per step). Runs are interleaved (every repeat runs every
+configuration once) after one warm-up round, and the median is reported. A reference row re-runs
+full attention once per region plus once for the base, as the paper's reference code does.
 
 Timing covers denoising (``output_type="latent"``): the VAE decode and text encoding are the
 same for every configuration and would only dilute the ratio; pass ``--decode`` to include the
 decode.
 
-Peak memory. On CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus the memory
-allocated before the call. On CPU: the process's peak resident set size during the call minus
-its resident size before it. The kernel's peak (``VmHWM``) is reset before every call by writing
-``5`` to ``/proc/self/clear_refs`` (Linux ≥ 4.0), and glibc's mmap threshold is pinned so that
-large tensors are mapped and unmapped rather than kept in the heap; without that, freed memory
-stays resident and later peaks are hidden. Pinning slows CPU runs, so memory is measured in
-separate one-step rounds after all timing rounds (the peak of a step does not grow with the
-number of steps), and the smallest of those rounds is kept, since noise only adds to a peak.
+Peak memory, two ways. *Call peak* (``mem ×``): on CUDA ``torch.cuda.max_memory_allocated``
+after a reset, minus the memory allocated before the call; on CPU the process's peak resident set
+size during the call minus its resident size before it — the activations and anything else the
+call allocates, weights excluded. *Total peak* (``total ×``): the same peak without subtracting
+what was there before, i.e. weights included — what decides whether a run fits on a device.
+On CPU the kernel's peak (``VmHWM``) is reset before every call by writing ``5`` to
+``/proc/self/clear_refs`` (Linux ≥ 4.0), and glibc's mmap threshold is pinned so that large
+tensors are mapped and unmapped rather than kept in the heap; without that, freed memory stays
+resident and later peaks are hidden. Pinning slows CPU runs, so memory is measured in
+separate two-step rounds after all timing rounds (from the second step on, a step's peak is the
+same: the key/value cache is full), and the smallest of those rounds is kept, since noise only
+adds to a peak.
 Where ``/proc`` or glibc is unavailable the memory columns are left empty.
 
     python bench/overhead.py                 # 256×256, 3 repeats, CPU
@@ -345,13 +350,16 @@ class PeakMemory:
             return self._status_kib("VmRSS") * 1024
         return None
 
-    def stop(self, before: int | None) -> int | None:
+    def stop(self, before: int | None) -> tuple[int, int] | None:
+        """``(call peak, total peak)`` in bytes: the peak above ``before``, and the peak itself."""
         if before is None:
             return None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) - before
-        return self._status_kib("VmHWM") * 1024 - before
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = self._status_kib("VmHWM") * 1024
+        return peak - before, peak
 
 
 # --------------------------------------------------------------------------- configurations
@@ -361,9 +369,11 @@ class Config:
     regions: int  # 0 for the stock pipeline
     base: bool
     kind: str  # "stock" | "rpg" | "naive"
+    cache_kv: bool = False
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     peak_bytes: list[int] = field(default_factory=list)
+    total_peak_bytes: list[int] = field(default_factory=list)
 
 
 def pack(
@@ -400,7 +410,7 @@ def run_once(
     *,
     steps: int,
     memory: PeakMemory | None = None,
-) -> tuple[float, float, int | None]:
+) -> tuple[float, float, tuple[int, int] | None]:
     positive, negative, scope = prepared[config.name]
     generator = torch.Generator(device="cpu").manual_seed(0)
     before = memory.start() if memory is not None else None
@@ -446,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-rounds",
         type=int,
         default=2,
-        help="separate 1-step rounds measuring peak memory after the timing (0 skips them)",
+        help="separate 2-step rounds measuring peak memory after the timing (0 skips them)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -457,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--regions", default="1,2,4,8", help="comma-separated region counts")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive reference rows")
+    parser.add_argument(
+        "--kv-cache",
+        choices=["off", "on", "both"],
+        default="both",
+        help="regional rows without and/or with the key/value cache (default: both)",
+    )
     parser.add_argument("--decode", action="store_true", help="include the VAE decode in timing")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
@@ -481,18 +497,22 @@ def main(argv: list[str] | None = None) -> int:
     prepared: dict[str, Any] = {}
     stock_pos = bench.encode("a still life on a table")
     prepared["stock"] = (stock_pos, bench.encode(""), contextlib.nullcontext)
+    caches = {"off": (False,), "on": (True,), "both": (False, True)}[args.kv_cache]
     for n in counts:
         for base in (False, True):
             cond, layout, pos, neg = pack(bench, n, base, args.size, args.size)
-            name = f"rpg {n}r{' +base' if base else ''}"
-            configs.append(Config(name, n, base, "rpg"))
+            for cache_kv in caches:
+                name = f"rpg {n}r{' +base' if base else ''}{' kv' if cache_kv else ''}"
+                configs.append(Config(name, n, base, "rpg", cache_kv))
 
-            def scope(
-                c: RegionalConditioning = cond, lay: RegionalLayout = layout
-            ) -> AbstractContextManager[None]:
-                return regional(bench.models, c, lay, guidance=True)
+                def scope(
+                    c: RegionalConditioning = cond,
+                    lay: RegionalLayout = layout,
+                    kv: bool = cache_kv,
+                ) -> AbstractContextManager[Any]:
+                    return regional(bench.models, c, lay, guidance=True, cache_kv=kv)
 
-            prepared[name] = (pos, neg, scope)
+                prepared[name] = (pos, neg, scope)
     if not args.no_naive:
         for n in [c for c in counts if c in (4, 8)]:
             cond, layout, pos, neg = pack(bench, n, True, args.size, args.size)
@@ -511,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         for config in configs:
             seconds, cpu, _ = run_once(bench, config, args, prepared, steps=args.steps)
             print(
-                f"  {label:>10}  {config.name:<16} {seconds:7.2f} s  cpu {cpu:7.2f} s", flush=True
+                f"  {label:>10}  {config.name:<18} {seconds:7.2f} s  cpu {cpu:7.2f} s", flush=True
             )
             if round_:
                 config.seconds.append(seconds)
@@ -522,27 +542,34 @@ def main(argv: list[str] | None = None) -> int:
         memory.pin_allocator()
         for round_ in range(args.memory_rounds):
             for config in configs:
-                _, _, peak = run_once(bench, config, args, prepared, steps=1, memory=memory)
-                if peak is not None:
-                    config.peak_bytes.append(peak)
-                    print(f"  memory {round_ + 1}  {config.name:<16} {peak / 2**20:7.0f} MiB")
+                _, _, peaks = run_once(bench, config, args, prepared, steps=2, memory=memory)
+                if peaks is not None:
+                    config.peak_bytes.append(peaks[0])
+                    config.total_peak_bytes.append(peaks[1])
+                    print(
+                        f"  memory {round_ + 1}  {config.name:<18} {peaks[0] / 2**20:7.0f} MiB "
+                        f"(total {peaks[1] / 2**20:.0f} MiB)"
+                    )
 
     stock = configs[0]
     stock_s = statistics.median(stock.seconds)
     stock_cpu = statistics.median(stock.cpu_seconds)
     # Noise (other allocations, page-cache effects) only adds to a peak, so take the smallest.
     stock_mem = min(stock.peak_bytes) if stock.peak_bytes else None
+    stock_total = min(stock.total_peak_bytes) if stock.total_peak_bytes else None
     rows = []
     for c in configs:
         med = statistics.median(c.seconds)
         cpu_med = statistics.median(c.cpu_seconds)
         mem = min(c.peak_bytes) if c.peak_bytes else None
+        total = min(c.total_peak_bytes) if c.total_peak_bytes else None
         rows.append(
             {
                 "config": c.name,
                 "kind": c.kind,
                 "regions": c.regions,
                 "base": c.base,
+                "cache_kv": c.cache_kv,
                 "seconds_median": med,
                 "seconds": c.seconds,
                 "time_ratio": med / stock_s,
@@ -552,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_bytes_min": mem,
                 "peak_bytes": c.peak_bytes,
                 "memory_ratio": (mem / stock_mem) if mem is not None and stock_mem else None,
+                "total_peak_bytes_min": total,
+                "total_peak_bytes": c.total_peak_bytes,
+                "total_memory_ratio": (
+                    (total / stock_total) if total is not None and stock_total else None
+                ),
             }
         )
 
@@ -561,15 +593,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{dtype_name}, median of {args.repeats} (denoise{' + decode' if args.decode else ''})"
     )
     print(
-        f"{'config':<18}{'seconds':>9}{'× stock':>9}{'cpu s':>9}{'cpu ×':>8}"
-        f"{'peak MiB':>10}{'mem ×':>8}"
+        f"{'config':<20}{'seconds':>9}{'× stock':>9}{'cpu s':>9}{'cpu ×':>8}"
+        f"{'peak MiB':>10}{'mem ×':>8}{'total MiB':>11}{'total ×':>9}"
     )
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for r in rows:
-        mib = "-" if r["peak_bytes_min"] is None else f"{r['peak_bytes_min'] / 2**20:.0f}"
-        mem_ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.3f}"
+        mib = None if r["peak_bytes_min"] is None else r["peak_bytes_min"] / 2**20
+        total_mib = None if r["total_peak_bytes_min"] is None else r["total_peak_bytes_min"] / 2**20
         print(
-            f"{r['config']:<18}{r['seconds_median']:>9.2f}{r['time_ratio']:>9.3f}"
-            f"{r['cpu_seconds_median']:>9.2f}{r['cpu_time_ratio']:>8.3f}{mib:>10}{mem_ratio:>8}"
+            f"{r['config']:<20}{r['seconds_median']:>9.2f}{r['time_ratio']:>9.3f}"
+            f"{r['cpu_seconds_median']:>9.2f}{r['cpu_time_ratio']:>8.3f}"
+            f"{fmt(mib, '.0f'):>10}{fmt(r['memory_ratio'], '.3f'):>8}"
+            f"{fmt(total_mib, '.0f'):>11}{fmt(r['total_memory_ratio'], '.3f'):>9}"
         )
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -586,15 +624,16 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "memory_method": (
-            "cuda max_memory_allocated after reset, minus allocated before"
+            "cuda max_memory_allocated after reset, minus allocated before (total: not minus)"
             if device.type == "cuda"
-            else "peak RSS (VmHWM reset via /proc/self/clear_refs) minus RSS before the call, "
-            "glibc mmap/trim thresholds pinned at 128 KiB, malloc_trim before each call"
+            else "peak RSS (VmHWM reset via /proc/self/clear_refs) minus RSS before the call "
+            "(total: not minus), glibc mmap/trim thresholds pinned at 128 KiB, malloc_trim "
+            "before each call"
             if memory.available
             else None
         ),
         "memory_rounds": args.memory_rounds,
-        "memory_steps": 1,
+        "memory_steps": 2,
         "timestamp": stamp,
     }
     out_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))

@@ -58,11 +58,19 @@ def regional(
     layout: RegionalLayout,
     *,
     guidance: bool,
-) -> Iterator[None]:
+    cache_kv: bool = False,
+) -> Iterator[RegionalAttnProcessor]:
     """Use :class:`RegionalAttnProcessor` on every cross-attention layer inside the block.
 
     ``model`` is a UNet, a ControlNet, any diffusers model with ``attn_processors`` and
     ``set_attn_processor``, or a list of them (all share one processor and its index cache).
+    The block's value is that processor.
+
+    ``cache_kv=True`` projects each layer's text context once and reuses the keys and values at
+    every later denoising step (bit-identical output; costs their memory until the block exits,
+    when the cache is freed). A changed context tensor or in-place weight update is noticed and
+    re-projected, but adapter *scales* are not part of the check: keep them fixed inside one
+    block, as one pipeline call does.
     """
     models = [model] if isinstance(model, AttentionModel) else list(model)
     for m in models:
@@ -71,7 +79,7 @@ def regional(
                 f"{type(m).__name__} has no attn_processors/set_attn_processor; pass a diffusers "
                 "model such as a UNet2DConditionModel or ControlNetModel"
             )
-    processor = RegionalAttnProcessor(conditioning, layout, guidance=guidance)
+    processor = RegionalAttnProcessor(conditioning, layout, guidance=guidance, cache_kv=cache_kv)
     saved: list[tuple[AttentionModel, dict[str, Any]]] = []
     try:
         for m in models:
@@ -81,7 +89,8 @@ def regional(
                 raise ValueError(f"{type(m).__name__} has no cross-attention layers")
             saved.append((m, previous))
             m.set_attn_processor({k: processor if k in cross else v for k, v in previous.items()})
-        yield
+        yield processor
     finally:
+        processor.clear_cache()
         for m, previous in reversed(saved):
             m.set_attn_processor(dict(previous))

@@ -9,10 +9,20 @@ scaled-dot-product attention per region on that region's query rows and token sp
 of all queries against the base span when some ``β_r > 0``, and one ``to_out``. Attention work is
 therefore the stock layer's work plus the base term; nothing runs once per region over the whole
 canvas.
+
+What remains is the projection: ``to_k``/``to_v`` see ``R + 1`` prompts' tokens instead of one.
+The text context does not change between denoising steps, so with ``cache_kv=True`` each layer
+projects it once per pipeline call and reuses the keys and values at every later step. The
+results are the same tensors the projection would produce again, so outputs are bit-identical;
+the price is the memory of every layer's keys and values for the call.
+
+Context rows that are copies of one another (several images per prompt) are projected once and
+expanded as views, so neither the projection nor the cache grows with the number of images.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +42,38 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, n, heads, inner // heads).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class _Projected:
+    """One layer's keys and values for one slice of one context tensor."""
+
+    source: torch.Tensor  # held so its memory cannot be reused by a different context
+    fingerprint: tuple[Any, ...]
+    key: torch.Tensor
+    value: torch.Tensor
+
+
+def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
+    """What must be unchanged for projected keys and values to still be right.
+
+    The same memory, shape and layout, no in-place write since (``_version``), and the same
+    ``to_k``/``to_v`` weights (an in-place update such as fusing a LoRA bumps their version).
+    """
+    weights = tuple(
+        (w.data_ptr(), w._version)
+        for w in (getattr(attn.to_k, "weight", None), getattr(attn.to_v, "weight", None))
+        if isinstance(w, torch.Tensor)
+    )
+    return (
+        context.data_ptr(),
+        tuple(context.shape),
+        context.stride(),
+        context.dtype,
+        context.device,
+        context._version,
+        weights,
+    )
+
+
 class RegionalAttnProcessor:
     """A diffusers attention processor that confines each region's queries to its own prompt.
 
@@ -43,10 +85,20 @@ class RegionalAttnProcessor:
     ``negative_base_span`` (else ``negative_span``) for the base term.
 
     One instance may serve every layer: index tensors are cached per grid size and device.
+
+    With ``cache_kv=True`` each layer's projected keys and values are kept and reused while the
+    context tensor, its contents and the projection weights are unchanged (see the module
+    docstring); :meth:`clear_cache` frees them. ``regional`` clears the cache when its block
+    exits, so a cache never outlives one installation.
     """
 
     def __init__(
-        self, conditioning: RegionalConditioning, layout: RegionalLayout, *, guidance: bool
+        self,
+        conditioning: RegionalConditioning,
+        layout: RegionalLayout,
+        *,
+        guidance: bool,
+        cache_kv: bool = False,
     ) -> None:
         if conditioning.num_regions != layout.num_regions:
             raise ValueError(
@@ -80,6 +132,23 @@ class RegionalAttnProcessor:
             )
         self._indices: dict[tuple[int, int, torch.device], RegionIndex] = {}
         self._plain_processor = AttnProcessor2_0()
+        self.cache_kv = cache_kv
+        self._projected: dict[tuple[int, int, int, int, int], _Projected] = {}
+        #: Key/value projections computed, and answered from the cache, by this processor.
+        self.projections = 0
+        self.cache_hits = 0
+
+    def clear_cache(self) -> None:
+        """Drop every cached key and value (and the context tensors they were made from)."""
+        self._projected.clear()
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by cached keys and values."""
+        return sum(
+            p.key.numel() * p.key.element_size() + p.value.numel() * p.value.element_size()
+            for p in self._projected.values()
+        )
 
     def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex:
         """The cached :class:`RegionIndex` of an ``h × w`` grid on ``device``."""
@@ -143,8 +212,6 @@ class RegionalAttnProcessor:
         if index.perm is not None:
             hidden_states = hidden_states.index_select(1, index.perm)
         context = encoder_hidden_states
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
 
         query = _heads(attn.to_q(hidden_states), attn.heads)
         if attn.norm_q is not None:
@@ -157,7 +224,7 @@ class RegionalAttnProcessor:
             negative = slice(0, batch // 2)
             if self.negative_region_spans is None:
                 span = self.negative_span or (0, context.shape[1])
-                key, value = self._project(attn, context[negative, span[0] : span[1]])
+                key, value = self._keys_values(attn, context, negative, span)
                 part = F.scaled_dot_product_attention(
                     query[negative], key, value, attn_mask=_cut(mask, negative, None, span)
                 )
@@ -189,12 +256,41 @@ class RegionalAttnProcessor:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    @staticmethod
-    def _project(attn: Attention, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = _heads(attn.to_k(context), attn.heads)
-        value = _heads(attn.to_v(context), attn.heads)
+    def _keys_values(
+        self, attn: Attention, context: torch.Tensor, rows: slice, span: Span
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context[rows, span]`` (``[B, H, T, d]``), cached if enabled.
+
+        ``context`` is the layer's raw ``encoder_hidden_states``: the cache is keyed on it, so
+        ``norm_cross`` runs inside, on a miss only.
+        """
+        if self.cache_kv:
+            slot = (id(attn), rows.start or 0, rows.stop, span[0], span[1])
+            fingerprint = _fingerprint(attn, context)
+            found = self._projected.get(slot)
+            if found is not None and found.fingerprint == fingerprint:
+                self.cache_hits += 1
+                return found.key, found.value
+        part = context[rows]
+        # Several images per prompt repeat the same context rows: project one, view it n times.
+        copies = part.shape[0]
+        if copies > 1 and bool((part == part[:1]).all()):
+            part = part[:1]
+        if attn.norm_cross:
+            # Normalise whole rows, as the stock layer does: a group norm's statistics span tokens.
+            part = attn.norm_encoder_hidden_states(part)
+        part = part[:, span[0] : span[1]]
+        key = _heads(attn.to_k(part), attn.heads)
+        value = _heads(attn.to_v(part), attn.heads)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        if key.shape[0] != copies:
+            key = key.expand(copies, -1, -1, -1)
+            value = value.expand(copies, -1, -1, -1)
+        self.projections += 1
+        # With autograd on, a cached tensor would tie every step to the first step's graph.
+        if self.cache_kv and not key.requires_grad:
+            self._projected[slot] = _Projected(context, fingerprint, key, value)
         return key, value
 
     def _regional(
@@ -211,7 +307,7 @@ class RegionalAttnProcessor:
     ) -> None:
         """Write the regional formula for the batch ``rows`` of ``out`` (permuted order)."""
         q = query[rows]
-        key, value = self._project(attn, context[rows])
+        key, value = self._keys_values(attn, context, rows, (0, context.shape[1]))
         target = out[rows]
         for (start, end), (k0, k1) in zip(index.bounds, spans, strict=True):
             if start == end:

@@ -130,6 +130,10 @@ class Backbone(ABC):
         self.scheduler_config: dict[str, Any] = dict(scheduler.config)
         self._schedulers: dict[str, Any] = {}
         self._scheduler_name: str | None = None
+        #: Project each layer's text context once per call and reuse it at every step
+        #: (``regional(..., cache_kv=True)``): same pixels, less time, the keys' and values'
+        #: memory for the call. Set ``False`` when memory is tighter than time.
+        self.cache_kv: bool = True
 
     # ----------------------------------------------------------------- discovery and loading
 
@@ -373,7 +377,13 @@ class Backbone(ABC):
         inputs = self.pipeline_inputs(conditioning)
         if not guidance:
             inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
-        with regional(self.attention_models(), conditioning, layout, guidance=guidance):
+        with regional(
+            self.attention_models(),
+            conditioning,
+            layout,
+            guidance=guidance,
+            cache_kv=self.cache_kv and steps > 1,
+        ):
             output = self.pipe(
                 **inputs,
                 height=layout.height,
