@@ -160,8 +160,9 @@ def test_repeated_context_rows_are_projected_once(tiny_unet, cache_kv: bool) -> 
             both = tiny_unet(samples.repeat(2, 1, 1, 1), 5, ctx).sample  # [s0, s1, s0, s1]
             seen = list(batches)
             singles = [
-                tiny_unet(torch.cat([samples[i : i + 1]] * 2), 5, torch.cat([negative, positive]))
-                .sample
+                tiny_unet(
+                    torch.cat([samples[i : i + 1]] * 2), 5, torch.cat([negative, positive])
+                ).sample
                 for i in range(2)
             ]
     finally:

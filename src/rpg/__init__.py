@@ -21,6 +21,7 @@ from rpg.errors import (
 )
 from rpg.hookspecs import hookimpl
 from rpg.models import (
+    ControlInput,
     Entity,
     GenerationRequest,
     GenerationResult,
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = [
     "RPG",
     "ConfigurationError",
+    "ControlInput",
     "Entity",
     "GenerationRequest",
     "GenerationResult",

@@ -94,7 +94,9 @@ def read_requests(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any
 
 
 def _key(request: GenerationRequest) -> str:
-    payload = request.model_dump_json(exclude={"num_images"})
+    # Without controls the key is what it was before requests had them, so manifests resume.
+    exclude = {"num_images"} if request.controls else {"num_images", "controls"}
+    payload = request.model_dump_json(exclude=exclude)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -176,7 +178,14 @@ def _atomic_save(result: GenerationResult, index: int, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png.part", dir=target.parent)
     os.close(fd)
     try:
-        save_png(result.images[index], tmp, result.request, result.plan, index=index)
+        save_png(
+            result.images[index],
+            tmp,
+            result.request,
+            result.plan,
+            index=index,
+            control_images=result.control_images,
+        )
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

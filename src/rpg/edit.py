@@ -217,6 +217,7 @@ def edit(
             "plan": new_plan.model_dump(),
             "base_ratio": None,
             "planner": None,
+            "controls": [],  # inpainting runs without the source's ControlNet
             "model": rpg.model or base.model,
             "width": work_w,
             "height": work_h,
@@ -260,7 +261,7 @@ def edit(
 
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
     t = time.perf_counter()
-    with regional([pipe.unet], conditioning, layout, guidance=guidance):
+    with regional([pipe.unet], conditioning, layout, guidance=guidance, cache_kv=backbone.cache_kv):
         output = pipe(
             **inputs,
             image=work_image,

@@ -1,34 +1,59 @@
-"""PNG files that remember how they were made: the request and the plan in a text chunk.
+"""PNG files that remember how they were made: the request, the plan and the control images.
 
 Every image rpg saves carries an ``iTXt`` chunk with key :data:`PNG_KEY` (``"rpg"``) holding
 ``{"rpg": VERSION, "request": {...}, "plan": {...}}`` as JSON, so ``rpg generate --from
 IMAGE.png`` can render it again, or with one setting changed. Only the request and the plan are
-written: no planner options, no API keys, no paths other than the request's ``model`` string.
+written: no planner options, no API keys, no paths other than the request's ``model``,
+ControlNet and control-image strings. A request without ControlNet is written exactly as before
+(no ``controls`` key), so older rpg versions still read it.
+
+A ControlNet render also embeds each control image it used, so the PNG re-renders after the
+edge map or pose file is moved or deleted: control image ``i`` is a PNG, base64-encoded, in
+compressed ``iTXt`` chunks with keys ``rpg-control-i`` (and ``rpg-control-i.1``, ``.2``, ... for
+the parts of a large image: Pillow refuses to open a PNG with a compressed text chunk over
+1 MiB). The images are kept out of the ``rpg`` JSON so that it stays small and readable by any
+PNG tool. Each embedded image is checked against ``controls[i].sha256`` (see
+:func:`image_sha256`) when read back.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
 import json
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageChops, PngImagePlugin
 
 from rpg.errors import RPGError
 from rpg.models import GenerationRequest, RegionPlan
 
 __all__ = [
+    "CONTROL_KEY_PREFIX",
     "PNG_KEY",
     "MetadataError",
     "image_request",
+    "image_sha256",
     "load_request",
+    "read_control_images",
     "read_metadata",
     "save_png",
 ]
 
 PNG_KEY = "rpg"
+#: Key prefix of the text chunks holding embedded control images (``rpg-control-0``, ...).
+CONTROL_KEY_PREFIX = "rpg-control-"
 _VERSION = 1
+# base64 characters per text chunk: below Pillow's 1 MiB limit on a decompressed text chunk.
+_PART_CHARS = 512 * 1024
+# All embedded control images together stay well below Pillow's 64 MiB limit on text chunks.
+_MAX_EMBED_CHARS = 48 * 1024 * 1024
 
 
 class MetadataError(RPGError, ValueError):
@@ -48,6 +73,66 @@ def image_request(request: GenerationRequest, index: int) -> GenerationRequest:
     return request.model_copy(update={"seed": request.seed + index, "num_images": 1})
 
 
+def image_sha256(image: Image.Image) -> str:
+    """SHA-256 (hex) of an image's pixels: ``b"WxH:"`` then its 8-bit RGB bytes, row by row.
+
+    Pixels rather than file bytes, so the hash survives re-encoding (the copy embedded in a PNG,
+    a file saved with other compression) and changes only when the picture the ControlNet sees
+    changes. RGB because control images are converted to RGB before use.
+    """
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode("ascii"))
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def _encode_control(image: Image.Image) -> str:
+    """``image`` as a base64 PNG; grey when all three channels agree (smaller, same pixels)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    red, green, blue = rgb.split()
+    grey = (
+        ImageChops.difference(red, green).getbbox() is None
+        and ImageChops.difference(red, blue).getbbox() is None
+    )
+    buffer = io.BytesIO()
+    (red if grey else rgb).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _add_control_images(
+    info: PngImagePlugin.PngInfo,
+    request: GenerationRequest,
+    control_images: Sequence[Image.Image | None],
+) -> None:
+    if len(control_images) != len(request.controls):
+        raise ValueError(
+            f"got {len(control_images)} control images for {len(request.controls)} controls in "
+            "the request; pass result.control_images with result.request"
+        )
+    total = 0
+    for i, (control, image) in enumerate(zip(request.controls, control_images, strict=True)):
+        if image is None:
+            continue
+        if control.sha256 is not None and image_sha256(image) != control.sha256:
+            raise ValueError(
+                f"control image {i + 1} does not match the sha256 recorded in the request; pass "
+                "the images the request was rendered with (result.control_images)"
+            )
+        text = _encode_control(image)
+        total += len(text)
+        if total > _MAX_EMBED_CHARS:
+            warnings.warn(
+                f"control image {i + 1} is too large to embed in the PNG; re-rendering it will "
+                f"need the file ({control.image or 'pass --control-image'})",
+                stacklevel=3,
+            )
+            continue
+        parts = [text[k : k + _PART_CHARS] for k in range(0, len(text), _PART_CHARS)]
+        for k, part in enumerate(parts):
+            key = f"{CONTROL_KEY_PREFIX}{i}" + (f".{k}" if k else "")
+            info.add_itxt(key, part, zip=True)
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike[str],
@@ -55,40 +140,59 @@ def save_png(
     plan: RegionPlan | None = None,
     *,
     index: int | None = None,
+    control_images: Sequence[Image.Image | None] | None = None,
 ) -> Path:
     """Save ``image`` as PNG at ``path`` with the request and plan in the ``rpg`` text chunk.
 
     ``plan`` defaults to ``request.plan``. With ``index``, the request stored is
-    :func:`image_request` of that index, so the file re-renders to itself. The file is always
-    PNG, whatever its suffix (temporary names such as ``x.png.part`` work).
+    :func:`image_request` of that index, so the file re-renders to itself. ``control_images``
+    (``result.control_images``: one per ``request.controls`` entry, ``None`` to skip one) are
+    embedded, each checked against its recorded ``sha256``. The file is always PNG, whatever its
+    suffix (temporary names such as ``x.png.part`` work).
     """
     if index is not None:
         request = image_request(request, index)
     plan = plan if plan is not None else request.plan
+    stored = request.model_dump(mode="json")
+    if not stored["controls"]:
+        del stored["controls"]  # plain renders keep the metadata older versions read
     payload: dict[str, Any] = {
         "rpg": _VERSION,
-        "request": request.model_dump(mode="json"),
+        "request": stored,
         "plan": plan.model_dump(mode="json") if plan is not None else None,
     }
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PNG_KEY, json.dumps(payload, ensure_ascii=False), zip=True)
+    if control_images:
+        _add_control_images(info, request, control_images)
     target = Path(path)
     image.save(target, format="PNG", pnginfo=info)
     return target
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``rpg`` JSON of a PNG file, or :class:`MetadataError` saying why there is none."""
-    p = Path(path)
+def _read_text(p: Path) -> tuple[dict[str, str], str | None]:
     try:
         with Image.open(p) as img:
             img.load()
-            text = getattr(img, "text", {}) or {}
+            text = dict(getattr(img, "text", {}) or {})
             fmt = img.format
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {p}") from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise MetadataError(f"{p} is not a readable image: {exc}") from None
+    return text, fmt
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``rpg`` JSON of a PNG file, or :class:`MetadataError` saying why there is none.
+
+    Embedded control images are not part of it; :func:`read_control_images` returns them.
+    """
+    p = Path(path)
+    return _parse_metadata(p, *_read_text(p))
+
+
+def _parse_metadata(p: Path, text: dict[str, str], fmt: str | None) -> dict[str, Any]:
     raw = text.get(PNG_KEY)
     if raw is None:
         what = "a PNG" if fmt == "PNG" else f"a {fmt or 'non-PNG'} file"
@@ -113,3 +217,39 @@ def load_request(path: str | os.PathLike[str]) -> GenerationRequest:
         plan = RegionPlan.model_validate(data["plan"])
         request = request.model_copy(update={"plan": plan})
     return request
+
+
+def read_control_images(path: str | os.PathLike[str]) -> list[Image.Image | None]:
+    """The control images embedded in an rpg PNG, one per ``controls`` entry of its request.
+
+    Each is an RGB image whose pixels match the recorded ``sha256`` (:class:`MetadataError`
+    otherwise), or ``None`` where none is embedded (files written before rpg embedded them, or
+    images too large to embed): such a control needs its file, or a new image.
+    """
+    p = Path(path)
+    text, fmt = _read_text(p)
+    data = _parse_metadata(p, text, fmt)
+    request = GenerationRequest.model_validate(data["request"])
+    images: list[Image.Image | None] = []
+    for i, control in enumerate(request.controls):
+        key = f"{CONTROL_KEY_PREFIX}{i}"
+        if key not in text:
+            images.append(None)
+            continue
+        parts = [text[key]]
+        while f"{key}.{len(parts)}" in text:
+            parts.append(text[f"{key}.{len(parts)}"])
+        try:
+            with Image.open(io.BytesIO(base64.b64decode("".join(parts), validate=True))) as img:
+                image = img.convert("RGB")
+        except (binascii.Error, OSError, ValueError) as exc:
+            raise MetadataError(
+                f"{p}: embedded control image {i + 1} is unreadable: {exc}"
+            ) from None
+        if control.sha256 is not None and image_sha256(image) != control.sha256:
+            raise MetadataError(
+                f"{p}: embedded control image {i + 1} does not match its recorded sha256; the "
+                "file is damaged — pass --control-image to render with a control image again"
+            )
+        images.append(image)
+    return images

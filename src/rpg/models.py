@@ -20,6 +20,8 @@ from rpg.layout import format_split_ratio, parse_split_ratio, split_prompts
 
 __all__ = [
     "DEFAULT_BASE_RATIO",
+    "MAX_CONTROL_SCALE",
+    "ControlInput",
     "Entity",
     "GenerationRequest",
     "GenerationResult",
@@ -32,6 +34,9 @@ __all__ = [
 
 #: Base-prompt weight used when a plan has a base prompt and names no ratio.
 DEFAULT_BASE_RATIO = 0.3
+
+#: Largest ControlNet conditioning scale a request accepts (typical values are 0.3 to 2).
+MAX_CONTROL_SCALE = 10.0
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -274,6 +279,52 @@ class PlanResult(BaseModel):
     seconds: float = Field(default=0.0, ge=0, description="Wall time spent planning.")
 
 
+class ControlInput(BaseModel):
+    """One ControlNet and the control image it was given, recorded so a render can be repeated.
+
+    The image itself is not part of the request (it lives in a file, or embedded in the PNG that
+    :func:`rpg.metadata.save_png` writes); ``sha256`` identifies its pixels, so a re-render can
+    tell whether it is using the same control image.
+    """
+
+    model_config = _FROZEN
+
+    controlnet: str = Field(
+        description="The ControlNet: a hub id, folder, .safetensors/.ckpt file or tiny name "
+        "(e.g. 'tiny-controlnet'), as it was loaded.",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Path of the control image as it was given (informational; null when the "
+        "image was passed as an object).",
+    )
+    scale: float = Field(
+        default=1.0,
+        ge=0,
+        le=MAX_CONTROL_SCALE,
+        description="ControlNet conditioning scale: how strongly the control image steers the "
+        "render (0 turns it off).",
+    )
+    sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="SHA-256 of the control image's pixels (see rpg.metadata.image_sha256); null "
+        "when unknown, e.g. a request written by hand.",
+    )
+
+    @field_validator("controlnet")
+    @classmethod
+    def _controlnet_not_blank(cls, v: str) -> str:
+        return _non_blank(v, "the ControlNet name")
+
+    @field_validator("image")
+    @classmethod
+    def _image_not_blank(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        return v.strip() or None
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to render one prompt; serialisable, so an image can be re-rendered."""
 
@@ -320,6 +371,10 @@ class GenerationRequest(BaseModel):
         le=1,
         description="Overrides the plan's base ratio when set.",
     )
+    controls: list[ControlInput] = Field(
+        default_factory=list,
+        description="ControlNet inputs, one per ControlNet in order; empty for a plain render.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -356,4 +411,11 @@ class GenerationResult(BaseModel):
     )
     timings: dict[str, float] = Field(
         default_factory=dict, description="Seconds spent in plan, encode, denoise and decode."
+    )
+    control_images: list[Any] = Field(
+        default_factory=list,
+        exclude=True,
+        description="The control images used (PIL.Image.Image), one per request.controls entry; "
+        "None where the image was not a PIL image or path (arrays, tensors). save_png embeds "
+        "them so the PNG re-renders without the original files.",
     )

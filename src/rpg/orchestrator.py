@@ -2,8 +2,9 @@
 
 One object holds a backbone (a stock diffusers pipeline) and a planner. ``generate`` takes a
 :class:`~rpg.models.GenerationRequest` and returns a :class:`~rpg.models.GenerationResult` whose
-``request`` is complete (plan, seed, size and model filled in), so saving it next to the image is
-enough to render the same pixels again.
+``request`` is complete (plan, seed, size, model and ControlNet inputs filled in), so saving it
+next to the image (with ``result.control_images``, see :func:`rpg.metadata.save_png`) is enough
+to render the same pixels again.
 
 Determinism: image ``i`` of a request is drawn from a CPU ``torch.Generator`` seeded with
 ``seed + i`` (CPU so that the same seed gives the same starting noise on every device). Image
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ import torch
 from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
-from rpg.models import GenerationRequest, GenerationResult, PlanResult
+from rpg.models import ControlInput, GenerationRequest, GenerationResult, PlanResult
 from rpg.planners.base import Planner
 
 if TYPE_CHECKING:
@@ -63,6 +65,26 @@ def select_backbone(
         f"no registered backbone can load {info.describe()}; supported: {names}. Pass "
         "backbone=NAME to force one, or install a plugin for this architecture"
     )
+
+
+def _same_name(name: str) -> str:
+    """A ControlNet name normalised for comparison (``./a/b`` and ``a/b`` are the same)."""
+    expanded = os.path.expanduser(name)
+    return os.path.realpath(expanded) if os.path.exists(expanded) else os.path.normpath(expanded)
+
+
+def _recorded_image(index: int, control: ControlInput) -> str:
+    """The path of a recorded control image, or a :class:`ConfigurationError` saying what to do."""
+    what = f"control image {index + 1} (for ControlNet {control.controlnet!r})"
+    how = (
+        "pass the control image again (image=..., CLI: --control-image FILE); a PNG saved by rpg "
+        "embeds its control images, so 'rpg generate --from IMAGE.png' needs no file"
+    )
+    if control.image is None:
+        raise ConfigurationError(f"{what} has no recorded path; {how}")
+    if not os.path.isfile(os.path.expanduser(control.image)):
+        raise ConfigurationError(f"{what} not found: {control.image}; {how}")
+    return os.path.expanduser(control.image)
 
 
 class RPG:
@@ -113,7 +135,8 @@ class RPG:
         ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``;
         ``controlnet`` (one or a list of ControlNet names, folders or files: the detected
         backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
-        images then go to ``generate(..., image=...)``).
+        images then go to ``generate(..., image=...)`` or come from ``request.controls``, and
+        the names as given here are what requests record).
         ``device``/``dtype``: ``"auto"`` picks CUDA > MPS > CPU and float16 on GPUs, float32 on
         the CPU.
         """
@@ -172,6 +195,14 @@ class RPG:
         return self.backbone.pipe
 
     @property
+    def controlnet_names(self) -> list[str]:
+        """What this RPG's ControlNets were loaded from, in order (empty without ControlNet).
+
+        These are the names a generated request records in ``controls``.
+        """
+        return list(getattr(self.backbone, "controlnet_names", None) or [])
+
+    @property
     def planner(self) -> Planner:
         """The default planner (created on first use)."""
         return self.get_planner()
@@ -227,9 +258,16 @@ class RPG:
 
         ``request`` may be a bare prompt. ``output_type`` is ``"pil"`` (default), ``"np"``
         (float arrays in [0, 1]) or ``"pt"``. ``callback_on_step_end`` and ``pipeline_kwargs`` go
-        to the stock pipeline call. Timings (seconds) are recorded for ``plan``, ``encode``,
-        ``denoise`` (the pipeline call, returning latents) and ``decode`` (VAE and
-        post-processing), plus ``total``.
+        to the stock pipeline call.
+
+        ControlNet: control images come from ``image=`` (one per ControlNet), else from the paths
+        in ``request.controls``; scales from ``controlnet_conditioning_scale=``, else from
+        ``request.controls``, else 1. The result's request records what was used (ControlNet
+        names, image paths, scales, pixel hashes) and ``result.control_images`` holds the
+        images. A request with ``controls`` on an RPG without ControlNet is an error.
+
+        Timings (seconds) are recorded for ``plan``, ``encode``, ``denoise`` (the pipeline call,
+        returning latents) and ``decode`` (VAE and post-processing), plus ``total``.
         """
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
@@ -263,6 +301,9 @@ class RPG:
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
         request = GenerationRequest.model_validate(request.model_dump())
+        request, pipeline_kwargs, control_images = self._controls(
+            request, pipeline_kwargs, width, height
+        )
 
         backbone = self.backbone
         backbone.set_scheduler(request.scheduler)
@@ -305,7 +346,89 @@ class RPG:
             request=request,
             plan_result=plan_result,
             timings=timings,
+            control_images=control_images,
         )
+
+    def _controls(
+        self, request: GenerationRequest, kwargs: dict[str, Any], width: int, height: int
+    ) -> tuple[GenerationRequest, dict[str, Any], list[Any]]:
+        """Resolve ControlNet images and scales; record them in the request.
+
+        Returns the request with ``controls`` filled in, the pipeline kwargs with the opened
+        images and scales, and the images to embed (PIL images; ``None`` for arrays/tensors).
+        """
+        from PIL import Image as PILImage
+
+        from rpg.backbones.controlnet import ControlNetBackboneMixin
+        from rpg.metadata import image_sha256
+
+        backbone = self.backbone
+        recorded = list(request.controls)
+        if not isinstance(backbone, ControlNetBackboneMixin):
+            if recorded:
+                wanted = ", ".join(repr(c.controlnet) for c in recorded)
+                count = f"{len(recorded)} ControlNet input{'s' if len(recorded) != 1 else ''}"
+                raise ConfigurationError(
+                    f"the request has {count} ({wanted}) but this RPG was loaded without "
+                    f"ControlNet, so the control would be ignored; load it with "
+                    f"RPG.from_pretrained(model, controlnet=[{wanted}]) (CLI: --controlnet MODEL), "
+                    "or remove the request's controls to render without control"
+                )
+            return request, kwargs, []
+        names = self.controlnet_names
+        n = len(names)
+        if recorded and len(recorded) != n:
+            raise ConfigurationError(
+                f"the request has {len(recorded)} ControlNet inputs but this RPG has {n} "
+                f"ControlNet{'s' if n != 1 else ''} ({', '.join(names)}); load the ControlNets "
+                "the request names, or give one control image per loaded ControlNet"
+            )
+        if recorded and [_same_name(c.controlnet) for c in recorded] != [
+            _same_name(x) for x in names
+        ]:
+            warnings.warn(
+                f"the request names ControlNet(s) {[c.controlnet for c in recorded]} but this RPG "
+                f"has {names}; rendering with the loaded ones and recording those",
+                stacklevel=3,
+            )
+        kwargs = dict(kwargs)
+        given = kwargs.pop("image", None)
+        scale = kwargs.pop("controlnet_conditioning_scale", None)
+        from_request = given is None and bool(recorded)
+        if from_request:
+            given = [_recorded_image(i, control) for i, control in enumerate(recorded)]
+        if scale is None:
+            scale = [c.scale for c in recorded] if recorded else 1.0
+        images, scales = backbone.check_control(given, scale, width, height)
+        sources = given if isinstance(given, (list, tuple)) else [given]
+
+        controls: list[ControlInput] = []
+        embeddable: list[Any] = []
+        for i, (image, source, value) in enumerate(zip(images, sources, scales, strict=True)):
+            pil = image if isinstance(image, PILImage.Image) else None
+            digest = image_sha256(pil) if pil is not None else None
+            before = recorded[i] if recorded else None
+            if from_request and before is not None:
+                path: str | None = before.image  # as recorded, not as expanded to open it
+            elif isinstance(source, (str, os.PathLike)):
+                path = os.fspath(source)
+            elif before is not None and digest is not None and digest == before.sha256:
+                path = before.image  # the same pixels as recorded: keep the recorded path
+            else:
+                path = None
+            if from_request and before is not None and before.sha256 not in (None, digest):
+                warnings.warn(
+                    f"control image {i + 1} ({path}) has changed since the request was recorded "
+                    "(its sha256 differs), so the render will differ",
+                    stacklevel=3,
+                )
+            controls.append(
+                ControlInput(controlnet=names[i], image=path, scale=value, sha256=digest)
+            )
+            embeddable.append(pil)
+        kwargs["image"] = images
+        kwargs["controlnet_conditioning_scale"] = scales
+        return request.model_copy(update={"controls": controls}), kwargs, embeddable
 
     # ----------------------------------------------------------------- closed loop
 

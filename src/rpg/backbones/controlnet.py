@@ -40,9 +40,11 @@ from rpg.backbones.loading import (
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
 from rpg.errors import ConfigurationError, ModelNotFoundError
+from rpg.models import MAX_CONTROL_SCALE
 
 if TYPE_CHECKING:
     from PIL import Image
+    from typing_extensions import Self
 
 __all__ = [
     "ControlNetBackboneMixin",
@@ -176,6 +178,19 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _net_name(net: Any) -> str:
+    """Where a loaded ControlNet came from (diffusers' ``_name_or_path``), for the record."""
+    name = str(getattr(getattr(net, "config", None), "_name_or_path", "") or "").strip()
+    return name or f"unnamed {type(net).__name__}"
+
+
+def _ref_name(ref: ControlNetRef) -> str:
+    """A ``controlnet=`` reference as it will be recorded: names and paths as given."""
+    if isinstance(ref, (str, os.PathLike)):
+        return os.fspath(ref).strip()
+    return _net_name(ref)
+
+
 # ----------------------------------------------------------------------------- backbones
 
 
@@ -195,6 +210,9 @@ class ControlNetBackboneMixin(Backbone):
         if controlnet is None:
             raise ConfigurationError(f"{type(pipe).__name__} has no ControlNet")
         self._guess_mode_active = False
+        #: What each ControlNet was loaded from, recorded in requests (``controls``) so that
+        #: ``rpg generate --from`` can load them again; :meth:`load` keeps the names as given.
+        self.controlnet_names: list[str] = [_net_name(net) for net in self.controlnets]
         expected = pipe.unet.config.cross_attention_dim
         for i, net in enumerate(self.controlnets):
             got = net.config.cross_attention_dim
@@ -208,6 +226,26 @@ class ControlNetBackboneMixin(Backbone):
     @classmethod
     def load_options(cls) -> tuple[str, ...]:
         return (*LOAD_OPTIONS, "controlnet", "controlnet_config")
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelInfo | str | os.PathLike[str],
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        **options: Any,
+    ) -> Self:
+        """Load as :meth:`Backbone.load` does, remembering the ``controlnet=`` names as given.
+
+        The names (``"tiny-controlnet"``, ``"./canny"``) rather than the resolved folders are
+        what a saved request records, as ``model`` is recorded as given.
+        """
+        refs = options.get("controlnet")
+        backbone = super().load(source, device=device, dtype=dtype, **options)
+        if refs is not None and _as_list(refs):
+            backbone.controlnet_names = [_ref_name(ref) for ref in _as_list(refs)]
+        return backbone
 
     @classmethod
     def load_pipeline(cls, info: ModelInfo, *, dtype: torch.dtype, **options: Any) -> Any:
@@ -290,6 +328,10 @@ class ControlNetBackboneMixin(Backbone):
         for s in scales:
             if not math.isfinite(s) or s < 0:
                 raise ConfigurationError(f"control scale must be a non-negative number, got {s}")
+            if s > MAX_CONTROL_SCALE:
+                raise ConfigurationError(
+                    f"control scale must be at most {MAX_CONTROL_SCALE:g}, got {s:g}"
+                )
         return images, scales
 
     def denoise(
@@ -323,7 +365,13 @@ class ControlNetBackboneMixin(Backbone):
             if guess and guidance:
                 # The pipeline feeds the ControlNet only the conditional half of the batch.
                 stack.enter_context(
-                    regional(self.controlnets, conditioning, layout, guidance=False)
+                    regional(
+                        self.controlnets,
+                        conditioning,
+                        layout,
+                        guidance=False,
+                        cache_kv=self.cache_kv and steps > 1,
+                    )
                 )
                 self._guess_mode_active = True
                 stack.callback(setattr, self, "_guess_mode_active", False)

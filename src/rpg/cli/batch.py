@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rpg.cli.common import (
     DEFAULT_MODEL,
@@ -15,6 +17,9 @@ from rpg.cli.common import (
 )
 from rpg.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from rpg.batch import BatchItem
+
 _EXAMPLES = """examples:
   rpg batch requests.jsonl --out out/ --seeds 1,2,3
   rpg batch requests.jsonl --out out/ --plan plan.json --model ./my-sd15-folder
@@ -22,6 +27,10 @@ _EXAMPLES = """examples:
 Each line of REQUESTS.jsonl is a JSON object with GenerationRequest fields (only "prompt" is
 required) or a bare JSON string prompt. Options given here are defaults that a line overrides.
 Running the same command again skips finished items (see OUT/manifest.jsonl).
+
+ControlNet: give lines "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png",
+"scale": 0.7}] (control image paths are relative to the current folder). The ControlNets are
+loaded once, so every line of a batch must name the same ControlNets, or none.
 """
 
 
@@ -44,6 +53,38 @@ def parse_seeds(text: str) -> list[int]:
     if any(s < 0 for s in seeds):
         raise argparse.ArgumentTypeError("seeds must not be negative")
     return seeds
+
+
+def batch_controlnets(items: Sequence[BatchItem]) -> list[str] | None:
+    """The ControlNets the batch's lines name (one set for the whole batch), or ``None``.
+
+    One model is loaded for the whole batch, and a ControlNet model cannot render without a
+    control image, so lines that name other ControlNets, or none while others do, are refused
+    before anything is loaded rather than failing one by one.
+    """
+    sets: dict[tuple[str, ...], list[int]] = {}
+    for item in items:
+        if item.request is not None:
+            names = tuple(c.controlnet for c in item.request.controls)
+            lines = sets.setdefault(names, [])
+            if item.line not in lines:
+                lines.append(item.line)
+    controlled = [names for names in sets if names]
+    if not controlled:
+        return None
+
+    def where(names: tuple[str, ...]) -> str:
+        lines = sets[names]
+        shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+        what = ", ".join(names) if names else "no ControlNet"
+        return f"{what} (line{'s' if len(lines) > 1 else ''} {shown})"
+
+    if len(sets) > 1:
+        raise ConfigurationError(
+            "a batch loads one set of ControlNets for every line, but the lines ask for "
+            f"{'; '.join(where(names) for names in sets)}; split them into one file per set"
+        )
+    return list(controlled[0])
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or DEFAULT_MODEL
     defaults["model"] = model
     items = expand_requests(lines, defaults=defaults, seeds=args.seeds)
-    pipe = load_rpg(args, model, args.planner)
+    pipe = load_rpg(args, model, args.planner, controlnet=batch_controlnets(items))
     pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
     report = run_batch(pipe, items, args.out, plan=shared_plan, progress=not args.no_progress)
     print(

@@ -2,12 +2,15 @@
 
 Every image is saved with its request and plan in a PNG text chunk (see :mod:`rpg.metadata`), so
 ``rpg generate --from IMAGE.png --out again.png`` renders the same pixels, and any option given
-next to ``--from`` changes just that setting.
+next to ``--from`` changes just that setting. A ControlNet render records its ControlNets and
+scales in the request and embeds its control images in the PNG, so ``--from`` loads the same
+ControlNets and uses the same control images even after their files are gone.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,15 @@ from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest
 
-__all__ = ["DEFAULT_MODEL", "add_parser", "build_request", "output_paths", "run"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "add_parser",
+    "build_request",
+    "control_inputs",
+    "describe_controls",
+    "output_paths",
+    "run",
+]
 
 _EXAMPLES = """examples:
   rpg generate "A red cat on the left and a blue dog on the right" --seed 1 --out x.png \\
@@ -33,6 +44,8 @@ _EXAMPLES = """examples:
   rpg generate --from apple.png --steps 40 --out apple-40.png   # re-render, change one setting
   rpg generate "..." --model ./sdxl-folder --controlnet ./controlnet-canny-sdxl \\
       --control-image edges.png --control-scale 0.7   # SDXL detected, ControlNet added
+  rpg generate --from cn.png --control-scale 0.5 --out cn-05.png
+      # same ControlNet and (embedded) control image, weaker control
 """
 
 
@@ -52,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         dest="from_image",
         type=Path,
         metavar="IMAGE",
-        help="re-render a PNG saved by rpg; other options override its settings",
+        help="re-render a PNG saved by rpg: same request, plan, ControlNets, scales and (embedded) "
+        "control images; other options override its settings",
     )
     add_model_arguments(p)
     control = p.add_argument_group("controlnet")
@@ -61,7 +75,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="MODEL",
         help="ControlNet folder, .safetensors file, cached hub id, or tiny-controlnet / "
-        "tiny-sdxl-controlnet (random weights); repeat for several",
+        "tiny-sdxl-controlnet (random weights); repeat for several. With --from: replaces the "
+        "recorded ControlNets",
     )
     control.add_argument(
         "--control-image",
@@ -69,14 +84,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=Path,
         metavar="FILE",
         help="control image (edges, pose, depth ...), one per --controlnet in the same order; "
-        "without --size the image is rendered at the first one's size",
+        "without --size the image is rendered at the first one's size. It is embedded in the "
+        "output PNG. With --from: replaces the embedded images",
     )
     control.add_argument(
         "--control-scale",
         action="append",
         type=float,
         metavar="S",
-        help="ControlNet conditioning scale: one for all or one per --controlnet (default 1)",
+        help="ControlNet conditioning scale: one for all or one per --controlnet (default 1; "
+        "with --from, the recorded scales)",
     )
     add_planner_arguments(p)
     render = add_render_arguments(p)
@@ -124,11 +141,18 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def control_inputs(
-    args: argparse.Namespace, backbone: Any, request: GenerationRequest
+    args: argparse.Namespace,
+    backbone: Any,
+    request: GenerationRequest,
+    embedded: Sequence[Any] = (),
 ) -> tuple[dict[str, Any], GenerationRequest]:
     """ControlNet images and scales for ``generate``, and the request sized to the first image.
 
-    Images are checked against the ControlNets by the backbone, where the API does it too.
+    Images: ``--control-image`` files, else (with ``--from``) the images ``embedded`` in the PNG,
+    else the files the request recorded. Scales: ``--control-scale``, else the request's. The
+    request's recorded controls are renamed to ``--controlnet`` when that replaces them, and
+    dropped when it changes how many ControlNets there are. Images are checked against the
+    ControlNets by the backbone (in ``RPG.generate``), where the API does it too.
     """
     from rpg.backbones.controlnet import ControlNetBackboneMixin, open_control_image
 
@@ -139,9 +163,33 @@ def control_inputs(
                 "pipeline folder as --model)"
             )
         return {}, request
-    images = [open_control_image(path) for path in args.control_image or []]
-    if images and request.width is None and request.height is None:
-        width, height = images[0].size
+    names = backbone.controlnet_names
+    recorded = list(request.controls)
+    if len(recorded) != len(names):
+        recorded, embedded = [], ()
+    elif args.controlnet:
+        renamed = zip(recorded, names, strict=True)
+        recorded = [c.model_copy(update={"controlnet": name}) for c, name in renamed]
+    request = request.model_copy(update={"controls": recorded})
+
+    images: list[Any] = [str(path) for path in args.control_image or []]
+    if not images and recorded:
+        for i, recorded_control in enumerate(recorded):
+            image = embedded[i] if i < len(embedded) else None
+            if image is None:
+                path = recorded_control.image
+                if path is None or not Path(path).expanduser().is_file():
+                    where = f"embedded in {args.from_image}" if args.from_image else "given"
+                    name = recorded_control.controlnet
+                    raise ConfigurationError(
+                        f"control image {i + 1} (for ControlNet {name!r}) is not {where} and "
+                        f"its file {path or '(no path recorded)'} is not found; pass "
+                        "--control-image FILE"
+                    )
+                image = str(Path(path).expanduser())
+            images.append(image)
+    if args.control_image and request.width is None and request.height is None:
+        width, height = open_control_image(images[0]).size
         request = request.model_copy(
             update={"width": max(8, width // 8 * 8), "height": max(8, height // 8 * 8)}
         )
@@ -151,6 +199,13 @@ def control_inputs(
     return control, request
 
 
+def describe_controls(request: GenerationRequest) -> str:
+    """``", ControlNet NAME ×SCALE"`` for the summary line; empty without ControlNet."""
+    if not request.controls:
+        return ""
+    return ", ControlNet " + "; ".join(f"{c.controlnet} ×{c.scale:g}" for c in request.controls)
+
+
 def run(args: argparse.Namespace) -> int:
     from rpg.backbones.schedulers import check_scheduler
     from rpg.metadata import save_png
@@ -158,8 +213,14 @@ def run(args: argparse.Namespace) -> int:
     request = build_request(args)
     check_scheduler(request.scheduler)  # fail before loading a model
     model = request.model or DEFAULT_MODEL
-    pipe = load_rpg(args, model, request.planner, controlnet=args.controlnet)
-    control, request = control_inputs(args, pipe.backbone, request)
+    embedded: list[Any] = []
+    if args.from_image is not None and request.controls and not args.control_image:
+        from rpg.metadata import read_control_images
+
+        embedded = read_control_images(args.from_image)
+    controlnet = args.controlnet or [c.controlnet for c in request.controls] or None
+    pipe = load_rpg(args, model, request.planner, controlnet=controlnet)
+    control, request = control_inputs(args, pipe.backbone, request, embedded)
     if args.refine:
         result = generate_refined(pipe, request, args.out, args.refine, **control)
     else:
@@ -168,15 +229,17 @@ def run(args: argparse.Namespace) -> int:
     paths = output_paths(args.out, len(result.images))
     for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(image, path, result.request, result.plan, index=i)
+        save_png(
+            image, path, result.request, result.plan, index=i, control_images=result.control_images
+        )
     req = result.request
     assert req.seed is not None
     seeds = str(req.seed) if len(paths) == 1 else f"{req.seed}..{req.seed + len(paths) - 1}"
     regions = len(result.plan.regions)
     print(
         f"wrote {', '.join(str(p) for p in paths)} ({req.width}x{req.height}, seed {seeds}, "
-        f"{regions} region{'s' if regions != 1 else ''}, split {result.plan.to_split_ratio()}, "
-        f"{result.timings.get('total', 0.0):.1f} s)"
+        f"{regions} region{'s' if regions != 1 else ''}, split {result.plan.to_split_ratio()}"
+        f"{describe_controls(req)}, {result.timings.get('total', 0.0):.1f} s)"
     )
     if args.save_layout:
         from rpg.layout_image import draw_plan

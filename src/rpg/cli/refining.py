@@ -47,7 +47,13 @@ def generate_refined(
     def save(done: RefineRound) -> None:
         path = round_path(out, done.index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(done.image, path, done.result.request, done.plan)
+        save_png(
+            done.image,
+            path,
+            done.result.request,
+            done.plan,
+            control_images=done.result.control_images,
+        )
         verdict = ""
         if done.review is not None:
             verdict = " — done" if done.review.done else " — revising"
