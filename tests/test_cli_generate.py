@@ -119,3 +119,24 @@ def test_metadata_round_trip_and_missing_metadata(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(MetadataError, match="without rpg metadata"):
         load_request(tmp_path / "plain.png")
+
+
+def test_no_kv_cache_turns_the_cache_off_and_keeps_the_pixels(
+    rpg_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rpg.attention.install as install
+
+    seen: list[bool] = []
+    real = install.regional
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("cache_kv", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(install, "regional", spy)
+    with_cache, without = tmp_path / "a.png", tmp_path / "b.png"
+    common = ["generate", PROMPT, "--seed", "3", "--steps", "2"]
+    assert main([*common, "--out", str(with_cache)]) == 0
+    assert main([*common, "--no-kv-cache", "--out", str(without)]) == 0
+    assert seen == [True, False]
+    assert np.array_equal(pixels(with_cache), pixels(without))
