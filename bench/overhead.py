@@ -6,7 +6,8 @@ weights from configs written here, so nothing is downloaded, and times the stock
 ``rpg.attention.regional`` with packed embeddings for 1, 2, 4 and 8 regions, with and without a
 base prompt, each with the key/value cache off and on (``kv`` rows: each layer projects the text
 context once per call instead of once per step). Runs are interleaved (every repeat runs every
-configuration once) after one warm-up round, and the median is reported. A reference row re-runs
+configuration once) after one warm-up round; a time ratio is the median over rounds of the run's
+time over the stock run's time in the same round. A reference row re-runs
 full attention once per region plus once for the base, as the paper's reference code does.
 
 Timing covers denoising (``output_type="latent"``): the VAE decode and text encoding are the
@@ -26,6 +27,11 @@ separate two-step rounds after all timing rounds (from the second step on, a ste
 same: the key/value cache is full), and the smallest of those rounds is kept, since noise only
 adds to a peak.
 Where ``/proc`` or glibc is unavailable the memory columns are left empty.
+
+Floating-point work (``--flops``): one more call per configuration under
+``torch.utils.flop_counter.FlopCounterMode`` counts the matmul, convolution and attention FLOPs
+(``flops ×``). It is exact and immune to a noisy machine, but blind to memory-bound elementwise
+work (gathers, copies), so it complements the timings rather than replacing them.
 
     python bench/overhead.py                 # 256×256, 3 repeats, CPU
     python bench/overhead.py --full --device cuda --repeats 5
@@ -362,6 +368,25 @@ class PeakMemory:
         return peak - before, peak
 
 
+# --------------------------------------------------------------------------- FLOPs
+def flop_counter() -> Any:
+    """A ``FlopCounterMode`` that also counts the CPU flash-attention kernel.
+
+    PyTorch's counter knows the CUDA attention kernels but not the CPU one, which would make the
+    attention work of every configuration read as zero on CPU.
+    """
+    from torch.utils import flop_counter as fc
+
+    def cpu_flash(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+        return int(fc.sdpa_flop_count(query, key, value))
+
+    mapping = {}
+    cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_op is not None:
+        mapping[cpu_op] = cpu_flash
+    return fc.FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 # --------------------------------------------------------------------------- configurations
 @dataclass
 class Config:
@@ -374,6 +399,7 @@ class Config:
     cpu_seconds: list[float] = field(default_factory=list)
     peak_bytes: list[int] = field(default_factory=list)
     total_peak_bytes: list[int] = field(default_factory=list)
+    flops: int | None = None
 
 
 def pack(
@@ -444,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         help="native size: 512×512 for sd15 (default 256×256), 1024×1024 for sdxl "
         "(default 512×512)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds (median reported; 0: no timing)"
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument(
         "--threads",
@@ -474,11 +502,16 @@ def main(argv: list[str] | None = None) -> int:
         help="regional rows without and/or with the key/value cache (default: both)",
     )
     parser.add_argument("--decode", action="store_true", help="include the VAE decode in timing")
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count each configuration's FLOPs in one more --steps call (exact, noise-free)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
     args.size = SIZES[args.arch][0 if args.full else 1]
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    if args.repeats < 0:
+        parser.error("--repeats must be 0 (no timing: --flops and memory only) or more")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -526,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
 
             prepared[name] = (pos, neg, naive_scope)
 
-    for round_ in range(args.repeats + 1):
+    for round_ in range(args.repeats + 1 if args.repeats else 0):
         label = "warm-up" if round_ == 0 else f"round {round_}/{args.repeats}"
         for config in configs:
             seconds, cpu, _ = run_once(bench, config, args, prepared, steps=args.steps)
@@ -536,6 +569,13 @@ def main(argv: list[str] | None = None) -> int:
             if round_:
                 config.seconds.append(seconds)
                 config.cpu_seconds.append(cpu)
+
+    if args.flops:
+        for config in configs:
+            with flop_counter() as counter:
+                run_once(bench, config, args, prepared, steps=args.steps)
+            config.flops = int(counter.get_total_flops())
+            print(f"  flops     {config.name:<18} {config.flops / 1e12:8.3f} TFLOP", flush=True)
 
     # Memory after timing: pinning glibc's allocator slows CPU runs, so it must not touch them.
     if memory.available and args.memory_rounds > 0:
@@ -552,15 +592,26 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
     stock = configs[0]
-    stock_s = statistics.median(stock.seconds)
-    stock_cpu = statistics.median(stock.cpu_seconds)
+
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    def paired(values: list[float], reference: list[float]) -> float | None:
+        """Median over rounds of this run's time over the stock run's time in the same round.
+
+        A shared machine drifts over minutes; runs in one round are minutes apart at most.
+        """
+        ratios = [v / r for v, r in zip(values, reference, strict=True)]
+        return median(ratios)
+
     # Noise (other allocations, page-cache effects) only adds to a peak, so take the smallest.
     stock_mem = min(stock.peak_bytes) if stock.peak_bytes else None
     stock_total = min(stock.total_peak_bytes) if stock.total_peak_bytes else None
+    stock_flops = stock.flops
     rows = []
     for c in configs:
-        med = statistics.median(c.seconds)
-        cpu_med = statistics.median(c.cpu_seconds)
+        med = median(c.seconds)
+        cpu_med = median(c.cpu_seconds)
         mem = min(c.peak_bytes) if c.peak_bytes else None
         total = min(c.total_peak_bytes) if c.total_peak_bytes else None
         rows.append(
@@ -572,10 +623,10 @@ def main(argv: list[str] | None = None) -> int:
                 "cache_kv": c.cache_kv,
                 "seconds_median": med,
                 "seconds": c.seconds,
-                "time_ratio": med / stock_s,
+                "time_ratio": paired(c.seconds, stock.seconds),
                 "cpu_seconds_median": cpu_med,
                 "cpu_seconds": c.cpu_seconds,
-                "cpu_time_ratio": cpu_med / stock_cpu,
+                "cpu_time_ratio": paired(c.cpu_seconds, stock.cpu_seconds),
                 "peak_bytes_min": mem,
                 "peak_bytes": c.peak_bytes,
                 "memory_ratio": (mem / stock_mem) if mem is not None and stock_mem else None,
@@ -584,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
                 "total_memory_ratio": (
                     (total / stock_total) if total is not None and stock_total else None
                 ),
+                "flops": c.flops,
+                "flops_ratio": (c.flops / stock_flops) if c.flops and stock_flops else None,
             }
         )
 
@@ -594,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'config':<20}{'seconds':>9}{'× stock':>9}{'cpu s':>9}{'cpu ×':>8}"
-        f"{'peak MiB':>10}{'mem ×':>8}{'total MiB':>11}{'total ×':>9}"
+        f"{'peak MiB':>10}{'mem ×':>8}{'total MiB':>11}{'total ×':>9}{'flops ×':>9}"
     )
 
     def fmt(value: float | None, spec: str) -> str:
@@ -604,10 +657,12 @@ def main(argv: list[str] | None = None) -> int:
         mib = None if r["peak_bytes_min"] is None else r["peak_bytes_min"] / 2**20
         total_mib = None if r["total_peak_bytes_min"] is None else r["total_peak_bytes_min"] / 2**20
         print(
-            f"{r['config']:<20}{r['seconds_median']:>9.2f}{r['time_ratio']:>9.3f}"
-            f"{r['cpu_seconds_median']:>9.2f}{r['cpu_time_ratio']:>8.3f}"
+            f"{r['config']:<20}{fmt(r['seconds_median'], '.2f'):>9}"
+            f"{fmt(r['time_ratio'], '.3f'):>9}"
+            f"{fmt(r['cpu_seconds_median'], '.2f'):>9}{fmt(r['cpu_time_ratio'], '.3f'):>8}"
             f"{fmt(mib, '.0f'):>10}{fmt(r['memory_ratio'], '.3f'):>8}"
             f"{fmt(total_mib, '.0f'):>11}{fmt(r['total_memory_ratio'], '.3f'):>9}"
+            f"{fmt(r['flops_ratio'], '.3f'):>9}"
         )
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
