@@ -7,6 +7,7 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from attention_helpers import two_by_two
 from rpg.attention import (
     RegionalAttnProcessor,
     RegionalConditioning,
@@ -26,25 +27,9 @@ def _single(height: int, width: int, tokens: int, total: int, guidance: bool):
     return cond, layout
 
 
-def _two_by_two(height: int, width: int) -> tuple[RegionalConditioning, RegionalLayout]:
-    layout = RegionalLayout(
-        rows=((1.0, (1.0, 2.0)), (1.0, (2.0, 1.0))),
-        base_weights=(0.3,) * 4,
-        height=height,
-        width=width,
-    )
-    cond = RegionalConditioning(
-        prompt_embeds=torch.zeros(1, 25, 32),
-        region_spans=((5, 10), (10, 15), (15, 20), (20, 25)),
-        base_span=(0, 5),
-        negative_span=(0, 5),
-    )
-    return cond, layout
-
-
 def test_installs_on_cross_attention_only_and_restores(tiny_unet) -> None:
     before = dict(tiny_unet.attn_processors)
-    cond, layout = _two_by_two(64, 64)
+    cond, layout = two_by_two(64, 64)
     cross = cross_attention_names(tiny_unet)
     assert cross and all(".attn2." in k for k in cross)
     assert len(cross) == sum(".attn2." in k for k in before)
@@ -64,7 +49,7 @@ def test_installs_on_cross_attention_only_and_restores(tiny_unet) -> None:
 def test_restores_custom_processors_when_the_body_raises(tiny_unet) -> None:
     custom = {k: AttnProcessor2_0() for k in tiny_unet.attn_processors}
     tiny_unet.set_attn_processor(dict(custom))
-    cond, layout = _two_by_two(64, 64)
+    cond, layout = two_by_two(64, 64)
     with (
         pytest.raises(RuntimeError, match="boom"),
         regional(tiny_unet, cond, layout, guidance=True),
@@ -75,7 +60,7 @@ def test_restores_custom_processors_when_the_body_raises(tiny_unet) -> None:
 
 def test_bad_plan_or_shape_inside_forward_still_restores(tiny_unet) -> None:
     before = dict(tiny_unet.attn_processors)
-    cond, layout = _two_by_two(64, 64)
+    cond, layout = two_by_two(64, 64)
     with (
         pytest.raises(ValueError, match="matches no latent grid"),
         torch.no_grad(),
@@ -88,7 +73,7 @@ def test_bad_plan_or_shape_inside_forward_still_restores(tiny_unet) -> None:
 def test_several_models_unet_and_controlnet(tiny_unet) -> None:
     controlnet = ControlNetModel.from_unet(tiny_unet)
     saved = [dict(m.attn_processors) for m in (tiny_unet, controlnet)]
-    cond, layout = _two_by_two(64, 64)
+    cond, layout = two_by_two(64, 64)
     with regional([tiny_unet, controlnet], cond, layout, guidance=True):
         for m in (tiny_unet, controlnet):
             names = cross_attention_names(m)
@@ -99,7 +84,7 @@ def test_several_models_unet_and_controlnet(tiny_unet) -> None:
 
 
 def test_rejects_objects_without_attention_processors() -> None:
-    cond, layout = _two_by_two(64, 64)
+    cond, layout = two_by_two(64, 64)
     with (
         pytest.raises(TypeError, match="attn_processors"),
         regional(
@@ -129,7 +114,7 @@ def test_single_full_region_unet_equals_stock(tiny_unet, guidance: bool) -> None
 @pytest.mark.parametrize(("height", "width"), [(72, 136), (128, 64), (64, 128), (40, 200)])
 def test_odd_and_wide_sizes_through_the_unet(tiny_unet, height: int, width: int) -> None:
     torch.manual_seed(1)
-    cond, layout = _two_by_two(height, width)
+    cond, layout = two_by_two(height, width)
     sample = torch.randn(2, 4, height // 8, width // 8)
     ctx = torch.randn(2, 25, 32)
     with torch.no_grad(), regional(tiny_unet, cond, layout, guidance=True):
@@ -149,7 +134,7 @@ def test_odd_and_wide_sizes_through_the_unet(tiny_unet, height: int, width: int)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_unet_forward(tiny_unet, dtype: torch.dtype) -> None:
     torch.manual_seed(2)
-    cond, layout = _two_by_two(72, 136)
+    cond, layout = two_by_two(72, 136)
     sample, ctx = torch.randn(2, 4, 9, 17), torch.randn(2, 25, 32)
     with torch.no_grad(), regional(tiny_unet, cond, layout, guidance=True):
         ref = tiny_unet(sample, 5, ctx).sample

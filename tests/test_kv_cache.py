@@ -7,35 +7,18 @@ from typing import Any
 import pytest
 import torch
 
+from attention_helpers import two_by_two
 from rpg.attention import (
     RegionalAttnProcessor,
-    RegionalConditioning,
-    RegionalLayout,
     cross_attention_names,
     regional,
 )
 from rpg.models import GenerationRequest, RegionPlan
 
 
-def _two_by_two(height: int = 64, width: int = 64) -> tuple[RegionalConditioning, RegionalLayout]:
-    layout = RegionalLayout(
-        rows=((1.0, (1.0, 2.0)), (1.0, (2.0, 1.0))),
-        base_weights=(0.3,) * 4,
-        height=height,
-        width=width,
-    )
-    cond = RegionalConditioning(
-        prompt_embeds=torch.zeros(1, 25, 32),
-        region_spans=((5, 10), (10, 15), (15, 20), (20, 25)),
-        base_span=(0, 5),
-        negative_span=(0, 5),
-    )
-    return cond, layout
-
-
 def _steps(unet: Any, ctx: torch.Tensor, steps: int, *, cache_kv: bool) -> tuple[list, Any]:
     """Run the UNet ``steps`` times on one context, as a pipeline's denoising loop does."""
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     torch.manual_seed(3)
     samples = [torch.randn(2, 4, 8, 8) for _ in range(steps)]
     with torch.no_grad(), regional(unet, cond, layout, guidance=True, cache_kv=cache_kv) as proc:
@@ -61,7 +44,7 @@ def test_cached_steps_are_bit_identical_and_project_once(tiny_unet) -> None:
 
 
 def test_a_new_context_inside_one_block_is_projected_again(tiny_unet) -> None:
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     torch.manual_seed(1)
     sample = torch.randn(2, 4, 8, 8)
     first, second = torch.randn(2, 25, 32), torch.randn(2, 25, 32)
@@ -80,7 +63,7 @@ def test_a_new_context_inside_one_block_is_projected_again(tiny_unet) -> None:
 
 
 def test_in_place_changes_to_context_or_weights_are_noticed(tiny_unet) -> None:
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     torch.manual_seed(2)
     sample, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 25, 32)
     name = cross_attention_names(tiny_unet)[0].removesuffix(".processor")
@@ -104,7 +87,7 @@ def test_in_place_changes_to_context_or_weights_are_noticed(tiny_unet) -> None:
 
 
 def test_nothing_is_cached_while_autograd_records(tiny_unet) -> None:
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     sample, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 25, 32)
     with regional(tiny_unet, cond, layout, guidance=True, cache_kv=True) as proc:
         for _ in range(2):
@@ -114,7 +97,7 @@ def test_nothing_is_cached_while_autograd_records(tiny_unet) -> None:
 
 
 def test_processor_defaults_to_no_cache() -> None:
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     assert RegionalAttnProcessor(cond, layout, guidance=True).cache_kv is False
 
 
@@ -146,7 +129,7 @@ def test_backbone_cache_gives_the_same_pixels(tiny_rpg: Any, scheduler: str) -> 
 @pytest.mark.parametrize("cache_kv", [False, True])
 def test_repeated_context_rows_are_projected_once(tiny_unet, cache_kv: bool) -> None:
     """Several images per prompt: one projection per distinct row, the same images as one."""
-    cond, layout = _two_by_two()
+    cond, layout = two_by_two()
     torch.manual_seed(4)
     negative, positive = torch.randn(1, 25, 32), torch.randn(1, 25, 32)
     samples = torch.randn(2, 4, 8, 8)
