@@ -170,8 +170,8 @@ def test_recaption_and_entities_are_extracted() -> None:
     assert rec.recaption.startswith("A young couple in a sunny park")
     assert rec.recaption.endswith("short blonde hair")
     assert [e.name for e in rec.entities] == ["girl", "man"]
-    assert rec.entities[0].attributes == ["long silver braid", "green dress"]
-    assert rec.entities[1].attributes == ["short blonde hair", "denim jacket"]
+    assert rec.entities[0].attributes == ("long silver braid", "green dress")
+    assert rec.entities[1].attributes == ("short blonde hair", "denim jacket")
 
 
 def test_recaption_defaults_to_prompt() -> None:
@@ -179,7 +179,7 @@ def test_recaption_defaults_to_prompt() -> None:
         f"Final split ratio: 1,1\nRegional Prompt: {GIRL} BREAK {MAN}", prompt=PROMPT
     ).recaption
     assert rec.recaption == PROMPT
-    assert rec.entities == []
+    assert rec.entities == ()
 
 
 FAILURES = [
