@@ -28,7 +28,8 @@ from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
 from rpg.models import ControlInput, GenerationRequest, GenerationResult, PlanResult
-from rpg.planners.base import Planner
+from rpg.planners.base import DEFAULT_PLANNER, Planner
+from rpg.progress import NoProgress, RenderProgress, step_callback
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -99,7 +100,7 @@ class RPG:
         self,
         backbone: Backbone,
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         model: str | None = None,
     ) -> None:
@@ -113,6 +114,8 @@ class RPG:
             self._planner_name = planner.name
             self._planners[planner.name] = planner
         self._plans: OrderedDict[tuple[str, str], PlanResult] = OrderedDict()
+        #: Told about every stage and denoising step of a render (see :mod:`rpg.progress`).
+        self.progress: RenderProgress = NoProgress()
 
     # ----------------------------------------------------------------- construction
 
@@ -121,7 +124,7 @@ class RPG:
         cls,
         model: str | os.PathLike[str],
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
@@ -157,7 +160,7 @@ class RPG:
         cls,
         pipe: Any,
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         backbone: str | type[Backbone] | None = None,
         model: str | None = None,
@@ -273,6 +276,9 @@ class RPG:
             request = GenerationRequest(prompt=request)
         started = time.perf_counter()
         timings: dict[str, float] = {}
+        progress = self.progress
+        progress.start(request.steps)
+        progress.stage("plan")
 
         plan_result: PlanResult | None = None
         plan = request.effective_plan()
@@ -309,11 +315,12 @@ class RPG:
         backbone.set_scheduler(request.scheduler)
         guidance = backbone.uses_guidance(request.guidance_scale)
 
+        progress.stage("encode")
         t = time.perf_counter()
+        layout = backbone.layout(plan, width, height)  # first: it refuses a plan too fine
         conditioning = backbone.encode(
             plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
         )
-        layout = backbone.layout(plan, width, height)
         timings["encode"] = time.perf_counter() - t
 
         generators = [
@@ -322,6 +329,8 @@ class RPG:
         generator: torch.Generator | list[torch.Generator] = (
             generators[0] if len(generators) == 1 else generators
         )
+        progress.stage("denoise")
+        callback_on_step_end = step_callback(progress, callback_on_step_end, pipeline_kwargs)
         t = time.perf_counter()
         latents = backbone.denoise(
             conditioning,
@@ -335,10 +344,12 @@ class RPG:
         )
         timings["denoise"] = time.perf_counter() - t
 
+        progress.stage("decode")
         t = time.perf_counter()
         images = backbone.decode(latents, output_type=output_type, generator=generator)
         timings["decode"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
+        progress.finish()
 
         return GenerationResult(
             images=images,

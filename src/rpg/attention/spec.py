@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rpg.layout import check_cell_sizes
+
 if TYPE_CHECKING:
     from rpg.models import RegionPlan
 
@@ -81,6 +83,7 @@ class RegionalLayout:
             raise ValueError(
                 f"image size {self.width}x{self.height} must be a multiple of {self.latent_factor}"
             )
+        check_cell_sizes(self.rows, self.height, self.width, factor=self.latent_factor)
 
     @property
     def num_regions(self) -> int:
