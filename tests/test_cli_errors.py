@@ -23,7 +23,11 @@ def error_line(err: str, command: str) -> str:
 @pytest.mark.parametrize(
     ("flags", "expected", "field"),
     [
-        (["--guidance", "200"], "--guidance: input should be less than or equal to 100", "guidance"),
+        (
+            ["--guidance", "200"],
+            "--guidance: input should be less than or equal to 100",
+            "guidance",
+        ),
         (["--steps", "0"], "--steps: input should be greater than or equal to 1", "steps"),
         (["--size", "100x64"], "--size: width must be a multiple of 8", "width"),
         (["--num-images", "99"], "--num-images:", "num_images"),
@@ -75,13 +79,17 @@ def test_plan_file_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFi
 def test_hand_written_plan_errors_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b BREAK c"]) == 2
     assert "has 2 regions but 3 prompts" in error_line(capsys.readouterr().err, "plan")
-    assert main(["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b", "--base-ratio", "3"]) == 2
+    assert (
+        main(["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b", "--base-ratio", "3"]) == 2
+    )
     line = error_line(capsys.readouterr().err, "plan")
     assert "--base-ratio:" in line and "base_ratio" not in line
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_debug_before_or_after_the_subcommand(where: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_debug_before_or_after_the_subcommand(
+    where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["plan", "--split-ratio", "1,0", "--prompts", "a BREAK b"]
     argv = ["--debug", *args] if where == "before" else [*args, "--debug"]
     assert main(argv) == 2

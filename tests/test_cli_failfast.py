@@ -31,9 +31,7 @@ print("PROBE " + json.dumps({"code": code, "heavy": heavy}))
 
 def run_rpg(args: list[str], tmp_path: Path, **env: str) -> tuple[int, list[str], str]:
     """``rpg ARGS`` in a subprocess: exit status, heavy modules it imported, stderr."""
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OLLAMA_"))
-    }
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OLLAMA_"))}
     environ.update(RPG_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", **env)
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, *args],
@@ -74,7 +72,9 @@ def test_unknown_planner_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_refine_with_a_planner_that_cannot_see_fails_without_loading(tmp_path: Path) -> None:
-    code, heavy, err = run_rpg(["generate", PROMPT, "--planner", "rules", "--refine", "1"], tmp_path)
+    code, heavy, err = run_rpg(
+        ["generate", PROMPT, "--planner", "rules", "--refine", "1"], tmp_path
+    )
     assert code == 2
     assert heavy == []
     assert "--refine needs a planner that can look at images" in err
@@ -151,9 +151,7 @@ def test_estimate_grows_with_the_square_of_the_pixels(tiny_rpg: Any) -> None:
     assert large == pytest.approx(16 * small, rel=0.05)
 
 
-def test_native_size_on_cpu_does_not_warn(
-    tiny_rpg: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_native_size_on_cpu_does_not_warn(tiny_rpg: Any, caplog: pytest.LogCaptureFixture) -> None:
     from rpg.cli.checks import warn_if_slow
     from rpg.models import GenerationRequest
 

@@ -71,7 +71,9 @@ def test_cli_refuses_a_plan_too_fine_for_the_size_before_denoising(
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plan.model_dump_json())
     out = tmp_path / "x.png"
-    code = main(["generate", "bands", "--plan", str(plan_file), "--size", "64x64", "--out", str(out)])
+    code = main(
+        ["generate", "bands", "--plan", str(plan_file), "--size", "64x64", "--out", str(out)]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "tall on a 64x64 image" in err and "render at 64x80 or larger" in err

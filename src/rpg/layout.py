@@ -150,18 +150,14 @@ def check_cell_sizes(
     smallest_w = min(v / math.fsum(ws) for _, ws in rows for v in ws)
     if smallest_h * h >= 1 - tol and smallest_w * w >= 1 - tol:
         return
-    index = 0
-    for r, (row_h, widths) in enumerate(rows):
-        for c, region_w in enumerate(widths):
-            index += 1
-            tall = row_h / total_h * h
-            wide = region_w / math.fsum(widths) * w
-            if tall < 1 - tol or wide < 1 - tol:
-                break
-        else:
-            continue
-        break
-    n = sum(len(ws) for _, ws in rows)
+    # (cells tall, cells wide, row, position in row) of every region, in reading order.
+    sizes = [
+        (row_h / total_h * h, v / math.fsum(widths) * w, r, c)
+        for r, (row_h, widths) in enumerate(rows)
+        for c, v in enumerate(widths)
+    ]
+    index = next(i for i, (tall, wide, _, _) in enumerate(sizes) if min(tall, wide) < 1 - tol)
+    tall, wide, row, col = sizes[index]
     what = f"{wide:.2g} latent cells wide" if wide < 1 - tol else f"{tall:.2g} latent cells tall"
     need_w = max(width, math.ceil(1 / smallest_w - tol) * factor)
     need_h = max(height, math.ceil(1 / smallest_h - tol) * factor)
@@ -169,9 +165,9 @@ def check_cell_sizes(
     if max(need_w, need_h) <= MAX_SIDE:
         fix = f"render at {need_w}x{need_h} or larger, or {fix}"
     raise SplitRatioError(
-        f"region {index} of {n} (row {r + 1}, region {c + 1}) is {what} on a {width}x{height} "
-        f"image (a latent cell is {factor}x{factor} pixels), so its prompt would act nowhere; "
-        f"{fix}"
+        f"region {index + 1} of {len(sizes)} (row {row + 1}, region {col + 1}) is {what} on a "
+        f"{width}x{height} image (a latent cell is {factor}x{factor} pixels), so its prompt "
+        f"would act nowhere; {fix}"
     )
 
 

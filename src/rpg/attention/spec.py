@@ -83,7 +83,6 @@ class RegionalLayout:
             raise ValueError(
                 f"image size {self.width}x{self.height} must be a multiple of {self.latent_factor}"
             )
-        check_cell_sizes(self.rows, self.height, self.width, factor=self.latent_factor)
 
     @property
     def num_regions(self) -> int:
@@ -93,6 +92,14 @@ class RegionalLayout:
     def from_plan(
         cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8
     ) -> RegionalLayout:
+        """The layout of ``plan`` on a ``width × height`` image.
+
+        A plan with a region smaller than one latent cell at this size is refused here, where
+        the plan meets the size (:func:`rpg.layout.check_cell_sizes`): its prompt would act
+        nowhere at full resolution. Building a layout directly does not check, so coarse test
+        grids stay possible.
+        """
+        check_cell_sizes(plan.split_rows(), height, width, factor=latent_factor)
         return cls(
             rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),
             base_weights=tuple(plan.base_weights()),

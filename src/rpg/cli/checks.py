@@ -11,7 +11,6 @@ run time (exit status 1, file errors name the file).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -217,7 +216,9 @@ def make_planner(
         if "unexpected keyword argument" not in str(exc):
             raise
         given = ", ".join(k for k in options if k != "cache") or "none"
-        raise UsageError(f"{flag} {name} does not take the options given ({given}): {exc}") from None
+        raise UsageError(
+            f"{flag} {name} does not take the options given ({given}): {exc}"
+        ) from None
     if images is not None:
         from rpg.planners.feedback import as_multimodal
 
@@ -225,7 +226,9 @@ def make_planner(
             as_multimodal(planner)
         except PlannerError as exc:
             chose = f" ('{name}' chose '{planner.name}')" if planner.name != name else ""
-            raise UsageError(f"{images} needs a planner that can look at images{chose}: {exc}") from None
+            raise UsageError(
+                f"{images} needs a planner that can look at images{chose}: {exc}"
+            ) from None
     return planner
 
 
@@ -283,7 +286,9 @@ def _cpu_rate() -> float:
     return float(384**3 * rounds / max(seconds, 1e-9))
 
 
-def estimate_step_seconds(backbone: Any, width: int, height: int, *, images: int = 1) -> float | None:
+def estimate_step_seconds(
+    backbone: Any, width: int, height: int, *, images: int = 1
+) -> float | None:
     """A lower bound on the seconds of one denoising step on the CPU, or ``None`` if unknown.
 
     Only UNet backbones are estimated (their self-attention is counted, see
@@ -340,4 +345,3 @@ def warn_if_slow(backbone: Any, request: GenerationRequest) -> float | None:
         smaller,
     )
     return total
-

@@ -145,7 +145,9 @@ def load_rpg(
     pipe = RPG.from_pretrained(
         model,
         planner=planner if planner is not None else DEFAULT_PLANNER,
-        planner_options=planner_options(args) if planner is None or isinstance(planner, str) else None,
+        planner_options=planner_options(args)
+        if planner is None or isinstance(planner, str)
+        else None,
         device=args.device or "auto",
         dtype=args.dtype or "auto",
         **options,
