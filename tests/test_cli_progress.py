@@ -68,9 +68,7 @@ def test_no_progress_leaves_the_callback_alone() -> None:
     def callback(*args: Any) -> Any:
         return args[-1]
 
-    kwargs: dict[str, Any] = {}
-    assert step_callback(rpg.progress.NoProgress(), callback, kwargs) is callback
-    assert kwargs == {}
+    assert step_callback(rpg.progress.NoProgress(), callback) is callback
 
 
 def test_bar_is_labelled_with_the_stage_and_counts_steps() -> None:

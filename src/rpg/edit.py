@@ -267,7 +267,7 @@ def edit(
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
     progress.stage("denoise")
     pipeline_kwargs["callback_on_step_end"] = step_callback(
-        progress, pipeline_kwargs.pop("callback_on_step_end", None), pipeline_kwargs
+        progress, pipeline_kwargs.pop("callback_on_step_end", None)
     )
     t = time.perf_counter()
     with regional([pipe.unet], conditioning, layout, guidance=guidance, cache_kv=backbone.cache_kv):

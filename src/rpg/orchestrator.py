@@ -330,7 +330,7 @@ class RPG:
             generators[0] if len(generators) == 1 else generators
         )
         progress.stage("denoise")
-        callback_on_step_end = step_callback(progress, callback_on_step_end, pipeline_kwargs)
+        callback_on_step_end = step_callback(progress, callback_on_step_end)
         t = time.perf_counter()
         latents = backbone.denoise(
             conditioning,

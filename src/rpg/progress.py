@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import IO, Any, Protocol, runtime_checkable
 
-__all__ = ["STAGES", "BarProgress", "NoProgress", "RenderProgress", "step_callback"]
+__all__ = [
+    "STAGES",
+    "BarProgress",
+    "NoProgress",
+    "ProgressCallback",
+    "RenderProgress",
+    "step_callback",
+]
 
 #: The stages of one render, in order.
 STAGES = ("plan", "encode", "denoise", "decode")
@@ -93,31 +100,38 @@ class BarProgress:
             self._bar = None
 
 
-def step_callback(
-    progress: RenderProgress,
-    callback: Callable[..., Any] | None,
-    pipeline_kwargs: dict[str, Any],
-) -> Callable[..., Any] | None:
-    """``callback`` (a stock ``callback_on_step_end``, or ``None``) wrapped to report each step.
+class ProgressCallback:
+    """A stock ``callback_on_step_end`` that reports each finished step, then runs the caller's.
 
-    With :class:`NoProgress` the callback is returned as it is. A diffusers ``PipelineCallback``
-    names the tensors it needs in ``tensor_inputs``, which the pipeline reads only from the
-    callback object itself, so they are passed on in ``pipeline_kwargs`` for the wrapper. After
-    the last step the stage becomes ``decode`` (the pipeline decodes right after it).
+    After the last step the stage becomes ``decode`` (the pipeline decodes right after it). A
+    diffusers ``PipelineCallback`` names the tensors it needs in ``tensor_inputs``; the wrapper
+    carries them on, so whoever calls the pipeline can pass them as it would for the original.
+    """
+
+    def __init__(self, progress: RenderProgress, callback: Callable[..., Any] | None) -> None:
+        self.progress = progress
+        self.callback = callback
+        tensor_inputs = getattr(callback, "tensor_inputs", None)
+        if tensor_inputs is not None:
+            self.tensor_inputs = list(tensor_inputs)
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        total = int(getattr(pipe, "num_timesteps", 0) or 0)
+        self.progress.step(step + 1, total)
+        if total and step + 1 >= total:
+            self.progress.stage("decode")
+        if self.callback is None:
+            return tensors
+        return self.callback(pipe, step, timestep, tensors)
+
+
+def step_callback(
+    progress: RenderProgress, callback: Callable[..., Any] | None
+) -> Callable[..., Any] | None:
+    """``callback`` (a stock ``callback_on_step_end`` or ``None``) wrapped to report each step.
+
+    With :class:`NoProgress` the callback is returned as it is.
     """
     if isinstance(progress, NoProgress):
         return callback
-    tensor_inputs = getattr(callback, "tensor_inputs", None)
-    if tensor_inputs is not None:
-        pipeline_kwargs.setdefault("callback_on_step_end_tensor_inputs", list(tensor_inputs))
-
-    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
-        total = int(getattr(pipe, "num_timesteps", 0) or 0)
-        progress.step(step + 1, total)
-        if total and step + 1 >= total:
-            progress.stage("decode")
-        if callback is None:
-            return tensors
-        return callback(pipe, step, timestep, tensors)
-
-    return on_step_end
+    return ProgressCallback(progress, callback)
