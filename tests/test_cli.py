@@ -31,27 +31,27 @@ def test_hand_written_plan_table_shows_boxes_and_base(capsys: pytest.CaptureFixt
 
 
 def test_mismatch_exits_non_zero_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b BREAK c"]) == 1
+    assert main(["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b BREAK c"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "has 2 regions but 3 prompts were given" in err
 
 
 def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--debug", "plan", "--split-ratio", "1,0", "--prompts", "a BREAK b"]) == 1
+    assert main(["--debug", "plan", "--split-ratio", "1,0", "--prompts", "a BREAK b"]) == 2
     assert "Traceback" in capsys.readouterr().err
 
 
 def test_validation_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b", "--base-ratio", "3"]
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "base_ratio" in err
+    assert "--base-ratio" in err
 
 
 def test_plan_without_prompt_says_what_to_give(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan"]) == 1
+    assert main(["plan"]) == 2
     assert "give a PROMPT" in capsys.readouterr().err
 
 

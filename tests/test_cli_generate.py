@@ -66,12 +66,12 @@ def test_plan_file_size_and_several_images(rpg_cache: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "status"),
     [
-        (["--size", "100x64"], "multiple of 8, got 100"),
-        (["--scheduler", "turbo"], "unknown scheduler 'turbo'"),
-        (["--model", "nobody-here/no-such-model"], "'nobody-here/no-such-model' is not in the"),
-        (["--model", "missing.safetensors"], "no such file or folder"),
+        (["--size", "100x64"], "--size: width must be a multiple of 8, got 100", 2),
+        (["--scheduler", "turbo"], "--scheduler: unknown scheduler 'turbo'", 2),
+        (["--model", "nobody-here/no-such-model"], "'nobody-here/no-such-model' is not in the", 1),
+        (["--model", "missing.safetensors"], "no such file or folder", 1),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -81,11 +81,12 @@ def test_bad_input_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch,
     argv: list[str],
     message: str,
+    status: int,
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.chdir(tmp_path)
-    assert main(["generate", "a cat", *argv, "--out", str(tmp_path / "o.png")]) == 1
+    assert main(["generate", "a cat", *argv, "--out", str(tmp_path / "o.png")]) == status
     err = capsys.readouterr().err
     assert message in err
     assert err.startswith("rpg generate: error:") and err.count("\n") == 1
@@ -93,9 +94,9 @@ def test_bad_input_is_one_clear_line(
 
 
 def test_empty_prompt_and_no_prompt(rpg_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["generate", "  "]) == 1
-    assert "must not be empty" in capsys.readouterr().err
-    assert main(["generate"]) == 1
+    assert main(["generate", "  "]) == 2
+    assert "PROMPT: the prompt must not be empty" in capsys.readouterr().err
+    assert main(["generate"]) == 2
     assert "give a PROMPT" in capsys.readouterr().err
 
 

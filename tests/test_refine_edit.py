@@ -247,7 +247,7 @@ def test_cli_generate_refine_needs_a_multimodal_planner(
     tiny_sd_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["generate", PROMPT, "--model", str(tiny_sd_path), "--device", "cpu", "--steps", "1"]
-    assert main([*argv, "--refine", "1", "--out", str(tmp_path / "x.png")]) == 1
+    assert main([*argv, "--refine", "1", "--out", str(tmp_path / "x.png")]) == 2
     assert "'openai' or 'ollama'" in capsys.readouterr().err
     assert not (tmp_path / "x.round-1.png").exists()
 
@@ -270,8 +270,10 @@ def test_cli_edit_uses_the_metadata_and_writes_the_new_plan(
     saved = load_request(out)
     assert saved.plan is not None and saved.plan.prompts == ["a green frog number 0", "a blue dog"]
     assert saved.seed == 5 and saved.steps == 2 and saved.model == str(tiny_sd_path)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "plan from its metadata" in printed and "repainted region 0" in printed
+    assert "denoise" in captured.err and "2/2" in captured.err  # the edit's one progress bar
     with Image.open(out) as edited, Image.open(source) as original:
         e, o = np.asarray(edited.convert("RGB")), np.asarray(original.convert("RGB"))
     with Image.open(tmp_path / "out.mask.png") as m:
@@ -285,7 +287,7 @@ def test_cli_edit_with_no_multimodal_planner_is_one_clear_line(
     image = tmp_path / "plain.png"
     Image.new("RGB", (64, 64)).save(image)
     argv = ["edit", str(image), "make it red", "--model", str(tiny_sd_path), "--device", "cpu"]
-    assert main([*argv, "--planner", "rules"]) == 1
+    assert main([*argv, "--planner", "rules"]) == 2
     err = capsys.readouterr().err
     assert "rpg edit: error:" in err and "'openai' or 'ollama'" in err
 

@@ -68,11 +68,16 @@ if TYPE_CHECKING:
     from rpg.orchestrator import RPG
 
 
-def create_planner(name: str = "rules", **options: Any) -> Planner:
-    """Make a registered planner by name, passing ``options`` to its factory."""
+def create_planner(name: str | None = None, **options: Any) -> Planner:
+    """Make a registered planner by name, passing ``options`` to its factory.
+
+    Without a name: :data:`rpg.planners.base.DEFAULT_PLANNER`, the one ``RPG`` and the ``rpg``
+    command use too.
+    """
+    from rpg.planners.base import DEFAULT_PLANNER
     from rpg.plugins import planner_registry
 
-    return planner_registry().get(name).target(**options)
+    return planner_registry().get(name or DEFAULT_PLANNER).target(**options)
 
 
 def __getattr__(name: str) -> Any:

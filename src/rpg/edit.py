@@ -33,6 +33,7 @@ from rpg.metadata import PNG_KEY, MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.planners.base import Planner
 from rpg.planners.feedback import EditPlan
+from rpg.progress import step_callback
 from rpg.refine import resolve_planner
 
 if TYPE_CHECKING:
@@ -205,6 +206,9 @@ def edit(
 
     base = stored or GenerationRequest(prompt=prompt or instruction)
     current = plan if plan is not None else base.effective_plan()
+    progress = rpg.progress
+    progress.start(steps if steps is not None else base.steps)
+    progress.stage("plan")
 
     t = time.perf_counter()
     decision = reviewer.plan_edit(instruction, source, current)
@@ -245,6 +249,7 @@ def edit(
     work_image = source if (work_w, work_h) == (width, height) else source.resize((work_w, work_h))
     work_mask = mask if (work_w, work_h) == (width, height) else mask.resize((work_w, work_h))
 
+    progress.stage("encode")
     t = time.perf_counter()
     backbone.set_scheduler(request.scheduler)
     guidance = backbone.uses_guidance(request.guidance_scale)
@@ -261,6 +266,10 @@ def edit(
     timings["encode"] = time.perf_counter() - t
 
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    progress.stage("denoise")
+    pipeline_kwargs["callback_on_step_end"] = step_callback(
+        progress, pipeline_kwargs.pop("callback_on_step_end", None)
+    )
     with regional([pipe.unet], conditioning, layout, guidance=guidance, cache_kv=backbone.cache_kv):
         # The inpainting pipeline decodes by its own rules (VAE upcast, latent mean/std).
         output, timings["denoise"], decode_seconds = timed_call(
@@ -285,6 +294,7 @@ def edit(
     result = _composite(source, painted, mask)
     timings["decode"] = decode_seconds + time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
+    progress.finish()
     return EditResult(
         image=result,
         mask=mask,

@@ -15,6 +15,7 @@ from rpg.errors import SplitRatioError
 __all__ = [
     "Rows",
     "cell_edges",
+    "check_cell_sizes",
     "format_split_ratio",
     "grid_cells",
     "latent_grid_for_tokens",
@@ -25,6 +26,9 @@ __all__ = [
 
 #: Rows as ``[(height, [width, ...]), ...]`` in relative units, top to bottom, left to right.
 Rows = list[tuple[float, list[float]]]
+
+#: The largest image side a request accepts (see ``GenerationRequest.width``).
+MAX_SIDE = 8192
 
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
@@ -37,9 +41,20 @@ def _number(token: str, text: str) -> float:
         value = float(token)
     except ValueError:
         raise SplitRatioError(f"split ratio {text!r}: {token!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value):
+        raise SplitRatioError(f"split ratio {text!r}: {token!r} is not a finite number")
+    if value <= 0:
         raise SplitRatioError(f"split ratio {text!r}: every value must be positive, got {token}")
     return value
+
+
+def check_finite_total(weights: Sequence[float], what: str) -> None:
+    """Refuse weights whose sum overflows: ``1e308,1e308`` would give every region zero width."""
+    if not math.isfinite(sum(weights)):
+        raise SplitRatioError(
+            f"the {what} add up to more than a float can hold ({', '.join(map(str, weights))}); "
+            "use small relative values such as 1,2,1"
+        )
 
 
 def parse_split_ratio(text: str) -> Rows:
@@ -53,12 +68,15 @@ def parse_split_ratio(text: str) -> Rows:
     cleaned = text.strip()
     if ";" not in cleaned:
         widths = [_number(tok, text) for tok in cleaned.split(",")]
+        check_finite_total(widths, f"widths of split ratio {text!r}")
         return [(1.0, widths)]
     rows: Rows = []
     for part in cleaned.split(";"):
         values = [_number(tok, text) for tok in part.split(",")]
         height, widths = values[0], values[1:] or [1.0]
+        check_finite_total(widths, f"widths of split ratio {text!r}")
         rows.append((height, widths))
+    check_finite_total([h for h, _ in rows], f"row heights of split ratio {text!r}")
     return rows
 
 
@@ -114,6 +132,43 @@ def cell_edges(weights: Sequence[float], n: int) -> list[int]:
         for i in range(1, k + 1):
             edges[i] = max(edges[i], edges[i - 1])
     return edges
+
+
+def check_cell_sizes(
+    rows: Sequence[tuple[float, Sequence[float]]], height: int, width: int, *, factor: int = 8
+) -> None:
+    """Refuse a plan with a region smaller than one latent cell at the finest grid.
+
+    Such a region has no latent position of its own at full resolution (at 64×64 a 1000-region
+    row gives most regions none at all), so its prompt would silently act nowhere. The error
+    names the region and the smallest image size at which every region gets a cell.
+    """
+    h, w = height // factor, width // factor
+    total_h = math.fsum(r[0] for r in rows)
+    tol = 1e-9
+    smallest_h = min(r[0] for r in rows) / total_h
+    smallest_w = min(v / math.fsum(ws) for _, ws in rows for v in ws)
+    if smallest_h * h >= 1 - tol and smallest_w * w >= 1 - tol:
+        return
+    # (cells tall, cells wide, row, position in row) of every region, in reading order.
+    sizes = [
+        (row_h / total_h * h, v / math.fsum(widths) * w, r, c)
+        for r, (row_h, widths) in enumerate(rows)
+        for c, v in enumerate(widths)
+    ]
+    index = next(i for i, (tall, wide, _, _) in enumerate(sizes) if min(tall, wide) < 1 - tol)
+    tall, wide, row, col = sizes[index]
+    what = f"{wide:.2g} latent cells wide" if wide < 1 - tol else f"{tall:.2g} latent cells tall"
+    need_w = max(width, math.ceil(1 / smallest_w - tol) * factor)
+    need_h = max(height, math.ceil(1 / smallest_h - tol) * factor)
+    fix = "merge the smallest regions into fewer, larger ones"
+    if max(need_w, need_h) <= MAX_SIDE:
+        fix = f"render at {need_w}x{need_h} or larger, or {fix}"
+    raise SplitRatioError(
+        f"region {index + 1} of {len(sizes)} (row {row + 1}, region {col + 1}) is {what} on a "
+        f"{width}x{height} image (a latent cell is {factor}x{factor} pixels), so its prompt "
+        f"would act nowhere; {fix}"
+    )
 
 
 def grid_cells(

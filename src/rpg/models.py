@@ -16,10 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rpg.errors import SplitRatioError
-from rpg.layout import format_split_ratio, parse_split_ratio, split_prompts
+from rpg.layout import (
+    MAX_SIDE,
+    check_finite_total,
+    format_split_ratio,
+    parse_split_ratio,
+    split_prompts,
+)
 
 __all__ = [
     "DEFAULT_BASE_RATIO",
@@ -90,6 +96,7 @@ class Region(BaseModel):
     width: float = Field(
         default=1.0,
         gt=0,
+        allow_inf_nan=False,
         description="Relative width of the region within its row; widths in a row are normalised.",
     )
     negative_prompt: str | None = Field(
@@ -119,11 +126,17 @@ class Row(BaseModel):
     height: float = Field(
         default=1.0,
         gt=0,
+        allow_inf_nan=False,
         description="Relative height of the row; heights of all rows are normalised.",
     )
     regions: tuple[Region, ...] = Field(
         min_length=1, description="The regions of this row, from left to right."
     )
+
+    @model_validator(mode="after")
+    def _finite_total_width(self) -> Row:
+        check_finite_total([r.width for r in self.regions], "region widths of a row")
+        return self
 
 
 class RegionPlan(BaseModel):
@@ -154,6 +167,11 @@ class RegionPlan(BaseModel):
             return None
         v = v.strip()
         return v or None
+
+    @model_validator(mode="after")
+    def _finite_total_height(self) -> RegionPlan:
+        check_finite_total([row.height for row in self.rows], "row heights")
+        return self
 
     @property
     def regions(self) -> list[Region]:
@@ -351,13 +369,13 @@ class GenerationRequest(BaseModel):
     width: int | None = Field(
         default=None,
         ge=8,
-        le=8192,
+        le=MAX_SIDE,
         description="Image width in pixels, a multiple of 8; null uses the model's native size.",
     )
     height: int | None = Field(
         default=None,
         ge=8,
-        le=8192,
+        le=MAX_SIDE,
         description="Image height in pixels, a multiple of 8; null uses the model's native size.",
     )
     steps: int = Field(default=30, ge=1, le=1000, description="Number of denoising steps.")

@@ -27,7 +27,8 @@ from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
 from rpg.models import GenerationRequest, GenerationResult, PlanResult, RegionPlan
-from rpg.planners.base import Planner
+from rpg.planners.base import DEFAULT_PLANNER, Planner
+from rpg.progress import NoProgress, RenderProgress, step_callback
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -162,7 +163,7 @@ class RPG:
         self,
         backbone: Backbone,
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         model: str | None = None,
     ) -> None:
@@ -176,6 +177,8 @@ class RPG:
             self._planner_name = planner.name
             self._planners[planner.name] = planner
         self._plans: OrderedDict[tuple[str, str], PlanResult] = OrderedDict()
+        #: Told about every stage and denoising step of a render (see :mod:`rpg.progress`).
+        self.progress: RenderProgress = NoProgress()
 
     # ----------------------------------------------------------------- construction
 
@@ -184,7 +187,7 @@ class RPG:
         cls,
         model: str | os.PathLike[str],
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
@@ -222,7 +225,7 @@ class RPG:
         cls,
         pipe: Any,
         *,
-        planner: str | Planner = "rules",
+        planner: str | Planner = DEFAULT_PLANNER,
         planner_options: dict[str, Any] | None = None,
         backbone: str | type[Backbone] | None = None,
         model: str | None = None,
@@ -344,6 +347,9 @@ class RPG:
         _check_pipeline_kwargs(pipeline_kwargs)
         started = time.perf_counter()
         timings: dict[str, float] = {}
+        progress = self.progress
+        progress.start(request.steps)
+        progress.stage("plan")
 
         plan_result: PlanResult | None = None
         plan = request.effective_plan()
@@ -379,11 +385,12 @@ class RPG:
         backbone.set_scheduler(request.scheduler)
         guidance = backbone.uses_guidance(request.guidance_scale)
 
+        progress.stage("encode")
         t = time.perf_counter()
+        layout = backbone.layout(plan, width, height)  # first: it refuses a plan too fine
         conditioning = backbone.encode(
             plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
         )
-        layout = backbone.layout(plan, width, height)
         timings["encode"] = time.perf_counter() - t
 
         generators = [
@@ -392,6 +399,8 @@ class RPG:
         generator: torch.Generator | list[torch.Generator] = (
             generators[0] if len(generators) == 1 else generators
         )
+        progress.stage("denoise")
+        callback_on_step_end = step_callback(progress, callback_on_step_end)
         rendered = backbone.render(
             conditioning,
             layout,
@@ -406,6 +415,7 @@ class RPG:
         timings["denoise"] = rendered.denoise_seconds
         timings["decode"] = rendered.decode_seconds
         timings["total"] = time.perf_counter() - started
+        progress.finish()
 
         return GenerationResult(
             images=rendered.images,

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rpg.layout import check_cell_sizes
+
 if TYPE_CHECKING:
     from rpg.models import RegionPlan
 
@@ -105,6 +107,14 @@ class RegionalLayout:
     def from_plan(
         cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8
     ) -> RegionalLayout:
+        """The layout of ``plan`` on a ``width × height`` image.
+
+        A plan with a region smaller than one latent cell at this size is refused here, where
+        the plan meets the size (:func:`rpg.layout.check_cell_sizes`): its prompt would act
+        nowhere at full resolution. Building a layout directly does not check, so coarse test
+        grids stay possible.
+        """
+        check_cell_sizes(plan.split_rows(), height, width, factor=latent_factor)
         return cls(
             rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),
             base_weights=tuple(plan.base_weights()),

@@ -23,6 +23,7 @@ inpainting backbones subclass the same base and override the few hooks that diff
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -55,6 +56,8 @@ __all__ = [
     "timed_call",
     "token_windows",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Keyword options every backbone's ``load`` understands (besides device and dtype).
 LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
@@ -152,6 +155,7 @@ class Backbone(ABC):
         #: (``regional(..., cache_kv=True)``): same pixels, less time, the keys' and values'
         #: memory for the call. Set ``False`` when memory is tighter than time.
         self.cache_kv: bool = True
+        self._long_prompts_noted: set[str] = set()
 
     # ----------------------------------------------------------------- discovery and loading
 
@@ -312,6 +316,7 @@ class Backbone(ABC):
         has_base = plan.base_prompt is not None
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
         embeds, spans = pack_segments(texts, self.encode_texts)
+        self._note_long_prompts(texts, spans, has_base)
         base_span = spans[0] if has_base else None
         region_spans = tuple(spans[1:] if has_base else spans)
 
@@ -350,6 +355,34 @@ class Backbone(ABC):
             pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=negative_pooled,
         )
+
+    def _note_long_prompts(self, texts: list[str], spans: list[Span], has_base: bool) -> None:
+        """Say once per prompt (and loaded model) that it is encoded as several windows.
+
+        Nothing is truncated (see :func:`token_windows`), but the windows are encoded apart, so
+        words in different windows do not see each other: worth one line, not silence.
+        """
+        window = int(getattr(getattr(self.pipe, "tokenizer", None), "model_max_length", 0) or 0)
+        if not 2 < window < 100_000:
+            return
+        noted = self._long_prompts_noted
+        for i, (text, (start, end)) in enumerate(zip(texts, spans, strict=True)):
+            windows = (end - start) // window
+            if windows < 2 or text in noted:
+                continue
+            noted.add(text)
+            what = "the base prompt" if has_base and i == 0 else f"region {i + (not has_base)}"
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            log.warning(
+                "%s (%r) is longer than the text encoder's %d-token window; it is encoded as %d "
+                "windows of up to %d tokens, and words in different windows do not see each "
+                "other (shorten it to keep it in one)",
+                what,
+                shown,
+                window,
+                windows,
+                window - 2,
+            )
 
     # ----------------------------------------------------------------- rendering
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rpg.cli.checks import check_output_dir, check_scheduler_flag, validate_request
 from rpg.cli.common import (
     DEFAULT_MODEL,
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
     load_rpg,
+    prepare_planner,
     request_overrides,
 )
 from rpg.errors import ConfigurationError
@@ -103,27 +106,43 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_model_arguments(p)
     add_planner_arguments(p)
     add_render_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
     from rpg.models import RegionPlan
+    from rpg.progress import NoProgress
 
     if not args.requests.is_file():
-        raise ConfigurationError(f"requests file not found: {args.requests}")
-    lines = read_requests(args.requests)
-    if not lines:
-        raise ConfigurationError(f"{args.requests} has no requests")
+        raise ConfigurationError(f"{args.requests}: requests file not found")
+    check_output_dir(args.out)
     defaults = request_overrides(args)
     shared_plan: RegionPlan | None = defaults.pop("plan", None)
     model = args.model or DEFAULT_MODEL
     defaults["model"] = model
+    # The options are the defaults of every line: check them like one request, by flag.
+    validate_request({"prompt": "-", **defaults}, from_flags=set(defaults))
+    if args.scheduler is not None:
+        check_scheduler_flag(args.scheduler, given=True)
+    lines = read_requests(args.requests)
+    if not lines:
+        raise ConfigurationError(f"{args.requests}: has no requests")
     items = expand_requests(lines, defaults=defaults, seeds=args.seeds)
-    pipe = load_rpg(args, model, args.planner, controlnet=batch_controlnets(items))
-    pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
+    unplanned = shared_plan is None and any(
+        item.request is not None and item.request.plan is None for item in items
+    )
+    planner = prepare_planner(args, args.planner) if unplanned else None
+    pipe = load_rpg(args, model, planner, controlnet=batch_controlnets(items))
+    pipe.progress = NoProgress()  # one bar over the items, not one per image
     report = run_batch(pipe, items, args.out, plan=shared_plan, progress=not args.no_progress)
+    for record in report.records:
+        if record.get("status") == "error":
+            seed = f", seed {record['seed']}" if record.get("seed") is not None else ""
+            print(
+                f"rpg batch: error: line {record.get('line')}{seed}: {record.get('error')}",
+                file=sys.stderr,
+            )
     print(
         f"{report.done} done, {report.skipped} already done, {report.failed} failed, "
         f"{report.plans_made} plan{'s' if report.plans_made != 1 else ''} made; "

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rpg.cli.checks import make_planner, read_plan_file, warn_if_slow
 from rpg.cli.layout import parse_size
+from rpg.planners.base import DEFAULT_PLANNER, Planner
+
+if TYPE_CHECKING:
+    from rpg.models import GenerationRequest
+    from rpg.orchestrator import RPG
 
 #: The model used when ``--model`` is not given: runs offline anywhere (random weights).
 DEFAULT_MODEL = "tiny-sd"
@@ -47,16 +53,21 @@ def add_planner_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     """``--plan``, ``--planner`` and the LLM planner options; returns the group to extend."""
     plan = p.add_argument_group("plan")
     plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
-    plan.add_argument(
-        "--planner",
-        help="planner name (see 'rpg plugins'); default 'auto': openai if OPENAI_API_KEY is set, "
-        "else a running Ollama, else the offline 'rules' planner",
-    )
+    add_planner_choice(plan)
     plan.add_argument("--planner-model", help="model name for LLM planners")
     plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
     plan.add_argument("--host", help="Ollama server URL for the ollama planner")
     plan.add_argument("--base-ratio", type=float, help="weight of the base prompt, 0 to 1")
     return plan
+
+
+def add_planner_choice(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--planner``, with the one default the library uses too."""
+    group.add_argument(
+        "--planner",
+        help=f"planner name (see 'rpg plugins'); default '{DEFAULT_PLANNER}' (offline, no "
+        "model); 'auto': openai if OPENAI_API_KEY is set, else a running Ollama, else rules",
+    )
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -74,8 +85,6 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields set on the command line (options not given are left out)."""
-    from rpg.models import RegionPlan
-
     fields: dict[str, Any] = {
         "steps": args.steps,
         "seed": args.seed,
@@ -89,7 +98,7 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.size is not None:
         fields["width"], fields["height"] = args.size
     if args.plan is not None:
-        fields["plan"] = RegionPlan.load(args.plan)
+        fields["plan"] = read_plan_file(args.plan)
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -99,42 +108,64 @@ def planner_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in pairs if value is not None}
 
 
+def prepare_planner(
+    args: argparse.Namespace, name: str | None, *, images: str | None = None
+) -> Planner:
+    """Make the planner a command will use, before any model loads (see :func:`make_planner`).
+
+    ``name`` is the request's planner (from ``--planner`` or a ``--from`` image), else the
+    default; ``images`` is the reason the planner must read images (``"--refine"``).
+    """
+    return make_planner(name or DEFAULT_PLANNER, planner_options(args), images=images)
+
+
 def load_rpg(
     args: argparse.Namespace,
     model: str,
-    planner: str | None,
+    planner: Planner | str | None = None,
     *,
     controlnet: list[str] | None = None,
-) -> Any:
-    """Resolve and load ``model`` with the command-line device/dtype; returns an ``RPG``.
+) -> RPG:
+    """Load ``model`` through :meth:`RPG.from_pretrained` with the command-line options.
 
-    With ``controlnet`` the detected backbone's ControlNet variant loads those ControlNets. Says
-    on stderr when the model is a tiny random-weight one, so nobody mistakes its noise for a bug.
+    ``planner`` is one made by :func:`prepare_planner` (or a name, made on first use). With
+    ``controlnet`` the detected backbone's ControlNet variant loads those ControlNets. The
+    pipeline's own progress bar is off; unless ``--no-progress``, the render shows rpg's one bar
+    (:class:`rpg.progress.BarProgress`). Says on stderr when the model is a tiny random-weight
+    one, so nobody mistakes its noise for a bug.
     """
-    from rpg.backbones.loading import resolve_model
-    from rpg.orchestrator import RPG, select_backbone
+    from rpg.cli.output import quiet_libraries
+    from rpg.orchestrator import RPG
+    from rpg.progress import BarProgress
 
-    info = resolve_model(model, config=args.config, allow_download=args.allow_download)
-    if info.is_tiny:
+    quiet_libraries(verbose=getattr(args, "verbose", False))
+    options: dict[str, Any] = {"config": args.config, "allow_download": args.allow_download}
+    if controlnet:
+        options["controlnet"] = controlnet
+    pipe = RPG.from_pretrained(
+        model,
+        planner=planner if planner is not None else DEFAULT_PLANNER,
+        planner_options=planner_options(args)
+        if planner is None or isinstance(planner, str)
+        else None,
+        device=args.device or "auto",
+        dtype=args.dtype or "auto",
+        **options,
+    )
+    info = pipe.backbone.info
+    if info is not None and info.is_tiny:
         print(
             f"note: {model!r} has random weights; its images are noise (it is for trying rpg "
             "offline). Pass --model with a real checkpoint for pictures.",
             file=sys.stderr,
         )
-    backbone_cls = select_backbone(info)
-    options: dict[str, Any] = {}
-    if controlnet:
-        from rpg.backbones.controlnet import controlnet_backbone_for
+    pipe.backbone.cache_kv = getattr(args, "kv_cache", True)
+    pipe.pipe.set_progress_bar_config(disable=True)
+    if not getattr(args, "no_progress", False):
+        pipe.progress = BarProgress()
+    return pipe
 
-        backbone_cls = controlnet_backbone_for(backbone_cls)
-        options["controlnet"] = controlnet
-    backbone = backbone_cls.load(
-        info, device=args.device or "auto", dtype=args.dtype or "auto", **options
-    )
-    backbone.cache_kv = getattr(args, "kv_cache", True)
-    return RPG(
-        backbone,
-        planner=planner or "auto",
-        planner_options=planner_options(args),
-        model=model,
-    )
+
+def check_render(pipe: RPG, request: GenerationRequest) -> None:
+    """Checks that need the loaded model but must come before the render (its size on a CPU)."""
+    warn_if_slow(pipe.backbone, request)

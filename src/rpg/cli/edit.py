@@ -10,7 +10,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rpg.cli.common import DEFAULT_MODEL, add_model_arguments, load_rpg
+from rpg.cli.checks import (
+    UsageError,
+    check_output_file,
+    check_scheduler_flag,
+    validate_request,
+)
+from rpg.cli.common import (
+    DEFAULT_MODEL,
+    add_model_arguments,
+    add_planner_choice,
+    load_rpg,
+    prepare_planner,
+)
+from rpg.errors import ConfigurationError
 
 _EXAMPLES = """examples:
   rpg edit apple.png "make the mug green" --planner openai --out apple-green.png
@@ -34,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("instruction", metavar="INSTRUCTION", help='what to change, e.g. "make it red"')
     add_model_arguments(p)  # without --model: the model in IMAGE's metadata, else tiny-sd
     plan = p.add_argument_group("planner (must read images: openai or ollama)")
-    plan.add_argument("--planner", default="auto", help="planner name; default: auto")
+    add_planner_choice(plan)
     plan.add_argument("--planner-model", help="the planner's (vision) model")
     plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
     plan.add_argument("--host", help="Ollama server URL for the ollama planner")
@@ -56,15 +69,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(run=run)
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """The rendering flags, checked like a request's fields, before anything loads."""
+    if not 0 < args.strength <= 1:
+        raise UsageError(f"--strength: must be more than 0 and at most 1, got {args.strength:g}")
+    if args.feather is not None and args.feather < 0:
+        raise UsageError(f"--feather: must be 0 or more pixels, got {args.feather:g}")
+    pairs = (
+        ("steps", args.steps),
+        ("seed", args.seed),
+        ("guidance_scale", args.guidance),
+        ("negative_prompt", args.negative),
+    )
+    given = {k: v for k, v in pairs if v is not None}
+    if not args.instruction.strip():
+        raise UsageError("INSTRUCTION is empty; say what to change, e.g. 'make the mug green'")
+    validate_request({"prompt": args.instruction, **given}, from_flags=set(given))
+    if args.scheduler is not None:
+        check_scheduler_flag(args.scheduler, given=True)
+
+
 def run(args: argparse.Namespace) -> int:
-    from rpg.edit import edit, read_image
+    _check_values(args)
+    if not args.image.is_file():
+        raise ConfigurationError(f"{args.image}: image not found")
+    target = args.out or args.image.with_name(f"{args.image.stem}.edit.png")
+    check_output_file(target)
+    planner = prepare_planner(args, args.planner, images="rpg edit")
+
+    from rpg.edit import edit, read_image  # torch and diffusers: only once the checks passed
     from rpg.metadata import save_png
 
-    if not args.image.is_file():
-        raise FileNotFoundError(f"image not found: {args.image}")
     source, stored = read_image(args.image)
     model = args.model or (stored.model if stored is not None else None) or DEFAULT_MODEL
-    pipe = load_rpg(args, model, args.planner)
+    pipe = load_rpg(args, model, planner)
     result = edit(
         pipe,
         args.image,
@@ -77,7 +115,6 @@ def run(args: argparse.Namespace) -> int:
         strength=args.strength,
         feather=args.feather,
     )
-    target = args.out or args.image.with_name(f"{args.image.stem}.edit.png")
     target.parent.mkdir(parents=True, exist_ok=True)
     save_png(result.image, target, result.request, result.plan)
     where = "its metadata" if stored is not None and stored.plan is not None else "the planner"

@@ -12,19 +12,33 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from rpg.cli.checks import (
+    UsageError,
+    check_output_file,
+    check_scheduler_flag,
+    validate_request,
+    validation_message,
+)
 from rpg.cli.common import (
     DEFAULT_MODEL,
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
+    check_render,
     load_rpg,
+    prepare_planner,
     request_overrides,
 )
 from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest
+
+if TYPE_CHECKING:
+    from rpg.planners.base import Planner
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -33,6 +47,7 @@ __all__ = [
     "control_inputs",
     "describe_controls",
     "output_paths",
+    "preflight",
     "run",
 ]
 
@@ -103,7 +118,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--out",
         type=Path,
         default=Path("rpg.png"),
-        help="output PNG (several images: NAME-0.png, NAME-1.png, ...); default: rpg.png",
+        help="output PNG, the only format that keeps the plan and request '--from' reads "
+        "(several images: NAME-0.png, NAME-1.png, ...); default: rpg.png",
     )
     out.add_argument(
         "--save-layout", action="store_true", help="also write the plan as NAME.layout.png"
@@ -112,24 +128,58 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def build_request(args: argparse.Namespace) -> GenerationRequest:
-    """The request to render: from ``--from`` (with overrides) or from the prompt and options."""
+    """The request to render: from ``--from`` (with overrides) or from the prompt and options.
+
+    A bad value is a :class:`~rpg.cli.checks.UsageError` naming its flag; a bad value recorded
+    in the ``--from`` image is an error naming that file.
+    """
     overrides = request_overrides(args)
+    flags = set(overrides) | {"model"} | ({"prompt"} if args.prompt is not None else set())
     if args.from_image is not None:
         from rpg.metadata import load_request
 
-        data = load_request(args.from_image).model_dump()
+        try:
+            data = load_request(args.from_image).model_dump()
+        except ValidationError as exc:
+            raise ConfigurationError(
+                f"{args.from_image}: the recorded request is invalid: {validation_message(exc)}"
+            ) from None
         if args.prompt is not None and args.prompt != data["prompt"]:
             # A new prompt needs a new plan unless one is given.
             data.update(prompt=args.prompt, plan=None)
         if args.model is not None:
             data["model"] = args.model
         data.update(overrides)
-        return GenerationRequest.model_validate(data)
+        return validate_request(data, from_flags=flags, source=str(args.from_image))
     if args.prompt is None:
-        raise ConfigurationError("give a PROMPT to draw, or --from IMAGE.png to re-render")
-    return GenerationRequest.model_validate(
-        {"prompt": args.prompt, "model": args.model or DEFAULT_MODEL, **overrides}
+        raise UsageError("give a PROMPT to draw, or --from IMAGE.png to re-render")
+    return validate_request(
+        {"prompt": args.prompt, "model": args.model or DEFAULT_MODEL, **overrides},
+        from_flags=flags,
     )
+
+
+def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner | None:
+    """Everything that can be checked before the model loads; returns the planner to use.
+
+    The output path, the scheduler, the control image files, and the planner (made now, so an
+    unknown name, a missing API key or a planner that cannot review images for ``--refine``
+    fails in well under a second). ``None`` when the request has a plan and nothing reviews it.
+    """
+    check_output_file(args.out)
+    check_scheduler_flag(
+        request.scheduler,
+        given=args.scheduler is not None,
+        source=str(args.from_image) if args.from_image is not None else None,
+    )
+    for path in args.control_image or []:
+        if not path.is_file():
+            raise ConfigurationError(f"{path}: control image not found")
+    if args.refine and request.num_images != 1:
+        raise UsageError("--refine reviews one image per round; leave out --num-images")
+    if request.plan is not None and not args.refine:
+        return None
+    return prepare_planner(args, request.planner, images="--refine" if args.refine else None)
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -207,11 +257,13 @@ def describe_controls(request: GenerationRequest) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rpg.backbones.schedulers import check_scheduler
     from rpg.metadata import save_png
 
     request = build_request(args)
-    check_scheduler(request.scheduler)  # fail before loading a model
+    planner = preflight(args, request)
+    if planner is not None and request.planner not in (None, planner.name):
+        # 'auto' (or a plugin's alias) made another planner: record the one that plans.
+        request = request.model_copy(update={"planner": planner.name})
     model = request.model or DEFAULT_MODEL
     embedded: list[Any] = []
     if args.from_image is not None and request.controls and not args.control_image:
@@ -219,8 +271,9 @@ def run(args: argparse.Namespace) -> int:
 
         embedded = read_control_images(args.from_image)
     controlnet = args.controlnet or [c.controlnet for c in request.controls] or None
-    pipe = load_rpg(args, model, request.planner, controlnet=controlnet)
+    pipe = load_rpg(args, model, planner, controlnet=controlnet)
     control, request = control_inputs(args, pipe.backbone, request, embedded)
+    check_render(pipe, request)
     if args.refine:
         result = generate_refined(pipe, request, args.out, args.refine, **control)
     else:

@@ -27,18 +27,34 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "rectangles, with the base prompt as a caption.",
     )
     p.add_argument("plan", type=Path, help="plan JSON file")
-    p.add_argument("--out", type=Path, default=Path("layout.png"), help="output PNG file")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("layout.png"),
+        help="output image; the format follows the suffix (default: layout.png)",
+    )
     p.add_argument("--size", type=parse_size, default=(768, 768), help="canvas size WxH")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from rpg.cli.checks import UsageError, check_output_dir, read_plan_file
     from rpg.layout_image import draw_plan
 
-    plan = RegionPlan.load(args.plan)
+    image_format = Image.registered_extensions().get(args.out.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise UsageError(
+            f"--out {args.out}: not an image format Pillow writes; use .png (or .jpg, .webp)"
+        )
+    check_output_dir(args.out.parent, for_file=args.out)
+    plan: RegionPlan = read_plan_file(args.plan)
     image = draw_plan(plan, args.size)
+    if image_format == "JPEG" and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out)
+    image.save(args.out, format=image_format)
     n = len(plan.regions)
     print(f"wrote {args.out} ({n} region{'s' if n != 1 else ''})")
     return 0

@@ -6,8 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from rpg.errors import ConfigurationError
+from pydantic import ValidationError
+
+from rpg.cli.checks import UsageError, make_planner, validation_message
+from rpg.cli.common import add_planner_choice
+from rpg.errors import SplitRatioError
 from rpg.models import DEFAULT_BASE_RATIO, PlanResult, Recaption, RegionPlan
+from rpg.planners.base import DEFAULT_PLANNER
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,12 +27,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("prompt", nargs="?", help="the prompt to plan (not needed with --split-ratio)")
-    p.add_argument(
-        "--planner",
-        default="auto",
-        help="planner name (see 'rpg plugins'); default 'auto': openai if OPENAI_API_KEY is "
-        "set, else a running Ollama, else the offline 'rules' planner",
-    )
+    add_planner_choice(p)
     p.add_argument("--model", help="model name for LLM planners (e.g. gpt-4o-mini, qwen2.5:7b)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (vLLM, llama.cpp, LM Studio)")
     p.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or localhost)")
@@ -58,29 +58,30 @@ def planner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _hand_plan(args: argparse.Namespace) -> PlanResult:
     if args.prompts is None:
-        raise ConfigurationError("--split-ratio needs --prompts 'first BREAK second ...'")
-    plan = RegionPlan.from_split_ratio(
-        args.split_ratio,
-        args.prompts,
-        base_prompt=args.base_prompt,
-        base_ratio=DEFAULT_BASE_RATIO if args.base_ratio is None else args.base_ratio,
-    )
+        raise UsageError("--split-ratio needs --prompts 'first BREAK second ...'")
+    try:
+        plan = RegionPlan.from_split_ratio(
+            args.split_ratio,
+            args.prompts,
+            base_prompt=args.base_prompt,
+            base_ratio=DEFAULT_BASE_RATIO if args.base_ratio is None else args.base_ratio,
+        )
+    except SplitRatioError as exc:
+        raise UsageError(f"--split-ratio/--prompts: {exc}") from None
+    except ValidationError as exc:
+        flags = {"base_ratio": "--base-ratio", "base_prompt": "--base-prompt"}
+        raise UsageError(validation_message(exc, flags)) from None
     prompt = args.prompt or plan.to_prompt_text()
     return PlanResult(recaption=Recaption(original_prompt=prompt), plan=plan, planner="manual")
 
 
 def _planned(args: argparse.Namespace) -> PlanResult:
-    from rpg import create_planner
-
+    if args.base_ratio is not None and not 0 <= args.base_ratio <= 1:
+        raise UsageError(f"--base-ratio: must be between 0 and 1, got {args.base_ratio:g}")
     options = planner_options(args)
     if args.no_cache:
         options["cache"] = False
-    try:
-        planner = create_planner(args.planner, **options)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"planner {args.planner!r} does not take these options: {exc}"
-        ) from None
+    planner = make_planner(args.planner or DEFAULT_PLANNER, options)
     result = planner.plan(args.prompt)
     if args.base_ratio is not None:
         result = result.model_copy(update={"plan": result.plan.with_base_ratio(args.base_ratio)})
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.prompt:
         result = _planned(args)
     else:
-        raise ConfigurationError("give a PROMPT, or --split-ratio with --prompts")
+        raise UsageError("give a PROMPT, or --split-ratio with --prompts")
     if args.json:
         print(result.model_dump_json(indent=2))
     else:

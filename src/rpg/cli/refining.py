@@ -18,10 +18,20 @@ if TYPE_CHECKING:
 __all__ = ["add_refine_argument", "generate_refined", "round_path"]
 
 
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"rounds must be 0 or more, got {value}")
+    return value
+
+
 def add_refine_argument(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--refine",
-        type=int,
+        type=_rounds,
         default=0,
         metavar="N",
         help="let a multimodal planner (openai or ollama, see --planner) review the image and "

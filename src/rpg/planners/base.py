@@ -11,7 +11,13 @@ if TYPE_CHECKING:
 
     from rpg.models import PlanResult
 
-__all__ = ["Planner", "PlannerError"]
+__all__ = ["DEFAULT_PLANNER", "Planner", "PlannerError"]
+
+#: The planner used when none is named, by the library (``RPG``, ``create_planner``) and the
+#: ``rpg`` command alike: the offline rules planner, so that nothing leaves the machine, costs
+#: money or depends on which servers happen to answer unless a planner is asked for
+#: (``"auto"`` picks an LLM when one is reachable).
+DEFAULT_PLANNER = "rules"
 
 
 @runtime_checkable

@@ -105,12 +105,7 @@ class OpenAIPlanner(MultimodalChatPlanner):
         self._client = client
 
     def _make_client(self, api_key: str | None) -> openai_sdk.OpenAI:
-        try:
-            import openai as openai_sdk
-        except ImportError:
-            raise ConfigurationError(
-                "the openai planner needs the 'openai' package: pip install 'rpg-diffusion[openai]'"
-            ) from None
+        # The key first: importing the client takes seconds, a missing key should not.
         key = api_key if api_key else os.environ.get("OPENAI_API_KEY") or None
         if key is None:
             if self.base_url is None:
@@ -119,6 +114,12 @@ class OpenAIPlanner(MultimodalChatPlanner):
                     "for a local OpenAI-compatible server give --base-url URL instead"
                 )
             key, self._placeholder_key = PLACEHOLDER_KEY, True
+        try:
+            import openai as openai_sdk
+        except ImportError:
+            raise ConfigurationError(
+                "the openai planner needs the 'openai' package: pip install 'rpg-diffusion[openai]'"
+            ) from None
         return openai_sdk.OpenAI(
             api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
         )

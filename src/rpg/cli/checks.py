@@ -1,0 +1,347 @@
+"""Checks the commands run before any model loads: flags, output paths, planners, image size.
+
+A wrong flag, an output path that cannot be written or a planner that cannot work should cost
+well under a second, not a model load and a render. Nothing here imports torch or diffusers at
+module level; :func:`warn_if_slow` runs once a model is loaded, before the render.
+
+Errors follow one style (see :func:`rpg.cli.main`): :class:`UsageError` for a bad command-line
+value (exit status 2, the message names the flag) and any other error for what goes wrong at
+run time (exit status 1, file errors name the file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from rpg.errors import ConfigurationError, PlannerError, RegistryError
+
+if TYPE_CHECKING:
+    from rpg.models import GenerationRequest
+    from rpg.planners.base import Planner
+
+__all__ = [
+    "FIELD_FLAGS",
+    "UsageError",
+    "check_output_dir",
+    "check_output_file",
+    "check_scheduler_flag",
+    "estimate_step_seconds",
+    "make_planner",
+    "read_plan_file",
+    "validate_request",
+    "validation_message",
+    "warn_if_slow",
+]
+
+log = logging.getLogger("rpg.cli")
+
+#: ``GenerationRequest`` fields and the flags that set them, for messages about bad values.
+FIELD_FLAGS: dict[str, str] = {
+    "prompt": "PROMPT",
+    "plan": "--plan",
+    "planner": "--planner",
+    "model": "--model",
+    "width": "--size",
+    "height": "--size",
+    "steps": "--steps",
+    "guidance_scale": "--guidance",
+    "negative_prompt": "--negative",
+    "seed": "--seed",
+    "num_images": "--num-images",
+    "scheduler": "--scheduler",
+    "base_ratio": "--base-ratio",
+    "controls": "--control-scale",
+}
+
+#: The file formats rpg writes images in: PNG only, because the plan and the request live in a
+#: PNG text chunk (that is what ``--from`` reads) and no other format keeps them.
+IMAGE_SUFFIXES = (".png",)
+
+
+class UsageError(ConfigurationError):
+    """A bad command-line value: the command shows its usage line and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------- request values
+
+
+def validation_message(exc: ValidationError, flags: Mapping[str, str] | None = None) -> str:
+    """One line for a pydantic error; fields in ``flags`` are named by their flag."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        msg = msg[:1].lower() + msg[1:]
+        field = loc[0] if loc else ""
+        if flags is not None and field in flags:
+            flag = flags[field]
+            if flag.startswith("--size") and field in ("width", "height"):
+                msg = f"{field} {msg}"
+            parts.append(f"{flag}: {msg}")
+        else:
+            parts.append(f"{'.'.join(loc) or exc.title}: {msg}")
+    return "; ".join(parts)
+
+
+def validate_request(
+    data: Mapping[str, Any], *, from_flags: Collection[str], source: str | None = None
+) -> GenerationRequest:
+    """``GenerationRequest.model_validate(data)`` with errors in the command's terms.
+
+    ``from_flags`` are the fields the command line set: a bad value there is a
+    :class:`UsageError` naming the flag (``--guidance: input should be ...``). Other fields came
+    from ``source`` (an image given to ``--from``), and their errors name that file.
+    """
+    from rpg.models import GenerationRequest
+
+    try:
+        return GenerationRequest.model_validate(dict(data))
+    except ValidationError as exc:
+        fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        flagged = {f: FIELD_FLAGS[f] for f in fields if f in from_flags and f in FIELD_FLAGS}
+        if flagged or source is None:
+            raise UsageError(validation_message(exc, {**FIELD_FLAGS, **flagged})) from None
+        raise ConfigurationError(
+            f"{source}: the recorded request is invalid: {validation_message(exc)}"
+        ) from None
+
+
+def check_scheduler_flag(name: str, *, given: bool, source: str | None = None) -> None:
+    """An unknown scheduler, before loading a model: a usage error when ``--scheduler`` set it."""
+    from rpg.backbones.schedulers import check_scheduler
+
+    try:
+        check_scheduler(name)
+    except ConfigurationError as exc:
+        if given or source is None:
+            raise UsageError(f"--scheduler: {exc}") from None
+        raise ConfigurationError(f"{source}: {exc}") from None
+
+
+def read_plan_file(path: Path) -> Any:
+    """``RegionPlan.load(path)``, every error naming the file."""
+    from rpg.models import RegionPlan
+
+    if path.is_dir():
+        raise ConfigurationError(f"{path}: is a folder, not a plan file (JSON)")
+    try:
+        return RegionPlan.load(path)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{path}: not a valid plan: {validation_message(exc)}") from None
+    except FileNotFoundError:
+        raise ConfigurationError(f"{path}: plan file not found") from None
+    except ValueError as exc:
+        message = str(exc)
+        raise ConfigurationError(
+            message if str(path) in message else f"{path}: {message}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def _existing_ancestor(path: Path) -> Path:
+    current = path
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    return current
+
+
+def check_output_dir(folder: Path, *, for_file: Path | None = None) -> None:
+    """``folder`` exists as a writable folder or can be created; else say which part is wrong."""
+    what = f"cannot write {for_file}" if for_file is not None else f"cannot write into {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigurationError(f"{what}: {folder} is a file, not a folder")
+    ancestor = _existing_ancestor(folder)
+    if not ancestor.is_dir():
+        raise ConfigurationError(f"{what}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"{what}: no permission to write in {ancestor}")
+
+
+def check_output_file(path: Path, *, flag: str = "--out") -> None:
+    """``path`` is a PNG name rpg can write (its folder may still have to be made).
+
+    Another suffix is refused rather than converted: only PNG carries the plan and request that
+    make an image re-renderable, and writing PNG bytes under a ``.jpg`` name would lie.
+    """
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        shown = path.suffix or "no suffix"
+        raise UsageError(
+            f"{flag} {path}: rpg writes PNG images ({shown} given), because only PNG keeps the "
+            f"plan and request that '--from' reads back; use {path.with_suffix('.png')} and "
+            "convert the copy you need afterwards"
+        )
+    if path.is_dir():
+        raise ConfigurationError(f"cannot write {path}: it is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigurationError(f"cannot write {path}: no permission to overwrite it")
+    check_output_dir(path.parent, for_file=path)
+
+
+# ----------------------------------------------------------------------------- planners
+
+
+def make_planner(
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    images: str | None = None,
+    flag: str = "--planner",
+) -> Planner:
+    """The planner ``name`` made with ``options``, or an error before any model is loaded.
+
+    An unknown name or an option the planner does not take is a :class:`UsageError`; a missing
+    API key or package is the planner's own :class:`~rpg.errors.ConfigurationError`. With
+    ``images`` (the reason, e.g. ``"--refine"``) the planner must be able to look at images.
+    """
+    from rpg.plugins import planner_registry
+
+    registry = planner_registry()
+    try:
+        factory = registry.get(name).target
+    except RegistryError as exc:
+        raise UsageError(f"{flag} {name}: {exc}") from None
+    try:
+        planner: Planner = factory(**options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        given = ", ".join(k for k in options if k != "cache") or "none"
+        raise UsageError(
+            f"{flag} {name} does not take the options given ({given}): {exc}"
+        ) from None
+    if images is not None:
+        from rpg.planners.feedback import as_multimodal
+
+        try:
+            as_multimodal(planner)
+        except PlannerError as exc:
+            chose = f" ('{name}' chose '{planner.name}')" if planner.name != name else ""
+            raise UsageError(
+                f"{images} needs a planner that can look at images{chose}: {exc}"
+            ) from None
+    return planner
+
+
+# ----------------------------------------------------------------------------- render size
+
+#: Above this estimate (seconds for the whole render) the command warns before starting.
+SLOW_RENDER_SECONDS = 600.0
+
+
+def _attention_work(unet: Any, width: int, height: int) -> float:
+    """Multiply-adds of the UNet's self-attention in one forward pass of one image.
+
+    Self-attention grows with the square of the latent positions, so at large sizes it is most
+    of a step; this counts ``2 · T² · C`` per layer (scores and weighted sum) for ``T`` positions
+    at the layer's grid and ``C`` inner channels. Convolutions and cross-attention are left out,
+    so the estimate is a lower bound.
+    """
+    from rpg.layout import latent_grids
+
+    grids = latent_grids(height, width, levels=8)
+    depth = len(getattr(unet.config, "block_out_channels", ())) or 1
+    work = 0.0
+    for name, module in unet.named_modules():
+        if type(module).__name__ != "Attention" or getattr(module, "is_cross_attention", True):
+            continue
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            level = int(parts[1])
+        elif parts[0] == "up_blocks":
+            level = depth - 1 - int(parts[1])
+        elif parts[0] == "mid_block":
+            level = depth - 1
+        else:
+            continue
+        h, w = grids[min(level, len(grids) - 1)]
+        tokens = h * w
+        channels = int(getattr(module, "inner_dim", 0) or module.to_q.out_features)
+        work += 2.0 * tokens * tokens * channels
+    return work
+
+
+def _cpu_rate() -> float:
+    """Multiply-adds per second this CPU manages in a float32 matrix product (about 50 ms)."""
+    import torch
+
+    a = torch.randn(384, 384)
+    b = torch.randn(384, 384)
+    torch.mm(a, b)  # warm-up
+    rounds = 0
+    started = time.perf_counter()
+    while rounds < 3 or time.perf_counter() - started < 0.05:
+        torch.mm(a, b)
+        rounds += 1
+    seconds = time.perf_counter() - started
+    return float(384**3 * rounds / max(seconds, 1e-9))
+
+
+def estimate_step_seconds(
+    backbone: Any, width: int, height: int, *, images: int = 1
+) -> float | None:
+    """A lower bound on the seconds of one denoising step on the CPU, or ``None`` if unknown.
+
+    Only UNet backbones are estimated (their self-attention is counted, see
+    :func:`_attention_work`); classifier-free guidance doubles the batch.
+    """
+    unet = getattr(getattr(backbone, "pipe", None), "unet", None)
+    if unet is None or not hasattr(unet, "named_modules"):
+        return None
+    work = _attention_work(unet, width, height) * 2 * images
+    if work <= 0:
+        return None
+    return work / _cpu_rate()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def warn_if_slow(backbone: Any, request: GenerationRequest) -> float | None:
+    """Warn before a CPU render whose latent work will take very long; return the estimate.
+
+    Nothing else would say so: the first denoising step of a 4096×4096 image on a CPU takes
+    many minutes, and the progress bar sits at 0 until it ends.
+    """
+    device = getattr(backbone, "device", None)
+    if device is None or getattr(device, "type", str(device)) != "cpu":
+        return None
+    width, height = request.width, request.height
+    if width is None or height is None:
+        width, height = backbone.native_size
+    per_step = estimate_step_seconds(backbone, width, height, images=request.num_images)
+    if per_step is None:
+        return None
+    total = per_step * request.steps
+    if total < SLOW_RENDER_SECONDS:
+        return total
+    # The counted work grows with the square of the pixel count.
+    side = 8 * math.floor(math.sqrt(width * height * math.sqrt(SLOW_RENDER_SECONDS / total)) / 8)
+    smaller = ""
+    if 8 <= side < min(width, height):
+        smaller = f" or --size {side}x{side} or smaller (about {_duration(SLOW_RENDER_SECONDS)})"
+    log.warning(
+        "%dx%d on the CPU: self-attention alone needs at least %s per denoising step, %s for "
+        "%d steps; use a GPU (--device cuda)%s, or press Ctrl-C to stop",
+        width,
+        height,
+        _duration(per_step),
+        _duration(total),
+        request.steps,
+        smaller,
+    )
+    return total
