@@ -136,17 +136,26 @@ def test_strict_schema_satisfies_openai_rules() -> None:
 def test_fallback_to_text_template_when_response_format_is_rejected(
     server: OpenAIServer, sleeps: Sleeps
 ) -> None:
+    # a server that takes no response_format at all: json_schema, json_object with the schema
+    # and plain json_object are each refused once, then the text template is used
     server.push(
         server.error(400, "response_format type json_schema is not supported by this server"),
+        server.error(400, "response_format type json_object is not supported by this server"),
+        server.error(400, "response_format is not supported by this server"),
         server.chat(TEXT_REPLY),
     )
     planner = make(server, sleeps)
     result = planner.plan(PROMPT)
 
     assert result.plan.prompts == ["a red apple on a table", "a blue mug on a table"]
-    first, second = (r.json for r in server.chat_requests)
-    assert "response_format" in first
+    *rejected, second = (r.json for r in server.chat_requests)
+    assert [r["response_format"]["type"] for r in rejected] == [
+        "json_schema",
+        "json_object",
+        "json_object",
+    ]
     assert "response_format" not in second
+    assert sleeps.waits == []
     assert second["messages"][0]["content"] == template.INSTRUCTIONS
     assert planner.structured is False  # remembered: the next plan goes straight to text
     server.push(server.chat(TEXT_REPLY))

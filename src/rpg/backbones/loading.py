@@ -39,6 +39,8 @@ __all__ = [
     "ModelInfo",
     "cache_dir",
     "hf_offline",
+    "hub_file",
+    "is_repo_id",
     "load_pipeline",
     "resolve_device",
     "resolve_dtype",
@@ -232,26 +234,55 @@ def resolve_model(
 
 
 def _resolve_hub(repo_id: str, options: dict[str, Any]) -> ModelInfo:
+    index = hub_file(
+        repo_id,
+        "model_index.json",
+        allow_download=options["allow_download"],
+        cache_dir=options.get("cache_dir"),
+    )
+    return ModelInfo(repo_id, "hub", index.parent, _read_json(index), options)
+
+
+def is_repo_id(reference: str) -> bool:
+    """Whether ``reference`` is spelled like a hub id (``org/name``)."""
+    return bool(_REPO_ID.match(reference))
+
+
+def hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    allow_download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    what: str = "model",
+    how_to: str = _HOW_TO,
+) -> Path:
+    """The local path of ``filename`` in hub repo ``repo_id``, from the Hugging Face cache.
+
+    Only with ``allow_download`` (and ``HF_HUB_OFFLINE`` unset) is a file that is not cached
+    downloaded; otherwise :class:`ModelNotFoundError` says how to get it (``hf download``,
+    ``--allow-download``), or ``how_to`` instead. No network is touched when the file is cached
+    or downloads are off. ``what`` names the thing in messages ("model", "planner model").
+    """
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=options.get("cache_dir"))
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
     if isinstance(cached, str):
-        return ModelInfo(repo_id, "hub", Path(cached).parent, _read_json(Path(cached)), options)
-    if options["allow_download"] and not hf_offline():
+        return Path(cached)
+    if allow_download and not hf_offline():
         from huggingface_hub import hf_hub_download
 
         try:
-            fetched = hf_hub_download(
-                repo_id, "model_index.json", cache_dir=options.get("cache_dir")
-            )
+            return Path(hf_hub_download(repo_id, filename, cache_dir=cache, revision=revision))
         except Exception as exc:  # network, auth, missing repo: all end the same way
-            raise ModelNotFoundError(f"cannot download model {repo_id!r}: {exc}") from None
-        return ModelInfo(repo_id, "hub", Path(fetched).parent, _read_json(Path(fetched)), options)
+            raise ModelNotFoundError(f"cannot download {what} {repo_id!r}: {exc}") from None
     why = "HF_HUB_OFFLINE is set" if hf_offline() else "rpg reads hub models from the cache only"
     raise ModelNotFoundError(
-        f"model {repo_id!r} is not in the local Hugging Face cache ({why}); download it first "
+        f"{what} {repo_id!r} is not in the local Hugging Face cache ({why}); download it first "
         f"('hf download {repo_id}') or allow it (--allow-download, allow_download=True), "
-        f"or {_HOW_TO}"
+        f"or {how_to}"
     )
 
 

@@ -55,7 +55,7 @@ def _auto(**options: Any) -> Planner:
     return create_auto_planner(**options)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # rpg's own names first, so a clash names the plugin
 def rpg_register_planners(registry: PlannerRegistry) -> None:
     registry.register("rules", _rules, description="offline, rule-based; no model needed")
     registry.register(
