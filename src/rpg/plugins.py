@@ -22,7 +22,7 @@ import importlib.metadata
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import CodeType, ModuleType
+from types import CodeType, FrameType, ModuleType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pluggy
@@ -113,15 +113,22 @@ class Registry(Generic[T]):
         self._entries[key] = RegistryEntry(key, target, source, description, plugin, priority)
 
     def _caller(self) -> tuple[str, str]:
-        """``(plugin name, source)`` of the hook implementation that is registering."""
-        frame = sys._getframe(2)
-        caller = frame
+        """``(plugin name, source)`` of the hook implementation that is registering.
+
+        It is the innermost frame on the stack that runs one of the hook's implementations; a
+        registration outside a hook call is credited to the first module outside this one.
+        """
+        outside = ""
+        frame: FrameType | None = sys._getframe(1)
         while frame is not None:
             found = self._callers.get(frame.f_code)
             if found is not None:
                 return found
-            frame = frame.f_back  # type: ignore[assignment]
-        return "", str(caller.f_globals.get("__name__", "unknown"))
+            module = str(frame.f_globals.get("__name__", ""))
+            if not outside and module != __name__:
+                outside = module
+            frame = frame.f_back
+        return "", outside or "unknown"
 
     def get(self, name: str) -> RegistryEntry[T]:
         key = name.strip().lower()
