@@ -29,7 +29,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--allow-download",
         action="store_true",
-        help="download a hub model (and an --planner hf model) that is not in the cache "
+        help="download a hub model (also the --planner hf model) that is not in the cache "
         "(default: cache only)",
     )
     model.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
