@@ -17,7 +17,6 @@ here so the backends behave the same way:
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -46,7 +45,6 @@ __all__ = [
     "b64",
     "build_messages",
     "encode_image_png",
-    "image_digest",
     "json_instructions",
     "json_retry_message",
 ]
@@ -331,12 +329,3 @@ def encode_image_png(image: Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def image_digest(image: Image | None) -> str:
-    """A stable hash of an image's pixels (for cache keys); empty for no image."""
-    if image is None:
-        return ""
-    h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()

@@ -19,7 +19,6 @@ from rpg.planners.chat import (
     b64,
     build_messages,
     encode_image_png,
-    image_digest,
     json_instructions,
     json_retry_message,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "describe_validation_error",
     "encode_image_png",
     "first_json_object",
-    "image_digest",
     "json_instructions",
     "json_retry_message",
     "parse_plan_reply",
