@@ -195,6 +195,17 @@ def test_cached_hub_model_is_loaded_from_the_cache_only(
     assert network.kwargs[0]["local_files_only"] is True
 
 
+def test_the_registered_factory_checks_the_model_when_the_planner_is_made(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rpg
+
+    network = NetworkUse(monkeypatch)
+    with pytest.raises(ModelNotFoundError, match="--allow-download"):
+        rpg.create_planner("hf", model="rpg-tests/not-cached", device="cpu")
+    assert network.calls == []
+
+
 def test_cli_plan_with_an_uncached_hf_model_says_allow_download(
     online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
