@@ -25,7 +25,14 @@ from typing import Any
 
 from typing_extensions import Self
 
-__all__ = ["LoopbackServer", "OllamaServer", "OpenAIServer", "Recorded", "Reply"]
+__all__ = [
+    "LlamaCppServer",
+    "LoopbackServer",
+    "OllamaServer",
+    "OpenAIServer",
+    "Recorded",
+    "Reply",
+]
 
 
 @dataclass
@@ -130,6 +137,10 @@ class LoopbackServer:
 
     # -- serving
 
+    def _refuse(self, request: Recorded) -> Reply | None:
+        """A reply that answers ``request`` without taking one from the queue (subclasses)."""
+        return None
+
     def _next_reply(self, method: str, path: str) -> Reply:
         fixed = self.routes.get(f"{method} {path}")
         if fixed is not None:
@@ -152,16 +163,12 @@ class LoopbackServer:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
+                recorded = Recorded(
+                    self.command, path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
                 with server._lock:
-                    server.requests.append(
-                        Recorded(
-                            self.command,
-                            path,
-                            {k.lower(): v for k, v in self.headers.items()},
-                            body,
-                        )
-                    )
-                reply = server._next_reply(self.command, path)
+                    server.requests.append(recorded)
+                reply = server._refuse(recorded) or server._next_reply(self.command, path)
                 if reply.delay and server._stopping.wait(reply.delay):
                     return
                 data, ctype = reply.encoded()
@@ -278,3 +285,43 @@ class OllamaServer(LoopbackServer):
     def error(status: int, message: str, *, headers: dict[str, str] | None = None) -> Reply:
         """An error in Ollama's ``{"error": "..."}`` shape."""
         return Reply(status, {"error": message}, headers=dict(headers or {}))
+
+
+class LlamaCppServer(OpenAIServer):
+    """An OpenAI-compatible server that refuses ``response_format`` the way llama.cpp's does.
+
+    It takes ``{"type": "text"}`` and ``{"type": "json_object"}`` (optionally with a
+    ``"schema"``, llama.cpp's extension; refused too when ``schema_in_json_object`` is false) and
+    answers anything else with HTTP 500 and an error body, as llama.cpp's ``llama-server``
+    (``flavor="cpp"``) or the pydantic-validated Python server (``flavor="python"``) do. Refusals
+    do not consume a scripted reply.
+    """
+
+    def __init__(self, *, flavor: str = "cpp", schema_in_json_object: bool = True) -> None:
+        super().__init__()
+        self.flavor = flavor
+        self.schema_in_json_object = schema_in_json_object
+
+    def _refuse(self, request: Recorded) -> Reply | None:
+        if request.path != "/v1/chat/completions" or not request.body:
+            return None
+        fmt = request.json.get("response_format")
+        if fmt is None:
+            return None
+        kind = fmt.get("type")
+        if kind in ("text", "json_object") and ("schema" not in fmt or self.schema_in_json_object):
+            return None
+        if kind not in ("text", "json_object"):
+            if self.flavor == "cpp":
+                message = (
+                    f'response_format type must be one of "text" or "json_object", but got: {kind}'
+                )
+            else:
+                message = (
+                    "1 validation error for CreateChatCompletionRequest\n"
+                    "response_format.type\n  Input should be 'text' or 'json_object' "
+                    f"[type=literal_error, input_value='{kind}', input_type=str]"
+                )
+        else:
+            message = "response_format: unexpected key 'schema'"
+        return Reply(500, {"error": {"code": 500, "message": message, "type": "server_error"}})

@@ -16,7 +16,13 @@ from rpg.errors import PlannerError
 from rpg.models import PlanResult, Recaption, RegionPlan
 from rpg.paths import cache_dir
 from rpg.planners import template
-from rpg.planners.cache import CachedPlanner, PlanCache, cache_key
+from rpg.planners.cache import (
+    CachedPlanner,
+    PlanCache,
+    cache_key,
+    plan_cache_key,
+    planner_identity,
+)
 from rpg.planners.openai import OpenAIPlanner
 from rpg.planners.structured import RetryPolicy
 from servers import OpenAIServer
@@ -220,3 +226,58 @@ def test_retry_policy_is_not_part_of_the_key(cache_root: Path, server: OpenAISer
     a = OpenAIPlanner(base_url=server.base_url, api_key=SECRET, retry=RetryPolicy(retries=0))
     b = OpenAIPlanner(base_url=server.base_url, api_key="other", retry=RetryPolicy(retries=5))
     assert CachedPlanner(a).key("p") == CachedPlanner(b).key("p")
+
+
+# --------------------------------------------------------------------------- what the key covers
+
+
+def test_plans_from_two_servers_are_cached_apart(cache_root: Path) -> None:
+    with OpenAIServer() as a, OpenAIServer() as b:
+        a.push(a.chat(_plan_json()))
+        b.push(b.chat(_plan_json()))
+        for server in (a, b, a, b):
+            planner = rpg.create_planner(
+                "openai", base_url=server.base_url, api_key=SECRET, model="same-model"
+            )
+            planner.plan("a cat")
+        assert len(a.chat_requests) == len(b.chat_requests) == 1
+    assert len(list(cache_root.glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_url": "http://127.0.0.1:9/v1"},
+        {"temperature": 0.9},
+        {"max_tokens": 512},
+        {"model": "other-model"},
+        {"strict": False},
+    ],
+)
+def test_openai_key_covers_server_and_answer_changing_options(change: dict[str, Any]) -> None:
+    base: dict[str, Any] = {"base_url": "http://127.0.0.1:8/v1", "api_key": SECRET, "model": "m"}
+    key = plan_cache_key(OpenAIPlanner(**base), "p")
+    assert key == plan_cache_key(OpenAIPlanner(**{**base, "api_key": "another key"}), "p")
+    assert key != plan_cache_key(OpenAIPlanner(**{**base, **change}), "p")
+
+
+@pytest.mark.parametrize(
+    "change", [{"host": "http://127.0.0.1:9"}, {"temperature": 0.9}, {"options": {"seed": 3}}]
+)
+def test_ollama_key_covers_host_and_options(change: dict[str, Any]) -> None:
+    from rpg.planners.ollama import OllamaPlanner
+
+    base: dict[str, Any] = {"host": "http://127.0.0.1:8", "model": "m"}
+    key = plan_cache_key(OllamaPlanner(**base), "p")
+    assert key == plan_cache_key(OllamaPlanner(**base), "p")
+    assert key != plan_cache_key(OllamaPlanner(**{**base, **change}), "p")
+
+
+def test_key_of_a_wrapped_planner_is_the_planner_key_and_holds_no_secret() -> None:
+    planner = OpenAIPlanner(base_url="http://user:pw@127.0.0.1:8/v1?token=t", api_key=SECRET)
+    identity = planner_identity(CachedPlanner(planner))
+    assert identity["server"] == "http://127.0.0.1:8/v1"
+    assert SECRET not in repr(identity) and "pw" not in repr(identity)
+    assert CachedPlanner(planner).key("p") == plan_cache_key(planner, "p")
+    # any planner without cache_identity() is keyed by its id and model
+    assert planner_identity(CountingPlanner("m9")) == {"planner": "counting/m9", "model": "m9"}

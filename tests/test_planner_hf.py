@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -96,3 +97,127 @@ def test_smollm2_returns_a_schema_valid_plan(smollm2: HFPlanner, prompt: str) ->
 def test_smollm2_is_loaded_once(smollm2: HFPlanner) -> None:
     again = HFPlanner(smollm2_gguf(), device="cpu")
     assert again.load().model is smollm2.load().model
+
+
+# --------------------------------------------------------------------------- offline means offline
+
+
+class NetworkUse:
+    """Records every attempt to open a connection or reach a download function, and refuses it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import socket
+
+        import huggingface_hub
+        import transformers
+
+        self.calls: list[str] = []
+        self.kwargs: list[dict[str, Any]] = []
+
+        def refuse(what: str) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                self.calls.append(what)
+                self.kwargs.append(kwargs)
+                raise OSError(f"test: {what} is not allowed")
+
+            return call
+
+        monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+        monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+        for name in ("hf_hub_download", "snapshot_download"):
+            monkeypatch.setattr(huggingface_hub, name, refuse(name))
+        for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+            monkeypatch.setattr(cls, "from_pretrained", refuse(f"{cls.__name__}.from_pretrained"))
+
+
+@pytest.fixture
+def online_empty_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No offline switch set, and a Hugging Face cache with nothing in it."""
+    import huggingface_hub.constants
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home / "hub"
+
+
+def test_uncached_hub_model_fails_fast_and_never_touches_the_network(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = NetworkUse(monkeypatch)
+    planner = HFPlanner("rpg-tests/not-cached", device="cpu", constrained=False)
+    assert planner.local_files_only is True
+    with pytest.raises(ModelNotFoundError) as info:
+        planner.plan("a cat")
+    message = str(info.value)
+    assert "'rpg-tests/not-cached' is not in the local Hugging Face cache" in message
+    assert "--allow-download" in message and "hf download rpg-tests/not-cached" in message
+    assert network.calls == []
+
+
+def test_allow_download_is_what_lets_the_hub_be_asked(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = NetworkUse(monkeypatch)
+    planner = HFPlanner(
+        "rpg-tests/not-cached", device="cpu", constrained=False, allow_download=True
+    )
+    with pytest.raises(ModelNotFoundError, match="cannot download planner model"):
+        planner.plan("a cat")
+    assert network.calls == ["hf_hub_download"]
+
+
+def test_offline_switch_wins_over_allow_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    network = NetworkUse(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    planner = HFPlanner("rpg-tests/not-cached", device="cpu", allow_download=True)
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set"):
+        planner.plan("a cat")
+    assert network.calls == []
+
+
+def test_cached_hub_model_is_loaded_from_the_cache_only(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    snapshot = online_empty_cache / "models--rpg-tests--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (online_empty_cache / "models--rpg-tests--cached" / "refs").mkdir()
+    (online_empty_cache / "models--rpg-tests--cached" / "refs" / "main").write_text("abc123")
+    network = NetworkUse(monkeypatch)
+    planner = HFPlanner("rpg-tests/cached", device="cpu", constrained=False)
+    with pytest.raises(ModelNotFoundError, match="not completely in the local Hugging Face cache"):
+        planner.plan("a cat")
+    # resolution passed; transformers was asked with downloads off, and nothing else
+    assert network.calls == ["AutoTokenizer.from_pretrained"]
+    assert network.kwargs[0]["local_files_only"] is True
+
+
+def test_the_registered_factory_checks_the_model_when_the_planner_is_made(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rpg
+
+    network = NetworkUse(monkeypatch)
+    with pytest.raises(ModelNotFoundError, match="--allow-download"):
+        rpg.create_planner("hf", model="rpg-tests/not-cached", device="cpu")
+    assert network.calls == []
+
+
+def test_cli_plan_with_an_uncached_hf_model_says_allow_download(
+    online_empty_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rpg.cli import main
+
+    monkeypatch.setenv("RPG_CACHE_DIR", str(online_empty_cache.parent / "rpg"))
+    network = NetworkUse(monkeypatch)
+    args = ["plan", "a cat", "--planner", "hf", "--model", "rpg-tests/not-cached"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-download" in err
+    assert network.calls == []
+    assert main([*args, "--allow-download"]) == 1
+    assert "cannot download planner model" in capsys.readouterr().err
+    assert network.calls == ["hf_hub_download"]

@@ -210,3 +210,67 @@ def test_server_answers(server: OllamaServer) -> None:
     assert not server_answers(f"127.0.0.1:{closed_port()}", timeout=2)
     with OllamaServer(routes={"GET /api/version": Reply(500, "down")}) as broken:
         assert not server_answers(broken.host, timeout=2)
+
+
+# --------------------------------------------------------------------------- fail fast, bounded
+
+
+def test_nothing_listening_fails_at_once_without_retries(sleeps: Sleeps) -> None:
+    host = f"http://127.0.0.1:{closed_port()}"
+    planner = OllamaPlanner(host=host, retry=RetryPolicy(retries=3, base_delay=0.01, sleep=sleeps))
+    with pytest.raises(PlannerError) as info:
+        planner.plan(PROMPT)
+    message = str(info.value)
+    assert host in message and "`ollama serve`" in message
+    assert len(message.splitlines()) == 1
+    assert sleeps.waits == []  # connection refused: nothing to wait for
+
+
+class FakeClock:
+    """A monotonic clock that advances only when the retry policy sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_default_retries_stop_once_the_timeout_has_passed_in_all(server: OllamaServer) -> None:
+    planner = OllamaPlanner(model="m", host=server.host, timeout=10.0)
+    assert planner.retry.deadline == 10.0  # the default bounds the whole call
+    clock = FakeClock()
+    planner.retry = RetryPolicy(
+        retries=50, base_delay=4.0, max_delay=4.0, deadline=10.0, sleep=clock.sleep, clock=clock
+    )
+    server.push(*[server.error(503, "server busy") for _ in range(50)])
+    with pytest.raises(PlannerError, match=r"HTTP 503\) (\d) times: server busy") as info:
+        planner.plan(PROMPT)
+    attempts = len(server.chat_requests)
+    assert f"{attempts} times" in str(info.value)
+    assert attempts == len(clock.waits) + 1 <= 5  # not 51: waits of 2-4 s, 10 s in all
+    assert sum(clock.waits) < 10.0
+
+
+def test_format_refused_with_a_server_error_falls_back_without_retries(
+    server: OllamaServer, sleeps: Sleeps
+) -> None:
+    server.push(server.error(500, "failed to build grammar from format"), server.chat(TEXT_REPLY))
+    result = make(server, sleeps).plan(PROMPT)
+    assert result.plan.to_split_ratio() == "1;1"
+    assert sleeps.waits == []
+    assert server.chat_requests[1].json.get("format") is None
+
+
+def test_an_error_that_only_says_schema_is_not_a_fallback(
+    server: OllamaServer, sleeps: Sleeps
+) -> None:
+    server.push(server.error(400, "invalid tool schema"))
+    with pytest.raises(PlannerError, match=r"rejected the request \(HTTP 400\): invalid tool"):
+        make(server, sleeps).plan(PROMPT)
+    assert len(server.chat_requests) == 1

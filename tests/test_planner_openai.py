@@ -21,7 +21,7 @@ from rpg.planners.structured import (
     parse_retry_after,
     plan_schema,
 )
-from servers import OpenAIServer
+from servers import LlamaCppServer, OpenAIServer
 
 SECRET = "sk-test-secret-value-0123456789"
 
@@ -136,17 +136,26 @@ def test_strict_schema_satisfies_openai_rules() -> None:
 def test_fallback_to_text_template_when_response_format_is_rejected(
     server: OpenAIServer, sleeps: Sleeps
 ) -> None:
+    # a server that takes no response_format at all: json_schema, json_object with the schema
+    # and plain json_object are each refused once, then the text template is used
     server.push(
         server.error(400, "response_format type json_schema is not supported by this server"),
+        server.error(400, "response_format type json_object is not supported by this server"),
+        server.error(400, "response_format is not supported by this server"),
         server.chat(TEXT_REPLY),
     )
     planner = make(server, sleeps)
     result = planner.plan(PROMPT)
 
     assert result.plan.prompts == ["a red apple on a table", "a blue mug on a table"]
-    first, second = (r.json for r in server.chat_requests)
-    assert "response_format" in first
+    *rejected, second = (r.json for r in server.chat_requests)
+    assert [r["response_format"]["type"] for r in rejected] == [
+        "json_schema",
+        "json_object",
+        "json_object",
+    ]
     assert "response_format" not in second
+    assert sleeps.waits == []
     assert second["messages"][0]["content"] == template.INSTRUCTIONS
     assert planner.structured is False  # remembered: the next plan goes straight to text
     server.push(server.chat(TEXT_REPLY))
@@ -425,3 +434,74 @@ def test_cli_without_key_or_server_fails_in_one_line(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "OPENAI_API_KEY" in err
+
+
+# ------------------------------------------------------------------------- a llama.cpp-like server
+
+
+@pytest.mark.parametrize("flavor", ["cpp", "python"])
+def test_llama_cpp_refusal_steps_down_to_json_object_with_schema_without_retries(
+    flavor: str, sleeps: Sleeps
+) -> None:
+    with LlamaCppServer(flavor=flavor) as server:
+        server.push(server.chat(json.dumps(PLAN)), server.chat(json.dumps(PLAN)))
+        planner = make(server, sleeps)
+        result = planner.plan(PROMPT)
+
+        assert result.plan.to_split_ratio() == "1,2"
+        refused, accepted = server.chat_requests
+        assert refused.json["response_format"]["type"] == "json_schema"
+        assert accepted.json["response_format"] == {
+            "type": "json_object",
+            "schema": plan_schema(),
+        }
+        # the JSON instructions stay: the reply is still JSON
+        assert "REPLY FORMAT" in accepted.json["messages"][0]["content"]
+        assert sleeps.waits == []  # HTTP 500, but not retried as a transient failure
+        assert planner.structured is not False
+
+        # remembered: the next plan goes straight to json_object
+        planner.plan("another prompt")
+        assert len(server.chat_requests) == 3
+        assert server.chat_requests[-1].json["response_format"]["type"] == "json_object"
+
+
+def test_llama_cpp_without_schema_support_ends_at_plain_json_object(sleeps: Sleeps) -> None:
+    with LlamaCppServer(schema_in_json_object=False) as server:
+        server.push(server.chat(json.dumps(PLAN)))
+        result = make(server, sleeps).plan(PROMPT)
+        assert result.plan.to_split_ratio() == "1,2"
+        formats = [r.json["response_format"] for r in server.chat_requests]
+        assert [f["type"] for f in formats] == ["json_schema", "json_object", "json_object"]
+        assert formats[-1] == {"type": "json_object"}
+        assert sleeps.waits == []
+
+
+@pytest.mark.parametrize("status", [400, 422, 500, 503])
+def test_response_format_refusal_with_any_status_is_not_retried(
+    server: OpenAIServer, sleeps: Sleeps, status: int
+) -> None:
+    server.push(
+        server.error(status, "unsupported value for 'response_format.type': json_schema"),
+        server.chat(json.dumps(PLAN)),
+    )
+    make(server, sleeps).plan(PROMPT)
+    assert len(server.chat_requests) == 2
+    assert server.chat_requests[1].json["response_format"]["type"] == "json_object"
+    assert sleeps.waits == []
+
+
+def test_an_error_that_only_says_schema_is_not_a_fallback(
+    server: OpenAIServer, sleeps: Sleeps
+) -> None:
+    server.push(server.error(400, "invalid schema for function 'lookup': unknown type"))
+    with pytest.raises(PlannerError, match=r"rejected the request \(HTTP 400\).*invalid schema"):
+        make(server, sleeps).plan(PROMPT)
+    assert len(server.chat_requests) == 1
+
+    # a server failure that mentions a schema is retried as the failure it is, then reported
+    server.push(*[server.error(500, "schema cache corrupted", type="server_error")] * 3)
+    with pytest.raises(PlannerError, match=r"HTTP 500\) 3 times: .*schema cache corrupted"):
+        make(server, sleeps).plan(PROMPT)
+    assert len(server.chat_requests) == 4
+    assert all(r.json["response_format"]["type"] == "json_schema" for r in server.chat_requests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,116 @@ def test_invalid_names_are_rejected() -> None:
     registry.register("Mine", object)
     assert registry.names() == ["mine"]
     assert "MINE" in registry
+
+
+# ------------------------------------------------------------------------- through pluggy's caller
+
+
+class WrappingPlugin:
+    """A hook wrapper around planner registration, as any pluggy project allows."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[str], list[str]]] = []
+
+    @rpg.hookimpl(wrapper=True)
+    def rpg_register_planners(self, registry: plugins.PlannerRegistry) -> Any:
+        before = registry.names()
+        result = yield
+        self.seen.append((before, registry.names()))
+        return result
+
+
+class ExtraPlanners:
+    @rpg.hookimpl
+    def rpg_register_planners(self, registry: plugins.PlannerRegistry) -> None:
+        _register_through_a_helper(registry)
+
+
+def _register_through_a_helper(registry: plugins.PlannerRegistry) -> None:
+    registry.register("extra", lambda **options: None, description="made by a helper")
+
+
+def test_hook_wrappers_run_around_registration(fresh_registry: None) -> None:
+    wrapper = WrappingPlugin()
+    pm = plugins.get_plugin_manager()
+    pm.register(wrapper, name="wrapping-plugin")
+    pm.register(ExtraPlanners(), name="extra-plugin")
+
+    registry = plugins.planner_registry()
+    (before, after) = wrapper.seen[0]
+    assert len(wrapper.seen) == 1
+    assert before == []  # the wrapper ran before every implementation...
+    assert {"rules", "openai", "extra"} <= set(after)  # ...and after all of them
+    entry = registry.get("extra")
+    assert entry.plugin == "extra-plugin" and entry.source == "extra-plugin"
+    rules = registry.get("rules")
+    assert rules.builtin and rules.plugin == "rpg.planners.builtin"
+    assert rules.source.startswith("rpg-diffusion")
+
+
+def test_registration_is_traced(fresh_registry: None) -> None:
+    pm = plugins.get_plugin_manager()
+    lines: list[str] = []
+    pm.trace.root.setwriter(lines.append)
+    undo = pm.enable_tracing()
+    try:
+        plugins.backbone_registry()
+    finally:
+        undo()
+    assert any("rpg_register_backbones" in line for line in lines)
+
+
+def test_direct_registration_names_the_calling_module() -> None:
+    registry = plugins.PlannerRegistry()
+    registry.register("mine", object)
+    assert registry.get("mine").source == __name__
+    assert registry.get("mine").plugin == ""
+
+
+# --------------------------------------------------------------------------- detection priority
+
+
+def _sd_info() -> Any:
+    from rpg.backbones.loading import ModelInfo
+
+    return ModelInfo("some-sd", "folder", None, {"_class_name": "StableDiffusionPipeline"})
+
+
+def _shadowing_plugin(priority: int | None) -> object:
+    from rpg.backbones.sd import StableDiffusionBackbone
+
+    class AnotherSD(StableDiffusionBackbone):
+        """Detects exactly the models the built-in SD backbone detects."""
+
+        name = "a-plugin-sd"  # sorts before "sd"
+
+    class Plugin:
+        backbone = AnotherSD
+
+        @rpg.hookimpl
+        def rpg_register_backbones(self, registry: plugins.BackboneRegistry) -> None:
+            options = {} if priority is None else {"priority": priority}
+            registry.register(AnotherSD.name, AnotherSD, description="shadow", **options)
+
+    return Plugin()
+
+
+def test_a_plugin_cannot_shadow_a_builtin_backbone_by_its_name(fresh_registry: None) -> None:
+    from rpg.backbones.sd import StableDiffusionBackbone
+    from rpg.orchestrator import select_backbone
+
+    plugins.get_plugin_manager().register(_shadowing_plugin(None), name="shadow")
+    assert _shadowing_plugin(None).backbone.detect(_sd_info())  # it does detect SD models
+    assert select_backbone(_sd_info()) is StableDiffusionBackbone
+    order = [e.name for e in plugins.backbone_registry().detection_order()]
+    assert order.index("sd") < order.index("a-plugin-sd")
+
+
+def test_a_higher_priority_takes_over_detection_on_purpose(fresh_registry: None) -> None:
+    from rpg.orchestrator import select_backbone
+
+    plugin = _shadowing_plugin(10)
+    plugins.get_plugin_manager().register(plugin, name="shadow")
+    chosen = select_backbone(_sd_info())
+    assert chosen.name == "a-plugin-sd"
+    assert plugins.backbone_registry().get("a-plugin-sd").priority == 10

@@ -128,9 +128,11 @@ def _seed_of(generator: torch.Generator | list[torch.Generator]) -> int:
 def select_backbone(
     info: ModelInfo, backbone: str | type[Backbone] | None = None
 ) -> type[Backbone]:
-    """The backbone class for ``info``: the one named, or the first registered one that detects it.
+    """The backbone class for ``info``: the one named, or the first one that detects it.
 
-    Third-party backbones take part through the ``rpg_register_backbones`` hook.
+    Backbones are asked in :meth:`~rpg.plugins.BackboneRegistry.detection_order` (priority, then
+    built-ins, then name). Third-party backbones take part through the ``rpg_register_backbones``
+    hook.
     """
     from rpg.plugins import backbone_registry
 
@@ -140,7 +142,7 @@ def select_backbone(
     if backbone is not None:
         cls: type[Backbone] = registry.get(backbone).target
         return cls
-    for entry in registry:
+    for entry in registry.detection_order():
         if entry.target.detect(info):
             found: type[Backbone] = entry.target
             return found
@@ -237,7 +239,11 @@ class RPG:
         from rpg.plugins import backbone_registry
 
         if backbone is None:
-            matches = [e.target for e in backbone_registry() if e.target.accepts_pipeline(pipe)]
+            matches = [
+                e.target
+                for e in backbone_registry().detection_order()
+                if e.target.accepts_pipeline(pipe)
+            ]
             if not matches:
                 names = ", ".join(backbone_registry().names()) or "none"
                 raise RegistryError(

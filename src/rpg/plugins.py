@@ -2,25 +2,43 @@
 
 Plugins are found through the entry-point group ``rpg``; rpg's built-in planners and backbones
 are registered by the same hooks, so a third-party plugin is a first-class citizen.
+
+Registries are filled by calling the hook through pluggy's hook caller
+(``pm.hook.rpg_register_planners(registry=...)``), so hook wrappers, ``tryfirst``/``trylast``
+and tracing (``pm.enable_tracing()``) work as they do for any pluggy project. Each entry records
+the plugin that registered it and where that plugin came from (its distribution, from
+``pm.list_plugin_distinfo()``): the registry recognises the calling hook implementation on the
+call stack.
+
+Backbones are detected in an explicit order (:meth:`BackboneRegistry.detection_order`): higher
+``priority`` first, then rpg's built-ins, then by name. A plugin therefore cannot take a model
+away from a built-in backbone by the accident of its name sorting first; it must register with a
+higher ``priority`` to do so on purpose.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Any, Generic, TypeVar
+from types import CodeType, FrameType, ModuleType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pluggy
 
 from rpg import hookspecs
 from rpg.errors import RegistryError
 
+if TYPE_CHECKING:
+    from rpg.backbones.base import Backbone
+    from rpg.planners.base import Planner
+
 __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "BackboneRegistry",
+    "PlannerFactory",
     "PlannerRegistry",
     "Registry",
     "RegistryEntry",
@@ -39,14 +57,32 @@ BUILTIN_PLUGINS: tuple[str, ...] = ("rpg.planners.builtin", "rpg.backbones.built
 T = TypeVar("T")
 
 
+class PlannerFactory(Protocol):
+    """What a planner is registered as: called with the user's options, returns a planner."""
+
+    def __call__(self, **options: Any) -> Planner: ...
+
+
 @dataclass(frozen=True)
 class RegistryEntry(Generic[T]):
-    """A registered name, what it makes, and the distribution that registered it."""
+    """A registered name, what it makes, and who registered it.
+
+    ``source`` is the distribution (``"rpg-halves 1.2.3"``) or module that registered it,
+    ``plugin`` the name of the plugin in the plugin manager (empty when registered directly),
+    ``priority`` the backbone detection priority (higher is asked first).
+    """
 
     name: str
     target: T
     source: str
     description: str = ""
+    plugin: str = ""
+    priority: int = 0
+
+    @property
+    def builtin(self) -> bool:
+        """Whether rpg itself registered this entry."""
+        return self.plugin in BUILTIN_PLUGINS
 
 
 class Registry(Generic[T]):
@@ -56,20 +92,43 @@ class Registry(Generic[T]):
 
     def __init__(self) -> None:
         self._entries: dict[str, RegistryEntry[T]] = {}
-        self._source = "unknown"
+        # code of each hook implementation being called → (plugin name, source)
+        self._callers: dict[CodeType, tuple[str, str]] = {}
 
     def register(self, name: str, target: T, *, description: str = "") -> None:
         """Register ``target`` under ``name`` (lower-case letters, digits, ``-``, ``_``, ``.``)."""
+        self._add(name, target, description=description, priority=0)
+
+    def _add(self, name: str, target: T, *, description: str, priority: int) -> None:
         key = name.strip().lower()
         if not key or not all(c.isalnum() or c in "-_." for c in key):
             raise RegistryError(f"invalid {self.kind} name {name!r}: use letters, digits, - _ .")
+        plugin, source = self._caller()
         if key in self._entries:
             other = self._entries[key].source
             raise RegistryError(
-                f"{self.kind} {key!r} is registered twice: by {other} and by {self._source}; "
+                f"{self.kind} {key!r} is registered twice: by {other} and by {source}; "
                 f"uninstall one of them or register under another name"
             )
-        self._entries[key] = RegistryEntry(key, target, self._source, description)
+        self._entries[key] = RegistryEntry(key, target, source, description, plugin, priority)
+
+    def _caller(self) -> tuple[str, str]:
+        """``(plugin name, source)`` of the hook implementation that is registering.
+
+        It is the innermost frame on the stack that runs one of the hook's implementations; a
+        registration outside a hook call is credited to the first module outside this one.
+        """
+        outside = ""
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None:
+            found = self._callers.get(frame.f_code)
+            if found is not None:
+                return found
+            module = str(frame.f_globals.get("__name__", ""))
+            if not outside and module != __name__:
+                outside = module
+            frame = frame.f_back
+        return "", outside or "unknown"
 
     def get(self, name: str) -> RegistryEntry[T]:
         key = name.strip().lower()
@@ -89,16 +148,31 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
 
-class PlannerRegistry(Registry[Callable[..., Any]]):
+class PlannerRegistry(Registry[PlannerFactory]):
     """Planner factories: ``factory(**options) -> Planner``."""
 
     kind = "planner"
 
 
-class BackboneRegistry(Registry[Any]):
-    """Backbone classes (see :class:`rpg.backbones.base.Backbone`)."""
+class BackboneRegistry(Registry["type[Backbone]"]):
+    """Backbone classes (see :class:`rpg.backbones.base.Backbone`), with detection priorities."""
 
     kind = "backbone"
+
+    def register(
+        self, name: str, target: type[Backbone], *, description: str = "", priority: int = 0
+    ) -> None:
+        """Register ``target`` under ``name``; ``priority`` orders model detection.
+
+        Detection asks higher priorities first; at equal priority rpg's own backbones come
+        before plugins. Leave it at 0 unless the backbone must win over another that detects
+        the same models.
+        """
+        self._add(name, target, description=description, priority=priority)
+
+    def detection_order(self) -> list[RegistryEntry[type[Backbone]]]:
+        """The entries in the order detection asks them: priority, built-ins, then name."""
+        return sorted(self._entries.values(), key=lambda e: (-e.priority, not e.builtin, e.name))
 
 
 _manager: pluggy.PluginManager | None = None
@@ -120,7 +194,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     return _manager
 
 
-def _source_of(pm: pluggy.PluginManager, plugin: object) -> str:
+def _source_of(pm: pluggy.PluginManager, plugin: object, plugin_name: str) -> str:
     for plug, dist in pm.list_plugin_distinfo():
         if plug is plugin:
             return f"{dist.project_name} {dist.version}"
@@ -129,17 +203,27 @@ def _source_of(pm: pluggy.PluginManager, plugin: object) -> str:
             return f"rpg-diffusion {importlib.metadata.version('rpg-diffusion')}"
         except importlib.metadata.PackageNotFoundError:
             return "rpg-diffusion"
-    return getattr(plugin, "__name__", repr(plugin))
+    return plugin_name
+
+
+def _code_of(function: Callable[..., Any]) -> CodeType | None:
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    return code if isinstance(code, CodeType) else None
 
 
 def _fill(registry: Registry[Any], hook_name: str) -> None:
     pm = get_plugin_manager()
     hook = getattr(pm.hook, hook_name)
-    # Call each implementation on its own so every entry records the distribution it came from.
-    for impl in reversed(hook.get_hookimpls()):
-        registry._source = _source_of(pm, impl.plugin)
-        impl.function(registry=registry)
-    registry._source = "unknown"
+    callers = {}
+    for impl in hook.get_hookimpls():
+        code = _code_of(impl.function)
+        if code is not None:
+            callers[code] = (impl.plugin_name, _source_of(pm, impl.plugin, impl.plugin_name))
+    registry._callers = callers
+    try:
+        hook(registry=registry)  # through pluggy: wrappers, ordering and tracing apply
+    finally:
+        registry._callers = {}
 
 
 def planner_registry() -> PlannerRegistry:

@@ -6,7 +6,7 @@ from rpg.hookspecs import hookimpl
 from rpg.plugins import BackboneRegistry
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # rpg's own names first, so a clash names the plugin
 def rpg_register_backbones(registry: BackboneRegistry) -> None:
     # Imported here so that listing plugins does not pay for torch/diffusers until needed.
     from rpg.backbones.controlnet import (

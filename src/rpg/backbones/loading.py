@@ -40,6 +40,8 @@ __all__ = [
     "SINGLE_FILE_SUFFIXES",
     "ModelInfo",
     "hf_offline",
+    "hub_file",
+    "is_repo_id",
     "load_pipeline",
     "resolve_device",
     "resolve_dtype",
@@ -234,32 +236,61 @@ def resolve_model(
 def _resolve_hub(
     repo_id: str, options: dict[str, Any], *, reference: str | None = None
 ) -> ModelInfo:
+    reference = reference or repo_id
+    index = hub_file(
+        repo_id,
+        "model_index.json",
+        allow_download=options["allow_download"],
+        cache_dir=options.get("cache_dir"),
+        revision=options.get("revision"),
+        name=reference,
+    )
+    return ModelInfo(reference, "hub", index.parent, _read_json(index), options)
+
+
+def is_repo_id(reference: str) -> bool:
+    """Whether ``reference`` is spelled like a hub id (``org/name``)."""
+    return bool(_REPO_ID.match(reference))
+
+
+def hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    allow_download: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    what: str = "model",
+    name: str | None = None,
+    how_to: str = _HOW_TO,
+) -> Path:
+    """The local path of ``filename`` in hub repo ``repo_id``, from the Hugging Face cache.
+
+    Only with ``allow_download`` (and ``HF_HUB_OFFLINE`` unset) is a file that is not cached
+    downloaded; otherwise :class:`ModelNotFoundError` says how to get it (``hf download``,
+    ``--allow-download``), or ``how_to`` instead. No network is touched when the file is cached
+    or downloads are off. ``what`` and ``name`` (default: ``repo_id``) name the thing in
+    messages ("model 'org/name@rev'", "planner model 'org/name'").
+    """
     from huggingface_hub import try_to_load_from_cache
 
-    reference = reference or repo_id
-    cache_dir, revision = options.get("cache_dir"), options.get("revision")
-    cached = try_to_load_from_cache(
-        repo_id, "model_index.json", cache_dir=cache_dir, revision=revision
-    )
+    name = name or repo_id
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision)
     if isinstance(cached, str):
-        return ModelInfo(reference, "hub", Path(cached).parent, _read_json(Path(cached)), options)
-    if options["allow_download"] and not hf_offline():
+        return Path(cached)
+    if allow_download and not hf_offline():
         from huggingface_hub import hf_hub_download
 
         try:
-            fetched = hf_hub_download(
-                repo_id, "model_index.json", cache_dir=cache_dir, revision=revision
-            )
+            return Path(hf_hub_download(repo_id, filename, cache_dir=cache, revision=revision))
         except Exception as exc:  # network, auth, missing repo: all end the same way
-            raise ModelNotFoundError(f"cannot download model {reference!r}: {exc}") from None
-        return ModelInfo(reference, "hub", Path(fetched).parent, _read_json(Path(fetched)), options)
+            raise ModelNotFoundError(f"cannot download {what} {name!r}: {exc}") from None
     why = "HF_HUB_OFFLINE is set" if hf_offline() else "rpg reads hub models from the cache only"
+    command = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
     raise ModelNotFoundError(
-        f"model {reference!r} is not in the local Hugging Face cache ({why}); download it first "
-        f"('hf download {repo_id}"
-        + (f" --revision {options['revision']}" if "revision" in options else "")
-        + "') or allow it (--allow-download, allow_download=True), "
-        f"or {_HOW_TO}"
+        f"{what} {name!r} is not in the local Hugging Face cache ({why}); download it first "
+        f"('{command}') or allow it (--allow-download, allow_download=True), or {how_to}"
     )
 
 

@@ -35,7 +35,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--allow-download",
         action="store_true",
-        help="download a hub model that is not in the cache (default: cache only)",
+        help="download a hub model (also the --planner hf model) that is not in the cache "
+        "(default: cache only)",
     )
     model.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     model.add_argument("--dtype", help="auto (default), float16, bfloat16 or float32")
@@ -103,9 +104,15 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def planner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for the planner factory from ``--planner-model``, ``--base-url``, ``--host``."""
+    """Options for the planner factory from ``--planner-model``, ``--base-url``, ``--host``.
+
+    ``--allow-download`` also lets the ``hf`` planner fetch a hub model that is not cached.
+    """
     pairs = (("model", args.planner_model), ("base_url", args.base_url), ("host", args.host))
-    return {key: value for key, value in pairs if value is not None}
+    options = {key: value for key, value in pairs if value is not None}
+    if args.planner == "hf" and getattr(args, "allow_download", False):
+        options["allow_download"] = True
+    return options
 
 
 def prepare_planner(

@@ -31,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--model", help="model name for LLM planners (e.g. gpt-4o-mini, qwen2.5:7b)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (vLLM, llama.cpp, LM Studio)")
     p.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or localhost)")
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let --planner hf download a hub model that is not in the cache (default: cache only)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
     p.add_argument("--json", action="store_true", help="print the plan result as JSON")
     hand = p.add_argument_group("hand-written plan")
@@ -53,6 +58,8 @@ def planner_options(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             options[key] = value
+    if getattr(args, "planner", None) == "hf" and getattr(args, "allow_download", False):
+        options["allow_download"] = True
     return options
 
 

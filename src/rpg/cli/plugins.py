@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from rpg.plugins import backbone_registry, planner_registry
+from rpg.plugins import Registry, backbone_registry, planner_registry
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     del args
-    for title, registry in (("planners", planner_registry()), ("backbones", backbone_registry())):
+    registries: tuple[tuple[str, Registry[Any]], ...] = (
+        ("planners", planner_registry()),
+        ("backbones", backbone_registry()),
+    )
+    for title, registry in registries:
         entries = list(registry)
         print(f"{title}:")
         if not entries:

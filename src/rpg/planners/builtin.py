@@ -46,7 +46,9 @@ def _ollama(*, cache: bool = True, **options: Any) -> Planner:
 def _hf(*, cache: bool = True, **options: Any) -> Planner:
     from rpg.planners.hf import HFPlanner
 
-    return _cached(HFPlanner(**options), cache)
+    planner = HFPlanner(**options)
+    planner.resolve()  # a model that is not there fails now, before anything else loads
+    return _cached(planner, cache)
 
 
 def _auto(**options: Any) -> Planner:
@@ -55,7 +57,7 @@ def _auto(**options: Any) -> Planner:
     return create_auto_planner(**options)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # rpg's own names first, so a clash names the plugin
 def rpg_register_planners(registry: PlannerRegistry) -> None:
     registry.register("rules", _rules, description="offline, rule-based; no model needed")
     registry.register(

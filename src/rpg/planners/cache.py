@@ -1,8 +1,10 @@
 """An on-disk cache of plans, so asking again for the same prompt costs nothing.
 
-A plan is keyed by the SHA-256 of the planner id, the model, the prompt, the instruction
-template's version and (when there is one) a hash of the image's pixels; changing any of them
-asks the model again. Entries are JSON files of :class:`~rpg.models.PlanResult` under
+A plan is keyed by :func:`plan_cache_key`: the SHA-256 of the planner's identity (its id, model,
+the server it talks to and every option that changes the answer, from
+:meth:`~rpg.planners.chat.ChatPlanner.cache_identity`), the prompt, the instruction template's
+version and (when there is one) a hash of the image's pixels; changing any of them asks the
+model again. Entries are JSON files of :class:`~rpg.models.PlanResult` under
 ``platformdirs.user_cache_dir("rpg")/plans`` (``~/.cache/rpg/plans`` on Linux), or under
 ``$RPG_CACHE_DIR/plans`` when that is set. Nothing secret goes in: a plan holds the prompt, the
 model's reply and the planner's name, never a key or a URL with credentials.
@@ -16,8 +18,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
     from rpg.planners.base import Planner
 
-__all__ = ["CachedPlanner", "PlanCache", "cache_key"]
+__all__ = ["CachedPlanner", "PlanCache", "cache_key", "plan_cache_key", "planner_identity"]
 
 log = logging.getLogger("rpg.planners")
 
@@ -50,18 +53,55 @@ def cache_key(
     *,
     image: Image | None = None,
     template: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> str:
-    """The hex SHA-256 naming a cache entry (``template`` defaults to the current version)."""
+    """The hex SHA-256 naming a cache entry (``template`` defaults to the current version).
+
+    ``options`` are whatever else decides the answer (server, temperature, ...); they must be
+    JSON-serialisable (anything else is keyed by its ``repr``).
+    """
     from rpg.metadata import image_sha256
 
-    parts = {
+    parts: dict[str, Any] = {
         "planner": planner,
         "model": model,
         "prompt": prompt,
         "template": _template_version() if template is None else template,
         "image": "" if image is None else image_sha256(image),
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    if options:
+        parts["options"] = dict(options)
+    text = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def planner_identity(planner: Planner) -> dict[str, Any]:
+    """What decides ``planner``'s answer to a prompt: its ``cache_identity()`` when it has one.
+
+    Any other planner is identified by its ``planner_id`` (else ``name``) and ``model``.
+    Wrappers such as :class:`CachedPlanner` report the planner they wrap.
+    """
+    identity = getattr(planner, "cache_identity", None)
+    if callable(identity):
+        return dict(identity())
+    return {
+        "planner": str(getattr(planner, "planner_id", None) or planner.name),
+        "model": str(getattr(planner, "model", "") or ""),
+    }
+
+
+def plan_cache_key(planner: Planner, prompt: str, *, image: Image | None = None) -> str:
+    """The key of ``planner``'s plan for ``prompt`` (and ``image``) in the plan cache.
+
+    Two planners share a key only when they would be asked the same thing in the same way: same
+    backend and model, same server (base URL, Ollama host), same answer-changing options
+    (temperature, token limits, ...), same prompt, instruction template and image. Retry
+    settings and API keys are not part of it. Batch runs and the orchestrator use it too.
+    """
+    identity = planner_identity(planner)
+    name = str(identity.pop("planner", planner.name))
+    model = str(identity.pop("model", ""))
+    return cache_key(name, model, prompt, image=image, options=identity)
 
 
 class PlanCache:
@@ -107,7 +147,7 @@ class PlanCache:
 class CachedPlanner:
     """Wraps a planner: returns a cached plan when there is one, else plans and stores it.
 
-    The wrapped planner's ``planner_id`` (``backend/model``) and ``model`` go into the key. A plan
+    The key is :func:`plan_cache_key` of the wrapped planner. A plan
     read from the cache is marked by ``" (cached)"`` after its planner name, and ``seconds`` is
     the time the lookup took, so a report of "which planner ran and how long" stays true.
     """
@@ -129,8 +169,11 @@ class CachedPlanner:
     def __repr__(self) -> str:
         return f"CachedPlanner({self.planner!r}, dir={str(self.cache.directory)!r})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        return planner_identity(self.planner)
+
     def key(self, prompt: str, *, image: Image | None = None) -> str:
-        return cache_key(self.planner_id, self.model, prompt, image=image)
+        return plan_cache_key(self.planner, prompt, image=image)
 
     def plan(self, prompt: str, *, image: Image | None = None) -> PlanResult:
         """The cached plan for this prompt (and image), or a fresh one that is then cached."""

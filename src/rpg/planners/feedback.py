@@ -9,10 +9,11 @@ JSON object whose schema comes from the pydantic models below:
   reading order and their new prompts, plus a plan describing the image when it had none.
 
 The conversation, structured output, validation and retries are
-:meth:`rpg.planners.structured.ChatPlanner._converse`, shared with planning, so a reply that does
+:meth:`rpg.planners.chat.ChatPlanner._converse`, shared with planning, so a reply that does
 not validate is sent back with the error, a bounded number of times. :class:`MultimodalChatPlanner`
 adds :meth:`~MultimodalChatPlanner.review` and :meth:`~MultimodalChatPlanner.plan_edit` to the
-``openai`` and ``ollama`` backends; :func:`as_multimodal` turns any other planner into a clear
+``openai`` and ``ollama`` backends (through :class:`rpg.planners.remote.RemoteChatPlanner`);
+:func:`as_multimodal` turns any other planner into a clear
 :class:`~rpg.errors.PlannerError`.
 """
 
@@ -23,20 +24,14 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rpg.errors import PlannerError
 from rpg.models import RegionPlan
 from rpg.planners.base import Planner
-from rpg.planners.structured import (
-    ChatMessage,
-    ChatPlanner,
-    ReplyFormat,
-    describe_validation_error,
-    first_json_object,
-    json_retry_message,
-    strip_reasoning,
-)
+from rpg.planners.chat import ChatMessage, ChatPlanner, json_retry_message
+from rpg.planners.parsing import reply_json, validate_reply
+from rpg.planners.schema import ReplyFormat
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -346,18 +341,11 @@ def _retry(error: str, structured: bool) -> str:
 
 
 def _parse_json(text: str, model: type[M], what: str, fill: Callable[[dict[str, Any]], None]) -> M:
-    if not text or not text.strip():
-        raise PlannerError("the reply is empty", raw=text or "")
-    data = first_json_object(strip_reasoning(text))
+    _, data = reply_json(text)
     if data is None:
         raise PlannerError(f"the reply holds no JSON object; answer with the {what}", raw=text)
     fill(data)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PlannerError(
-            f"the JSON reply is not a valid {what}: {describe_validation_error(exc)}", raw=text
-        ) from None
+    return validate_reply(data, model, what=what, raw=text)
 
 
 def parse_review_reply(text: str) -> Review:

@@ -11,7 +11,7 @@ and Windows, plugs into ``model.generate(logits_processor=[...])`` without patch
 compiles a schema once per tokenizer (cached here), and was verified with transformers 5.x and
 SmolLM2; ``lm-format-enforcer``'s transformers integration failed to import with transformers 5,
 and ``outlines`` replaces ``generate`` with its own API. The schema given to the decoder carries
-length and count bounds (:func:`~rpg.planners.structured.plan_schema` with ``bounded=True``) so a
+length and count bounds (:func:`~rpg.planners.schema.plan_schema` with ``bounded=True``) so a
 reply fits in a modest ``max_new_tokens``. Without xgrammar the planner falls back to the text
 template and the tolerant parser.
 
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError, ModelNotFoundError, PlannerError
-from rpg.planners.structured import ChatMessage, ChatPlanner, ReplyFormat, plan_schema
+from rpg.planners.chat import ChatMessage, ChatPlanner, ChatRequest, ReplyMode
+from rpg.planners.schema import plan_schema
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +45,7 @@ log = logging.getLogger("rpg.planners")
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 
 _TRUE = {"1", "true", "yes", "on"}
+_HOW_TO = "pass a local model folder or a .gguf file"
 
 
 @dataclass
@@ -109,11 +111,15 @@ def _pick_dtype(dtype: str | None, device: str) -> torch.dtype:
 class HFPlanner(ChatPlanner):
     """Plans with a local transformers causal LM, constrained to the plan schema.
 
-    ``local_files_only`` defaults to true when ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is
-    set. ``constrained`` is ``None`` to use xgrammar when it is installed, ``True`` to require
-    it, ``False`` to decode freely (text template). ``temperature`` 0 decodes greedily. The model
-    is loaded on the first :meth:`plan` (or :meth:`load`) and shared by every planner with the
-    same model, file, revision, device and dtype.
+    A hub id is read from the local Hugging Face cache only, like the diffusion models: it is
+    downloaded only with ``allow_download=True`` (CLI: ``--allow-download``) and never while
+    ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` is set; otherwise planning fails at once with a
+    :class:`~rpg.errors.ModelNotFoundError` that says how to get the model. ``local_files_only``
+    is the older spelling (``False`` allows downloads). ``constrained`` is ``None`` to use
+    xgrammar when it is installed, ``True`` to require it, ``False`` to decode freely (text
+    template). ``temperature`` 0 decodes greedily. The model is loaded on the first
+    :meth:`plan` (or :meth:`load`) and shared by every planner with the same model, file,
+    revision, device and dtype.
     """
 
     name = "hf"
@@ -130,6 +136,8 @@ class HFPlanner(ChatPlanner):
         max_new_tokens: int = 384,
         temperature: float = 0.0,
         constrained: bool | None = None,
+        allow_download: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool | None = None,
         trust_remote_code: bool = False,
         validation_retries: int = 2,
@@ -148,7 +156,11 @@ class HFPlanner(ChatPlanner):
         self.dtype = dtype or "auto"
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.local_files_only = _offline() if local_files_only is None else local_files_only
+        if local_files_only is not None:
+            allow_download = not local_files_only
+        self.allow_download = allow_download and not _offline()
+        self.local_files_only = not self.allow_download
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self.trust_remote_code = trust_remote_code
         if constrained is None:
             constrained = _xgrammar_available()
@@ -161,6 +173,15 @@ class HFPlanner(ChatPlanner):
 
     def __repr__(self) -> str:
         return f"HFPlanner(model={self.model!r}, device={self.device!r})"
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {
+            **super().cache_identity(),
+            "revision": self.revision,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "constrained": self.constrained,
+        }
 
     # -- loading
 
@@ -179,16 +200,45 @@ class HFPlanner(ChatPlanner):
                 loaded.grammar = _compile_grammar(loaded)
         return loaded
 
+    def resolve(self) -> None:
+        """Check, without loading anything or touching the network, that the model can load.
+
+        A local folder is used as it is; a hub id must be in the local Hugging Face cache unless
+        downloads are allowed. :meth:`load` calls it first, so a missing model fails in
+        milliseconds instead of after the hub client's retries.
+        """
+        from rpg.backbones.loading import hub_file, is_repo_id
+
+        if Path(self.source).expanduser().is_dir():
+            return
+        if not is_repo_id(self.source):
+            raise ModelNotFoundError(
+                f"planner model {self.source!r} is neither a local folder nor a hub id like "
+                f"'org/name'; {_HOW_TO}"
+            )
+        hub_file(
+            self.source,
+            self.gguf_file or "config.json",
+            allow_download=self.allow_download,
+            cache_dir=self.cache_dir,
+            revision=self.revision,
+            what="planner model",
+            how_to=_HOW_TO,
+        )
+
     def _load(self) -> LoadedModel:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:  # pragma: no cover - transformers is a core dependency
             raise ConfigurationError("the hf planner needs transformers") from None
         dtype = _pick_dtype(self.dtype, self.device)
+        self.resolve()
         common: dict[str, Any] = {
             "local_files_only": self.local_files_only,
             "trust_remote_code": self.trust_remote_code,
         }
+        if self.cache_dir is not None:
+            common["cache_dir"] = self.cache_dir
         if self.revision:
             common["revision"] = self.revision
         if self.gguf_file:
@@ -200,9 +250,10 @@ class HFPlanner(ChatPlanner):
         except OSError as exc:
             if self.local_files_only:
                 raise ModelNotFoundError(
-                    f"model {self.model!r} is not available locally and downloads are off "
-                    "(HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE or local_files_only); download it "
-                    f"once with `hf download {self.source}` or pass a local path"
+                    f"planner model {self.model!r} is not completely in the local Hugging Face "
+                    f"cache and downloads are off; download it first ('hf download "
+                    f"{self.source}') or allow it (--allow-download, allow_download=True), or "
+                    f"{_HOW_TO}"
                 ) from None
             raise ModelNotFoundError(
                 f"could not load model {self.model!r}: {exc}".splitlines()[0]
@@ -241,19 +292,12 @@ class HFPlanner(ChatPlanner):
                 merged, add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
 
-    def _complete(
-        self,
-        messages: list[ChatMessage],
-        *,
-        structured: bool,
-        image_png: bytes | None,
-        reply_format: ReplyFormat | None = None,
-    ) -> str:
+    def _complete(self, request: ChatRequest) -> str:
         import torch
 
         loaded = self.load()
         tokenizer, model = loaded.tokenizer, loaded.model
-        inputs = self._encode(tokenizer, messages).to(self.device)
+        inputs = self._encode(tokenizer, request.messages).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature)
@@ -261,7 +305,8 @@ class HFPlanner(ChatPlanner):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
         kwargs["pad_token_id"] = pad if pad is not None else tokenizer.eos_token_id
-        if structured and loaded.grammar is not None and reply_format is None:
+        schema = request.mode is ReplyMode.SCHEMA and request.reply_format is None
+        if schema and loaded.grammar is not None:
             from xgrammar.contrib.hf import LogitsProcessor
 
             # one processor per generate() call: it holds the matcher's state

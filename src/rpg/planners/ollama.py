@@ -3,7 +3,7 @@
 It talks to ``/api/chat`` through the official ``ollama`` client and passes the plan's JSON
 Schema as ``format=``, which Ollama turns into a grammar, so even small local models answer
 with a well-formed plan. Retries, validation and reasoning stripping are shared with the other
-backends (:mod:`rpg.planners.structured`).
+backends (:mod:`rpg.planners.remote`, :mod:`rpg.planners.chat`).
 
 :func:`normalize_host` and :func:`server_answers` need no ``ollama`` package; ``auto`` uses them
 to decide whether a server is there.
@@ -12,26 +12,18 @@ to decide whether a server is there.
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from rpg.errors import ConfigurationError, PlannerError
-from rpg.planners.feedback import MultimodalChatPlanner
-from rpg.planners.structured import (
-    ChatMessage,
-    PlannerModelNotFoundError,
-    ReplyFormat,
-    Retry,
-    RetryPolicy,
-    StructuredOutputUnsupported,
-    b64,
-    call_with_retries,
-    plan_schema,
-    shorten,
-    strip_reasoning,
-)
+from rpg.planners.chat import ChatRequest, ReplyMode, attach_image, b64
+from rpg.planners.parsing import shorten
+from rpg.planners.remote import RemoteChatPlanner, public_url
+from rpg.planners.schema import plan_schema
+from rpg.planners.transport import PlannerModelNotFoundError, Retry, RetryPolicy
 
 if TYPE_CHECKING:
     import ollama as ollama_sdk
@@ -43,6 +35,10 @@ DEFAULT_MODEL = "qwen2.5:7b"
 DEFAULT_HOST = "http://127.0.0.1:11434"
 #: The instructions alone are ~2k tokens; Ollama's default context would truncate them.
 DEFAULT_NUM_CTX = 8192
+
+# An error that names the request's `format` field is the server refusing that format; a bare
+# "schema" is not.
+_FORMAT_REJECTED = re.compile(r"\bformat\b|response_format|json_schema", re.IGNORECASE)
 
 
 def normalize_host(host: str | None = None) -> str:
@@ -77,12 +73,15 @@ def server_answers(host: str | None = None, *, timeout: float = 0.5) -> bool:
         return False
 
 
-class OllamaPlanner(MultimodalChatPlanner):
+class OllamaPlanner(RemoteChatPlanner):
     """Plans with a model served by Ollama.
 
     ``host`` defaults to ``$OLLAMA_HOST``, else ``http://127.0.0.1:11434``. ``options`` are passed
     to Ollama as-is and override ``temperature``, ``num_predict`` and ``num_ctx``. ``think``
     switches a thinking model's reasoning on or off (the reasoning itself is discarded).
+    A refused connection fails at once (nothing listens: start ``ollama serve``); a busy or
+    failing server is retried until ``timeout`` seconds have passed in all, unless ``retry``
+    says otherwise.
     """
 
     name = "ollama"
@@ -104,10 +103,14 @@ class OllamaPlanner(MultimodalChatPlanner):
         retry: RetryPolicy | None = None,
         client: ollama_sdk.Client | None = None,
     ) -> None:
-        super().__init__(structured=structured, validation_retries=validation_retries)
+        super().__init__(
+            timeout=timeout,
+            retry=retry,
+            structured=structured,
+            validation_retries=validation_retries,
+        )
         self.model = model or DEFAULT_MODEL
         self.host = normalize_host(host)
-        self.timeout = timeout
         self.think = think
         self.keep_alive = keep_alive
         self.options: dict[str, Any] = {
@@ -116,7 +119,6 @@ class OllamaPlanner(MultimodalChatPlanner):
             "num_ctx": num_ctx,
             **(options or {}),
         }
-        self.retry = retry or RetryPolicy()
         if client is None:
             try:
                 import ollama as ollama_sdk
@@ -131,8 +133,42 @@ class OllamaPlanner(MultimodalChatPlanner):
     def __repr__(self) -> str:
         return f"OllamaPlanner(model={self.model!r}, host={self.host!r})"
 
-    @staticmethod
-    def _classify(exc: BaseException) -> Retry | None:
+    @property
+    def server(self) -> str:
+        return f"the Ollama server at {self.host}"
+
+    @property
+    def server_url(self) -> str:
+        return public_url(self.host)
+
+    def cache_identity(self) -> dict[str, Any]:
+        return {**super().cache_identity(), "options": self.options, "think": self.think}
+
+    def _default_retry(self) -> RetryPolicy:
+        # Retries of a busy or failing server stop once `timeout` seconds have passed in all,
+        # so one request never waits more than about twice the timeout.
+        return RetryPolicy(deadline=self.timeout)
+
+    def _request(self, request: ChatRequest) -> dict[str, Any]:
+        sent = attach_image(
+            request.messages, request.image_png, lambda m, png: {**m, "images": [b64(png)]}
+        )
+        kwargs: dict[str, Any] = {"model": self.model, "messages": sent, "options": self.options}
+        if request.mode is ReplyMode.SCHEMA:
+            fmt = request.reply_format
+            kwargs["format"] = plan_schema() if fmt is None else fmt.schema()
+        if self.think is not None:
+            kwargs["think"] = self.think
+        if self.keep_alive is not None:
+            kwargs["keep_alive"] = self.keep_alive
+        return kwargs
+
+    def _send(self, request: ChatRequest) -> str:
+        response = self._client.chat(**self._request(request))
+        # Thinking models return their reasoning in message.thinking; it is not the answer.
+        return response.message.content or ""
+
+    def _transient(self, exc: BaseException) -> Retry | None:
         import httpx
         import ollama as ollama_sdk
 
@@ -140,73 +176,38 @@ class OllamaPlanner(MultimodalChatPlanner):
             if exc.status_code in (408, 429) or exc.status_code >= 500:
                 return Retry()
             return None
-        if isinstance(exc, (ConnectionError, httpx.TransportError)):  # refused, reset, timeout
+        if isinstance(exc, ConnectionError):  # refused: nothing listens, waiting will not help
+            return None
+        if isinstance(exc, httpx.TransportError):  # reset, dropped, timed out
             return Retry()
         return None
 
-    def _complete(
-        self,
-        messages: list[ChatMessage],
-        *,
-        structured: bool,
-        image_png: bytes | None,
-        reply_format: ReplyFormat | None = None,
-    ) -> str:
+    def _rejects_mode(self, exc: BaseException) -> bool:
+        import ollama as ollama_sdk
+
+        return isinstance(exc, ollama_sdk.ResponseError) and bool(
+            _FORMAT_REJECTED.search(exc.error)
+        )
+
+    def _failure(self, exc: Exception, *, attempts: int) -> Exception | None:
         import httpx
         import ollama as ollama_sdk
 
-        sent: list[dict[str, Any]] = []
-        image_done = image_png is None
-        for m in messages:
-            entry: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-            if m["role"] == "user" and not image_done:
-                entry["images"] = [b64(image_png or b"")]
-                image_done = True
-            sent.append(entry)
-        kwargs: dict[str, Any] = {"model": self.model, "messages": sent, "options": self.options}
-        if structured:
-            kwargs["format"] = plan_schema() if reply_format is None else reply_format.schema()
-        if self.think is not None:
-            kwargs["think"] = self.think
-        if self.keep_alive is not None:
-            kwargs["keep_alive"] = self.keep_alive
-        attempts = self.retry.retries + 1
-        try:
-            response = call_with_retries(
-                lambda: self._client.chat(**kwargs),
-                policy=self.retry,
-                classify=self._classify,
-                what=f"{self.planner_id} request",
+        if isinstance(exc, ollama_sdk.ResponseError):
+            detail = shorten(exc.error)
+            if exc.status_code == 404 and "not found" in detail.lower():
+                return PlannerModelNotFoundError(
+                    f"{self.server} does not have model {self.model!r}; "
+                    f"run `ollama pull {self.model}`"
+                )
+            return self._status_failure(exc.status_code, detail, attempts=attempts)
+        if isinstance(exc, httpx.TimeoutException):
+            return self._timeout_failure(
+                attempts=attempts, hint="a model may still be loading: raise the timeout"
             )
-        except ollama_sdk.ResponseError as exc:
-            raise self._response_error(exc, structured=structured) from None
-        except httpx.TimeoutException:
-            raise PlannerError(
-                f"the Ollama server at {self.host} did not answer within {self.timeout:g} s "
-                f"({attempts} attempts); a model may still be loading: raise the timeout"
-            ) from None
-        except (ConnectionError, httpx.TransportError):
-            raise PlannerError(
+        if isinstance(exc, (ConnectionError, httpx.TransportError)):
+            return PlannerError(
                 f"no Ollama server at {self.host}; start it with `ollama serve`, or point "
                 "OLLAMA_HOST (or --host) at a running one"
-            ) from None
-        # Thinking models return their reasoning in message.thinking; it is not the answer.
-        return strip_reasoning(response.message.content or "")
-
-    def _response_error(self, exc: ollama_sdk.ResponseError, *, structured: bool) -> Exception:
-        status, detail = exc.status_code, shorten(exc.error)
-        if status == 404 and "not found" in detail.lower():
-            return PlannerModelNotFoundError(
-                f"the Ollama server at {self.host} does not have model {self.model!r}; "
-                f"run `ollama pull {self.model}`"
             )
-        if status == 400 and structured and any(w in detail.lower() for w in ("format", "schema")):
-            return StructuredOutputUnsupported(detail)
-        if status >= 500 or status == 429:
-            return PlannerError(
-                f"the Ollama server at {self.host} failed (HTTP {status}) "
-                f"{self.retry.retries + 1} times: {detail}"
-            )
-        return PlannerError(
-            f"the Ollama server at {self.host} rejected the request (HTTP {status}): {detail}"
-        )
+        return None

@@ -2,11 +2,14 @@
 
 That covers the OpenAI API itself and the local servers that copy it (vLLM, llama.cpp's
 ``llama-server``, LM Studio, DeepSeek, ...), through the official ``openai`` client. The plan is
-requested as structured output (``response_format`` with the plan's JSON Schema); a server that
-rejects that gets the RPG text template instead, for the rest of the planner's life.
+requested as structured output (``response_format`` with the plan's JSON Schema). A server that
+rejects it (an error that names ``response_format`` or ``json_schema``, with any HTTP status:
+llama.cpp's server answers 500) is asked again at once, one step down: ``json_object`` with the
+schema alongside (llama.cpp's extension), then plain ``json_object``, then the RPG text template;
+the planner remembers the step for the rest of its life.
 
 The client library's own retries are switched off (``max_retries=0``): retries, backoff and
-``retry-after`` handling are :func:`rpg.planners.structured.call_with_retries`, the same for
+``retry-after`` handling are :func:`rpg.planners.transport.call_with_retries`, the same for
 every backend and testable. The API key is handed to the client and kept nowhere else; it never
 appears in a message, a log line, a cache file or a plan.
 """
@@ -18,22 +21,16 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError, PlannerError
-from rpg.planners.feedback import MultimodalChatPlanner
-from rpg.planners.structured import (
-    SCHEMA_NAME,
-    ChatMessage,
+from rpg.planners.chat import ChatRequest, ReplyMode, attach_image, b64
+from rpg.planners.parsing import shorten
+from rpg.planners.remote import RemoteChatPlanner, plural, public_url
+from rpg.planners.schema import SCHEMA_NAME, plan_schema
+from rpg.planners.transport import (
     PlannerConfigurationError,
     PlannerModelNotFoundError,
-    ReplyFormat,
     Retry,
     RetryPolicy,
-    StructuredOutputUnsupported,
-    b64,
-    call_with_retries,
     parse_retry_after,
-    plan_schema,
-    shorten,
-    strip_reasoning,
 )
 
 if TYPE_CHECKING:
@@ -50,8 +47,9 @@ PLACEHOLDER_KEY = "sk-no-key-required"
 
 # OpenAI's reasoning families take max_completion_tokens, no temperature, and a developer message.
 _REASONING = re.compile(r"^(o\d+|gpt-5)([-.:_].*)?$", re.IGNORECASE)
-# Errors of a server that does not do structured output mention one of these.
-_STRUCTURED_HINT = re.compile(r"response_format|json_schema|structured|schema|grammar", re.I)
+# An error that names the request's reply-format field is the server refusing that format; a
+# bare "schema" (a tool schema, a server's own config) is not.
+_FORMAT_REJECTED = re.compile(r"response_format|json_schema", re.IGNORECASE)
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -59,7 +57,7 @@ def is_reasoning_model(model: str) -> bool:
     return bool(_REASONING.match(model.rsplit("/", 1)[-1]))
 
 
-class OpenAIPlanner(MultimodalChatPlanner):
+class OpenAIPlanner(RemoteChatPlanner):
     """Plans with a chat model behind an OpenAI-compatible API.
 
     ``api_key`` defaults to ``$OPENAI_API_KEY`` and ``base_url`` to ``$OPENAI_BASE_URL`` (else the
@@ -71,6 +69,7 @@ class OpenAIPlanner(MultimodalChatPlanner):
     """
 
     name = "openai"
+    reply_modes = (ReplyMode.SCHEMA, ReplyMode.JSON_WITH_SCHEMA, ReplyMode.JSON, ReplyMode.TEXT)
 
     def __init__(
         self,
@@ -89,16 +88,19 @@ class OpenAIPlanner(MultimodalChatPlanner):
         retry: RetryPolicy | None = None,
         client: openai_sdk.OpenAI | None = None,
     ) -> None:
-        super().__init__(structured=structured, validation_retries=validation_retries)
+        super().__init__(
+            timeout=timeout,
+            retry=retry,
+            structured=structured,
+            validation_retries=validation_retries,
+        )
         self.model = model or DEFAULT_MODEL
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        self.timeout = timeout
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.reasoning = is_reasoning_model(self.model) if reasoning is None else reasoning
         self.reasoning_effort = reasoning_effort
         self.strict = strict
-        self.retry = retry or RetryPolicy()
         self._placeholder_key = False
         if client is None:
             client = self._make_client(api_key)
@@ -133,33 +135,51 @@ class OpenAIPlanner(MultimodalChatPlanner):
         """Where requests go, for messages."""
         return self.base_url or "the OpenAI API"
 
+    @property
+    def server_url(self) -> str:
+        return public_url(self.base_url or str(self._client.base_url))
+
+    def cache_identity(self) -> dict[str, Any]:
+        sampling: dict[str, Any] = (
+            {"max_completion_tokens": self.max_tokens, "reasoning_effort": self.reasoning_effort}
+            if self.reasoning
+            else {"max_tokens": self.max_tokens, "temperature": self.temperature}
+        )
+        return {**super().cache_identity(), **sampling, "strict": self.strict}
+
     # -- the request
 
-    def _request(
-        self,
-        messages: list[ChatMessage],
-        *,
-        structured: bool,
-        image_png: bytes | None,
-        reply_format: ReplyFormat | None = None,
-    ) -> dict[str, Any]:
-        sent: list[dict[str, Any]] = []
-        image_done = image_png is None
-        for m in messages:
-            role = m["role"]
-            if role == "system" and self.reasoning:
-                role = "developer"
-            content: Any = m["content"]
-            if role == "user" and not image_done:
-                content = [
-                    {"type": "text", "text": m["content"]},
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": f"data:image/png;base64,{b64(image_png or b'')}"},
-                    },
-                ]
-                image_done = True
-            sent.append({"role": role, "content": content})
+    def _response_format(self, request: ChatRequest) -> dict[str, Any] | None:
+        fmt = request.reply_format
+        name = SCHEMA_NAME if fmt is None else fmt.name
+
+        def schema(strict: bool) -> dict[str, Any]:
+            return plan_schema(strict=strict) if fmt is None else fmt.schema(strict=strict)
+
+        if request.mode is ReplyMode.SCHEMA:
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": name, "schema": schema(self.strict), "strict": self.strict},
+            }
+        if request.mode is ReplyMode.JSON_WITH_SCHEMA:  # llama.cpp's spelling
+            return {"type": "json_object", "schema": schema(False)}
+        if request.mode is ReplyMode.JSON:
+            return {"type": "json_object"}
+        return None
+
+    def _request(self, request: ChatRequest) -> dict[str, Any]:
+        def with_image(message: dict[str, Any], png: bytes) -> dict[str, Any]:
+            parts = [
+                {"type": "text", "text": message["content"]},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64(png)}"}},
+            ]
+            return {**message, "content": parts}
+
+        sent = attach_image(request.messages, request.image_png, with_image)
+        if self.reasoning:
+            for message in sent:
+                if message["role"] == "system":
+                    message["role"] = "developer"
         kwargs: dict[str, Any] = {"model": self.model, "messages": sent}
         if self.reasoning:
             kwargs["max_completion_tokens"] = self.max_tokens
@@ -168,21 +188,12 @@ class OpenAIPlanner(MultimodalChatPlanner):
         else:
             kwargs["max_tokens"] = self.max_tokens
             kwargs["temperature"] = self.temperature
-        if structured:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": SCHEMA_NAME if reply_format is None else reply_format.name,
-                    "schema": plan_schema(strict=self.strict)
-                    if reply_format is None
-                    else reply_format.schema(strict=self.strict),
-                    "strict": self.strict,
-                },
-            }
+        response_format = self._response_format(request)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
         return kwargs
 
-    @staticmethod
-    def _classify(exc: BaseException) -> Retry | None:
+    def _transient(self, exc: BaseException) -> Retry | None:
         import openai as openai_sdk
 
         if isinstance(exc, openai_sdk.APIStatusError):
@@ -195,44 +206,15 @@ class OpenAIPlanner(MultimodalChatPlanner):
             return Retry()
         return None
 
-    def _complete(
-        self,
-        messages: list[ChatMessage],
-        *,
-        structured: bool,
-        image_png: bytes | None,
-        reply_format: ReplyFormat | None = None,
-    ) -> str:
+    def _rejects_mode(self, exc: BaseException) -> bool:
         import openai as openai_sdk
 
-        kwargs = self._request(
-            messages, structured=structured, image_png=image_png, reply_format=reply_format
+        return isinstance(exc, openai_sdk.APIStatusError) and bool(
+            _FORMAT_REJECTED.search(f"{exc.message} {exc.body}")
         )
-        try:
-            completion = call_with_retries(
-                lambda: self._client.chat.completions.create(**kwargs),
-                policy=self.retry,
-                classify=self._classify,
-                what=f"{self.planner_id} request",
-            )
-        except openai_sdk.APIStatusError as exc:
-            raise self._status_error(exc, structured=structured) from None
-        except openai_sdk.APITimeoutError:
-            raise PlannerError(
-                f"{self.server} did not answer within {self.timeout:g} s "
-                f"({self.retry.retries + 1} attempts); raise the timeout or check the server"
-            ) from None
-        except openai_sdk.APIConnectionError as exc:
-            hint = (
-                "check --base-url and that the server is running"
-                if self.base_url
-                else ("check the network connection, or pass --base-url for a local server")
-            )
-            raise PlannerError(
-                f"could not connect to {self.server} ({self.retry.retries + 1} attempts): "
-                f"{shorten(str(exc.__cause__ or exc))}; {hint}"
-            ) from None
 
+    def _send(self, request: ChatRequest) -> str:
+        completion = self._client.chat.completions.create(**self._request(request))
         if not completion.choices:
             raise PlannerError(f"{self.server} returned no choices for model {self.model!r}")
         choice = completion.choices[0]
@@ -247,9 +229,30 @@ class OpenAIPlanner(MultimodalChatPlanner):
             )
         # DeepSeek-style servers put the chain of thought in `reasoning_content`; it is never
         # part of the answer, so it is ignored here, and <think> blocks are stripped.
-        return strip_reasoning(message.content or "")
+        return message.content or ""
 
-    def _status_error(self, exc: openai_sdk.APIStatusError, *, structured: bool) -> Exception:
+    def _failure(self, exc: Exception, *, attempts: int) -> Exception | None:
+        import openai as openai_sdk
+
+        if isinstance(exc, openai_sdk.APIStatusError):
+            return self._status_error(exc, attempts=attempts)
+        if isinstance(exc, openai_sdk.APITimeoutError):
+            return self._timeout_failure(
+                attempts=attempts, hint="raise the timeout or check the server"
+            )
+        if isinstance(exc, openai_sdk.APIConnectionError):
+            hint = (
+                "check --base-url and that the server is running"
+                if self.base_url
+                else ("check the network connection, or pass --base-url for a local server")
+            )
+            return PlannerError(
+                f"could not connect to {self.server} ({plural(attempts, 'attempt')}): "
+                f"{shorten(str(exc.__cause__ or exc))}; {hint}"
+            )
+        return None
+
+    def _status_error(self, exc: openai_sdk.APIStatusError, *, attempts: int) -> Exception:
         status = exc.status_code
         detail = shorten(exc.message)
         if status == 401:
@@ -268,19 +271,4 @@ class OpenAIPlanner(MultimodalChatPlanner):
                 f"{self.server} has no model {self.model!r} (HTTP 404): {detail}; "
                 "check --model (and --base-url, which usually ends in /v1)"
             )
-        if (
-            status in (400, 422)
-            and structured
-            and _STRUCTURED_HINT.search(f"{exc.message} {exc.body}")
-        ):
-            return StructuredOutputUnsupported(detail)
-        if status == 429:
-            return PlannerError(
-                f"{self.server} is rate-limiting requests (HTTP 429) after "
-                f"{self.retry.retries + 1} attempts: {detail}; wait and try again"
-            )
-        if status >= 500:
-            return PlannerError(
-                f"{self.server} failed (HTTP {status}) {self.retry.retries + 1} times: {detail}"
-            )
-        return PlannerError(f"{self.server} rejected the request (HTTP {status}): {detail}")
+        return self._status_failure(status, detail, attempts=attempts)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rpg.errors import PlannerError
 from rpg.layout import parse_split_ratio, split_prompts
 from rpg.models import Entity, PlanResult, Recaption, RegionPlan
+from rpg.planners.parsing import strip_reasoning
 
 __all__ = [
     "EXAMPLES",
@@ -204,9 +205,6 @@ _LABEL_RES = {
     )
     for key, pat in _LABELS.items()
 }
-_THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.IGNORECASE | re.DOTALL)
-_THINK_OPEN = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
 _FENCE = re.compile(r"^\s*(?:```|~~~).*$")
 _BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
 _RATIO = re.compile(r"^(?:[\d.,;\s+]|-(?=\d))+")
@@ -224,16 +222,6 @@ def _label_of(line: str) -> tuple[str, str] | None:
         if m.group("sep") or not value:
             return key, value
     return None
-
-
-def _strip_reasoning(text: str) -> str:
-    text = _THINK_BLOCK.sub("\n", text)
-    close = list(_THINK_CLOSE.finditer(text))
-    if close:  # the opening tag was part of the prompt, or blocks were nested
-        text = text[close[-1].end() :]
-    # An unclosed block (the model ran out of tokens or never closed it): drop the tag only and
-    # let the last occurrence of each label win, since drafts come before the final answer.
-    return _THINK_OPEN.sub("\n", text)
 
 
 def _clean(piece: str) -> str:
@@ -335,7 +323,7 @@ def parse_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
             "the reply is empty; expected 'Final split ratio:' and 'Regional Prompt:' lines",
             "" if not isinstance(text, str) else text,
         )
-    body = _strip_reasoning(text)
+    body = strip_reasoning(text)
     lines = [line for line in body.splitlines() if not _FENCE.match(line)]
 
     found: dict[str, tuple[int, str]] = {}
