@@ -13,6 +13,7 @@ from rpg.cli.common import (
     add_planner_arguments,
     add_render_arguments,
     load_rpg,
+    planner_options,
     request_overrides,
 )
 from rpg.errors import ConfigurationError
@@ -25,8 +26,11 @@ _EXAMPLES = """examples:
   rpg batch requests.jsonl --out out/ --plan plan.json --model ./my-sd15-folder
 
 Each line of REQUESTS.jsonl is a JSON object with GenerationRequest fields (only "prompt" is
-required) or a bare JSON string prompt. Options given here are defaults that a line overrides.
-Running the same command again skips finished items (see OUT/manifest.jsonl).
+required) or a bare JSON string prompt. Options given here are defaults that a line overrides,
+except --seeds, which replaces every line's seed. A line may name its own "planner" and give it
+"planner_options" (e.g. {"planner": "ollama", "planner_options": {"model": "qwen2.5:7b"}}).
+Running the same command again skips finished items (see OUT/manifest.jsonl): an item is
+finished when a run with exactly the same settings wrote its files.
 
 ControlNet: give lines "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png",
 "scale": 0.7}] (control image paths are relative to the current folder). The ControlNets are
@@ -87,6 +91,31 @@ def batch_controlnets(items: Sequence[BatchItem]) -> list[str] | None:
     return list(controlled[0])
 
 
+def batch_model(items: Sequence[BatchItem], given: str | None) -> str:
+    """The one model the batch loads: ``--model``, else the one the lines name, else the default.
+
+    Lines that name another model than the one loaded are refused before anything is loaded,
+    rather than rendered with a model they did not ask for.
+    """
+    named: dict[str, list[int]] = {}
+    for item in items:
+        if item.request is not None and item.request.model is not None:
+            named.setdefault(item.request.model, []).append(item.line)
+    model = given or (next(iter(named)) if len(named) == 1 else None) or DEFAULT_MODEL
+    others = {name: lines for name, lines in named.items() if name != model}
+    if others:
+        asked = "; ".join(
+            f"{name} (line{'s' if len(set(lines)) > 1 else ''} "
+            f"{', '.join(map(str, sorted(set(lines))[:5]))})"
+            for name, lines in others.items()
+        )
+        raise ConfigurationError(
+            f"a batch loads one model ({model}), but lines ask for {asked}; "
+            "split them into one file per model"
+        )
+    return model
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "batch",
@@ -109,7 +138,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
-    from rpg.models import RegionPlan
 
     if not args.requests.is_file():
         raise ConfigurationError(f"requests file not found: {args.requests}")
@@ -117,16 +145,15 @@ def run(args: argparse.Namespace) -> int:
     if not lines:
         raise ConfigurationError(f"{args.requests} has no requests")
     defaults = request_overrides(args)
-    shared_plan: RegionPlan | None = defaults.pop("plan", None)
-    model = args.model or DEFAULT_MODEL
-    defaults["model"] = model
-    items = expand_requests(lines, defaults=defaults, seeds=args.seeds)
-    pipe = load_rpg(args, model, args.planner, controlnet=batch_controlnets(items))
+    options = planner_options(args)
+    if options:
+        defaults["planner_options"] = options
+    model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
+    # every request records the model the batch loads, and is keyed by it
+    items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
+    controlnet = batch_controlnets(items)
+    pipe = load_rpg(args, model, args.planner, controlnet=controlnet)
     pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
-    report = run_batch(pipe, items, args.out, plan=shared_plan, progress=not args.no_progress)
-    print(
-        f"{report.done} done, {report.skipped} already done, {report.failed} failed, "
-        f"{report.plans_made} plan{'s' if report.plans_made != 1 else ''} made; "
-        f"manifest: {args.out / MANIFEST_NAME}"
-    )
+    report = run_batch(pipe, items, args.out, progress=not args.no_progress)
+    print(f"{report.summary()}; manifest: {args.out / MANIFEST_NAME}")
     return 1 if report.failed else 0
