@@ -119,3 +119,26 @@ def test_the_model_the_lines_name_is_loaded_and_recorded(tmp_path: Path, rpg_cac
     (png,) = out.glob("*.png")
     request = load_request(png)
     assert (request.model, request.seed) == ("tiny-sd", 5)  # the line's own seed is kept
+
+
+def test_ray_options_without_ray_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n')
+    assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--workers", "2"]) == 1
+    assert "--ray-address and --workers go with --ray" in capsys.readouterr().err
+    assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--ray", "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_ray_engine_without_ray_installed_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--ray", "--no-progress"]) == 1
+    assert "pip install 'rpg-diffusion[ray]'" in capsys.readouterr().err
+    assert not out.exists()

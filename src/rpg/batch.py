@@ -5,8 +5,9 @@ expanded over the seeds, planned once per distinct (planner, planner options, pr
 one shared plan), rendered, and recorded in ``manifest.jsonl``. Running the same batch again skips
 what is already done, so an interrupted run (Ctrl-C, a kill, a crash) resumes where it stopped.
 
-The pieces here — :class:`Manifest`, :class:`PlanBook`, :func:`render_item` — are meant to be
-shared by every engine, so that each writes the same records and the same files.
+The pieces here — :class:`Manifest`, :class:`PlanBook`, :func:`render_item` — are shared by every
+engine: the local loop below and the Ray engine (:mod:`rpg.batch_ray`) write the same records
+and the same files.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -532,19 +533,32 @@ def _iter_local(
 
 
 def run_batch(
-    pipe: RPG,
+    pipe: Any,
     items: Sequence[BatchItem],
     out_dir: str | os.PathLike[str],
     *,
     plan: RegionPlan | None = None,
     progress: bool = True,
+    engine: Literal["local", "ray"] = "local",
+    **engine_options: Any,
 ) -> BatchReport:
     """Render ``items`` into ``out_dir``, skipping items the manifest records as done.
 
-    Each distinct (planner, options, prompt) is planned once (or ``plan`` is used for every item
-    without a plan). A failing item is recorded with its error and the batch goes on; only
-    KeyboardInterrupt stops it, after which the next run resumes.
+    ``pipe`` is a loaded :class:`~rpg.orchestrator.RPG` for the local engine; for
+    ``engine="ray"`` it is a :class:`rpg.batch_ray.ModelSpec` that each Ray worker loads, and
+    ``engine_options`` go to :func:`rpg.batch_ray.run_ray_batch` (``address``, ``workers``,
+    ``num_gpus``). Each distinct (planner, options, prompt) is planned once (or ``plan`` is used
+    for every item without a plan). A failing item is recorded with its error and the batch goes
+    on; only KeyboardInterrupt stops it, after which the next run resumes.
     """
+    if engine == "ray":
+        from rpg.batch_ray import run_ray_batch
+
+        return run_ray_batch(pipe, items, out_dir, plan=plan, progress=progress, **engine_options)
+    if engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine_options:
+        raise TypeError(f"the local engine takes no options {sorted(engine_options)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_partial_files(out)

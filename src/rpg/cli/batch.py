@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rpg.cli.common import (
     DEFAULT_MODEL,
@@ -91,6 +91,16 @@ def batch_controlnets(items: Sequence[BatchItem]) -> list[str] | None:
     return list(controlled[0])
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def batch_model(items: Sequence[BatchItem], given: str | None) -> str:
     """The one model the batch loads: ``--model``, else the one the lines name, else the default.
 
@@ -132,11 +142,49 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_model_arguments(p)
     add_planner_arguments(p)
     add_render_arguments(p)
+    ray = p.add_argument_group("ray (pip install 'rpg-diffusion[ray]')")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="render on a Ray cluster: one loaded model per worker, same manifest and resume",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the cluster to join (auto, ray://HOST:10001); default: RAY_ADDRESS, else a new "
+        "local Ray instance",
+    )
+    ray.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="render workers (default: one per GPU in the cluster, else one); each loads the "
+        "model once and takes one GPU when the cluster has GPUs",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
 
 
+def ray_model_spec(args: argparse.Namespace, model: str, controlnet: list[str] | None) -> Any:
+    """What each Ray worker loads, from the same options the local engine loads with."""
+    from rpg.batch_ray import ModelSpec
+
+    return ModelSpec(
+        model=model,
+        device=args.device or "auto",
+        dtype=args.dtype or "auto",
+        config=args.config,
+        allow_download=args.allow_download,
+        controlnet=tuple(controlnet or ()),
+        kv_cache=args.kv_cache,
+        planner=args.planner or "auto",
+        planner_options=planner_options(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if (args.ray_address or args.workers) and not args.ray:
+        raise ConfigurationError("--ray-address and --workers go with --ray")
     from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
 
     if not args.requests.is_file():
@@ -152,8 +200,19 @@ def run(args: argparse.Namespace) -> int:
     # every request records the model the batch loads, and is keyed by it
     items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
     controlnet = batch_controlnets(items)
-    pipe = load_rpg(args, model, args.planner, controlnet=controlnet)
-    pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
-    report = run_batch(pipe, items, args.out, progress=not args.no_progress)
+    if args.ray:
+        report = run_batch(
+            ray_model_spec(args, model, controlnet),
+            items,
+            args.out,
+            progress=not args.no_progress,
+            engine="ray",
+            address=args.ray_address,
+            workers=args.workers,
+        )
+    else:
+        pipe = load_rpg(args, model, args.planner, controlnet=controlnet)
+        pipe.pipe.set_progress_bar_config(disable=True)  # one bar over items, not one per image
+        report = run_batch(pipe, items, args.out, progress=not args.no_progress)
     print(f"{report.summary()}; manifest: {args.out / MANIFEST_NAME}")
     return 1 if report.failed else 0
