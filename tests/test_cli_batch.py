@@ -128,8 +128,10 @@ def test_ray_options_without_ray_are_a_usage_error(
     src.write_text('{"prompt": "a cat"}\n')
     assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--workers", "2"]) == 1
     assert "--ray-address and --workers go with --ray" in capsys.readouterr().err
-    assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--ray", "--workers", "0"]) == 2
-    assert "--workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["batch", str(src), "--out", str(tmp_path / "o"), "--ray", "--workers", "0"])
+    assert exited.value.code == 2
+    assert "--workers: must be a whole number of at least 1" in capsys.readouterr().err
 
 
 def test_ray_engine_without_ray_installed_says_how_to_get_it(
