@@ -56,6 +56,10 @@ class CrashingRPG:
     def get_planner(self, name: str | None = None) -> Any:
         return self.inner.get_planner(name)
 
+    @property
+    def planner_name(self) -> str:
+        return self.inner.planner_name
+
     def generate(self, request: Any) -> Any:
         self.renders += 1
         if self.renders == self.crash_on:

@@ -332,18 +332,21 @@ class PlanBook:
         return item.with_plan(plan)
 
 
-def rpg_planners(pipe: RPG) -> PlannerSource:
-    """Planners for a :class:`PlanBook` from ``pipe``: its own, or new ones for other options."""
-    made: dict[tuple[str | None, str], Planner] = {}
+def planner_source(get_planner: Callable[[str | None], Planner], default: str) -> PlannerSource:
+    """Planners for a :class:`PlanBook`: ``get_planner(name)`` (``None``: the ``default`` one,
+    with its configured options) when a line gives no options, else one made with the line's
+    options, once per (name, options).
+    """
+    made: dict[tuple[str, str], Planner] = {}
 
     def planners(name: str | None, options: Mapping[str, Any]) -> Planner:
         if not options:
-            return pipe.get_planner(name)
-        key = (name, json.dumps(dict(options), sort_keys=True))
+            return get_planner(name)
+        key = (name or default, json.dumps(dict(options), sort_keys=True))
         if key not in made:
             from rpg import create_planner
 
-            made[key] = create_planner(name or pipe.get_planner().name, **options)
+            made[key] = create_planner(key[0], **options)
         return made[key]
 
     return planners
@@ -564,7 +567,7 @@ def run_batch(
     remove_partial_files(out)
     manifest = Manifest(out)
     todo, skipped = pending_items(items, manifest, plan=plan)
-    book = PlanBook(rpg_planners(pipe))
+    book = PlanBook(planner_source(pipe.get_planner, pipe.planner_name))
     report = BatchReport(skipped=skipped)
     record_all(
         _iter_local(pipe, todo, out, book), manifest, report, BatchProgress(len(todo), progress)

@@ -15,7 +15,6 @@ CPUs that the render actors need on small clusters.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,8 +28,10 @@ from rpg.batch import (
     BatchReport,
     Manifest,
     PlanBook,
+    PlannerSource,
     failure_record,
     pending_items,
+    planner_source,
     record_all,
     remove_partial_files,
     render_item,
@@ -87,22 +88,20 @@ class ModelSpec:
         pipe.pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def planners(self) -> Any:
+    def planners(self) -> PlannerSource:
         """Planners for the driver's :class:`~rpg.batch.PlanBook`, as an RPG of this spec has."""
-        made: dict[tuple[str, str], Planner] = {}
+        made: dict[str, Planner] = {}
 
-        def planner_for(name: str | None, options: Mapping[str, Any]) -> Planner:
+        def get_planner(name: str | None) -> Planner:
             name = name or self.planner
-            if not options and name == self.planner:
-                options = self.planner_options
-            key = (name, json.dumps(dict(options), sort_keys=True))
-            if key not in made:
+            if name not in made:
                 from rpg import create_planner
 
-                made[key] = create_planner(name, **options)
-            return made[key]
+                options = self.planner_options if name == self.planner else {}
+                made[name] = create_planner(name, **options)
+            return made[name]
 
-        return planner_for
+        return planner_source(get_planner, self.planner)
 
 
 class _Renderer:

@@ -151,8 +151,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ray.add_argument(
         "--ray-address",
         metavar="ADDRESS",
-        help="the cluster to join (auto, ray://HOST:10001); default: RAY_ADDRESS, else a new "
-        "local Ray instance",
+        help="the cluster to join (auto, ray://HOST:10001, or local for a new one-machine "
+        "instance); default: RAY_ADDRESS, else a cluster started here with 'ray start', else a "
+        "new local instance",
     )
     ray.add_argument(
         "--workers",
