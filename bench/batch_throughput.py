@@ -2,12 +2,13 @@
 
 Renders the same ``--items`` requests (distinct prompts, rules planner) with the local engine
 (one process, one loaded model) and with the Ray engine on 1, 2, … actors (``--workers``), each
-into a fresh folder. *Render* time runs from the first item handed out to the last record
-written (what ``BatchReport.seconds`` measures); *wall* time adds starting the actors and
-loading their models, which a long batch pays once. On CPU every Ray actor gets an even share of
-the Ray instance's CPUs (``--cpus``) as its torch threads, while the local engine uses torch's
-default thread count, so on a small CPU machine more actors share the same cores; the numbers
-that matter are on a GPU cluster (one GPU per actor), where actors scale with GPUs.
+into a fresh folder, in ``--repeats`` interleaved rounds (every round runs every configuration
+once), and prints the median. *Render* time runs from the first item handed out to the last
+record written (what ``BatchReport.seconds`` measures); *wall* time adds starting the actors and
+loading their models (for the local engine: loading its model once), which a long batch pays
+once. On CPU every Ray actor gets an even share of the Ray instance's CPUs (``--cpus``) as its
+torch threads, while the local engine uses torch's thread count (``--local-threads``, default
+torch's own); the numbers that matter are on a GPU cluster (one GPU per actor).
 
     python bench/batch_throughput.py                                  # tiny-sd, 16 items, CPU
     python bench/batch_throughput.py --items 64 --steps 20 --size 512x512 --model ./sd15 \\
@@ -19,10 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from rpg.batch import BatchItem, BatchReport, expand_requests, run_batch
 from rpg.batch_ray import ModelSpec
@@ -48,10 +52,14 @@ def _items(count: int, steps: int, width: int, height: int, model: str) -> list[
     return expand_requests(lines, defaults=defaults)
 
 
-def _row(engine: str, workers: int, report: BatchReport, wall: float) -> str:
+def _row(engine: str, workers: int, runs: list[tuple[BatchReport, float]]) -> str:
+    images = runs[0][0].images
+    render = statistics.median(report.seconds for report, _ in runs)
+    wall = statistics.median(wall for _, wall in runs)
+    every = ", ".join(f"{60 * report.images / report.seconds:.0f}" for report, _ in runs)
     return (
-        f"| {engine} | {workers} | {report.images} | {report.seconds:.1f} | "
-        f"{report.images_per_minute:.1f} | {wall:.1f} |"
+        f"| {engine} | {workers} | {images} | {render:.1f} | {60 * images / render:.1f} | "
+        f"{every} | {wall:.1f} |"
     )
 
 
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="Ray actor counts, e.g. 1,2,4")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs for Ray")
     parser.add_argument("--ray-address", help="an existing cluster (default: a local instance)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--local-threads", type=int, help="torch threads of the local engine")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     worker_counts = [int(v) for v in args.workers.split(",")]
@@ -75,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = ModelSpec(model=args.model, device=args.device, dtype=args.dtype, planner="rules")
     items = _items(args.items, args.steps, width, height, args.model)
-    rows = []
+    runs: dict[tuple[str, int], list[tuple[BatchReport, float]]] = {}
+    if args.local_threads:
+        torch.set_num_threads(args.local_threads)
     with tempfile.TemporaryDirectory(prefix="rpg-bench-") as tmp:
         started = time.perf_counter()
         pipe = spec.load()
-        report = run_batch(pipe, items, Path(tmp) / "local", progress=False)
-        rows.append(_row("local", 1, report, time.perf_counter() - started))
-        del pipe
+        load_seconds = time.perf_counter() - started
 
         env = {k: v for k, v in os.environ.items() if k.startswith(("RPG_", "HF_"))}
         if args.ray_address:
@@ -96,29 +106,32 @@ def main(argv: list[str] | None = None) -> int:
                 log_to_driver=False,
             )
         try:
-            for workers in worker_counts:
-                started = time.perf_counter()
-                report = run_batch(
-                    spec,
-                    items,
-                    Path(tmp) / f"ray-{workers}",
-                    progress=False,
-                    engine="ray",
-                    workers=workers,
-                )
-                rows.append(_row("ray", workers, report, time.perf_counter() - started))
+            for round_ in range(args.repeats):
+                out = Path(tmp) / f"round-{round_}"
+                report = run_batch(pipe, items, out / "local", progress=False)
+                runs.setdefault(("local", 1), []).append((report, report.seconds + load_seconds))
+                for workers in worker_counts:
+                    started = time.perf_counter()
+                    report = run_batch(
+                        spec, items, out / f"ray-{workers}", progress=False, engine="ray",
+                        workers=workers,
+                    )  # fmt: skip
+                    wall = time.perf_counter() - started
+                    runs.setdefault(("ray", workers), []).append((report, wall))
         finally:
             ray.shutdown()
 
     print(
         f"# batch throughput: {args.model}, {args.items} items, {args.steps} steps, "
-        f"{width}x{height}, {args.device} {args.dtype}; Ray CPUs {args.cpus}; "
-        f"python {platform.python_version()}, ray {ray.__version__}, {os.cpu_count()} cores"
+        f"{width}x{height}, {args.device} {args.dtype}; Ray CPUs {args.cpus}, local torch "
+        f"threads {torch.get_num_threads()}; median of {args.repeats} interleaved rounds; "
+        f"python {platform.python_version()}, ray {ray.__version__}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print("| engine | workers | images | render s | images/min | wall s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print(row)
+    print("| engine | workers | images | render s | images/min | images/min each round | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (engine, workers), done in runs.items():
+        print(_row(engine, workers, done))
     return 0
 
 
