@@ -95,3 +95,52 @@ def test_killed_batch_resumes_without_redoing_finished_items(
     assert len(done_keys) == 6, "a finished item was rendered again"
     assert len(list(out.glob("*.png"))) == 6
     assert not list(out.glob("*.part"))
+
+
+def test_lines_that_name_another_model_are_refused_before_loading(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "model": "tiny-sdxl"}\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--model", "tiny-sd", "--no-progress"]) == 1
+    assert "tiny-sdxl (line 2)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_model_the_lines_name_is_loaded_and_recorded(tmp_path: Path, rpg_cache: Path) -> None:
+    from rpg.metadata import load_request
+
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat", "model": "tiny-sd", "seed": 5}\n')
+    out = tmp_path / "out"
+    argv = ["batch", str(src), "--out", str(out), "--steps", "1", "--size", "64x64"]
+    assert main([*argv, "--planner", "rules", "--no-progress"]) == 0
+    (png,) = out.glob("*.png")
+    request = load_request(png)
+    assert (request.model, request.seed) == ("tiny-sd", 5)  # the line's own seed is kept
+
+
+def test_ray_options_without_ray_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n')
+    assert main(["batch", str(src), "--out", str(tmp_path / "o"), "--workers", "2"]) == 1
+    assert "--ray-address and --workers go with --ray" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["batch", str(src), "--out", str(tmp_path / "o"), "--ray", "--workers", "0"])
+    assert exited.value.code == 2
+    assert "--workers: must be a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_ray_engine_without_ray_installed_says_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--ray", "--no-progress"]) == 1
+    assert "pip install 'rpg-diffusion[ray]'" in capsys.readouterr().err
+    assert not out.exists()

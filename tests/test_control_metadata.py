@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,7 +14,6 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from rpg import ControlInput
 from rpg.backbones.tiny.controlnet import write_tiny_controlnet
-from rpg.batch import _key as batch_key
 from rpg.cli import main
 from rpg.edit import edit
 from rpg.errors import ConfigurationError
@@ -353,15 +351,6 @@ def test_batch_renders_controls_from_jsonl(rpg_cache: Path, tmp_path: Path) -> N
     (control,) = load_request(png).controls
     assert control.scale == 0.9 and control.sha256 == image_sha256(edges())
     assert read_control_images(png)[0] is not None
-
-
-def test_batch_keys_of_plain_requests_are_unchanged_so_old_manifests_resume() -> None:
-    plain = request()
-    before_controls = plain.model_dump_json(exclude={"num_images"}).replace(',"controls":[]', "")
-    assert "controls" not in before_controls
-    assert batch_key(plain) == hashlib.sha256(before_controls.encode()).hexdigest()[:16]
-    controlled = request(controls=[ControlInput(controlnet="tiny-controlnet", image="e.png")])
-    assert batch_key(controlled) != batch_key(plain)
 
 
 def test_batch_with_different_controlnets_per_line_is_refused(

@@ -283,6 +283,11 @@ class RPG:
         """The default planner (created on first use)."""
         return self.get_planner()
 
+    @property
+    def planner_name(self) -> str:
+        """The registered name of the default planner (``get_planner(None)``)."""
+        return self._planner_name
+
     def get_planner(self, name: str | None = None) -> Planner:
         """The planner registered as ``name`` (default: this RPG's own), created on first use.
 

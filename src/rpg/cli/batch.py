@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rpg.cli.checks import check_output_dir, check_scheduler_flag, validate_request
 from rpg.cli.common import (
@@ -15,10 +15,12 @@ from rpg.cli.common import (
     add_planner_arguments,
     add_render_arguments,
     load_rpg,
+    planner_options,
     prepare_planner,
     request_overrides,
 )
 from rpg.errors import ConfigurationError
+from rpg.planners.base import DEFAULT_PLANNER
 
 if TYPE_CHECKING:
     from rpg.batch import BatchItem
@@ -28,8 +30,11 @@ _EXAMPLES = """examples:
   rpg batch requests.jsonl --out out/ --plan plan.json --model ./my-sd15-folder
 
 Each line of REQUESTS.jsonl is a JSON object with GenerationRequest fields (only "prompt" is
-required) or a bare JSON string prompt. Options given here are defaults that a line overrides.
-Running the same command again skips finished items (see OUT/manifest.jsonl).
+required) or a bare JSON string prompt. Options given here are defaults that a line overrides,
+except --seeds, which replaces every line's seed. A line may name its own "planner" and give it
+"planner_options" (e.g. {"planner": "ollama", "planner_options": {"model": "qwen2.5:7b"}}).
+Running the same command again skips finished items (see OUT/manifest.jsonl): an item is
+finished when a run with exactly the same settings wrote its files.
 
 ControlNet: give lines "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png",
 "scale": 0.7}] (control image paths are relative to the current folder). The ControlNets are
@@ -90,6 +95,41 @@ def batch_controlnets(items: Sequence[BatchItem]) -> list[str] | None:
     return list(controlled[0])
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def batch_model(items: Sequence[BatchItem], given: str | None) -> str:
+    """The one model the batch loads: ``--model``, else the one the lines name, else the default.
+
+    Lines that name another model than the one loaded are refused before anything is loaded,
+    rather than rendered with a model they did not ask for.
+    """
+    named: dict[str, list[int]] = {}
+    for item in items:
+        if item.request is not None and item.request.model is not None:
+            named.setdefault(item.request.model, []).append(item.line)
+    model = given or (next(iter(named)) if len(named) == 1 else None) or DEFAULT_MODEL
+    others = {name: lines for name, lines in named.items() if name != model}
+    if others:
+        asked = "; ".join(
+            f"{name} (line{'s' if len(set(lines)) > 1 else ''} "
+            f"{', '.join(map(str, sorted(set(lines))[:5]))})"
+            for name, lines in others.items()
+        )
+        raise ConfigurationError(
+            f"a batch loads one model ({model}), but lines ask for {asked}; "
+            "split them into one file per model"
+        )
+    return model
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "batch",
@@ -106,36 +146,88 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_model_arguments(p)
     add_planner_arguments(p)
     add_render_arguments(p)
+    ray = p.add_argument_group("ray (pip install 'rpg-diffusion[ray]')")
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="render on a Ray cluster: one loaded model per worker, same manifest and resume",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the cluster to join (auto, ray://HOST:10001, or local for a new one-machine "
+        "instance); default: RAY_ADDRESS, else a cluster started here with 'ray start', else a "
+        "new local instance",
+    )
+    ray.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="render workers (default: one per GPU in the cluster, else one); each loads the "
+        "model once and takes one GPU when the cluster has GPUs",
+    )
     p.set_defaults(run=run)
 
 
+def ray_model_spec(args: argparse.Namespace, model: str, controlnet: list[str] | None) -> Any:
+    """What each Ray worker loads, from the same options the local engine loads with."""
+    from rpg.batch_ray import ModelSpec
+
+    return ModelSpec(
+        model=model,
+        device=args.device or "auto",
+        dtype=args.dtype or "auto",
+        config=args.config,
+        allow_download=args.allow_download,
+        controlnet=tuple(controlnet or ()),
+        kv_cache=args.kv_cache,
+        planner=args.planner or DEFAULT_PLANNER,
+        planner_options=planner_options(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if (args.ray_address or args.workers) and not args.ray:
+        raise ConfigurationError("--ray-address and --workers go with --ray")
     from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
-    from rpg.models import RegionPlan
     from rpg.progress import NoProgress
 
     if not args.requests.is_file():
         raise ConfigurationError(f"{args.requests}: requests file not found")
     check_output_dir(args.out)
     defaults = request_overrides(args)
-    shared_plan: RegionPlan | None = defaults.pop("plan", None)
     model = args.model or DEFAULT_MODEL
-    defaults["model"] = model
     # The options are the defaults of every line: check them like one request, by flag.
-    validate_request({"prompt": "-", **defaults}, from_flags=set(defaults))
+    validate_request({"prompt": "-", "model": model, **defaults}, from_flags=set(defaults))
     if args.scheduler is not None:
         check_scheduler_flag(args.scheduler, given=True)
     lines = read_requests(args.requests)
     if not lines:
         raise ConfigurationError(f"{args.requests}: has no requests")
-    items = expand_requests(lines, defaults=defaults, seeds=args.seeds)
-    unplanned = shared_plan is None and any(
-        item.request is not None and item.request.plan is None for item in items
-    )
-    planner = prepare_planner(args, args.planner) if unplanned else None
-    pipe = load_rpg(args, model, planner, controlnet=batch_controlnets(items))
-    pipe.progress = NoProgress()  # one bar over the items, not one per image
-    report = run_batch(pipe, items, args.out, plan=shared_plan, progress=not args.no_progress)
+    options = planner_options(args)
+    if options:
+        defaults["planner_options"] = options
+    # --plan stays in every line's request, so the resume key covers it
+    model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
+    # every request records the model the batch loads, and is keyed by it
+    items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
+    controlnet = batch_controlnets(items)
+    if args.ray:
+        report = run_batch(
+            ray_model_spec(args, model, controlnet),
+            items,
+            args.out,
+            progress=not args.no_progress,
+            engine="ray",
+            address=args.ray_address,
+            workers=args.workers,
+        )
+    else:
+        unplanned = any(item.request is not None and item.request.plan is None for item in items)
+        planner = prepare_planner(args, args.planner) if unplanned else None
+        pipe = load_rpg(args, model, planner, controlnet=controlnet)
+        pipe.progress = NoProgress()  # one bar over the items, not one per image
+        report = run_batch(pipe, items, args.out, progress=not args.no_progress)
     for record in report.records:
         if record.get("status") == "error":
             seed = f", seed {record['seed']}" if record.get("seed") is not None else ""
@@ -143,9 +235,5 @@ def run(args: argparse.Namespace) -> int:
                 f"rpg batch: error: line {record.get('line')}{seed}: {record.get('error')}",
                 file=sys.stderr,
             )
-    print(
-        f"{report.done} done, {report.skipped} already done, {report.failed} failed, "
-        f"{report.plans_made} plan{'s' if report.plans_made != 1 else ''} made; "
-        f"manifest: {args.out / MANIFEST_NAME}"
-    )
+    print(f"{report.summary()}; manifest: {args.out / MANIFEST_NAME}")
     return 1 if report.failed else 0
