@@ -89,7 +89,7 @@ def by_sequence(body: str) -> Layout | None:
     lead, rest = body[: m.start()], body[m.end() :]
     if not tidy(rest):
         lead, rest = "", lead
-    items, setting = shared_setting(split_list(rest))
+    items, setting = shared_setting(split_list(rest, listing=True))
     if a in ("right", "bottom"):
         items.reverse()
     rows = [items] if horizontal else [[i] for i in items]
@@ -201,7 +201,9 @@ def by_described_positions(body: str) -> Layout | None:
     ends = [m.start() for m in found[1:]] + [len(body)]
     texts = []
     for m, end in zip(found, ends, strict=True):
-        predicate = re.sub(r"[\s,;]*(?:\band|\bwhile|\bwhereas)?[\s,;.]*$", "", body[m.start("pred") : end])
+        predicate = re.sub(
+            r"[\s,;]*(?:\band|\bwhile|\bwhereas)?[\s,;.]*$", "", body[m.start("pred") : end]
+        )
         texts.append(f"{indefinite(m.group('np'))} {as_description(predicate)}".strip())
     lead = tidy(body[: found[0].start()])
     context = ""
@@ -240,6 +242,7 @@ _RELATION = re.compile(
     + r")\s+(?!(?:the\s+)?(?:image|picture|canvas|frame|photo)\b)",
     re.IGNORECASE,
 )
+_PRONOUNS = frozenset({"it", "him", "them", "itself", "himself", "herself", "themselves"})
 # "standing by a lake", "posing in front of a barn": where a group is, not a relation.
 _SETTING_VERB = re.compile(r"\b[a-z]+ing\s*$", re.IGNORECASE)
 _PASSIVE_BY = re.compile(
@@ -260,7 +263,7 @@ def _relations(body: str) -> list[re.Match[str]]:
         before, after = body[: m.start()], body[m.end() :]
         kind = _kind(m)
         word = m.group("rel").lower()
-        if not tidy(before) or set(words(after)[:1]) & POSSESSIVES:
+        if not tidy(before) or set(words(after)[:1]) & (POSSESSIVES | _PRONOUNS):
             continue  # "a hat over his eyes": a part of the same entity
         if (kind == "depth" or word == "by") and _SETTING_VERB.search(before):
             continue
@@ -333,7 +336,7 @@ def by_relation(body: str) -> Layout | None:
     last, setting = take_setting(pieces[-1])
     pieces[-1] = last
     names: list[str] = []
-    groups: list[list[int]] = []
+    groups: list[list[int]] = []  # the entities on each side of each relation
     for piece in pieces:
         group = []
         for item in _group(piece):
@@ -345,13 +348,22 @@ def by_relation(body: str) -> Layout | None:
         if not group:
             return None
         groups.append(group)
+    # "A left of B and C above D": between two relations, "and" starts the next clause.
+    sides = [(groups[0], groups[1])]
+    for k in range(1, len(rels)):
+        middle = groups[k]
+        if len(middle) > 1:
+            sides[-1] = (sides[-1][0], middle[:-1])
+            sides.append(([middle[-1]], groups[k + 1]))
+        else:
+            sides.append((middle, groups[k + 1]))
     vertical: list[tuple[int, int]] = []
     horizontal: list[tuple[int, int]] = []
-    same_row: list[tuple[int, int]] = [(g[0], i) for g in groups for i in g[1:]]
+    same_row = [(g[0], i) for side in sides for g in side for i in g[1:]]
     said = []
     for k, m in enumerate(rels):
         kind = _kind(m)
-        a_side, b_side = groups[k], groups[k + 1]
+        a_side, b_side = sides[k]
         pairs = [(a, b) for a in a_side for b in b_side]
         if kind in ("left", "beside", "depth"):
             horizontal += pairs if kind == "left" else []

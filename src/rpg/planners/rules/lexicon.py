@@ -16,8 +16,7 @@ NUMBERS = wordset("one two three four five six seven eight nine ten eleven twelv
 
 #: Words that open a noun phrase ("a", "the", "two", "some").
 DETERMINERS = NUMBERS | wordset(
-    "a an the some several many his her their my our its this that these those another each "
-    "few"
+    "a an the some several many his her their my our its this that these those another each few"
 )
 
 #: Possessives: a phrase that opens with one names a part of something already mentioned.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from rpg.models import Entity
 from rpg.planners.rules.lexicon import (
     ATTRIBUTES,
+    COLOURS,
     COMPOUND_NOUNS,
     DETERMINERS,
     OWN_VERBS,
@@ -38,7 +39,7 @@ _SETTING_PREP = (
 _SETTING = re.compile(
     rf"(?:^|,\s*|\s)(?P<phrase>(?:{_PARTICIPLE})?(?:{_SETTING_PREP})\s+"
     rf"(?!(?:the\s+)?(?:far\s+)?(?:{POSITION_WORDS})\b)"
-    r"(?:a|an|the|some|his|her|their)\b.*)$",
+    r"(?:a|an|the|some|his|her|their|sunset|sunrise|dawn|dusk|night|noon|twilight|midnight)\b.*)$",
     re.IGNORECASE,
 )
 _PARTICIPLE_CLAUSE = re.compile(rf"^{_PARTICIPLE_WORDS}\b", re.IGNORECASE)
@@ -49,6 +50,9 @@ _STYLE_PREFIX = re.compile(
 )
 _STYLE_WORDS = re.compile(rf"\b(?:{STYLE_WORDS})\b", re.IGNORECASE)
 _IN_STYLE_OF = re.compile(r",?\s*\bin\s+the\s+style\s+of\s+[^,]+", re.IGNORECASE)
+_OWN_CLAUSE = re.compile(r"\s(?:with|wearing|holding|carrying|in|has|have|wears|holds)\s")
+# "…, both sleeping on a sofa": the clause is about every entity.
+_GROUP_WORD = re.compile(r"^(?:both|all(?:\s+of\s+them)?|together)\s+", re.IGNORECASE)
 _LEADING_FILLER = re.compile(
     r"^(?:(?:and|while|with|whereas|then|also)\b\s*)*"
     r"(?:(?:there\s+(?:is|are|stands|sits)|we\s+see|you\s+see|is|are|stands|sits|lies)\b\s*)?",
@@ -96,31 +100,44 @@ def words(text: str) -> list[str]:
 def starts_entity(text: str) -> bool:
     """Whether ``text`` opens like a new entity: "a …", "two …", "3 …", or "red …"."""
     first = words(text)[:1]
-    return bool(first) and (
-        first[0] in DETERMINERS or first[0].isdigit() or first[0] in ATTRIBUTES
-    )
+    return bool(first) and (first[0] in DETERMINERS or first[0].isdigit() or first[0] in ATTRIBUTES)
 
 
 def head_is_worn(text: str) -> bool:
-    """Whether a phrase such as "a red scarf" names something worn or a body feature."""
-    found = words(text.split(",")[0])[:5]
-    return any(w in WORN or w.rstrip("s") in WORN for w in found)
+    """Whether a phrase such as "a red scarf" names something worn or a body feature (its head
+    noun does: "a blue hair drier" is a thing of its own)."""
+    noun = head_noun(text.split(",")[0])
+    return " " not in noun and (noun in WORN or singular(noun) in WORN)
 
 
-def split_and(piece: str) -> list[str]:
-    """Split "A and B" where B starts like a new entity ("and a dog", not "and blue eyes")."""
+def split_and(piece: str, *, listing: bool = False) -> list[str]:
+    """Split "A and B" where B starts like a new entity ("and a dog", not "and blue eyes").
+
+    ``listing=True`` (inside "from left to right, …") also splits before a bare noun.
+    """
     parts = re.split(r"\s+and\s+", piece)
     out = [parts[0]]
     for part in parts[1:]:
-        if starts_entity(part) and not head_is_worn(part):
+        joins_adjectives = words(out[-1])[-1:] and words(out[-1])[-1] in COLOURS  # "black and"
+        # "a girl with a hat and a scarf": worn things continue the owner's description
+        worn = head_is_worn(part) and _OWN_CLAUSE.search(out[-1]) is not None
+        opens = starts_entity(part) or (listing and _is_bare_noun_start(part))
+        if opens and not worn and not joins_adjectives:
             out.append(part)
         else:
             out[-1] = f"{out[-1]} and {part}"
     return out
 
 
-def split_list(text: str) -> list[str]:
-    """Split "A, B and C" into entities; pieces that do not start like an entity stay attached."""
+def _is_bare_noun_start(text: str) -> bool:
+    """ "horse" or "fire truck" may open an entity in a list; "sleeping" or "with" do not."""
+    first = words(text)[:1]
+    return bool(first) and first[0] not in _BAD_FIRST and not first[0].endswith("ing")
+
+
+def split_list(text: str, *, listing: bool = False) -> list[str]:
+    """Split "A, B and C" into entities; pieces that do not start like an entity stay attached
+    (``listing=True``: every comma-separated piece is an entity)."""
     items: list[str] = []
     for piece in split_outside_brackets(text, ","):
         piece = piece.strip()
@@ -128,8 +145,9 @@ def split_list(text: str) -> list[str]:
             continue
         if piece.lower().startswith("and "):
             piece = piece[4:]
-        sub = split_and(piece)
-        if items and not starts_entity(sub[0]):
+        sub = split_and(piece, listing=listing)
+        opens = starts_entity(sub[0]) or (listing and _is_bare_noun_start(sub[0]))
+        if items and not opens:
             items[-1] = f"{items[-1]}, {sub[0]}"
             sub = sub[1:]
         items.extend(sub)
@@ -159,7 +177,7 @@ def is_setting(text: str) -> bool:
     """Whether ``text`` is nothing but a setting: "in a park", "grazing in a meadow"."""
     text = text.strip(" ,")
     rest, setting = take_setting(text, whole=True)
-    return bool(setting) and not rest or bool(_PARTICIPLE_CLAUSE.match(text))
+    return (bool(setting) and not rest) or bool(_PARTICIPLE_CLAUSE.match(text))
 
 
 def shared_setting(items: list[str]) -> tuple[list[str], str]:
@@ -208,8 +226,8 @@ def take_style(body: str) -> tuple[Frame, str]:
     while len(pieces) > 1 and _STYLE_WORDS.search(pieces[-1]) and not starts_entity(pieces[-1]):
         tail.insert(0, pieces.pop().strip())
     context: list[str] = []
-    while len(pieces) > 1 and is_setting(pieces[-1]):
-        context.insert(0, tidy(pieces.pop()))
+    while len(pieces) > 1 and is_setting(_GROUP_WORD.sub("", pieces[-1].strip())):
+        context.insert(0, tidy(_GROUP_WORD.sub("", pieces.pop().strip())))
     lead = re.match(r"^\s*(?P<lead>[^,:;]+)[,:;]\s*(?P<rest>.+)$", ",".join(pieces))
     if lead and is_setting(lead.group("lead")) and not _PARTICIPLE_CLAUSE.match(lead["lead"]):
         context.insert(0, tidy(lead.group("lead")))

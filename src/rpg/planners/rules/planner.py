@@ -115,7 +115,11 @@ class RulesPlanner:
                 if rejected
                 else "no spatial wording and no list of separate entities: one full-canvas region"
             )
-            return RegionPlan.single(text), [entity_of(tidy(body) or text)], f"rule: single\nwhy: {why}"
+            return (
+                RegionPlan.single(text),
+                [entity_of(tidy(body) or text)],
+                f"rule: single\nwhy: {why}",
+            )
         lead_setting = take_setting(tidy(layout.lead), whole=True)[1] if layout.lead else ""
         frame = frame.with_context(lead_setting, *layout.context)
         rows = [Row(regions=[Region(prompt=frame.compose(e)) for e in row]) for row in layout.rows]
