@@ -42,6 +42,7 @@ PROMPTS: dict[str, list[tuple[str, str]]] = {
         ("a vase to the left of a book", "vase | book"),
         ("two dogs on the left of a cat", "dogs | cat"),
         ("a girl on the left of a fire truck", "girl | fire truck"),
+        ("the black chair was on the left of the white table", "black chair | white table"),
     ],
     "right of": [
         ("a cow on the right of a pig", "pig | cow"),
@@ -143,6 +144,8 @@ PROMPTS: dict[str, list[tuple[str, str]]] = {
         ("a blue coffee mug and a yellow teddy bear", "blue coffee mug | yellow teddy bear"),
         ("a wooden chair and a metallic table", "wooden chair | metallic table"),
         ("a round clock and a square mirror", "round clock | square mirror"),
+        ("a red apple on a blue plate", "red apple / blue plate"),
+        ("a black and white cat and a brown dog", "black white cat | brown dog"),
     ],
 }  # fmt: skip
 

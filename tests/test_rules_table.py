@@ -22,6 +22,8 @@ LEFT = [
     ("A red car is on the left side of a blue bus", "A red car | a blue bus", "relation"),
     ("a teddy bear sitting on the left of a coffee mug", "a teddy bear | a coffee mug", "relation"),
     ("the cats on the left of the dogs", "the cats | the dogs", "relation"),
+    ("The black chair was on the left of the white table",
+     "The black chair | the white table", "relation"),
 ]  # fmt: skip
 RIGHT = [
     ("a cat on the right of a chair", "a chair | a cat", "relation"),
@@ -86,6 +88,9 @@ SEQUENCE = [
      "sequence"),
     ("a cup above a book above a table", "a cup / a book / a table", "relation"),
     ("a cat on the left of a dog on the left of a bird", "a cat | a dog | a bird", "relation"),
+    ("a cat on the left of a dog and a bird on the right of the dog",
+     "a cat | a dog | a bird", "relation"),
+    ("from left to right, a cat, a dog and horse", "a cat | a dog | horse", "sequence"),
 ]  # fmt: skip
 COLOUR = [
     ("a red book and a yellow vase", "a red book | a yellow vase", "and"),
@@ -104,6 +109,9 @@ COLOUR = [
     ("A red cat and a blue dog", "A red cat | a blue dog", "and"),
     ("a white coffee mug, a green wine glass and a brown teddy bear",
      "a white coffee mug | a green wine glass | a brown teddy bear", "and"),
+    ("a black and white cat and a brown dog", "a black and white cat | a brown dog", "and"),
+    ("a red cat and a blue hair drier", "a red cat | a blue hair drier", "and"),
+    ("a red apple on a blue plate", "a red apple / a blue plate", "relation"),
 ]  # fmt: skip
 SHARED = [
     ("A brown horse on the left and a grey donkey on the right, grazing in a meadow",
@@ -122,6 +130,10 @@ SHARED = [
      "a photo of a blue car, cinematic | a photo of a red bike, cinematic", "and"),
     ("a girl in a red dress on the left and a man in a grey suit on the right, in a park",
      "a girl in a red dress in a park | a man in a grey suit in a park", "positions"),
+    ("on the left a cat, on the right a dog, both sleeping on a sofa",
+     "a cat, sleeping on a sofa | a dog, sleeping on a sofa", "positions"),
+    ("a picture of a horse near a barn at sunset",
+     "a picture of a horse at sunset | a picture of a barn at sunset", "relation"),
 ]  # fmt: skip
 POSITIONS = [
     ("on the right a fox, in the center an owl, on the left a deer",

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rpg.planners.rules.lexicon import POSSESSIVES, SCENE_NOUNS
+from rpg.planners.rules.lexicon import COLOURS, POSSESSIVES, SCENE_NOUNS
 from rpg.planners.rules.phrases import (
     POSITION_WORDS,
     as_description,
@@ -235,9 +235,13 @@ _RELATIONS: tuple[tuple[str, str], ...] = (
     ("beside", r"next\s+to|beside|near(?:\s+to)?|close\s+to|(?:on|at)\s+(?:the\s+)?side\s+of|"
                r"alongside|by"),
     ("depth", r"in\s+front\s+of|behind"),
+    # bare "on" only between two entities that both carry a colour ("a red apple on a blue
+    # plate"): one region would bind both colours; otherwise "on a table" is a setting
+    ("on", r"on"),
 )  # fmt: skip
 _RELATION = re.compile(
-    r"(?:\s*,)?\s+(?:(?:is|are|sits|sit|stands|stand|placed|positioned|located)\s+)?(?P<rel>"
+    r"(?:\s*,)?\s+(?:(?:is|are|was|were|sits|sit|sat|stands|stand|stood|placed|positioned|"
+    r"located|lies|lay)\s+)?(?P<rel>"
     + "|".join(f"(?P<{name}>{pattern})" for name, pattern in _RELATIONS)
     + r")\s+(?!(?:the\s+)?(?:image|picture|canvas|frame|photo)\b)",
     re.IGNORECASE,
@@ -256,6 +260,11 @@ def _kind(m: re.Match[str]) -> str:
     return next(name for name, _ in _RELATIONS if m.group(name))
 
 
+def _attributed(found: list[str]) -> bool:
+    """Whether a noun phrase's words hold a colour (and no position word)."""
+    return bool(set(found) & COLOURS) and not set(found) & {"left", "right", "top", "bottom"}
+
+
 def _relations(body: str) -> list[re.Match[str]]:
     """The relation phrases of ``body`` that stand between two entities."""
     found = []
@@ -268,6 +277,8 @@ def _relations(body: str) -> list[re.Match[str]]:
         if (kind == "depth" or word == "by") and _SETTING_VERB.search(before):
             continue
         if word == "by" and _PASSIVE_BY.search(before):
+            continue
+        if kind == "on" and not (_attributed(words(before)[-3:]) and _attributed(words(after)[:3])):
             continue
         found.append(m)
     return found
@@ -371,7 +382,7 @@ def by_relation(body: str) -> Layout | None:
         elif kind == "right":
             horizontal += [(b, a) for a, b in pairs]
             same_row += pairs
-        elif kind == "above":
+        elif kind in ("above", "on"):
             vertical += pairs
         else:
             vertical += [(b, a) for a, b in pairs]

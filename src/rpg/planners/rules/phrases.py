@@ -59,7 +59,7 @@ _LEADING_FILLER = re.compile(
     re.IGNORECASE,
 )
 _TRAILING_FILLER = re.compile(
-    r"(?:\s+(?:and|while|is|are|stands|sits|lies|standing|sitting|placed|positioned|located|"
+    r"(?:\s+(?:and|while|is|are|was|were|stands|sits|lies|standing|sitting|placed|positioned|located|"
     r"lying|that\s+is|which\s+is|who\s+is))+$",
     re.IGNORECASE,
 )
