@@ -18,7 +18,7 @@ NOUNS = [
     "cat", "dog", "horse", "bird", "sheep", "giraffe", "bench", "bowl", "bicycle", "umbrella",
     "suitcase", "apple", "vase", "lamp", "towel", "bus", "clock", "fire truck", "teddy bear",
     "coffee mug", "traffic light", "wine glass", "hair drier", "cell phone", "potted plant",
-    "stop sign", "tennis racket", "book",
+    "stop sign", "tennis racket", "book", "dining table", "parking meter", "computer mouse",
 ]  # fmt: skip
 COLOURS = ["red", "blue", "green", "yellow", "purple", "pink", "brown", "black", "white", "gray"]
 RELATIONS = {
@@ -31,7 +31,14 @@ RELATIONS = {
     "on side of": "beside", "alongside": "beside", "in front of": "beside", "behind": "beside",
 }  # fmt: skip
 PREFIXES = ["", "a photo of ", "an image of "]
-SUFFIXES = ["", " in a park", ", oil painting", " on a wooden table, cinematic"]
+SUFFIXES = [
+    "",
+    " in a park",
+    ", oil painting",
+    " on a wooden table, cinematic",
+    " at night",
+    ", 4k, detailed",
+]
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ def test_colour_binding(items: list[Thing], prefix: str) -> None:
         [
             "from left to right, {0}, {1} and {2}",
             "{0}, {1} and {2} from left to right",
+            "{0}, {1} and {2} from left to right in a park",
             "from right to left: {2}, {1}, {0}",
             "from top to bottom, {0}, {1} and {2}",
             "{1} between {0} and {2}",

@@ -87,9 +87,11 @@ def by_sequence(body: str) -> Layout | None:
     if not horizontal and {a, b} != {"top", "bottom"}:
         return None
     lead, rest = body[: m.start()], body[m.end() :]
-    if not tidy(rest):
-        lead, rest = "", lead
+    trailing = ""
+    if not tidy(rest) or is_setting(rest):  # "A, B and C from left to right (in a park)"
+        lead, rest, trailing = "", lead, tidy(rest)
     items, setting = shared_setting(split_list(rest, listing=True))
+    setting = setting or trailing
     if a in ("right", "bottom"):
         items.reverse()
     rows = [items] if horizontal else [[i] for i in items]

@@ -58,7 +58,21 @@ COMPOUND_NOUNS: tuple[str, ...] = (
     "christmas tree", "palm tree", "street lamp", "race car", "sports car", "police car",
     "school bus", "wine bottle", "water bottle", "paper plane", "guinea pig", "golden retriever",
     "alarm clock", "rubber duck", "cowboy hat", "table lamp", "desk lamp", "garden gnome",
+    "living room", "dining room", "washing machine", "swimming pool", "sewing machine",
+    "frying pan", "rolling pin", "sleeping bag", "fishing rod", "walking stick",
+    "computer mouse", "computer keyboard", "tv remote", "ceiling fan",
 )  # fmt: skip
+
+#: Nouns that end in "-ing" but are no participle ("a building in a park", "a dining table").
+ING_NOUNS: tuple[str, ...] = (
+    *sorted(
+        wordset(
+            "building painting ceiling king ring wing thing string evening morning wedding "
+            "pudding clothing sibling swing spring earring duckling seedling dumpling"
+        )
+    ),
+    *(c for c in COMPOUND_NOUNS if c.split()[0].endswith("ing")),
+)
 
 #: Nouns for a place that contains the things after "with": "a bathroom with green tile and a
 #: red shower curtain" describes two things in a bathroom.

@@ -16,6 +16,7 @@ from rpg.planners.rules.lexicon import (
     COLOURS,
     COMPOUND_NOUNS,
     DETERMINERS,
+    ING_NOUNS,
     OWN_VERBS,
     POSSESSIVES,
     STYLE_NOUNS,
@@ -29,7 +30,12 @@ from rpg.planners.template import split_outside_brackets
 POSITION_WORDS = r"left|right|middle|center|centre|top|bottom|foreground|background"
 #: A participle that says where or how the whole group is ("standing", "grazing", "playing
 #: chess"): it may open a shared setting. Attribute verbs ("wearing") never do.
-_PARTICIPLE_WORDS = r"(?!(?:wearing|holding|carrying|having)\b)[a-z]+ing(?:\s+[a-z]+){0,2}?"
+_ING_NOUNS = "|".join(n.replace(" ", r"\s+") for n in ING_NOUNS)
+_ING_NOUN = re.compile(rf"^(?:{_ING_NOUNS})\b", re.IGNORECASE)
+_PARTICIPLE_WORDS = (
+    rf"(?!(?:wearing|holding|carrying|having|{_ING_NOUNS})\b)"
+    r"[a-z]+ing(?:\s+[a-z]+){0,2}?"
+)
 _PARTICIPLE = _PARTICIPLE_WORDS + r"\s+"
 _SETTING_PREP = (
     r"on|in|at|inside|against|atop|among|amid|across|along|around|through|outside|"
@@ -118,7 +124,10 @@ def split_and(piece: str, *, listing: bool = False) -> list[str]:
     parts = re.split(r"\s+and\s+", piece)
     out = [parts[0]]
     for part in parts[1:]:
-        joins_adjectives = words(out[-1])[-1:] and words(out[-1])[-1] in COLOURS  # "black and"
+        # "a black and white cat": "and" joins two colours of one entity
+        joins_adjectives = bool(
+            set(words(out[-1])[-1:]) & COLOURS and set(words(part)[:1]) & COLOURS
+        )
         # "a girl with a hat and a scarf": worn things continue the owner's description
         worn = head_is_worn(part) and _OWN_CLAUSE.search(out[-1]) is not None
         opens = starts_entity(part) or (listing and _is_bare_noun_start(part))
@@ -132,7 +141,11 @@ def split_and(piece: str, *, listing: bool = False) -> list[str]:
 def _is_bare_noun_start(text: str) -> bool:
     """ "horse" or "fire truck" may open an entity in a list; "sleeping" or "with" do not."""
     first = words(text)[:1]
-    return bool(first) and first[0] not in _BAD_FIRST and not first[0].endswith("ing")
+    return (
+        bool(first)
+        and first[0] not in _BAD_FIRST
+        and (not first[0].endswith("ing") or _ING_NOUN.match(text.strip()) is not None)
+    )
 
 
 def split_list(text: str, *, listing: bool = False) -> list[str]:
@@ -167,7 +180,13 @@ def take_setting(text: str, *, whole: bool = False) -> tuple[str, str]:
         phrase = m.group("phrase")
         entity = text[: m.start()].strip(" ,")
         first_word = phrase.split(maxsplit=1)[0].lower()
-        if (not entity and not whole) or (first_word == "in" and head_is_worn(phrase)):
+        word_before = set(words(entity)[-1:])
+        describes = first_word.endswith("ing") and word_before & (DETERMINERS | ATTRIBUTES)
+        if (
+            (not entity and not whole)
+            or (first_word == "in" and head_is_worn(phrase))
+            or describes  # "a pink dining table in a park": the -ing word is no participle
+        ):
             search_from = m.start("phrase") + 1
             continue
         return entity, tidy(phrase)
