@@ -12,7 +12,7 @@ def test_explain_names_the_rule(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "a cat under a table", "--planner", "rules", "--explain"]) == 0
     out = capsys.readouterr().out
     assert "rule: relation" in out
-    assert '"under" (below)' in out
+    assert '"under" (A below B)' in out
     assert "rows top to bottom [a table], [a cat]" in out
 
 

@@ -112,6 +112,9 @@ COLOUR = [
     ("a black and white cat and a brown dog", "a black and white cat | a brown dog", "and"),
     ("a red cat and a blue hair drier", "a red cat | a blue hair drier", "and"),
     ("a red apple on a blue plate", "a red apple / a blue plate", "relation"),
+    ("a yellow duck in a blue pond", "a yellow duck / a blue pond", "relation"),
+    ("a white cat in a red hat", "a white cat in a red hat", "single"),
+    ("a red apple on a wooden table", "a red apple on a wooden table", "single"),
 ]  # fmt: skip
 SHARED = [
     ("A brown horse on the left and a grey donkey on the right, grazing in a meadow",

@@ -19,6 +19,7 @@ from rpg.planners.rules.lexicon import COLOURS, POSSESSIVES, SCENE_NOUNS
 from rpg.planners.rules.phrases import (
     POSITION_WORDS,
     as_description,
+    head_is_worn,
     head_noun,
     indefinite,
     is_setting,
@@ -237,10 +238,19 @@ _RELATIONS: tuple[tuple[str, str], ...] = (
     ("beside", r"next\s+to|beside|near(?:\s+to)?|close\s+to|(?:on|at)\s+(?:the\s+)?side\s+of|"
                r"alongside|by"),
     ("depth", r"in\s+front\s+of|behind"),
-    # bare "on" only between two entities that both carry a colour ("a red apple on a blue
-    # plate"): one region would bind both colours; otherwise "on a table" is a setting
-    ("on", r"on"),
+    # bare "on" / "in" only between two entities that both carry a colour ("a red apple on a
+    # blue plate"): one region would bind both colours; otherwise "on a table" is a setting
+    ("on", r"on|in(?:side)?"),
 )  # fmt: skip
+_MEANING = {
+    "left": "A left of B",
+    "right": "A right of B",
+    "above": "A above B",
+    "below": "A below B",
+    "beside": "side by side",
+    "depth": "depth: side by side in one row",
+    "on": "both coloured: A above B",
+}
 _RELATION = re.compile(
     r"(?:\s*,)?\s+(?:(?:is|are|was|were|sits|sit|sat|stands|stand|stood|placed|positioned|"
     r"located|lies|lay)\s+)?(?P<rel>"
@@ -280,7 +290,11 @@ def _relations(body: str) -> list[re.Match[str]]:
             continue
         if word == "by" and _PASSIVE_BY.search(before):
             continue
-        if kind == "on" and not (_attributed(words(before)[-3:]) and _attributed(words(after)[:3])):
+        if kind == "on" and not (
+            _attributed(words(before)[-3:])
+            and _attributed(words(after)[:3])
+            and not head_is_worn(after)  # "a white cat in a red hat" is one entity
+        ):
             continue
         found.append(m)
     return found
@@ -388,7 +402,7 @@ def by_relation(body: str) -> Layout | None:
             vertical += pairs
         else:
             vertical += [(b, a) for a, b in pairs]
-        said.append(f'"{m.group("rel")}" ({kind})')
+        said.append(f'"{m.group("rel")}" ({_MEANING[kind]})')
     levels = _order(len(names), vertical, same_row)
     if levels is None:
         return None
