@@ -91,6 +91,8 @@ SEQUENCE = [
     ("a cat on the left of a dog and a bird on the right of the dog",
      "a cat | a dog | a bird", "relation"),
     ("from left to right, a cat, a dog and horse", "a cat | a dog | horse", "sequence"),
+    ("a cat that is on the left of a dog which is under a table",
+     "a table / a cat | a dog", "relation"),
 ]  # fmt: skip
 COLOUR = [
     ("a red book and a yellow vase", "a red book | a yellow vase", "and"),
@@ -137,6 +139,8 @@ SHARED = [
      "a cat, sleeping on a sofa | a dog, sleeping on a sofa", "positions"),
     ("a picture of a horse near a barn at sunset",
      "a picture of a horse at sunset | a picture of a barn at sunset", "relation"),
+    ("the man on the left of the picture holds a cup while the woman on the right drinks tea",
+     "a man holding a cup | a woman drinking tea", "described positions"),
 ]  # fmt: skip
 POSITIONS = [
     ("on the right a fox, in the center an owl, on the left a deer",
@@ -145,6 +149,8 @@ POSITIONS = [
      "a starry night sky / a frozen lake", "positions"),
     ("bottom right a fish, top left a cat, bottom left a bird, top right a dog",
      "a cat | a dog / a bird | a fish", "positions"),
+    ("on the left, a tall man; on the right, a short woman; between them a small dog",
+     "a tall man | a small dog | a short woman", "positions"),
 ]  # fmt: skip
 SINGLE = [
     ("a woman in a yellow raincoat holding a blue umbrella",
@@ -156,6 +162,10 @@ SINGLE = [
     ("a man with a hat over his eyes", "a man with a hat over his eyes", "single"),
     ("a cat on the left", "a cat on the left", "single"),
     ("a portrait painted by a master", "a portrait painted by a master", "single"),
+    ("a boy on the left and a girl who is on the right of the boy wears a hat",
+     "a boy on the left and a girl who is on the right of the boy wears a hat", "single"),
+    ("Two boys playing chess in a park, the boy on the left wears",
+     "Two boys playing chess in a park, the boy on the left wears", "single"),
 ]  # fmt: skip
 
 FAMILIES = {

@@ -110,7 +110,8 @@ _MARKER = re.compile(
     r"(?P<corner_v>top|bottom|upper|lower)[\s-]+(?P<corner_h>left|right)|"
     r"(?P<pos>left|right|middle|center|centre|top|bottom))"
     r"(?:\s+(?:side|half|part|corner|edge|third|row))?\b"
-    rf"(?:\s+of\s+the\s+{_PLACE_OF}\b|(?!\s+of\b))\s*[:,]?",
+    rf"(?:\s+of\s+the\s+{_PLACE_OF}\b|(?!\s+of\b))\s*[:,]?"
+    r"|\b(?P<between>(?:in\s+)?between\s+them|in\s+between)\b\s*[:,]?",  # the middle
     re.IGNORECASE,
 )
 _ROW = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
@@ -128,7 +129,7 @@ def _place(m: re.Match[str]) -> tuple[int | None, int | None, bool]:
     """Row, column and is-middle of a position marker."""
     if m.group("corner_v"):
         return _ROW[m.group("corner_v").lower()], _COL[m.group("corner_h").lower()], False
-    pos = m.group("pos").lower()
+    pos = "middle" if m.group("between") else m.group("pos").lower()
     return _ROW.get(pos), _COL.get(pos), pos not in _ROW and pos not in _COL
 
 
@@ -190,7 +191,8 @@ _DESCRIBED = re.compile(
     r"(?:^|(?<=[,;:.])|(?<=\band)|(?<=\bwhile)|(?<=\bwhereas))\s*"
     r"(?P<np>(?:the|a|an|one)\s+(?:[\w-]+\s+){0,2}?[\w-]+)\s+(?:(?:is|sits|stands)\s+)?"
     rf"(?:on|to|at|in)\s+(?:the\s+)?(?:far\s+)?(?P<pos>{POSITION_WORDS})"
-    r"(?:\s+(?:side|corner))?\b(?!\s+of\b)\s*,?\s+(?P<pred>\S)",
+    r"(?:\s+(?:side|corner))?\b"
+    rf"(?:\s+of\s+the\s+{_PLACE_OF}\b|(?!\s+of\b))\s*,?\s+(?P<pred>\S)",
     re.IGNORECASE,
 )
 
@@ -252,8 +254,9 @@ _MEANING = {
     "on": "both coloured: A above B",
 }
 _RELATION = re.compile(
-    r"(?:\s*,)?\s+(?:(?:is|are|was|were|sits|sit|sat|stands|stand|stood|placed|positioned|"
-    r"located|lies|lay)\s+)?(?P<rel>"
+    r"(?:\s*,)?\s+(?:(?:that|which|who)\s+)?"
+    r"(?:(?:is|are|was|were|sits|sit|sat|stands|stand|stood|placed|positioned|located|lies|lay)\s+)?"
+    r"(?P<rel>"
     + "|".join(f"(?P<{name}>{pattern})" for name, pattern in _RELATIONS)
     + r")\s+(?!(?:the\s+)?(?:image|picture|canvas|frame|photo)\b)",
     re.IGNORECASE,

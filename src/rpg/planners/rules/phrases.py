@@ -75,7 +75,10 @@ _BAD_FIRST = wordset(
     "while whereas which who that whose then also"
 ) | frozenset(VERB_FORMS)
 _BAD_LAST = (
-    wordset("and or but of to with by from for than as on in at into the a an is are was were")
+    wordset(
+        "and or but of to with by from for than as on in at into the a an is are was were who "
+        "which that whose while whereas"
+    )
     | DETERMINERS
     | POSSESSIVES
 )

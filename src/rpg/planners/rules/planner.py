@@ -11,6 +11,7 @@ the layout and why (``rpg plan --explain`` prints it).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +23,14 @@ from rpg.planners.rules.layouts import RULES, Layout
 from rpg.planners.rules.phrases import (
     Frame,
     entity_of,
+    head_noun,
     is_entity_phrase,
     norm,
+    singular,
     take_setting,
     take_style,
     tidy,
+    words,
 )
 
 if TYPE_CHECKING:
@@ -48,10 +52,26 @@ def find_layout(body: str) -> tuple[Layout | None, str]:
         entities = layout.entities
         bad = [e for e in entities if not is_entity_phrase(e)]
         if len(entities) >= 2 and not bad:
-            return layout, ""
+            mixed = _names_another(entities)
+            if mixed is None:
+                return layout, ""
+            bad = [mixed]
         if bad and not rejected:
-            rejected = f'rule "{layout.rule}" would leave the fragment "{bad[0]}" as a region'
+            rejected = f'rule "{layout.rule}" would leave "{bad[0]}" as a region'
     return None, rejected
+
+
+def _names_another(entities: list[str]) -> str | None:
+    """The first entity phrase that also names another region's entity ("a girl who is on the
+    right of the boy" next to "a boy"), which would draw that entity twice."""
+    heads = [singular(head_noun(e)) for e in entities]
+    for i, text in enumerate(entities):
+        found = {singular(w) for w in words(text)}
+        if any(h != heads[i] and h in found for h in heads if " " not in h):
+            return text
+        if any(h != heads[i] and re.search(rf"\b{h}", text.lower()) for h in heads if " " in h):
+            return text
+    return None
 
 
 class RulesPlanner:
