@@ -95,7 +95,7 @@ def _centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
     return (x0 + x1) / 2, (y0 + y1) / 2
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     items=things(2),
     relation=st.sampled_from(sorted(RELATIONS)),
@@ -127,7 +127,7 @@ def test_two_entities_and_a_relation(
     assert plan.base_prompt == prompt
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(items=things(2, coloured=True), prefix=st.sampled_from(PREFIXES))
 def test_colour_binding(items: list[Thing], prefix: str) -> None:
     prompt = f"{prefix}{items[0].text} and {items[1].text}"
@@ -136,7 +136,7 @@ def test_colour_binding(items: list[Thing], prefix: str) -> None:
     assert _assert_one_entity_per_region(plan.prompts, items) == [0, 1]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     items=things(3),
     template=st.sampled_from(

@@ -293,19 +293,20 @@ def as_description(predicate: str) -> str:
 
 def head_noun(text: str) -> str:
     """The noun an entity phrase is about: "two fluffy teddy bears with hats" -> "teddy bears"."""
-    core = re.split(
-        r"\s+(?:with|wearing|holding|carrying|in|on|at|who|that|having|of|from|under|near|by)\s+",
-        text.lower(),
-        maxsplit=1,
-    )[0]
+    core = _HEAD_END.split(text.lower(), maxsplit=1)[0]
+    compound = _COMPOUND.search(core)
+    if compound:
+        return compound.group(0)
     found = words(core)
-    for compound in COMPOUND_NOUNS:
-        parts = compound.split()
-        n = len(parts)
-        for i in range(len(found) - n + 1):
-            if [w.rstrip("s") for w in found[i : i + n]] == [p.rstrip("s") for p in parts]:
-                return " ".join(found[i : i + n])
     return found[-1] if found else ""
+
+
+_HEAD_END = re.compile(
+    r"\s+(?:with|wearing|holding|carrying|in|on|at|who|that|having|of|from|under|near|by)\s+"
+)
+_COMPOUND = re.compile(
+    r"\b(?:" + "|".join(c.replace(" ", r"\s+") + r"(?:e?s)?" for c in COMPOUND_NOUNS) + r")\b"
+)
 
 
 def singular(noun: str) -> str:
