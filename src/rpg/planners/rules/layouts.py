@@ -300,6 +300,8 @@ def _relations(body: str) -> list[re.Match[str]]:
         ):
             continue
         found.append(m)
+    if any(_kind(m) != "on" for m in found):  # "next to a white bicycle on a green lawn"
+        found = [m for m in found if _kind(m) != "on"]
     return found
 
 
@@ -451,7 +453,8 @@ def by_between(body: str) -> Layout | None:
 # ------------------------------------------------------------------ lists: "A and B"
 
 _SCENE_WITH = re.compile(
-    r"^(?P<scene>(?:(?:a|an|the)\s+)?(?:[\w-]+\s+){0,2}?(?P<noun>[\w-]+))\s+with\s+(?P<rest>.+)$",
+    r"^(?P<scene>(?:(?:a|an|the)\s+)?(?:[\w-]+\s+){0,3}?(?P<noun>[\w-]+))\s+"
+    r"(?P<verb>with|has|have|features|contains|containing)\s+(?P<rest>.+)$",
     re.IGNORECASE,
 )
 
@@ -462,14 +465,14 @@ def by_scene_with(body: str) -> Layout | None:
     m = _SCENE_WITH.match(body)
     if m is None or m.group("noun").lower() not in SCENE_NOUNS:
         return None
-    parts = [tidy(p) for p in re.split(r"\s*,\s*(?:and\s+)?|\s+and\s+", m.group("rest"))]
+    parts = split_list(m.group("rest"), listing=True)
     if len(parts) < 2 or not all(parts):
         return None
     scene = m.group("scene")
     prep = "on" if m.group("noun").lower() in ("table", "desk", "shelf") else "in"
     article = "" if starts_entity(scene) else "a "
     setting = f"{prep} {article}{scene[:1].lower() + scene[1:]}"
-    why = f'"{scene} with …" holds {len(parts)} entities'
+    why = f'"{scene} {m.group("verb")} …" holds {len(parts)} entities'
     return Layout([parts], "scene with", why, context=[setting])
 
 
@@ -479,7 +482,9 @@ def by_and(body: str) -> Layout | None:
     if not starts_entity(body):
         return None
     pieces = [p.strip() for p in split_outside_brackets(body, ",") if p.strip()]
-    if len(pieces) > 1 and not all(starts_entity(p.removeprefix("and ")) for p in pieces):
+    if len(pieces) > 1 and not all(
+        starts_entity(p.removeprefix("and "), strict=True) for p in pieces
+    ):
         pieces = [body]  # commas belong to descriptions; only "and" can split
     items = [i for p in pieces for i in split_and(p.removeprefix("and "))]
     if len(items) < 2:

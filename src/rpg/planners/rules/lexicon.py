@@ -37,6 +37,16 @@ SHAPES = wordset(
     "hexagonal heart-shaped star-shaped"
 )
 ATTRIBUTES = COLOURS | TEXTURES | SHAPES
+#: Attribute words that are nouns too: "an orange", "a glass", "a gold medal".
+NOUN_ATTRIBUTES = wordset(
+    "orange lime olive gold silver glass metal paper stone marble brick steel iron plastic wool "
+    "silk leather rubber fabric concrete cardboard ivory amber emerald"
+)
+#: Adjectives that open a comma-separated list of adjectives: "a big, brown bowl" is one bowl.
+ADJECTIVES = (ATTRIBUTES - NOUN_ATTRIBUTES) | wordset(
+    "big small large little tiny huge giant tall short long old young new cute shiny bright "
+    "dark pale heavy soft thin fat wide narrow"
+)
 
 #: Nouns that follow "and"/"in"/"with" as part of an entity's description rather than as a new
 #: entity or a setting: "a girl with a hat and a scarf", "a man in a red coat".
@@ -78,7 +88,8 @@ ING_NOUNS: tuple[str, ...] = (
 #: red shower curtain" describes two things in a bathroom.
 SCENE_NOUNS = wordset(
     "room bathroom kitchen bedroom office classroom hallway garden park street city beach "
-    "living-room library restaurant cafe shop store table desk shelf yard field forest"
+    "living-room library restaurant cafe shop store table desk shelf yard field forest lot "
+    "bath-room"
 )
 
 #: Words after which a phrase describes its own entity ("wearing a hat" belongs to one entity),

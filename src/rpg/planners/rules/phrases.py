@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rpg.models import Entity
 from rpg.planners.rules.lexicon import (
+    ADJECTIVES,
     ATTRIBUTES,
     COLOURS,
     COMPOUND_NOUNS,
@@ -106,17 +107,24 @@ def words(text: str) -> list[str]:
     return re.findall(r"[\w'-]+", text.lower())
 
 
-def starts_entity(text: str) -> bool:
-    """Whether ``text`` opens like a new entity: "a …", "two …", "3 …", or "red …"."""
+def starts_entity(text: str, *, strict: bool = False) -> bool:
+    """Whether ``text`` opens like a new entity: "a …", "two …", "3 …", or (not ``strict``)
+    "red …". After a comma only the strict form counts: "a big, brown bowl" is one bowl."""
     first = words(text)[:1]
-    return bool(first) and (first[0] in DETERMINERS or first[0].isdigit() or first[0] in ATTRIBUTES)
+    return bool(first) and (
+        first[0] in DETERMINERS or first[0].isdigit() or (not strict and first[0] in ATTRIBUTES)
+    )
 
 
 def head_is_worn(text: str) -> bool:
-    """Whether a phrase such as "a red scarf" names something worn or a body feature (its head
-    noun does: "a blue hair drier" is a thing of its own)."""
-    noun = head_noun(text.split(",")[0])
-    return " " not in noun and (noun in WORN or singular(noun) in WORN)
+    """Whether a phrase such as "a red scarf" or "black pants resting" names something worn or a
+    body feature; "a blue hair drier" is a thing of its own."""
+    found = words(text.split(",")[0])
+    while found and (found[0] in DETERMINERS or found[0] in ATTRIBUTES or found[0].isdigit()):
+        found = found[1:]
+    if _COMPOUND.match(" ".join(found)):
+        return False
+    return any(w in WORN or singular(w) in WORN for w in found[:3])
 
 
 def split_and(piece: str, *, listing: bool = False) -> list[str]:
@@ -151,6 +159,12 @@ def _is_bare_noun_start(text: str) -> bool:
     )
 
 
+def _only_adjectives(text: str) -> bool:
+    """ "a big" or "the white": a phrase cut off before its noun by a comma."""
+    found = [w for w in words(text) if w not in DETERMINERS]
+    return bool(found) and all(w in ADJECTIVES for w in found)
+
+
 def split_list(text: str, *, listing: bool = False) -> list[str]:
     """Split "A, B and C" into entities; pieces that do not start like an entity stay attached
     (``listing=True``: every comma-separated piece is an entity)."""
@@ -162,8 +176,8 @@ def split_list(text: str, *, listing: bool = False) -> list[str]:
         if piece.lower().startswith("and "):
             piece = piece[4:]
         sub = split_and(piece, listing=listing)
-        opens = starts_entity(sub[0]) or (listing and _is_bare_noun_start(sub[0]))
-        if items and not opens:
+        opens = starts_entity(sub[0], strict=True) or (listing and _is_bare_noun_start(sub[0]))
+        if items and (not opens or _only_adjectives(items[-1])):
             items[-1] = f"{items[-1]}, {sub[0]}"
             sub = sub[1:]
         items.extend(sub)
