@@ -117,6 +117,8 @@ COLOUR = [
     ("a yellow duck in a blue pond", "a yellow duck / a blue pond", "relation"),
     ("a white cat in a red hat", "a white cat in a red hat", "single"),
     ("a red apple on a wooden table", "a red apple on a wooden table", "single"),
+    ("the kitchen has brown cabinets and a silver refrigerator",
+     "brown cabinets in the kitchen | a silver refrigerator in the kitchen", "scene with"),
 ]  # fmt: skip
 SHARED = [
     ("A brown horse on the left and a grey donkey on the right, grazing in a meadow",
@@ -141,6 +143,10 @@ SHARED = [
      "a picture of a horse at sunset | a picture of a barn at sunset", "relation"),
     ("the man on the left of the picture holds a cup while the woman on the right drinks tea",
      "a man holding a cup | a woman drinking tea", "described positions"),
+    ("a red cup and a blue plate lie on a table",
+     "a red cup, lying on a table | a blue plate, lying on a table", "and"),
+    ("A cat sitting next to a white bicycle on a green lawn",
+     "A cat on a green lawn | a white bicycle on a green lawn", "relation"),
 ]  # fmt: skip
 POSITIONS = [
     ("on the right a fox, in the center an owl, on the left a deer",
@@ -166,6 +172,10 @@ SINGLE = [
      "a boy on the left and a girl who is on the right of the boy wears a hat", "single"),
     ("Two boys playing chess in a park, the boy on the left wears",
      "Two boys playing chess in a park, the boy on the left wears", "single"),
+    ("A man in a red shirt and black pants resting on a bench",
+     "A man in a red shirt and black pants resting on a bench", "single"),
+    ("a white kitchen counter with a big, brown bowl on it",
+     "a white kitchen counter with a big, brown bowl on it", "single"),
 ]  # fmt: skip
 
 FAMILIES = {

@@ -121,6 +121,29 @@ VERB_FORMS = {
     "laughs": "laughing",
 }
 
+#: Verbs of a plural subject that say where a group is ("a cup and a plate sit on a tray"),
+#: and the participle every region gets instead ("a cup, sitting on a tray").
+GROUP_VERBS = {
+    "sit": "sitting",
+    "lie": "lying",
+    "lay": "lying",
+    "rest": "resting",
+    "stand": "standing",
+    "float": "floating",
+    "hang": "hanging",
+    "play": "playing",
+    "sleep": "sleeping",
+    "wait": "waiting",
+    "await": "waiting",
+    "gleam": "gleaming",
+    "glide": "gliding",
+    "drift": "drifting",
+    "lounge": "lounging",
+    "swim": "swimming",
+    "fly": "flying",
+    "graze": "grazing",
+}
+
 STYLE_NOUNS = (
     r"photo(?:graph)?|painting|drawing|illustration|render(?:ing)?|sketch|watercolou?r|"
     r"picture|image|artwork|poster|shot|close-up|closeup|3d\s+render"

@@ -17,6 +17,7 @@ from rpg.planners.rules.lexicon import (
     COLOURS,
     COMPOUND_NOUNS,
     DETERMINERS,
+    GROUP_VERBS,
     ING_NOUNS,
     OWN_VERBS,
     POSSESSIVES,
@@ -223,6 +224,9 @@ def shared_setting(items: list[str]) -> tuple[list[str], str]:
     last, setting = take_setting(items[-1])
     if not setting or any(take_setting(i)[1] for i in items[:-1]):
         return items, ""
+    verb = re.search(r"\s(\w+)$", last)  # "a cup and a plate sit on a tray": the group sits
+    if verb and verb.group(1).lower() in GROUP_VERBS and len(items) > 1:
+        last, setting = last[: verb.start()], f"{GROUP_VERBS[verb.group(1).lower()]} {setting}"
     return [*items[:-1], last], setting
 
 
