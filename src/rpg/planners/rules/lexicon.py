@@ -92,9 +92,9 @@ SCENE_NOUNS = wordset(
     "bath-room"
 )
 
-#: Words after which a phrase describes its own entity ("wearing a hat" belongs to one entity),
-#: so a clause that opens with one is never a setting shared by all entities.
-OWN_VERBS = wordset("wearing holding carrying having with who that")
+#: Words after which a phrase describes its own entity ("a girl with a hat and a scarf", "a
+#: man in a red coat"): worn things after "and" continue it rather than start a new entity.
+OWN_VERBS = wordset("wearing holding carrying having with who that in has have wears holds")
 
 #: Third-person verbs of a described clause and the participle a region prompt uses instead
 #: ("the boy on the left wears a green cap" → "a boy wearing a green cap").

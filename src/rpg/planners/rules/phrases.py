@@ -30,10 +30,10 @@ from rpg.planners.rules.lexicon import (
 from rpg.planners.template import split_outside_brackets
 
 POSITION_WORDS = r"left|right|middle|center|centre|top|bottom|foreground|background"
+_ING_NOUNS = "(?:" + "|".join(n.replace(" ", r"\s+") for n in ING_NOUNS) + r")(?:e?s)?"
+_ING_NOUN = re.compile(rf"^(?:{_ING_NOUNS})\b", re.IGNORECASE)
 #: A participle that says where or how the whole group is ("standing", "grazing", "playing
 #: chess"): it may open a shared setting. Attribute verbs ("wearing") never do.
-_ING_NOUNS = "|".join(n.replace(" ", r"\s+") for n in ING_NOUNS)
-_ING_NOUN = re.compile(rf"^(?:{_ING_NOUNS})\b", re.IGNORECASE)
 _PARTICIPLE_WORDS = (
     rf"(?!(?:wearing|holding|carrying|having|{_ING_NOUNS})\b)"
     r"[a-z]+ing(?:\s+[a-z]+){0,2}?"
@@ -58,7 +58,7 @@ _STYLE_PREFIX = re.compile(
 )
 _STYLE_WORDS = re.compile(rf"\b(?:{STYLE_WORDS})\b", re.IGNORECASE)
 _IN_STYLE_OF = re.compile(r",?\s*\bin\s+the\s+style\s+of\s+[^,]+", re.IGNORECASE)
-_OWN_CLAUSE = re.compile(r"\s(?:with|wearing|holding|carrying|in|has|have|wears|holds)\s")
+_OWN_CLAUSE = re.compile(rf"\s(?:{'|'.join(sorted(OWN_VERBS))})\s")
 # "…, both sleeping on a sofa": the clause is about every entity.
 _GROUP_WORD = re.compile(r"^(?:both|all(?:\s+of\s+them)?|together)\s+", re.IGNORECASE)
 _LEADING_FILLER = re.compile(
@@ -83,6 +83,7 @@ _BAD_LAST = (
     )
     | DETERMINERS
     | POSSESSIVES
+    | frozenset(VERB_FORMS)
 )
 
 
@@ -320,7 +321,8 @@ def head_noun(text: str) -> str:
 
 
 _HEAD_END = re.compile(
-    r"\s+(?:with|wearing|holding|carrying|in|on|at|who|that|having|of|from|under|near|by)\s+"
+    r"\s+(?:with|wearing|holding|carrying|in|on|at|who|that|having|of|from|under|near|by|"
+    rf"(?!(?:{_ING_NOUNS})\b)[a-z]+ing)(?:\s+|$)"  # "a kite flying", not "a dining table"
 )
 _COMPOUND = re.compile(
     r"\b(?:" + "|".join(c.replace(" ", r"\s+") + r"(?:e?s)?" for c in COMPOUND_NOUNS) + r")\b"
@@ -348,7 +350,7 @@ def is_entity_phrase(text: str) -> bool:
 
 def entity_of(text: str) -> Entity:
     """Name and attributes of an entity phrase: "a girl with red hair and a hat"."""
-    own = "|".join(sorted(OWN_VERBS | {"in"}))
+    own = "|".join(sorted(OWN_VERBS))
     m = re.match(rf"^(?P<name>.+?)\s+(?:{own})\s+(?P<rest>.+)$", text)
     name, rest = (m.group("name"), m.group("rest")) if m else (text, "")
     name = re.sub(r"^(?:a|an|the)\s+", "", name, flags=re.IGNORECASE).strip() or text
