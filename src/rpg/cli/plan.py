@@ -38,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the plan cache")
     p.add_argument("--json", action="store_true", help="print the plan result as JSON")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why the prompt was split this way: the rule the 'rules' planner used, or an "
+        "LLM planner's raw reply (with --json it is the 'raw' field)",
+    )
     hand = p.add_argument_group("hand-written plan")
     hand.add_argument("--split-ratio", help="rows and widths, e.g. '1,1' or '1,2;1,1,1'")
     hand.add_argument("--prompts", help="regional prompts separated by BREAK")
@@ -118,6 +124,18 @@ def format_plan(result: PlanResult) -> str:
     return "\n".join(lines)
 
 
+def explain_plan(result: PlanResult) -> str:
+    """Why the plan looks the way it does, for ``--explain``."""
+    if result.planner == "manual":
+        return "why: a hand-written plan (--split-ratio and --prompts)"
+    if not result.raw.strip():
+        return f"why: the {result.planner or 'unnamed'} planner recorded no explanation"
+    if result.planner == "rules":
+        return result.raw.strip()
+    reply = "\n".join(f"  {line}" for line in result.raw.strip().splitlines())
+    return f"why: the {result.planner} planner's reply was\n{reply}"
+
+
 def run(args: argparse.Namespace) -> int:
     if args.split_ratio is not None:
         result = _hand_plan(args)
@@ -129,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
     else:
         print(format_plan(result))
+        if args.explain:
+            print(f"\n{explain_plan(result)}")
     if args.split_ratio is None and not args.json:
         print(f"\nplanned by {result.planner} in {result.seconds:.2f} s", file=sys.stderr)
     return 0
