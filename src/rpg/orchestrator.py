@@ -179,7 +179,9 @@ class RPG:
         else:
             backbone_cls = select_backbone(ModelInfo("pipeline", "folder"), backbone)
         if model is None:
-            model = getattr(getattr(pipe, "config", None), "_name_or_path", None) or None
+            # diffusers keeps what from_pretrained was given, which may be a Path
+            source = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+            model = os.fspath(source) if source else None
         return cls(
             backbone_cls.from_pipeline(pipe),
             planner=planner,
