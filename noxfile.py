@@ -28,9 +28,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy on the package."""
-    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py", external=True)
-    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py", external=True)
+    """ruff (lint and format check, also of the docs' code blocks) and mypy on the package."""
+    paths = ("src", "tests", "bench", "docs", "examples", "noxfile.py")
+    session.run("ruff", "check", *paths, external=True)
+    session.run("ruff", "format", "--check", *paths, external=True)
     session.run("mypy", "src/rpg", external=True)
 
 

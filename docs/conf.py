@@ -16,7 +16,7 @@ import rpg  # noqa: E402
 
 project = "rpg"
 author = "rpg developers"
-copyright = "rpg developers, Apache-2.0"  # noqa: A001
+copyright = "rpg developers, Apache-2.0"
 release = rpg.__version__
 version = ".".join(release.split(".")[:2])
 

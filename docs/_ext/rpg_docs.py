@@ -16,7 +16,7 @@ import io
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -49,7 +49,7 @@ class RpgLayout(SphinxDirective):
     ``base-ratio``; or ``prompt``; and ``size`` (``WxH``), ``alt``."""
 
     has_content = False
-    option_spec = {
+    option_spec: ClassVar[dict[str, Any]] = {
         "split-ratio": directives.unchanged,
         "prompts": directives.unchanged,
         "base-prompt": directives.unchanged,

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from rpg_example_planner import GridPlanner
 
 import rpg
 from rpg import plugins
-from rpg_example_planner import GridPlanner
 
 
 def test_four_things_make_two_rows_of_two_with_the_setting_in_each() -> None:
