@@ -45,20 +45,20 @@ os.environ.update(OFFLINE_ENV)
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
 
-def _skip_if_marked(code: str) -> None:
-    first = code.lstrip("\n").split("\n", 1)[0]
+def _skip_if_marked(example: Example) -> None:
+    first = str(example.parsed).lstrip("\n").split("\n", 1)[0]
     match = SKIP_MARKER.match(first)
     if match:
-        pytest.skip(match.group("reason"))
+        pytest.skip(f"{_where(example)}: {match.group('reason')}")
 
 
 def _where(example: Example) -> str:
-    return f"{Path(example.path).name}, line {example.line}"
+    return f"{Path(example.path).relative_to(Path(__file__).parent)}:{example.line}"
 
 
 def run_python(example: Example) -> None:
     code = str(example.parsed)
-    _skip_if_marked(code)
+    _skip_if_marked(example)
     # Pad so that tracebacks show the line numbers of the Markdown file.
     source = "\n" * example.line + code
     exec(compile(source, str(example.path), "exec"), example.namespace)
@@ -66,7 +66,7 @@ def run_python(example: Example) -> None:
 
 def run_bash(example: Example) -> None:
     code = str(example.parsed)
-    _skip_if_marked(code)
+    _skip_if_marked(example)
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", code],
         cwd=example.namespace["__cwd__"],

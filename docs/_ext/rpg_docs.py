@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any, ClassVar
@@ -170,7 +171,7 @@ def _default(action: argparse.Action) -> str:
     return str(default)
 
 
-def _options_table(actions: list[argparse.Action]) -> list[str]:
+def _options_table(parser: argparse.ArgumentParser, actions: list[argparse.Action]) -> list[str]:
     rows = ["| option | meaning | default |", "| --- | --- | --- |"]
     for action in actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
@@ -178,8 +179,10 @@ def _options_table(actions: list[argparse.Action]) -> list[str]:
         if action.help == argparse.SUPPRESS:
             continue
         default = _default(action)
+        # argparse's own expansion: %(default)s, %% ...
+        meaning = parser._get_formatter()._expand_help(action) if action.help else ""
         rows.append(
-            f"| `{_invocation(action)}` | {_md(action.help or '')} | "
+            f"| `{_invocation(action)}` | {_md(meaning)} | "
             f"{'`' + default + '`' if default else ''} |"
         )
     return rows if len(rows) > 2 else []
@@ -192,7 +195,7 @@ def _command_section(name: str, parser: argparse.ArgumentParser, level: str) -> 
     usage = parser.format_usage().strip()
     lines += ["```text", usage, "```", ""]
     for group in parser._action_groups:
-        table = _options_table(group._group_actions)
+        table = _options_table(parser, group._group_actions)
         if not table:
             continue
         title = group.title or "options"
@@ -224,7 +227,16 @@ def cli_reference() -> str:
 
 def _write_generated_pages(app: Sphinx) -> None:
     target = Path(app.srcdir) / "reference" / "cli.md"
-    text = cli_reference()
+    # argparse wraps usage lines at the terminal's width; make the page the same everywhere
+    previous = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"
+    try:
+        text = cli_reference()
+    finally:
+        if previous is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = previous
     if not target.exists() or target.read_text(encoding="utf-8") != text:
         target.write_text(text, encoding="utf-8")
 
