@@ -40,13 +40,14 @@ def docs(session: nox.Session) -> None:
     """Build the docs with warnings as errors, then run every code block in them.
 
     Needs the ``docs`` extra (``pip install -e ".[dev,docs]"``). The example plugin is installed
-    first: the plugin guide runs it, and its own tests run here too.
+    first: the plugin guide runs it, and its own tests run here too. ``-E`` re-reads every page,
+    so a warning in a page that did not change still fails the build.
     """
     session.run(
         "python", "-m", "pip", "install", "--quiet", "./examples/rpg-example-planner", external=True
     )
     session.run(
-        "python", "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+        "python", "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html",
         "docs", "docs/_build/html", env=OFFLINE, external=True,
     )  # fmt: skip
     session.run(

@@ -90,6 +90,8 @@ class RegionalLayout:
     def from_plan(
         cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8
     ) -> RegionalLayout:
+        """Where ``plan``'s regions fall on a ``width × height`` image (latents ``latent_factor``
+        times smaller), with each region's base weight."""
         return cls(
             rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),
             base_weights=tuple(plan.base_weights()),
