@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+from conftest import SKIP_MARKER
+
 HERE = Path(__file__).parent
 CHECKED = {"python", "bash", "json", "toml"}
 DISPLAY_ONLY = {"text"}
@@ -20,10 +22,11 @@ PAGES = sorted(
 )
 
 
-def _fences(path: Path) -> list[tuple[int, str]]:
+def _fences(path: Path) -> list[tuple[int, str, str]]:
+    """``(line, language, first line of the code)`` of every fenced block."""
     tokens = MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8"))
     return [
-        (t.map[0] + 1 if t.map else 0, t.info.strip().split(" ", 1)[0])
+        (t.map[0] + 1 if t.map else 0, t.info.strip().split(" ", 1)[0], t.content.split("\n")[0])
         for t in tokens
         if t.type == "fence"
     ]
@@ -38,7 +41,18 @@ def test_the_pages_are_found() -> None:
 def test_every_code_block_has_a_checked_language(page: Path) -> None:
     unchecked = [
         f"{page.name}:{line}: {language or '(no language)'}"
-        for line, language in _fences(page)
+        for line, language, _ in _fences(page)
         if language not in CHECKED | DISPLAY_ONLY and not language.startswith("{")
     ]
     assert not unchecked, "blocks the doc tests would not check: " + "; ".join(unchecked)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(HERE).as_posix())
+def test_skip_markers_are_spelled_so_that_they_skip(page: Path) -> None:
+    # "# not run in CI as a block" would not match the marker, and the block would run
+    misspelled = [
+        f"{page.name}:{line}: {first}"
+        for line, _, first in _fences(page)
+        if "not run in ci" in first.lower() and not SKIP_MARKER.match(first)
+    ]
+    assert not misspelled, "write '# not run in CI: REASON': " + "; ".join(misspelled)
