@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s bench``.
+"""Developer sessions: ``nox -s tests``, ``nox -s lint``, ``nox -s docs``, ``nox -s bench``.
 
 The sessions run in the environment you installed rpg into (``pip install -e ".[dev]"``), so
 PyTorch, which is large and platform-specific, is installed once by you and never again by nox.
@@ -28,10 +28,33 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy on the package."""
-    session.run("ruff", "check", "src", "tests", "bench", "noxfile.py", external=True)
-    session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py", external=True)
+    """ruff (lint and format check, also of the docs' code blocks) and mypy on the package."""
+    paths = ("src", "tests", "bench", "docs", "examples", "noxfile.py")
+    session.run("ruff", "check", *paths, external=True)
+    session.run("ruff", "format", "--check", *paths, external=True)
     session.run("mypy", "src/rpg", external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs with warnings as errors, then run every code block in them.
+
+    Needs the ``docs`` extra (``pip install -e ".[dev,docs]"``). The example plugin is installed
+    first: the plugin guide runs it, and its own tests run here too. ``-E`` re-reads every page,
+    so a warning in a page that did not change still fails the build.
+    """
+    session.run(
+        "python", "-m", "pip", "install", "--quiet", "./examples/rpg-example-planner", external=True
+    )
+    session.run(
+        "python", "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html",
+        "docs", "docs/_build/html", env=OFFLINE, external=True,
+    )  # fmt: skip
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        *(session.posargs or ["docs", "examples/rpg-example-planner/tests"]),
+        env=OFFLINE, external=True,
+    )  # fmt: skip
 
 
 @nox.session

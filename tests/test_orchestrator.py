@@ -182,6 +182,15 @@ def test_from_pipeline_wraps_an_existing_pipeline(tiny_rpg: RPG) -> None:
         RPG.from_pipeline(object())
 
 
+def test_from_pipeline_records_a_pipeline_loaded_from_a_path(tiny_sd_path: Path) -> None:
+    # diffusers records the Path object it was given as _name_or_path; requests need a string
+    stock = StableDiffusionPipeline.from_pretrained(tiny_sd_path)
+    stock.set_progress_bar_config(disable=True)
+    wrapped = RPG.from_pipeline(stock)
+    assert wrapped.model == str(tiny_sd_path)
+    assert wrapped.generate(_request(steps=1)).request.model == str(tiny_sd_path)
+
+
 def test_rpg_is_exported_lazily_and_loads_by_path(tiny_sd_path: Path) -> None:
     assert rpg.RPG is RPG
     pipe = rpg.RPG.from_pretrained(str(tiny_sd_path), device="cpu", backbone="sd")
