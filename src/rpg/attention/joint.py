@@ -280,7 +280,9 @@ class _JointAttention:
         else:
             assert regions.global_span is not None  # checked by JointRegions
             g0, g1 = regions.global_span
-            out_i = self._attend(q_i, self._keys(k_t[:, g0:g1], k_i), self._keys(v_t[:, g0:g1], v_i))
+            out_i = self._attend(
+                q_i, self._keys(k_t[:, g0:g1], k_i), self._keys(v_t[:, g0:g1], v_i)
+            )
 
         # Text of each region prompt sees its own tokens and its region's image tokens; text of
         # the base (and of the whole prompt packed for non-regional calls) sees every image token.
@@ -289,8 +291,8 @@ class _JointAttention:
         for span, bounds in zip(regions.region_spans, index.bounds, strict=True):
             if span not in wide:
                 cells.setdefault(span, []).append(bounds)
-        for (s0, s1), bounds in cells.items():
-            rows = [(a, b) for a, b in bounds if b > a]
+        for (s0, s1), cell_bounds in cells.items():
+            rows = [(a, b) for a, b in cell_bounds if b > a]
             if len(rows) == 1:
                 img_k, img_v = k_i[:, rows[0][0] : rows[0][1]], v_i[:, rows[0][0] : rows[0][1]]
             else:
@@ -382,9 +384,19 @@ class _JointAttention:
 # ---------------------------------------------------------------------------------- processors
 
 
+_Projections = tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+]
+
+
 def _projections(
     attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None
-) -> tuple[torch.Tensor, ...]:
+) -> _Projections:
     """q, k, v of the image stream and (or ``None``) of the text stream, fused or not."""
     if getattr(attn, "fused_projections", False):
         q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
@@ -399,6 +411,12 @@ def _projections(
     ek = attn.add_k_proj(encoder_hidden_states)
     ev = attn.add_v_proj(encoder_hidden_states)
     return q, k, v, eq, ek, ev
+
+
+def _rope(x: torch.Tensor, freqs: Any) -> torch.Tensor:
+    # diffusers annotates a tuple, but with use_real it returns one tensor
+    out: torch.Tensor = apply_rotary_emb(x, freqs, sequence_dim=1)  # type: ignore[assignment]
+    return out
 
 
 def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
@@ -443,8 +461,8 @@ class FluxRegionalAttnProcessor(_JointAttention):
                     "a single-stream block needs the packed text length (JointRegions.text_length)"
                 )
         if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+            q = _rope(q, image_rotary_emb)
+            k = _rope(k, image_rotary_emb)
         out_t, out_i = self.attend(
             q[:, :n_text], k[:, :n_text], v[:, :n_text], q[:, n_text:], k[:, n_text:], v[:, n_text:]
         )
@@ -486,9 +504,7 @@ class SD3RegionalAttnProcessor(_JointAttention):
         k = _norm(attn.norm_k, k.unflatten(-1, heads).transpose(1, 2)).transpose(1, 2)
         eq = _norm(attn.norm_added_q, eq.unflatten(-1, heads).transpose(1, 2)).transpose(1, 2)
         ek = _norm(attn.norm_added_k, ek.unflatten(-1, heads).transpose(1, 2)).transpose(1, 2)
-        out_t, out_i = self.attend(
-            eq, ek, ev.unflatten(-1, heads), q, k, v.unflatten(-1, heads)
-        )
+        out_t, out_i = self.attend(eq, ek, ev.unflatten(-1, heads), q, k, v.unflatten(-1, heads))
         out_t, out_i = out_t.flatten(2, 3).to(q.dtype), out_i.flatten(2, 3).to(q.dtype)
         if not attn.context_pre_only:
             out_t = attn.to_add_out(out_t)
@@ -601,9 +617,7 @@ def regional_joint(
     state.rows, state.step, state.last_timestep = "positive", 0, None
     handle = None
     try:
-        transformer.set_attn_processor(
-            {k: installed.get(k, v) for k, v in previous.items()}
-        )
+        transformer.set_attn_processor({k: installed.get(k, v) for k, v in previous.items()})
         handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
         yield processors
     finally:

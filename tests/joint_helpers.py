@@ -1,0 +1,260 @@
+"""Tiny MM-DiT transformers and a naive regional joint-attention reference for the DiT tests.
+
+The naive reference is DESIGN.md's definition written the slow way: it projects the joint
+sequence as the stock processor does, then, for every query token separately, lists the keys that
+token may see (by the rules for image tokens, region text and base text), runs a softmax over
+exactly those keys, and blends an image token's two results by its region's base weight.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers.models.embeddings import apply_rotary_emb
+
+from rpg.attention.joint import JointRegions
+from rpg.attention.spec import RegionalLayout, Span
+from rpg.layout import grid_cells
+
+TEXT_DIM = 32
+POOLED_DIM = 24
+
+
+def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = False) -> Any:
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=POOLED_DIM,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def tiny_sd3_transformer(seed: int = 0) -> Any:
+    """SD3.5-style: QK norms and one dual-attention block (its ``attn2`` stays stock)."""
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=2,
+        in_channels=4,
+        num_layers=3,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM,
+        caption_projection_dim=16,
+        pooled_projection_dim=POOLED_DIM,
+        out_channels=4,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    ).eval()
+
+
+# ------------------------------------------------------------------------------ random layouts
+
+
+@dataclass(frozen=True)
+class Case:
+    """A random plan geometry with spans: what a backbone would pack."""
+
+    layout: RegionalLayout
+    spans: tuple[Span, ...]
+    base_span: Span | None
+    global_span: Span | None
+    text_length: int
+
+
+def random_case(rng: random.Random, height: int, width: int, *, base: bool) -> Case:
+    rows = tuple(
+        (rng.uniform(0.5, 2.0), tuple(rng.uniform(0.5, 2.0) for _ in range(rng.randint(1, 3))))
+        for _ in range(rng.randint(1, 3))
+    )
+    n = sum(len(ws) for _, ws in rows)
+    start = 0
+    base_span = None
+    if base:
+        base_span = (0, rng.randint(2, 6))
+        start = base_span[1]
+    spans: list[Span] = []
+    for _ in range(n):
+        if spans and rng.random() < 0.2:  # repeated prompts share one span
+            spans.append(rng.choice(spans))
+            continue
+        length = rng.randint(1, 5)
+        spans.append((start, start + length))
+        start += length
+    if base and rng.random() < 0.5:
+        betas = tuple(round(rng.uniform(0.1, 0.8), 2) for _ in range(n))
+    else:
+        betas = (round(rng.uniform(0.1, 0.8), 2),) * n if base else (0.0,) * n
+    global_span = base_span
+    if not base:  # the whole prompt, packed for non-regional calls
+        global_span = (start, start + rng.randint(2, 5))
+        start = global_span[1]
+    layout = RegionalLayout(
+        rows=rows, base_weights=betas, height=height, width=width, latent_factor=16
+    )
+    return Case(layout, tuple(spans), base_span, global_span, start)
+
+
+def labels(layout: RegionalLayout) -> list[int]:
+    """Region number of every patch, row-major (from the project's one cell rule)."""
+    h, w = layout.height // 16, layout.width // 16
+    out = [-1] * (h * w)
+    for r, (y0, y1, x0, x1) in enumerate(grid_cells(layout.rows, h, w)):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                out[y * w + x] = r
+    assert -1 not in out
+    return out
+
+
+# ------------------------------------------------------------------------------ naive reference
+
+
+def _softmax_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query ``[H, D]`` against keys/values ``[n, H, D]`` → ``[H, D]``."""
+    scores = torch.einsum("hd,nhd->hn", q, k) / q.shape[-1] ** 0.5
+    return torch.einsum("hn,nhd->hd", scores.softmax(dim=-1), v)
+
+
+def naive_joint(
+    q_t: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    q_i: torch.Tensor,
+    k_i: torch.Tensor,
+    v_i: torch.Tensor,
+    regions: JointRegions,
+    *,
+    regional: bool,
+    negative: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query loop over the joint sequence of one batch row set (``[B, S, H, D]`` inputs)."""
+    n_text, n_img = q_t.shape[1], q_i.shape[1]
+    lab = labels(regions.layout)
+    scope = regions.options.image_attention
+    out_t, out_i = torch.zeros_like(q_t), torch.zeros_like(q_i)
+    every_text = list(range(n_text))
+    for b in range(q_t.shape[0]):
+        kt, vt, ki, vi = k_t[b], v_t[b], k_i[b], v_i[b]
+
+        def attend(
+            q: torch.Tensor, texts: list[int], images: list[int], kt=kt, vt=vt, ki=ki, vi=vi
+        ) -> torch.Tensor:
+            k = torch.cat([kt[texts], ki[images]])
+            v = torch.cat([vt[texts], vi[images]])
+            return _softmax_attend(q, k, v)
+
+        if negative:
+            s0, s1 = regions.negative_span or (0, n_text)
+            texts, images = list(range(s0, s1)), list(range(n_img))
+            for j in every_text:
+                out_t[b, j] = attend(q_t[b, j], texts, images)
+            for p in range(n_img):
+                out_i[b, p] = attend(q_i[b, p], texts, images)
+            continue
+        for p in range(n_img):
+            r = lab[p]
+            mine = [x for x in range(n_img) if lab[x] == r] if scope == "region" else range(n_img)
+            images = list(mine)
+            if not regional:
+                g0, g1 = regions.global_span or (0, 0)
+                out_i[b, p] = attend(q_i[b, p], list(range(g0, g1)), list(range(n_img)))
+                continue
+            s0, s1 = regions.region_spans[r]
+            value = attend(q_i[b, p], list(range(s0, s1)), images)
+            beta = regions.layout.base_weights[r]
+            if beta > 0:
+                assert regions.base_span is not None
+                b0, b1 = regions.base_span
+                value = (1 - beta) * value + beta * attend(q_i[b, p], list(range(b0, b1)), images)
+            out_i[b, p] = value
+        wide = {s for s in (regions.base_span, regions.global_span) if s is not None}
+        for j in every_text:
+            owners = [
+                r
+                for r, (s0, s1) in enumerate(regions.region_spans)
+                if s0 <= j < s1 and (s0, s1) not in wide
+            ]
+            span = next((s for s in wide if s[0] <= j < s[1]), None)
+            if span is not None:
+                out_t[b, j] = attend(q_t[b, j], list(range(*span)), list(range(n_img)))
+            elif owners:
+                s0, s1 = regions.region_spans[owners[0]]
+                images = [x for x in range(n_img) if lab[x] in owners]
+                out_t[b, j] = attend(q_t[b, j], list(range(s0, s1)), images)
+    return out_t, out_i
+
+
+class NaiveJointProcessor:
+    """Test-only processor: stock projections, then :func:`naive_joint` per batch half."""
+
+    def __init__(self, regions: JointRegions, *, flux: bool, regional_block: bool = True):
+        self.regions = regions
+        self.flux = flux
+        self.regional_block = regional_block
+
+    def _split(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        state = self.regions.state
+        regional = self.regional_block and self.regions.step_is_regional()
+        if state.rows == "negative":
+            return naive_joint(*tensors, self.regions, regional=regional, negative=True)
+        if state.rows == "positive":
+            return naive_joint(*tensors, self.regions, regional=regional, negative=False)
+        half = tensors[0].shape[0] // 2
+        neg = naive_joint(
+            *(x[:half] for x in tensors), self.regions, regional=regional, negative=True
+        )
+        pos = naive_joint(
+            *(x[half:] for x in tensors), self.regions, regional=regional, negative=False
+        )
+        return torch.cat([neg[0], pos[0]]), torch.cat([neg[1], pos[1]])
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, *args, **kwargs):  # fmt: skip
+        heads = attn.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(x.shape[0], x.shape[1], heads, -1)
+
+        def norm(module: Any, x: torch.Tensor) -> torch.Tensor:
+            return x if module is None else module(x)
+
+        q = norm(attn.norm_q, split(attn.to_q(hidden_states)))
+        k = norm(attn.norm_k, split(attn.to_k(hidden_states)))
+        v = split(attn.to_v(hidden_states))
+        if encoder_hidden_states is None:  # FLUX single-stream: the input is [text | image]
+            n_text = self.regions.text_length
+            assert n_text is not None
+            if image_rotary_emb is not None:
+                q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+                k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+            parts = (q[:, :n_text], k[:, :n_text], v[:, :n_text], q[:, n_text:], k[:, n_text:],
+                     v[:, n_text:])  # fmt: skip
+            out_t, out_i = self._split(parts)
+            return torch.cat([out_t, out_i], dim=1).flatten(2, 3)
+        eq = norm(attn.norm_added_q, split(attn.add_q_proj(encoder_hidden_states)))
+        ek = norm(attn.norm_added_k, split(attn.add_k_proj(encoder_hidden_states)))
+        ev = split(attn.add_v_proj(encoder_hidden_states))
+        if self.flux and image_rotary_emb is not None:
+            n_text = eq.shape[1]
+            jq = apply_rotary_emb(torch.cat([eq, q], 1), image_rotary_emb, sequence_dim=1)
+            jk = apply_rotary_emb(torch.cat([ek, k], 1), image_rotary_emb, sequence_dim=1)
+            eq, q, ek, k = jq[:, :n_text], jq[:, n_text:], jk[:, :n_text], jk[:, n_text:]
+        out_t, out_i = self._split((eq, ek, ev, q, k, v))
+        out_i = attn.to_out[1](attn.to_out[0](out_i.flatten(2, 3)))
+        out_t = out_t.flatten(2, 3)
+        if self.flux or not attn.context_pre_only:
+            out_t = attn.to_add_out(out_t)
+        return out_i, out_t
