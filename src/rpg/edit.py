@@ -246,7 +246,7 @@ def edit(
     work_mask = mask if (work_w, work_h) == (width, height) else mask.resize((work_w, work_h))
 
     t = time.perf_counter()
-    backbone.set_scheduler(request.scheduler)
+    backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
     guidance = backbone.uses_guidance(request.guidance_scale)
     conditioning = backbone.encode(
         new_plan, request.negative_prompt, guidance=guidance, prompt=request.prompt

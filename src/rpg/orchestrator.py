@@ -373,8 +373,10 @@ class RPG:
         backbone = self.backbone
         prepared = backbone.prepare_inputs(request, pipeline_kwargs, width=width, height=height)
         request = prepared.request
-        backbone.set_scheduler(request.scheduler)
-        guidance = backbone.uses_guidance(request.guidance_scale)
+        if request.scheduler is None:
+            request = request.model_copy(update={"scheduler": backbone.default_scheduler})
+        backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
+        guidance = backbone.request_guidance(request)
 
         t = time.perf_counter()
         conditioning = backbone.encode(

@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
     from rpg.metadata import save_png
 
     request = build_request(args)
-    check_scheduler(request.scheduler)  # fail before loading a model
+    if request.scheduler is not None:
+        check_scheduler(request.scheduler)  # fail before loading a model
     model = request.model or DEFAULT_MODEL
     embedded: list[Any] = []
     if args.from_image is not None and request.controls and not args.control_image:

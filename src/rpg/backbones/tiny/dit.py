@@ -41,7 +41,7 @@ def t5_tokenizer() -> Any:
     so any prompt tokenizes; other characters become ``<unk>``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     chars = [chr(c) for c in range(33, 127)]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
@@ -136,7 +136,7 @@ def write_tiny_flux(path: str | os.PathLike[str], seed: int = 0) -> Path:
             base_image_seq_len=256,
             max_image_seq_len=4096,
         )
-        pipe = FluxPipeline(
+        pipe: Any = FluxPipeline(
             scheduler=scheduler,
             vae=vae,
             text_encoder=text_encoder,
@@ -199,7 +199,7 @@ def write_tiny_sd3(path: str | os.PathLike[str], seed: int = 0) -> Path:
             text_encoder = CLIPTextModelWithProjection(config)
             text_encoder_2 = CLIPTextModelWithProjection(config)
             text_encoder_3 = _t5_encoder(len(tokenizer_3), 2 * _CLIP_WIDTH)
-        pipe = StableDiffusion3Pipeline(
+        pipe: Any = StableDiffusion3Pipeline(
             transformer=transformer,
             scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
             vae=vae,
