@@ -122,12 +122,6 @@ def labels(layout: RegionalLayout) -> list[int]:
 # ------------------------------------------------------------------------------ naive reference
 
 
-def _softmax_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One query ``[H, D]`` against keys/values ``[n, H, D]`` → ``[H, D]``."""
-    scores = torch.einsum("hd,nhd->hn", q, k) / q.shape[-1] ** 0.5
-    return torch.einsum("hn,nhd->hd", scores.softmax(dim=-1), v)
-
-
 def naive_joint(
     q_t: torch.Tensor,
     k_t: torch.Tensor,
@@ -140,60 +134,68 @@ def naive_joint(
     regional: bool,
     negative: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query loop over the joint sequence of one batch row set (``[B, S, H, D]`` inputs)."""
+    """Per-query loop over the joint sequence of one set of batch rows (``[B, S, H, D]``).
+
+    Every query gets its own explicit key list(s) and blend weight by the rules; queries with
+    identical lists are then evaluated together (the same softmax, just batched, so the long
+    padded base prompts of real pipelines stay fast).
+    """
     n_text, n_img = q_t.shape[1], q_i.shape[1]
     lab = labels(regions.layout)
     scope = regions.options.image_attention
-    out_t, out_i = torch.zeros_like(q_t), torch.zeros_like(q_i)
-    every_text = list(range(n_text))
-    for b in range(q_t.shape[0]):
-        kt, vt, ki, vi = k_t[b], v_t[b], k_i[b], v_i[b]
-
-        def attend(
-            q: torch.Tensor, texts: list[int], images: list[int], kt=kt, vt=vt, ki=ki, vi=vi
-        ) -> torch.Tensor:
-            k = torch.cat([kt[texts], ki[images]])
-            v = torch.cat([vt[texts], vi[images]])
-            return _softmax_attend(q, k, v)
-
-        if negative:
-            s0, s1 = regions.negative_span or (0, n_text)
-            texts, images = list(range(s0, s1)), list(range(n_img))
-            for j in every_text:
-                out_t[b, j] = attend(q_t[b, j], texts, images)
-            for p in range(n_img):
-                out_i[b, p] = attend(q_i[b, p], texts, images)
-            continue
+    # (is_text, position) -> [(weight, text keys, image keys), ...]
+    plan: dict[tuple[bool, int], list[tuple[float, tuple[int, ...], tuple[int, ...]]]] = {}
+    every_image = tuple(range(n_img))
+    if negative:
+        s0, s1 = regions.negative_span or (0, n_text)
+        for j in range(n_text):
+            plan[(True, j)] = [(1.0, tuple(range(s0, s1)), every_image)]
+        for p in range(n_img):
+            plan[(False, p)] = [(1.0, tuple(range(s0, s1)), every_image)]
+    else:
         for p in range(n_img):
             r = lab[p]
-            mine = [x for x in range(n_img) if lab[x] == r] if scope == "region" else range(n_img)
-            images = list(mine)
+            images = (
+                tuple(x for x in every_image if lab[x] == r) if scope == "region" else every_image
+            )
             if not regional:
                 g0, g1 = regions.global_span or (0, 0)
-                out_i[b, p] = attend(q_i[b, p], list(range(g0, g1)), list(range(n_img)))
+                plan[(False, p)] = [(1.0, tuple(range(g0, g1)), every_image)]
                 continue
             s0, s1 = regions.region_spans[r]
-            value = attend(q_i[b, p], list(range(s0, s1)), images)
             beta = regions.layout.base_weights[r]
+            terms = [(1.0 - beta, tuple(range(s0, s1)), images)]
             if beta > 0:
                 assert regions.base_span is not None
-                b0, b1 = regions.base_span
-                value = (1 - beta) * value + beta * attend(q_i[b, p], list(range(b0, b1)), images)
-            out_i[b, p] = value
+                terms.append((beta, tuple(range(*regions.base_span)), images))
+            plan[(False, p)] = terms
         wide = {s for s in (regions.base_span, regions.global_span) if s is not None}
-        for j in every_text:
+        for j in range(n_text):
+            span = next((s for s in wide if s[0] <= j < s[1]), None)
             owners = [
                 r
                 for r, (s0, s1) in enumerate(regions.region_spans)
                 if s0 <= j < s1 and (s0, s1) not in wide
             ]
-            span = next((s for s in wide if s[0] <= j < s[1]), None)
             if span is not None:
-                out_t[b, j] = attend(q_t[b, j], list(range(*span)), list(range(n_img)))
+                plan[(True, j)] = [(1.0, tuple(range(*span)), every_image)]
             elif owners:
-                s0, s1 = regions.region_spans[owners[0]]
-                images = [x for x in range(n_img) if lab[x] in owners]
-                out_t[b, j] = attend(q_t[b, j], list(range(s0, s1)), images)
+                images = tuple(x for x in every_image if lab[x] in owners)
+                plan[(True, j)] = [(1.0, tuple(range(*regions.region_spans[owners[0]])), images)]
+    out_t, out_i = torch.zeros_like(q_t), torch.zeros_like(q_i)
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[tuple[bool, int, float]]] = {}
+    for (is_text, pos), terms in plan.items():
+        for weight, texts, images in terms:
+            groups.setdefault((texts, images), []).append((is_text, pos, weight))
+    for (texts, images), members in groups.items():
+        k = torch.cat([k_t[:, list(texts)], k_i[:, list(images)]], dim=1)
+        v = torch.cat([v_t[:, list(texts)], v_i[:, list(images)]], dim=1)
+        q = torch.stack([(q_t if t else q_i)[:, pos] for t, pos, _ in members], dim=1)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+        result = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v)
+        for m, (is_text, pos, weight) in enumerate(members):
+            target = out_t if is_text else out_i
+            target[:, pos] += weight * result[:, m]
     return out_t, out_i
 
 
