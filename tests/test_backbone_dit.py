@@ -246,9 +246,12 @@ def test_cli_generate_and_rerender_from_png(
     monkeypatch.setenv("RPG_CACHE_DIR", str(dit_cache))
     x, y = tmp_path / "x.png", tmp_path / "y.png"
     args = ["generate", PROMPT, "--model", name, "--seed", "2", "--steps", "2", "--size", "80x144"]
-    assert main([*args, "--out", str(x)]) == 0
+    options = ["--image-attention", "region", "--regional-steps", "0.5", "--regional-blocks", "2"]
+    assert main([*args, *options, "--out", str(x)]) == 0
     data = read_metadata(x)
     assert data["request"]["model"] == name and data["request"]["scheduler"] == "default"
+    assert data["request"]["image_attention"] == "region"
+    assert data["request"]["regional_steps"] == 0.5 and data["request"]["regional_blocks"] == 2
     assert len(data["plan"]["rows"][0]["regions"]) == 2
     assert main(["generate", "--from", str(x), "--out", str(y)]) == 0
     with Image.open(x) as a, Image.open(y) as b:

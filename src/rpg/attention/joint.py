@@ -541,7 +541,7 @@ def _is_flux(model: Any) -> bool:
 
 
 def _timestep(value: Any) -> float | None:
-    if isinstance(value, torch.Tensor) and value.numel():
+    if isinstance(value, torch.Tensor) and value.numel() and value.device.type != "meta":
         return float(value.reshape(-1)[0])
     if isinstance(value, int | float):
         return float(value)
