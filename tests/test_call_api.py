@@ -139,7 +139,8 @@ def test_result_save_writes_the_png_with_its_request(tiny_rpg: RPG, tmp_path: Pa
     assert rpg.load_request(second).num_images == 1
     assert read_metadata(first)["plan"] == json.loads(PLAN.model_dump_json())
     again = tiny_rpg.generate(rpg.load_request(second))
-    assert np.array_equal(_pixels(again.images[0]), _pixels(out.images[1]))
+    # alone rather than in a batch of two: equal up to float rounding
+    assert np.abs(_pixels(again.images[0]) - _pixels(out.images[1])).max() <= 1
     with pytest.raises(ValueError, match=r"\.png"):
         out.save(tmp_path / "x.jpg")
     arrays = tiny_rpg.generate(out.request, output_type="np")

@@ -82,12 +82,14 @@ def test_one_cache_folder_for_models_and_plans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import rpg.backbones.loading as loading
+    import rpg.paths
     import rpg.planners.cache as plans
 
     monkeypatch.setenv("RPG_CACHE_DIR", str(tmp_path))
     assert cache_dir() == tmp_path and PlanCache().directory == tmp_path / "plans"
     assert tiny_model(TINY_SD) is not None
-    assert not hasattr(loading, "cache_dir") and not hasattr(plans, "cache_dir")
+    for module in (loading, plans):
+        assert getattr(module, "cache_dir", rpg.paths.cache_dir) is rpg.paths.cache_dir
 
 
 def test_one_image_digest_for_controls_and_plan_cache_keys() -> None:

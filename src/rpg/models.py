@@ -343,7 +343,10 @@ class GenerationRequest(BaseModel):
         default=None, description="Name of the planner to use when no plan is given."
     )
     model: str | None = Field(
-        default=None, description="Model id, local folder or checkpoint file (informational)."
+        default=None,
+        description="The model that rendered the image, as rpg resolved it: a reserved tiny name, "
+        "the absolute path of a folder or checkpoint file, or a hub id pinned to the snapshot that "
+        "was loaded ('org/name@commit'); null uses the loaded model.",
     )
     width: int | None = Field(
         default=None,

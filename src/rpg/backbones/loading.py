@@ -217,9 +217,9 @@ def resolve_model(
             if config_info.path is not None and config_info.kind in ("folder", "tiny"):
                 options["config"] = str(config_info.path)
         return ModelInfo(ref, "file", path, model_index, options)
-    if path.suffix.lower() in SINGLE_FILE_SUFFIXES or (os.sep in ref and not _REPO_ID.match(ref)):
-        raise ModelNotFoundError(f"model {ref!r}: no such file or folder; {_HOW_TO}")
     repo, at, revision = ref.partition("@")
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES or (os.sep in ref and not _REPO_ID.match(repo)):
+        raise ModelNotFoundError(f"model {ref!r}: no such file or folder; {_HOW_TO}")
     if at and _REPO_ID.match(repo) and revision.strip():
         options["revision"] = revision.strip()
         return _resolve_hub(repo, options, reference=ref)
