@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
 
+import rpg.backbones.tiny.dit as dit
 from rpg.attention.joint import JointRegions
 from rpg.attention.spec import RegionalLayout, Span
 from rpg.layout import grid_cells
@@ -26,38 +26,16 @@ POOLED_DIM = 24
 
 def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = False) -> Any:
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=POOLED_DIM,
-        guidance_embeds=guidance_embeds,
-        axes_dims_rope=(2, 2, 4),
-    ).eval()
+    model = dit.tiny_flux_transformer(
+        text_width=TEXT_DIM, pooled_width=POOLED_DIM, guidance_embeds=guidance_embeds
+    )
+    return model.eval()
 
 
 def tiny_sd3_transformer(seed: int = 0) -> Any:
     """SD3.5-style: QK norms and one dual-attention block (its ``attn2`` stays stock)."""
     torch.manual_seed(seed)
-    return SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=2,
-        in_channels=4,
-        num_layers=3,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=TEXT_DIM,
-        caption_projection_dim=16,
-        pooled_projection_dim=POOLED_DIM,
-        out_channels=4,
-        pos_embed_max_size=32,
-        dual_attention_layers=(0,),
-        qk_norm="rms_norm",
-    ).eval()
+    return dit.tiny_sd3_transformer(text_width=TEXT_DIM, pooled_width=POOLED_DIM).eval()
 
 
 # ------------------------------------------------------------------------------ random layouts

@@ -26,7 +26,14 @@ from rpg.backbones.tiny.components import (
     write_tokenizer,
 )
 
-__all__ = ["T5_MAX_LENGTH", "t5_tokenizer", "write_tiny_flux", "write_tiny_sd3"]
+__all__ = [
+    "T5_MAX_LENGTH",
+    "t5_tokenizer",
+    "tiny_flux_transformer",
+    "tiny_sd3_transformer",
+    "write_tiny_flux",
+    "write_tiny_sd3",
+]
 
 #: ``model_max_length`` of the tiny T5 tokenizer (FLUX pads to 512, SD3 to 256 by default).
 T5_MAX_LENGTH = 512
@@ -59,6 +66,46 @@ def t5_tokenizer() -> Any:
         pad_token="<pad>",
         extra_ids=0,
         model_max_length=T5_MAX_LENGTH,
+    )
+
+
+def tiny_flux_transformer(*, text_width: int, pooled_width: int, guidance_embeds: bool) -> Any:
+    """FLUX's transformer at toy size: two double- and two single-stream blocks of width 16."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=text_width,
+        pooled_projection_dim=pooled_width,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),
+    )
+
+
+def tiny_sd3_transformer(*, text_width: int, pooled_width: int) -> Any:
+    """SD3.5's transformer at toy size: three joint blocks of width 16, QK norms, block 0 with
+    the image-only ``attn2``, the last ``context_pre_only``; native 64×64."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=3,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=text_width,
+        caption_projection_dim=16,
+        pooled_projection_dim=pooled_width,
+        out_channels=4,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
     )
 
 
@@ -96,7 +143,7 @@ def write_tiny_flux(path: str | os.PathLike[str], seed: int = 0) -> Path:
     scaling/shift factors and no quant convs; the flow-matching Euler scheduler with dynamic
     shifting, as FLUX ships it.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextModel
 
     with staged_folder(path) as (tmp, staging):
@@ -104,17 +151,8 @@ def write_tiny_flux(path: str | os.PathLike[str], seed: int = 0) -> Path:
         tokenizer_2 = t5_tokenizer()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            transformer = FluxTransformer2DModel(
-                patch_size=1,
-                in_channels=16,
-                num_layers=2,
-                num_single_layers=2,
-                attention_head_dim=8,
-                num_attention_heads=2,
-                joint_attention_dim=_T5_WIDTH,
-                pooled_projection_dim=_CLIP_WIDTH,
-                guidance_embeds=True,
-                axes_dims_rope=(2, 2, 4),
+            transformer = tiny_flux_transformer(
+                text_width=_T5_WIDTH, pooled_width=_CLIP_WIDTH, guidance_embeds=True
             )
             vae = four_level_vae(
                 (16, 16, 32, 32),
@@ -158,11 +196,7 @@ def write_tiny_sd3(path: str | os.PathLike[str], seed: int = 0) -> Path:
     (CLIP-L and CLIP-G roles) and a T5 encoder of width 64; a four-level VAE with SD3's
     scaling/shift factors; SD3's flow-matching Euler scheduler (shift 3).
     """
-    from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     with staged_folder(path) as (tmp, staging):
@@ -170,20 +204,8 @@ def write_tiny_sd3(path: str | os.PathLike[str], seed: int = 0) -> Path:
         tokenizer_3 = t5_tokenizer()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            transformer = SD3Transformer2DModel(
-                sample_size=8,
-                patch_size=2,
-                in_channels=4,
-                num_layers=3,
-                attention_head_dim=8,
-                num_attention_heads=2,
-                joint_attention_dim=2 * _CLIP_WIDTH,
-                caption_projection_dim=16,
-                pooled_projection_dim=2 * _CLIP_WIDTH,
-                out_channels=4,
-                pos_embed_max_size=32,
-                dual_attention_layers=(0,),
-                qk_norm="rms_norm",
+            transformer = tiny_sd3_transformer(
+                text_width=2 * _CLIP_WIDTH, pooled_width=2 * _CLIP_WIDTH
             )
             vae = four_level_vae(
                 (16, 16, 32, 32),
