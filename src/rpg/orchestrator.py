@@ -194,7 +194,9 @@ class RPG:
         """Load ``model`` and pick its backbone from the registry by detection (or by name).
 
         ``model``: ``"tiny-sd"``, a diffusers folder, a ``.safetensors``/``.ckpt`` file, or a hub
-        id already in the local Hugging Face cache. ``options`` go to the backbone's ``load``:
+        id already in the local Hugging Face cache (``org/name@revision`` pins one). What was
+        loaded becomes :attr:`model` and every request's ``model``: the tiny name, the absolute
+        path, or ``org/name@<commit>`` of the snapshot read. ``options`` go to the backbone's ``load``:
         ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``;
         ``controlnet`` (one or a list of ControlNet names, folders or files: the detected
         backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
@@ -365,7 +367,8 @@ class RPG:
                 "seed": seed,
                 "width": width,
                 "height": height,
-                "model": request.model or self.model,
+                # what is loaded, not what the request asked for (RPG.model: see from_pretrained)
+                "model": self.model or request.model,
             }
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.

@@ -418,6 +418,17 @@ class Backbone(ABC):
         """Whether rendering ``request`` needs the negative half (``encode(guidance=...)``)."""
         return self.uses_guidance(request.guidance_scale)
 
+    def call_inputs(
+        self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int
+    ) -> dict[str, Any]:
+        """``pipeline_kwargs`` checked and shaped as this backbone's stock pipeline takes them.
+
+        :meth:`render` calls it on every call, so inputs given to :meth:`render` directly are
+        checked as well as those from :meth:`prepare_inputs`; the base passes them unchanged.
+        """
+        del width, height
+        return dict(pipeline_kwargs)
+
     def attention_context(
         self,
         conditioning: RegionalConditioning,
@@ -475,6 +486,8 @@ class Backbone(ABC):
         inputs = self.pipeline_inputs(conditioning)
         if not guidance:
             inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
+        size = {"width": layout.width, "height": layout.height}
+        pipeline_kwargs = self.call_inputs(pipeline_kwargs, **size)
         with self.attention_context(
             conditioning,
             layout,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
-from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs, Rendered
+from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs
 from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
@@ -467,38 +467,24 @@ class ControlNetBackboneMixin(Backbone):
             raise
         return stack
 
-    def render(
-        self,
-        conditioning: RegionalConditioning,
-        layout: RegionalLayout,
-        *,
-        steps: int,
-        guidance_scale: float,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        num_images: int = 1,
-        output_type: str = "pil",
-        **pipeline_kwargs: Any,
-    ) -> Rendered:
-        """Render with control images (``image=``, ``controlnet_conditioning_scale=``)."""
+    def call_inputs(
+        self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int
+    ) -> dict[str, Any]:
+        """Check the control images and scales and pass them as the stock pipeline takes them.
+
+        One ControlNet takes one image and a float scale; several take lists.
+        """
+        kwargs = dict(pipeline_kwargs)
         images, scales = self.check_control(
-            pipeline_kwargs.pop("image", None),
-            pipeline_kwargs.pop("controlnet_conditioning_scale", 1.0),
-            layout.width,
-            layout.height,
+            kwargs.pop("image", None),
+            kwargs.pop("controlnet_conditioning_scale", 1.0),
+            width,
+            height,
         )
         single = len(self.controlnets) == 1
-        pipeline_kwargs["image"] = images[0] if single else images
-        pipeline_kwargs["controlnet_conditioning_scale"] = scales[0] if single else scales
-        return super().render(
-            conditioning,
-            layout,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            num_images=num_images,
-            output_type=output_type,
-            **pipeline_kwargs,
-        )
+        kwargs["image"] = images[0] if single else images
+        kwargs["controlnet_conditioning_scale"] = scales[0] if single else scales
+        return kwargs
 
 
 class StableDiffusionControlNetBackbone(ControlNetBackboneMixin, StableDiffusionBackbone):

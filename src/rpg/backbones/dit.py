@@ -278,6 +278,9 @@ class JointBackbone(Backbone):
             raise ConfigurationError(
                 f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
             )
+        pipeline_kwargs = self.call_inputs(
+            pipeline_kwargs, width=layout.width, height=layout.height
+        )
         options = joint_options or JointAttentionOptions()
         conditioning, global_span = self.with_global_span(conditioning, options)
         guidance = self.negative_inputs(self.uses_guidance(guidance_scale), pipeline_kwargs)
