@@ -196,7 +196,8 @@ class RPG:
         ``model``: ``"tiny-sd"``, a diffusers folder, a ``.safetensors``/``.ckpt`` file, or a hub
         id already in the local Hugging Face cache (``org/name@revision`` pins one). What was
         loaded becomes :attr:`model` and every request's ``model``: the tiny name, the absolute
-        path, or ``org/name@<commit>`` of the snapshot read. ``options`` go to the backbone's ``load``:
+        path, or ``org/name@<commit>`` of the snapshot read. ``options`` go to the backbone's
+        ``load``:
         ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``;
         ``controlnet`` (one or a list of ControlNet names, folders or files: the detected
         backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
