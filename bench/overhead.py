@@ -36,6 +36,7 @@ work (gathers, copies), so it complements the timings rather than replacing them
     python bench/overhead.py                 # 256×256, 3 repeats, CPU
     python bench/overhead.py --full --device cuda --repeats 5
     python bench/overhead.py --arch sdxl --device cuda    # SDXL's UNet at 512×512
+    python bench/overhead.py --arch flux --flops          # FLUX / SD3: see overhead_dit.py
 """
 
 from __future__ import annotations
@@ -461,9 +462,21 @@ def run_once(
     return seconds, cpu, memory.stop(before) if memory is not None else None
 
 
+#: MM-DiT architectures, benchmarked per transformer forward by ``overhead_dit.py``.
+DIT_ARCHITECTURES = ("flux", "sd3")
+
+
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if any(a in args_list for a in DIT_ARCHITECTURES) and "--arch" in args_list:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from overhead_dit import main as dit_main
+
+        return int(dit_main(args_list))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="sd15")
+    parser.add_argument(
+        "--arch", choices=sorted([*ARCHITECTURES, *DIT_ARCHITECTURES]), default="sd15"
+    )
     parser.add_argument(
         "--full",
         action="store_true",

@@ -251,7 +251,7 @@ def edit(
 
     progress.stage("encode")
     t = time.perf_counter()
-    backbone.set_scheduler(request.scheduler)
+    backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
     guidance = backbone.uses_guidance(request.guidance_scale)
     conditioning = backbone.encode(
         new_plan, request.negative_prompt, guidance=guidance, prompt=request.prompt

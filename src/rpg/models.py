@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -390,12 +390,40 @@ class GenerationRequest(BaseModel):
         default=None, ge=0, description="Random seed; null picks one and records it in the result."
     )
     num_images: int = Field(default=1, ge=1, le=64, description="Images to generate.")
-    scheduler: str = Field(default="dpm++2m-karras", description="Scheduler name.")
+    scheduler: str | None = Field(
+        default=None,
+        description="Scheduler name; null uses the model's default (dpm++2m-karras for SD and "
+        "SDXL, the pipeline's own flow-matching scheduler for FLUX and SD3).",
+    )
     base_ratio: float | None = Field(
         default=None,
         ge=0,
         le=1,
         description="Overrides the plan's base ratio when set.",
+    )
+    true_cfg_scale: float = Field(
+        default=1.0,
+        ge=1,
+        le=100,
+        description="FLUX only: true classifier-free guidance with the negative prompt when "
+        "above 1 (guidance_scale stays FLUX's distilled guidance embedding).",
+    )
+    image_attention: Literal["global", "region"] = Field(
+        default="global",
+        description="FLUX/SD3: what image tokens see of the image in regional joint attention; "
+        "'global' all of it (RPG), 'region' only their own region's cell.",
+    )
+    regional_steps: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="FLUX/SD3: fraction of the denoising steps that are regional; later steps "
+        "follow the base (or whole) prompt.",
+    )
+    regional_blocks: int = Field(
+        default=1,
+        ge=1,
+        description="FLUX/SD3: every k-th joint-attention block is regional.",
     )
     controls: tuple[ControlInput, ...] = Field(
         default=(),

@@ -202,9 +202,10 @@ class RPG:
         id already in the local Hugging Face cache (``org/name@revision`` pins one). What was
         loaded becomes :attr:`model` and every request's ``model``: the tiny name, the absolute
         path, or ``org/name@<commit>`` of the snapshot read. ``options`` go to the backbone's
-        ``load``: ``config`` (diffusers folder for a single file), ``allow_download``,
-        ``cache_dir``; ``controlnet`` (one or a list of ControlNet names, folders or files: the
-        detected backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
+        ``load``:
+        ``config`` (diffusers folder for a single file), ``allow_download``, ``cache_dir``;
+        ``controlnet`` (one or a list of ControlNet names, folders or files: the detected
+        backbone's ControlNet flavour is used, e.g. ``sdxl`` → ``sdxl-controlnet``; control
         images then go to ``generate(..., image=...)`` or come from ``request.controls``, and
         the names as given here are what requests record).
         ``device``/``dtype``: ``"auto"`` picks CUDA > MPS > CPU and float16 on GPUs, float32 on
@@ -393,8 +394,10 @@ class RPG:
         backbone = self.backbone
         prepared = backbone.prepare_inputs(request, pipeline_kwargs, width=width, height=height)
         request = prepared.request
-        backbone.set_scheduler(request.scheduler)
-        guidance = backbone.uses_guidance(request.guidance_scale)
+        if request.scheduler is None:
+            request = request.model_copy(update={"scheduler": backbone.default_scheduler})
+        backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
+        guidance = backbone.request_guidance(request)
 
         progress.stage("encode")
         t = time.perf_counter()

@@ -140,6 +140,8 @@ class Backbone(ABC):
     pipeline_class_names: ClassVar[tuple[str, ...]] = ()
     #: diffusers' single-file model types (``infer_diffusers_model_type``) this backbone loads.
     checkpoint_types: ClassVar[tuple[str, ...]] = ()
+    #: The scheduler a request without one gets (see :mod:`rpg.backbones.schedulers`).
+    default_scheduler: ClassVar[str] = DEFAULT_SCHEDULER
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         self.pipe = pipe
@@ -417,6 +419,7 @@ class Backbone(ABC):
         backbone takes no extra inputs, so a request with ``controls`` is an error here rather
         than a render that silently ignores them.
         """
+        self.check_joint_options(request)
         recorded = request.controls
         if recorded:
             wanted = ", ".join(repr(c.controlnet) for c in recorded)
@@ -428,6 +431,25 @@ class Backbone(ABC):
                 "or remove the request's controls to render without control"
             )
         return PreparedInputs(request, dict(pipeline_kwargs))
+
+    def check_joint_options(self, request: GenerationRequest) -> None:
+        """Refuse options only MM-DiT backbones (FLUX, SD3) understand, rather than ignore them."""
+        defaults = {
+            "regional_steps": 1.0,
+            "regional_blocks": 1,
+            "image_attention": "global",
+            "true_cfg_scale": 1.0,
+        }
+        changed = [k for k, v in defaults.items() if getattr(request, k) != v]
+        if changed:
+            raise ConfigurationError(
+                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3), not to "
+                f"{self.name!r}; leave them at their defaults"
+            )
+
+    def request_guidance(self, request: GenerationRequest) -> bool:
+        """Whether rendering ``request`` needs the negative half (``encode(guidance=...)``)."""
+        return self.uses_guidance(request.guidance_scale)
 
     def call_inputs(
         self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int

@@ -13,6 +13,7 @@ def rpg_register_backbones(registry: BackboneRegistry) -> None:
         StableDiffusionControlNetBackbone,
         StableDiffusionXLControlNetBackbone,
     )
+    from rpg.backbones.dit import FluxBackbone, SD3Backbone
     from rpg.backbones.sd import StableDiffusionBackbone
     from rpg.backbones.sdxl import StableDiffusionXLBackbone
 
@@ -21,5 +22,7 @@ def rpg_register_backbones(registry: BackboneRegistry) -> None:
         StableDiffusionXLBackbone,
         StableDiffusionControlNetBackbone,
         StableDiffusionXLControlNetBackbone,
+        FluxBackbone,
+        SD3Backbone,
     ):
         registry.register(backbone.name, backbone, description=backbone.description)

@@ -114,10 +114,15 @@ def validate_request(
         ) from None
 
 
-def check_scheduler_flag(name: str, *, given: bool, source: str | None = None) -> None:
-    """An unknown scheduler, before loading a model: a usage error when ``--scheduler`` set it."""
+def check_scheduler_flag(name: str | None, *, given: bool, source: str | None = None) -> None:
+    """An unknown scheduler, before loading a model: a usage error when ``--scheduler`` set it.
+
+    ``None`` is the model's own default, known only once the backbone is detected.
+    """
     from rpg.backbones.schedulers import check_scheduler
 
+    if name is None:
+        return
     try:
         check_scheduler(name)
     except ConfigurationError as exc:

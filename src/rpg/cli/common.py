@@ -79,8 +79,26 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render.add_argument("--seed", type=int, help="random seed (default: random, recorded)")
     render.add_argument("--guidance", type=float, help="guidance scale (default 7)")
     render.add_argument("--negative", help="negative prompt for the whole image")
-    render.add_argument("--scheduler", help="dpm++2m-karras (default), euler-a, euler, ddim, ...")
+    render.add_argument(
+        "--scheduler",
+        help="dpm++2m-karras (SD/SDXL default), euler-a, euler, ddim, ...; FLUX/SD3: default",
+    )
     render.add_argument("--num-images", type=int, help="images to render (default 1)")
+    dit = p.add_argument_group("FLUX and SD3 (regional joint attention)")
+    dit.add_argument(
+        "--true-cfg", type=float, help="FLUX: true CFG scale with --negative (default 1: off)"
+    )
+    dit.add_argument(
+        "--image-attention",
+        choices=("global", "region"),
+        help="what image tokens see of the image: all of it (global, default) or their region",
+    )
+    dit.add_argument(
+        "--regional-steps", type=float, help="fraction of the steps that are regional (default 1)"
+    )
+    dit.add_argument(
+        "--regional-blocks", type=int, help="every k-th attention block is regional (default 1)"
+    )
     return render
 
 
@@ -95,6 +113,10 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "num_images": args.num_images,
         "base_ratio": args.base_ratio,
         "planner": args.planner,
+        "true_cfg_scale": getattr(args, "true_cfg", None),
+        "image_attention": getattr(args, "image_attention", None),
+        "regional_steps": getattr(args, "regional_steps", None),
+        "regional_blocks": getattr(args, "regional_blocks", None),
     }
     if args.size is not None:
         fields["width"], fields["height"] = args.size

@@ -31,7 +31,9 @@ from rpg.paths import cache_dir
 
 __all__ = [
     "TINY_CONTROLNET",
+    "TINY_FLUX",
     "TINY_SD",
+    "TINY_SD3",
     "TINY_SDXL",
     "TINY_SDXL_CONTROLNET",
     "TinyKind",
@@ -50,6 +52,11 @@ TINY_SDXL = "tiny-sdxl"
 TINY_CONTROLNET = "tiny-controlnet"
 #: Reserved name of a tiny ControlNet for ``tiny-sdxl``.
 TINY_SDXL_CONTROLNET = "tiny-sdxl-controlnet"
+
+#: Reserved name of the tiny FLUX.1-architecture model.
+TINY_FLUX = "tiny-flux"
+#: Reserved name of the tiny SD3.5-architecture model.
+TINY_SD3 = "tiny-sd3"
 
 #: ``"pipeline"``: a whole model (``--model``); ``"controlnet"``: a ControlNet (``--controlnet``).
 TinyKind = Literal["pipeline", "controlnet"]
@@ -148,6 +155,16 @@ register_tiny_model(
     TINY_SDXL,
     "rpg.backbones.tiny.sdxl:write_tiny_sdxl",
     description="tiny SDXL architecture with random weights (64×64, offline)",
+)
+register_tiny_model(
+    TINY_FLUX,
+    "rpg.backbones.tiny.dit:write_tiny_flux",
+    description="tiny FLUX.1 architecture with random weights (64×64, offline)",
+)
+register_tiny_model(
+    TINY_SD3,
+    "rpg.backbones.tiny.dit:write_tiny_sd3",
+    description="tiny SD3.5 architecture with random weights (64×64, offline)",
 )
 register_tiny_model(
     TINY_CONTROLNET,
