@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rpg import __version__
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "plugins")
+COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "ui", "plugins")
 
 
 def build_parser() -> argparse.ArgumentParser:
