@@ -55,6 +55,32 @@ def test_page_and_config(client: TestClient) -> None:
     assert "dpm++2m-karras" in [s["name"] for s in config["schedulers"]]
 
 
+def test_the_app_mounts_under_a_prefix(tiny_rpg: Any, tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    outer = Starlette(routes=[Mount("/rpg", build_app(tiny_rpg, output_dir=tmp_path))])
+    client = TestClient(outer)
+    page = client.get("/rpg/")
+    # The page's URLs are relative, so they resolve under the prefix.
+    assert 'src="static/app.js"' in page.text and "/api/" not in page.text
+    assert client.get("/rpg/static/app.js").status_code == 200
+    assert client.get("/rpg/api/config").json()["model"] == tiny_rpg.model
+
+
+def test_rpg_ui_help_lists_the_server_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from rpg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ui", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--planner", "--host", "--port", "--out", "--ollama-host"):
+        assert option in out
+    assert main(["ui", "--port", "70000"]) == 1
+    assert "--port must be from 1 to 65535" in capsys.readouterr().err
+
+
 def test_plan_shows_recaption_entities_and_layout(client: TestClient) -> None:
     out = client.post("/api/plan", json={"prompt": PROMPT, "planner": "rules"}).json()
     view = out["view"]

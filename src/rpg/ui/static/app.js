@@ -265,8 +265,20 @@ async function editText() {
     markInvalid(ids, false);
   } catch (e) {
     showError("text-error", `${e.message} (the layout above is still the last valid plan)`);
-    markInvalid(ids, true);
+    markInvalid(ids, false);
+    markInvalid(fieldsNamedIn(e.message, ids), true);
   }
+}
+
+// The text fields an error message is about (all of them when it names none).
+function fieldsNamedIn(message, ids) {
+  const m = message.toLowerCase();
+  const named = [];
+  if (m.includes("base ratio")) named.push("base-ratio");
+  if (m.includes("split ratio")) named.push("split-ratio");
+  if (m.includes("prompt") && !m.includes("base prompt")) named.push("prompts");
+  if (m.includes("base prompt")) named.push("base-prompt");
+  return named.length ? named : ids;
 }
 
 // ------------------------------------------------------------------ planning
