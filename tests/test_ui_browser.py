@@ -8,6 +8,7 @@ screenshot under the test's temporary folder.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -145,6 +146,20 @@ def drag(page: Any, selector: str, dx: float, dy: float) -> None:
     page.mouse.up()
 
 
+def drop_file(page: Any, selector: str, path: Path) -> None:
+    """Drop ``path`` on ``selector`` as a file dragged from the desktop would be."""
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], name, {type: "image/png"}));
+          return transfer;
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode("ascii")],
+    )
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
 def generate(page: Any, steps: int) -> None:
     page.fill("#steps", str(steps))
     page.click("#generate-btn")
@@ -212,7 +227,7 @@ def test_plan_edit_generate_download_reopen(page: Any, tmp_path: Path) -> None:
     page.reload()
     expect(page.locator("#planner option[value=rules]")).to_be_attached()
     expect(regions).to_have_count(0)
-    page.set_input_files("#reopen-file", str(png))
+    drop_file(page, "#dropzone", png)
     expect(regions).to_have_count(3)
     expect(page.locator("#split-ratio")).to_have_value(ratio)
     expect(page.locator("#prompts")).to_have_value(request.plan.to_prompt_text(include_base=False))
@@ -256,14 +271,26 @@ def test_invalid_edits_are_inline_and_the_app_keeps_working(page: Any, tmp_path:
     page.set_input_files("#reopen-file", str(plain))
     expect(page.locator("#reopen-error")).to_contain_text("plain.png is a PNG without rpg metadata")
 
-    # A long render can be cancelled; the next one still renders.
+    # A long render runs; a second tab's render waits in the queue behind it.
     page.fill("#prompt", "a castle above a lake")
     generate(page, 1000)
     expect(page.locator("#status")).to_have_text(re.compile(r"step \d+/1000"), timeout=60_000)
+    other = page.context.new_page()
+    other.goto(page.url)
+    other.fill("#prompt", "a lighthouse on a cliff")
+    other.fill("#split-ratio", "1;1")
+    other.fill("#prompts", "a lighthouse BREAK a cliff")
+    expect(other.locator("#canvas .region")).to_have_count(2)
+    generate(other, 2)
+    expect(other.locator("#status")).to_have_text("queued: 1 job ahead")
+    shot(other, tmp_path, "07-second-tab-queued")
+
+    # Cancel stops the first render; the queued one then renders, and so does the next.
     page.click("#cancel-btn")
     expect(page.locator("#status")).to_have_text(re.compile("cancelled"), timeout=60_000)
     expect(page.locator("#generate-btn")).to_be_enabled()
+    expect(other.locator("#gallery figure")).to_have_count(1, timeout=120_000)
     generate(page, 2)
     expect(page.locator("#gallery figure")).to_have_count(1, timeout=120_000)
     expect(page.locator("#gen-error")).to_be_hidden()
-    shot(page, tmp_path, "07-after-cancel")
+    shot(page, tmp_path, "08-after-cancel")

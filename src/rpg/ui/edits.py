@@ -55,8 +55,11 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _rows(plan: RegionPlan) -> list[dict[str, Any]]:
-    dumped: list[dict[str, Any]] = plan.model_dump()["rows"]
-    return dumped
+    """The plan's rows as mutable lists of dicts, whatever sequence type the model holds."""
+    return [
+        {**row, "regions": [dict(region) for region in row["regions"]]}
+        for row in plan.model_dump()["rows"]
+    ]
 
 
 def _rebuild(plan: RegionPlan, rows: list[dict[str, Any]]) -> RegionPlan:
