@@ -130,9 +130,10 @@ def test_generate_reports_steps_and_saves_a_png_that_reopens(client: TestClient)
 def test_reopen_without_rpg_metadata_says_so(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
-    out = client.post("/api/reopen", content=buffer.getvalue(), headers={"x-filename": "cat.png"})
+    name = {"x-filename": "caf%C3%A9.png"}  # the page URL-encodes the name
+    out = client.post("/api/reopen", content=buffer.getvalue(), headers=name)
     assert out.status_code == 422
-    assert "cat.png is a PNG without rpg metadata" in out.json()["error"]
+    assert "café.png is a PNG without rpg metadata" in out.json()["error"]
     junk = client.post("/api/reopen", content=b"not an image", headers={"x-filename": "x.png"})
     assert junk.status_code == 422 and "not a readable image" in junk.json()["error"]
 

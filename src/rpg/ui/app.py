@@ -35,6 +35,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -95,7 +96,7 @@ def _plan(data: Any, field: str = "plan") -> RegionPlan:
         raise UserError(describe_error(exc), field) from None
 
 
-def _planner_info(pipe: RPG) -> list[dict[str, str]]:
+def _planner_info() -> list[dict[str, str]]:
     from rpg.plugins import planner_registry
 
     return [{"name": e.name, "description": e.description} for e in planner_registry()]
@@ -136,7 +137,7 @@ class _App:
                     {"name": name, "description": desc} for name, (_, _, desc) in SCHEDULERS.items()
                 ],
                 "scheduler": DEFAULT_SCHEDULER,
-                "planners": _planner_info(self.pipe),
+                "planners": _planner_info(),
                 "planner": self.default_planner,
                 "steps": fields["steps"].default,
                 "guidance_scale": fields["guidance_scale"].default,
@@ -146,8 +147,12 @@ class _App:
 
     async def planner(self, request: Request) -> Response:
         name = request.query_params.get("name") or None
-        ok, reason = await run_in_threadpool(can_review, self.pipe, name)
+        ok, reason = await run_in_threadpool(self._can_review, name)
         return JSONResponse({"name": name, "can_review": ok, "reason": reason})
+
+    def _can_review(self, name: str | None) -> tuple[bool, str]:
+        with self.plan_lock:  # planners are created on first use, in RPG's own dict
+            return can_review(self.pipe, name)
 
     def _plan_prompt(self, prompt: str, planner: str | None) -> dict[str, Any]:
         with self.plan_lock:
@@ -271,7 +276,7 @@ class _App:
             rounds = int(data.get("rounds", 1))
         except (TypeError, ValueError):
             raise UserError("rounds must be a whole number", "rounds") from None
-        ok, reason = await run_in_threadpool(can_review, self.pipe, req.planner)
+        ok, reason = await run_in_threadpool(self._can_review, req.planner)
         if not ok:
             raise UserError(reason, "refine")
         job = self.jobs.submit(lambda job: self._refine(req, rounds, job))
@@ -317,7 +322,8 @@ class _App:
 
     async def reopen(self, request: Request) -> Response:
         body = await request.body()
-        filename = Path(request.headers.get("x-filename") or "image.png").name
+        # The page sends the file's name URL-encoded (headers are Latin-1 only).
+        filename = Path(unquote(request.headers.get("x-filename") or "image.png")).name
         if not body:
             raise UserError("the file is empty", "reopen")
         if len(body) > MAX_UPLOAD_BYTES:

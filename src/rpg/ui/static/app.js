@@ -418,7 +418,7 @@ async function reopen(file) {
   $("reopen-status").hidden = true;
   if (!file) return;
   try {
-    const out = await api("api/reopen", file, { "content-type": "image/png", "x-filename": file.name });
+    const out = await api("api/reopen", file, { "content-type": "image/png", "x-filename": encodeURIComponent(file.name) });
     const r = out.request;
     $("prompt").value = r.prompt;
     $("negative").value = r.negative_prompt || "";
