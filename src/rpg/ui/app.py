@@ -46,10 +46,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
+from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request, save_png
 from rpg.models import GenerationRequest, RegionPlan
-from rpg.ui.edits import PlanEditError, apply_edit, describe_error, plan_from_text, plan_view
+from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
 from rpg.ui.jobs import Job, JobQueue
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class UserError(RPGError, ValueError):
 
 
 def _fail(exc: BaseException, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": describe_error(exc), "field": field}, status_code=422)
+    return JSONResponse({"error": format_error(exc), "field": field}, status_code=422)
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def _plan(data: Any, field: str = "plan") -> RegionPlan:
     try:
         return RegionPlan.model_validate(data)
     except ValidationError as exc:
-        raise UserError(describe_error(exc), field) from None
+        raise UserError(format_error(exc), field) from None
 
 
 def _planner_info() -> list[dict[str, str]]:
@@ -109,7 +110,7 @@ def can_review(pipe: RPG, name: str | None) -> tuple[bool, str]:
     try:
         as_multimodal(pipe.get_planner(name or None))
     except Exception as exc:  # a planner that cannot even be created cannot review either
-        return False, describe_error(exc)
+        return False, format_error(exc)
     return True, ""
 
 
@@ -120,7 +121,7 @@ class _App:
         self.pipe = pipe
         self.output_dir = output_dir
         self.default_planner = default_planner
-        self.jobs = JobQueue(describe_error)
+        self.jobs = JobQueue(format_error)
         self.plan_lock = threading.Lock()
 
     # ------------------------------------------------------------------ planning
@@ -219,7 +220,7 @@ class _App:
             request = GenerationRequest.model_validate(fields)
             check_scheduler(request.scheduler)
         except (ValidationError, RPGError) as exc:
-            raise UserError(describe_error(exc), "request") from None
+            raise UserError(format_error(exc), "request") from None
         return request
 
     def _save(self, job: Job, result: Any, prefix: str = "") -> list[dict[str, Any]]:
@@ -337,7 +338,7 @@ class _App:
                 message = str(exc).replace(str(path), filename)
                 raise UserError(message, "reopen") from None
             except ValidationError as exc:
-                raise UserError(f"{filename}: {describe_error(exc)}", "reopen") from None
+                raise UserError(f"{filename}: {format_error(exc)}", "reopen") from None
         fields = req.model_dump(mode="json", exclude={"plan"})
         view = plan_view(req.plan) if req.plan is not None else None
         return JSONResponse({"request": fields, "view": view, "filename": filename})
@@ -350,7 +351,7 @@ async def _user_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("rpg ui: unexpected error on %s", request.url.path, exc_info=exc)
     return JSONResponse(
-        {"error": f"internal error ({type(exc).__name__}: {describe_error(exc)}); see the log"},
+        {"error": f"internal error ({type(exc).__name__}: {format_error(exc)}); see the log"},
         status_code=500,
     )
 

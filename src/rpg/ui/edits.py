@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.models import DEFAULT_BASE_RATIO, RegionPlan
 
@@ -27,7 +28,6 @@ __all__ = [
     "apply_edit",
     "delete_region",
     "delete_row",
-    "describe_error",
     "merge_right",
     "merge_row_down",
     "plan_from_text",
@@ -39,19 +39,6 @@ __all__ = [
 
 class PlanEditError(RPGError, ValueError):
     """An edit that would not give a valid plan; the message says why and what to do."""
-
-
-def describe_error(exc: BaseException) -> str:
-    """One readable sentence for a validation or rpg error (no traceback, no pydantic URLs)."""
-    if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            where = " ".join(str(p) for p in err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            parts.append(f"{where}: {msg}" if where else msg)
-        return "; ".join(parts)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _rows(plan: RegionPlan) -> list[dict[str, Any]]:
@@ -66,7 +53,7 @@ def _rebuild(plan: RegionPlan, rows: list[dict[str, Any]]) -> RegionPlan:
     try:
         return RegionPlan.model_validate({**plan.model_dump(), "rows": rows})
     except ValidationError as exc:
-        raise PlanEditError(describe_error(exc)) from None
+        raise PlanEditError(format_error(exc)) from None
 
 
 def _check(plan: RegionPlan, row: int, col: int | None = None) -> None:
@@ -245,7 +232,7 @@ def plan_from_text(
             split_ratio, prompts, base_prompt=base_prompt or None, base_ratio=ratio
         )
     except (ValidationError, ValueError) as exc:
-        raise PlanEditError(describe_error(exc)) from None
+        raise PlanEditError(format_error(exc)) from None
     if previous is not None and len(previous.regions) == len(plan.regions):
         data = plan.model_dump()
         before = iter(previous.regions)

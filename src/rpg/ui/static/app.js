@@ -386,7 +386,9 @@ function finish() {
 }
 
 function done(j) {
-  if (j.view) setView(j.view);
+  // Show the plan the server made (no plan was sent) or revised (refine); never overwrite edits
+  // made while the render ran.
+  if (j.view && (!state.view || j.critiques)) setView(j.view);
   const gallery = $("gallery");
   for (const image of [...j.images].reverse()) {
     const fig = document.createElement("figure");
