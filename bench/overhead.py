@@ -60,7 +60,7 @@ import torch
 
 from rpg.attention import RegionalConditioning, RegionalLayout, regional
 from rpg.attention.install import cross_attention_names
-from rpg.backbones.tiny import (
+from rpg.backbones.tiny.components import (
     SD_SCHEDULE,
     byte_level_tokenizer,
     clip_text_config,

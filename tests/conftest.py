@@ -44,7 +44,7 @@ def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     It lies at ``<tmp>/rpg-cache/tiny-sd``, where rpg looks for the reserved model name
     ``tiny-sd`` when ``RPG_CACHE_DIR`` points at ``<tmp>/rpg-cache`` (see ``rpg_cache``).
     """
-    from rpg.backbones.tiny import write_tiny_sd
+    from rpg.backbones.tiny.sd import write_tiny_sd
 
     return write_tiny_sd(tmp_path_factory.mktemp("rpg-cache") / "tiny-sd", seed=0)
 

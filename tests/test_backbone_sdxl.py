@@ -21,14 +21,11 @@ from rpg.attention import (
 from rpg.backbones.loading import resolve_model
 from rpg.backbones.schedulers import make_scheduler
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
-from rpg.backbones.tiny_xl import (
-    save_sdxl_single_file,
-    sdxl_to_single_file_state_dict,
-    write_tiny_sdxl,
-)
+from rpg.backbones.tiny.sdxl import write_tiny_sdxl
 from rpg.errors import RegistryError
 from rpg.models import GenerationRequest, Region, RegionPlan, Row
 from rpg.orchestrator import RPG
+from single_file import save_sdxl_single_file, sdxl_to_single_file_state_dict
 
 PROMPT = "a red cat sitting on a blue mat"
 WINDOW = 77

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from rpg import ControlInput
-from rpg.backbones.tiny_xl import write_tiny_controlnet
+from rpg.backbones.tiny.controlnet import write_tiny_controlnet
 from rpg.batch import _key as batch_key
 from rpg.cli import main
 from rpg.edit import edit
@@ -87,14 +87,14 @@ def test_from_rerenders_a_controlnet_image_after_the_control_file_is_gone(
     assert "ControlNet tiny-controlnet ×0.7" in capsys.readouterr().out
 
     recorded = load_request(first).controls
-    assert recorded == [
+    assert recorded == (
         ControlInput(
             controlnet="tiny-controlnet",
             image=str(edge_file),
             scale=0.7,
             sha256=image_sha256(edges()),
-        )
-    ]
+        ),
+    )
     (embedded,) = read_control_images(first)
     assert embedded is not None and np.array_equal(np.asarray(embedded), np.asarray(edges()))
 
@@ -107,7 +107,7 @@ def test_from_rerenders_a_controlnet_image_after_the_control_file_is_gone(
     # the same seed, size and plan without control differs, so the control was applied
     plain = tmp_path / "plain.png"
     assert main([*GENERATE, "--seed", "3", "--size", "64x64", "--out", str(plain)]) == 0
-    assert load_request(plain).controls == []
+    assert load_request(plain).controls == ()
     assert not np.array_equal(pixels(first), pixels(plain))
 
 
@@ -196,9 +196,9 @@ def test_generate_records_the_controls_it_was_given(
 ) -> None:
     assert cn_rpg.controlnet_names == [str(cn_folder)]
     result = cn_rpg.generate(request(), image=edges(), controlnet_conditioning_scale=0.6)
-    assert result.request.controls == [
-        ControlInput(controlnet=str(cn_folder), scale=0.6, sha256=image_sha256(edges()))
-    ]
+    assert result.request.controls == (
+        ControlInput(controlnet=str(cn_folder), scale=0.6, sha256=image_sha256(edges())),
+    )
     assert np.array_equal(np.asarray(result.control_images[0]), np.asarray(edges()))
 
     path = tmp_path / "edges.png"
@@ -281,7 +281,7 @@ def test_old_metadata_without_controls_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "old.png"
     Image.new("RGB", (64, 64)).save(path, pnginfo=info)
     loaded = load_request(path)
-    assert loaded.controls == [] and loaded.plan == PLAN and loaded.seed == 1
+    assert loaded.controls == () and loaded.plan == PLAN and loaded.seed == 1
     assert read_control_images(path) == []
 
 
@@ -401,4 +401,4 @@ def test_edit_of_a_controlnet_image_does_not_claim_its_controls(
             retry=RetryPolicy(retries=0),
         )
         out = edit(tiny_rpg, source, "a frog", planner=planner, steps=1)
-    assert load_request(source).controls and out.request.controls == []
+    assert load_request(source).controls and out.request.controls == ()

@@ -24,7 +24,8 @@ from rpg.backbones.loading import resolve_model
 from rpg.backbones.schedulers import make_scheduler
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
-from rpg.backbones.tiny_xl import write_tiny_controlnet, write_tiny_sdxl
+from rpg.backbones.tiny.controlnet import write_tiny_controlnet
+from rpg.backbones.tiny.sdxl import write_tiny_sdxl
 from rpg.cli import main
 from rpg.errors import ConfigurationError, ModelNotFoundError
 from rpg.metadata import load_request

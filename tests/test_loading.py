@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rpg.backbones.loading import resolve_device, resolve_dtype, resolve_model, tiny_model_path
+from rpg.backbones.loading import resolve_device, resolve_dtype, resolve_model
 from rpg.backbones.sd import StableDiffusionBackbone
-from rpg.backbones.tiny import byte_level_vocab, write_tiny_sd
+from rpg.backbones.tiny import tiny_model_path
+from rpg.backbones.tiny.components import byte_level_vocab
+from rpg.backbones.tiny.sd import write_tiny_sd
 from rpg.errors import ConfigurationError, ModelNotFoundError
 from rpg.models import GenerationRequest
 from rpg.orchestrator import RPG

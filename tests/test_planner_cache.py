@@ -14,8 +14,9 @@ import rpg
 from rpg.cli import main
 from rpg.errors import PlannerError
 from rpg.models import PlanResult, Recaption, RegionPlan
+from rpg.paths import cache_dir
 from rpg.planners import template
-from rpg.planners.cache import CachedPlanner, PlanCache, cache_dir, cache_key
+from rpg.planners.cache import CachedPlanner, PlanCache, cache_key
 from rpg.planners.openai import OpenAIPlanner
 from rpg.planners.structured import RetryPolicy
 from servers import OpenAIServer
@@ -136,7 +137,8 @@ def test_default_location_follows_platform_convention(monkeypatch: pytest.Monkey
     import platformdirs
 
     monkeypatch.delenv("RPG_CACHE_DIR", raising=False)
-    assert cache_dir() == Path(platformdirs.user_cache_dir("rpg")) / "plans"
+    assert PlanCache().directory == Path(platformdirs.user_cache_dir("rpg")) / "plans"
+    assert cache_dir("plans") == PlanCache().directory
 
 
 def test_clear(cache_root: Path) -> None:

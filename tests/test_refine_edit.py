@@ -294,7 +294,7 @@ def test_sdxl_edit_uses_the_sdxl_inpainting_pipeline(
     tmp_path_factory: pytest.TempPathFactory, server: OpenAIServer, planner: OpenAIPlanner
 ) -> None:
     from rpg.backbones.sdxl import StableDiffusionXLBackbone
-    from rpg.backbones.tiny_xl import write_tiny_sdxl
+    from rpg.backbones.tiny.sdxl import write_tiny_sdxl
     from rpg.edit import inpaint_pipeline
 
     folder = write_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl", seed=0)

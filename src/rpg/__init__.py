@@ -31,6 +31,7 @@ from rpg.models import (
     RegionPlan,
     Row,
 )
+from rpg.planners.base import Planner
 
 try:
     __version__ = version("rpg-diffusion")
@@ -46,6 +47,7 @@ __all__ = [
     "GenerationResult",
     "ModelNotFoundError",
     "PlanResult",
+    "Planner",
     "PlannerError",
     "RPGError",
     "Recaption",
@@ -57,11 +59,13 @@ __all__ = [
     "__version__",
     "create_planner",
     "hookimpl",
+    "load_request",
+    "save_png",
 ]
 
 if TYPE_CHECKING:
+    from rpg.metadata import load_request, save_png
     from rpg.orchestrator import RPG
-    from rpg.planners.base import Planner
 
 
 def create_planner(name: str = "rules", **options: Any) -> Planner:
@@ -77,4 +81,9 @@ def __getattr__(name: str) -> Any:
         from rpg.orchestrator import RPG
 
         return RPG
+    if name in ("save_png", "load_request"):
+        # PNG metadata needs Pillow; load it only when asked for.
+        from rpg import metadata
+
+        return getattr(metadata, name)
     raise AttributeError(f"module 'rpg' has no attribute {name!r}")

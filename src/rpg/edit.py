@@ -143,7 +143,8 @@ def inpaint_pipeline(backbone: Backbone) -> Any:
             getattr(pipe.config, "force_zeros_for_empty_prompt", True)
         )
     if "add_watermarker" in accepted:
-        components["add_watermarker"] = False  # rpg decodes itself; the pipeline never does
+        # The inpainting pipeline decodes, so it watermarks exactly when the model's own does.
+        components["add_watermarker"] = getattr(pipe, "watermark", None) is not None
     inpaint = cls(**components)
     inpaint.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     return inpaint
@@ -185,7 +186,7 @@ def edit(
     ``pipeline_kwargs`` go to the inpainting pipeline call.
     """
     from rpg.attention.install import regional
-    from rpg.backbones.base import Backbone
+    from rpg.backbones.base import Backbone, timed_call
 
     if not instruction or not instruction.strip():
         raise ConfigurationError("the edit instruction is empty; say what to change")
@@ -260,9 +261,10 @@ def edit(
     timings["encode"] = time.perf_counter() - t
 
     generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    t = time.perf_counter()
     with regional([pipe.unet], conditioning, layout, guidance=guidance, cache_kv=backbone.cache_kv):
-        output = pipe(
+        # The inpainting pipeline decodes by its own rules (VAE upcast, latent mean/std).
+        output, timings["denoise"], decode_seconds = timed_call(
+            pipe,
             **inputs,
             image=work_image,
             mask_image=work_mask,
@@ -272,18 +274,16 @@ def edit(
             num_inference_steps=request.steps,
             guidance_scale=request.guidance_scale,
             generator=generator,
-            output_type="latent",
-            return_dict=True,
+            output_type="pil",
             **pipeline_kwargs,
         )
-    timings["denoise"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    (painted,) = backbone.decode(output.images, output_type="pil", generator=generator)
+    (painted,) = output.images
     if painted.size != (width, height):
         painted = painted.resize((width, height), Image.Resampling.LANCZOS)
     result = _composite(source, painted, mask)
-    timings["decode"] = time.perf_counter() - t
+    timings["decode"] = decode_seconds + time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     return EditResult(
         image=result,

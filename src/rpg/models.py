@@ -1,8 +1,10 @@
 """Typed core of rpg: plans, recaptions, requests and results.
 
-The models are frozen pydantic v2 models. Their field descriptions are the reference
-documentation and end up in the JSON Schema that planners hand to language models, so they are
-written for both readers.
+The models are frozen pydantic v2 models, and frozen all the way down: their sequences are
+tuples, so a plan or request cannot change after it was validated (JSON still holds arrays, and
+lists are accepted on input). Their field descriptions are the reference documentation and end
+up in the JSON Schema that planners hand to language models, so they are written for both
+readers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +57,8 @@ class Entity(BaseModel):
     model_config = _FROZEN
 
     name: str = Field(description="The entity, as a short noun phrase, e.g. 'girl' or 'red apple'.")
-    attributes: list[str] = Field(
-        default_factory=list,
+    attributes: tuple[str, ...] = Field(
+        default=(),
         description="Attributes of this entity only, e.g. ['silver braid', 'blue dress'].",
     )
 
@@ -70,8 +73,8 @@ class Recaption(BaseModel):
         default="",
         description="A richer rewrite of the whole prompt, keeping every entity and attribute.",
     )
-    entities: list[Entity] = Field(
-        default_factory=list, description="The key entities of the prompt, with their attributes."
+    entities: tuple[Entity, ...] = Field(
+        default=(), description="The key entities of the prompt, with their attributes."
     )
 
 
@@ -118,7 +121,7 @@ class Row(BaseModel):
         gt=0,
         description="Relative height of the row; heights of all rows are normalised.",
     )
-    regions: list[Region] = Field(
+    regions: tuple[Region, ...] = Field(
         min_length=1, description="The regions of this row, from left to right."
     )
 
@@ -128,7 +131,9 @@ class RegionPlan(BaseModel):
 
     model_config = _FROZEN
 
-    rows: list[Row] = Field(min_length=1, description="The rows of the canvas, from top to bottom.")
+    rows: tuple[Row, ...] = Field(
+        min_length=1, description="The rows of the canvas, from top to bottom."
+    )
     base_prompt: str | None = Field(
         default=None,
         description="A prompt for the whole image, blended into every region; use it when the "
@@ -371,8 +376,8 @@ class GenerationRequest(BaseModel):
         le=1,
         description="Overrides the plan's base ratio when set.",
     )
-    controls: list[ControlInput] = Field(
-        default_factory=list,
+    controls: tuple[ControlInput, ...] = Field(
+        default=(),
         description="ControlNet inputs, one per ControlNet in order; empty for a plain render.",
     )
 
@@ -396,26 +401,66 @@ class GenerationRequest(BaseModel):
         return self.plan.with_base_ratio(self.base_ratio)
 
 
-class GenerationResult(BaseModel):
-    """Images and everything that made them."""
+@dataclass(frozen=True)
+class GenerationResult:
+    """Images and everything that made them.
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    A plain dataclass rather than a pydantic model: the images are PIL images, arrays, tensors
+    or latents, not data to validate or serialise. What is data (``plan``, ``request``,
+    ``plan_result``) is pydantic and serialises on its own; :meth:`save` writes an image with
+    it.
+    """
 
-    images: list[Any] = Field(description="The generated images (PIL.Image.Image).", exclude=True)
-    plan: RegionPlan = Field(description="The plan that was rendered.")
-    request: GenerationRequest = Field(
-        description="The request, with the plan and the seed actually used filled in."
-    )
-    plan_result: PlanResult | None = Field(
-        default=None, description="The planner's output, when a planner made the plan."
-    )
-    timings: dict[str, float] = Field(
-        default_factory=dict, description="Seconds spent in plan, encode, denoise and decode."
-    )
-    control_images: list[Any] = Field(
-        default_factory=list,
-        exclude=True,
-        description="The control images used (PIL.Image.Image), one per request.controls entry; "
-        "None where the image was not a PIL image or path (arrays, tensors). save_png embeds "
-        "them so the PNG re-renders without the original files.",
-    )
+    #: The generated images, one per ``request.num_images``: ``PIL.Image.Image`` (default), or
+    #: arrays / tensors / latents when ``output_type`` asked for them.
+    images: list[Any]
+    #: The plan that was rendered.
+    plan: RegionPlan
+    #: The request with everything that was used filled in (plan, seed, size, model, controls):
+    #: rendering it again gives the same pixels.
+    request: GenerationRequest
+    #: The planner's output, when a planner made the plan.
+    plan_result: PlanResult | None = None
+    #: Seconds spent in ``plan``, ``encode``, ``denoise`` and ``decode``, and ``total``.
+    timings: dict[str, float] = field(default_factory=dict)
+    #: The control images used (PIL images), one per ``request.controls`` entry; ``None`` where
+    #: the image was an array or tensor. :meth:`save` embeds them so the PNG re-renders
+    #: without the original files.
+    control_images: list[Any] = field(default_factory=list)
+    #: The pipeline's safety checker verdict per image, when it has a safety checker (a
+    #: flagged image is black, as the stock pipeline makes it); ``None`` without one.
+    nsfw_content_detected: list[bool] | None = None
+
+    def save(self, path: str | os.PathLike[str], *, index: int = 0) -> Path:
+        """Write image ``index`` as a PNG carrying its request and plan (and control images).
+
+        The stored request is the one that renders this image on its own (its seed is
+        ``request.seed + index``), so ``rpg generate --from PATH`` re-renders it. Always PNG:
+        a path with another suffix is refused rather than given PNG bytes under that name.
+        """
+        from PIL import Image
+
+        from rpg.metadata import save_png
+
+        target = Path(path)
+        if target.suffix.lower() != ".png":
+            raise ValueError(
+                f"{target}: GenerationResult.save writes PNG files (the metadata lives in PNG "
+                "text chunks); use a .png name, or convert result.images[...] yourself"
+            )
+        if not 0 <= index < len(self.images):
+            raise IndexError(f"image index {index} out of range for {len(self.images)} images")
+        image = self.images[index]
+        if not isinstance(image, Image.Image):
+            raise TypeError(
+                f"image {index} is a {type(image).__name__}, not a PIL image; render with "
+                "output_type='pil' to save it"
+            )
+        return save_png(
+            image,
+            target,
+            self.request,
+            self.plan,
+            index=index,
+            control_images=self.control_images or None,
+        )

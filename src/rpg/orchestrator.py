@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ import torch
 from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
-from rpg.models import ControlInput, GenerationRequest, GenerationResult, PlanResult
+from rpg.models import GenerationRequest, GenerationResult, PlanResult, RegionPlan
 from rpg.planners.base import Planner
 
 if TYPE_CHECKING:
@@ -39,6 +38,90 @@ if TYPE_CHECKING:
 __all__ = ["RPG", "select_backbone"]
 
 _PLAN_CACHE_SIZE = 64
+
+#: Pipeline arguments rpg sets itself from the request (or from the plan's encoding), and what
+#: to use instead when a caller passes one to ``generate``.
+_RESERVED_KWARGS: dict[str, str] = {
+    "prompt": "the request's prompt (GenerationRequest(prompt=...))",
+    "negative_prompt": "the request's negative_prompt field",
+    "prompt_2": "the request's prompt (rpg encodes each region with both encoders)",
+    "negative_prompt_2": "the request's negative_prompt field",
+    "prompt_embeds": "a plan (rpg encodes the plan into prompt_embeds itself)",
+    "negative_prompt_embeds": "the request's negative_prompt field",
+    "pooled_prompt_embeds": "a plan's base prompt (rpg pools it itself)",
+    "negative_pooled_prompt_embeds": "the request's negative_prompt field",
+    "height": "the request's height field",
+    "width": "the request's width field",
+    "num_inference_steps": "the request's steps field",
+    "guidance_scale": "the request's guidance_scale field",
+    "num_images_per_prompt": "the request's num_images field",
+    "generator": "the request's seed field (image i is drawn with seed + i)",
+    "return_dict": "the result's fields (generate always returns a GenerationResult)",
+    "callback_on_step_end": "generate's callback_on_step_end argument",
+    "output_type": "generate's output_type argument",
+}
+
+
+def _check_pipeline_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse pipeline arguments that rpg sets itself or that are request fields.
+
+    Passing one would either be silently overridden (``seed=3``) or collide with rpg's own
+    argument in the pipeline call (``num_inference_steps=4``); the message names the field to use.
+    """
+    fields = GenerationRequest.model_fields
+    wrong = sorted(k for k in kwargs if k in _RESERVED_KWARGS or k in fields)
+    if not wrong:
+        return
+    hints = []
+    for key in wrong:
+        if key in _RESERVED_KWARGS:
+            hints.append(f"{key}= is set by rpg from {_RESERVED_KWARGS[key]}")
+        else:
+            hints.append(f"{key}= is a GenerationRequest field: set it on the request")
+    raise ConfigurationError(
+        "generate() got pipeline argument(s) it cannot pass on: " + "; ".join(hints) + ". "
+        "Or call the RPG object like a diffusers pipeline: rpg(prompt, num_inference_steps=..., "
+        "seed=...)"
+    )
+
+
+def _seed_of(generator: torch.Generator | list[torch.Generator]) -> int:
+    """The seed a freshly seeded CPU generator (or list, one per image) stands for.
+
+    rpg draws image ``i``'s noise from a new CPU generator seeded ``seed + i`` and records the
+    seed, so a render can be repeated from its request. A generator can stand for its seed only
+    while it has drawn nothing since ``manual_seed``, and only on the CPU; anything else is
+    refused rather than silently replaced.
+    """
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
+    if not generators:
+        raise ConfigurationError("generator= is an empty list; pass seed= instead")
+    seed: int | None = None
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator) or g.device.type != "cpu":
+            raise ConfigurationError(
+                "generator= must be a CPU torch.Generator (rpg draws its noise on the CPU so a "
+                "seed gives the same image on every device); pass seed= instead"
+            )
+        initial = int(g.initial_seed())
+        fresh = torch.Generator().manual_seed(initial)
+        if not torch.equal(fresh.get_state(), g.get_state()):
+            raise ConfigurationError(
+                "generator= has drawn numbers since it was seeded, so its state is not its seed "
+                "and the render could not be repeated from the recorded request; pass seed= or "
+                "a freshly seeded generator"
+            )
+        if seed is None:
+            seed = initial - i
+        elif initial != seed + i:
+            raise ConfigurationError(
+                "a list of generators must be seeded seed, seed+1, ... (rpg seeds image i with "
+                "seed + i); pass seed= instead"
+            )
+    assert seed is not None
+    if seed < 0:
+        raise ConfigurationError(f"generator seeds must give a non-negative seed, got {seed}")
+    return seed
 
 
 def select_backbone(
@@ -65,26 +148,6 @@ def select_backbone(
         f"no registered backbone can load {info.describe()}; supported: {names}. Pass "
         "backbone=NAME to force one, or install a plugin for this architecture"
     )
-
-
-def _same_name(name: str) -> str:
-    """A ControlNet name normalised for comparison (``./a/b`` and ``a/b`` are the same)."""
-    expanded = os.path.expanduser(name)
-    return os.path.realpath(expanded) if os.path.exists(expanded) else os.path.normpath(expanded)
-
-
-def _recorded_image(index: int, control: ControlInput) -> str:
-    """The path of a recorded control image, or a :class:`ConfigurationError` saying what to do."""
-    what = f"control image {index + 1} (for ControlNet {control.controlnet!r})"
-    how = (
-        "pass the control image again (image=..., CLI: --control-image FILE); a PNG saved by rpg "
-        "embeds its control images, so 'rpg generate --from IMAGE.png' needs no file"
-    )
-    if control.image is None:
-        raise ConfigurationError(f"{what} has no recorded path; {how}")
-    if not os.path.isfile(os.path.expanduser(control.image)):
-        raise ConfigurationError(f"{what} not found: {control.image}; {how}")
-    return os.path.expanduser(control.image)
 
 
 class RPG:
@@ -150,7 +213,7 @@ class RPG:
 
             backbone_cls = controlnet_backbone_for(backbone_cls)
         loaded = backbone_cls.load(info, device=device, dtype=dtype, **options)
-        return cls(loaded, planner=planner, planner_options=planner_options, model=os.fspath(model))
+        return cls(loaded, planner=planner, planner_options=planner_options, model=info.canonical)
 
     @classmethod
     def from_pipeline(
@@ -179,7 +242,9 @@ class RPG:
         else:
             backbone_cls = select_backbone(ModelInfo("pipeline", "folder"), backbone)
         if model is None:
-            model = getattr(getattr(pipe, "config", None), "_name_or_path", None) or None
+            # diffusers keeps whatever from_pretrained was given: a str or a Path.
+            name = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+            model = os.fspath(name) if name else None
         return cls(
             backbone_cls.from_pipeline(pipe),
             planner=planner,
@@ -257,8 +322,10 @@ class RPG:
         """Plan (unless the request has a plan), encode, denoise regionally and decode.
 
         ``request`` may be a bare prompt. ``output_type`` is ``"pil"`` (default), ``"np"``
-        (float arrays in [0, 1]) or ``"pt"``. ``callback_on_step_end`` and ``pipeline_kwargs`` go
-        to the stock pipeline call.
+        (float arrays in [0, 1]), ``"pt"`` or ``"latent"`` (undecoded latents); the stock
+        pipeline decodes by its own rules. ``callback_on_step_end`` and ``pipeline_kwargs`` go
+        to the stock pipeline call; extra inputs a backbone understands (ControlNet images) go
+        through :meth:`~rpg.backbones.base.Backbone.prepare_inputs` first.
 
         ControlNet: control images come from ``image=`` (one per ControlNet), else from the paths
         in ``request.controls``; scales from ``controlnet_conditioning_scale=``, else from
@@ -266,11 +333,13 @@ class RPG:
         names, image paths, scales, pixel hashes) and ``result.control_images`` holds the
         images. A request with ``controls`` on an RPG without ControlNet is an error.
 
-        Timings (seconds) are recorded for ``plan``, ``encode``, ``denoise`` (the pipeline call,
-        returning latents) and ``decode`` (VAE and post-processing), plus ``total``.
+        Timings (seconds) are recorded for ``plan``, ``encode``, ``denoise`` (the pipeline call up
+        to the end of its last step) and ``decode`` (the rest of the call: VAE,
+        post-processing, safety checker), plus ``total``.
         """
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
+        _check_pipeline_kwargs(pipeline_kwargs)
         started = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -301,11 +370,9 @@ class RPG:
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
         request = GenerationRequest.model_validate(request.model_dump())
-        request, pipeline_kwargs, control_images = self._controls(
-            request, pipeline_kwargs, width, height
-        )
-
         backbone = self.backbone
+        prepared = backbone.prepare_inputs(request, pipeline_kwargs, width=width, height=height)
+        request = prepared.request
         backbone.set_scheduler(request.scheduler)
         guidance = backbone.uses_guidance(request.guidance_scale)
 
@@ -322,113 +389,104 @@ class RPG:
         generator: torch.Generator | list[torch.Generator] = (
             generators[0] if len(generators) == 1 else generators
         )
-        t = time.perf_counter()
-        latents = backbone.denoise(
+        rendered = backbone.render(
             conditioning,
             layout,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             generator=generator,
             num_images=request.num_images,
+            output_type=output_type,
             callback_on_step_end=callback_on_step_end,
-            **pipeline_kwargs,
+            **prepared.pipeline_kwargs,
         )
-        timings["denoise"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        images = backbone.decode(latents, output_type=output_type, generator=generator)
-        timings["decode"] = time.perf_counter() - t
+        timings["denoise"] = rendered.denoise_seconds
+        timings["decode"] = rendered.decode_seconds
         timings["total"] = time.perf_counter() - started
 
         return GenerationResult(
-            images=images,
+            images=rendered.images,
             plan=plan,
             request=request,
             plan_result=plan_result,
             timings=timings,
-            control_images=control_images,
+            control_images=prepared.control_images,
+            nsfw_content_detected=rendered.nsfw_content_detected,
         )
 
-    def _controls(
-        self, request: GenerationRequest, kwargs: dict[str, Any], width: int, height: int
-    ) -> tuple[GenerationRequest, dict[str, Any], list[Any]]:
-        """Resolve ControlNet images and scales; record them in the request.
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        plan: RegionPlan | None = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        base_ratio: float | None = None,
+        output_type: str = "pil",
+        callback_on_step_end: Callable[..., Any] | None = None,
+        **pipeline_kwargs: Any,
+    ) -> GenerationResult:
+        """Render like a diffusers pipeline: ``rpg(prompt, num_inference_steps=30).images[0]``.
 
-        Returns the request with ``controls`` filled in, the pipeline kwargs with the opened
-        images and scales, and the images to embed (PIL images; ``None`` for arrays/tensors).
+        The arguments are the stock pipelines' names for the fields of a
+        :class:`~rpg.models.GenerationRequest`; this builds that request and calls
+        :meth:`generate`. ``None`` keeps the request's default (30 steps, guidance 7, the
+        model's native size, a random seed, the default scheduler). ``prompt`` may be omitted
+        when ``plan`` is given (its base prompt, else its region prompts, become the prompt).
+
+        Seeds: give ``seed=`` or ``generator=``, not both. A generator must be a CPU
+        ``torch.Generator`` that has drawn nothing since ``manual_seed(s)`` (or a list seeded
+        ``s, s+1, ...``, one per image): it stands for the seed ``s``, which the result's
+        request records, because rpg draws image ``i`` from a new CPU generator seeded
+        ``s + i`` so that every render can be repeated from its request.
+
+        Returns the :class:`~rpg.models.GenerationResult`: ``.images``, ``.plan`` and
+        ``.request`` (the request this call implies; ``rpg.generate(result.request)`` renders
+        the same pixels). ``pipeline_kwargs`` go to the stock pipeline (ControlNet ``image=``,
+        ``eta=``, ``cross_attention_kwargs=`` ...).
         """
-        from PIL import Image as PILImage
-
-        from rpg.backbones.controlnet import ControlNetBackboneMixin
-        from rpg.metadata import image_sha256
-
-        backbone = self.backbone
-        recorded = list(request.controls)
-        if not isinstance(backbone, ControlNetBackboneMixin):
-            if recorded:
-                wanted = ", ".join(repr(c.controlnet) for c in recorded)
-                count = f"{len(recorded)} ControlNet input{'s' if len(recorded) != 1 else ''}"
-                raise ConfigurationError(
-                    f"the request has {count} ({wanted}) but this RPG was loaded without "
-                    f"ControlNet, so the control would be ignored; load it with "
-                    f"RPG.from_pretrained(model, controlnet=[{wanted}]) (CLI: --controlnet MODEL), "
-                    "or remove the request's controls to render without control"
-                )
-            return request, kwargs, []
-        names = self.controlnet_names
-        n = len(names)
-        if recorded and len(recorded) != n:
+        if prompt is not None and not isinstance(prompt, str):
             raise ConfigurationError(
-                f"the request has {len(recorded)} ControlNet inputs but this RPG has {n} "
-                f"ControlNet{'s' if n != 1 else ''} ({', '.join(names)}); load the ControlNets "
-                "the request names, or give one control image per loaded ControlNet"
+                "prompt must be one string (rpg plans one image layout per call); render several "
+                "prompts one by one, or with rpg.batch / 'rpg batch'"
             )
-        if recorded and [_same_name(c.controlnet) for c in recorded] != [
-            _same_name(x) for x in names
-        ]:
-            warnings.warn(
-                f"the request names ControlNet(s) {[c.controlnet for c in recorded]} but this RPG "
-                f"has {names}; rendering with the loaded ones and recording those",
-                stacklevel=3,
-            )
-        kwargs = dict(kwargs)
-        given = kwargs.pop("image", None)
-        scale = kwargs.pop("controlnet_conditioning_scale", None)
-        from_request = given is None and bool(recorded)
-        if from_request:
-            given = [_recorded_image(i, control) for i, control in enumerate(recorded)]
-        if scale is None:
-            scale = [c.scale for c in recorded] if recorded else 1.0
-        images, scales = backbone.check_control(given, scale, width, height)
-        sources = given if isinstance(given, (list, tuple)) else [given]
-
-        controls: list[ControlInput] = []
-        embeddable: list[Any] = []
-        for i, (image, source, value) in enumerate(zip(images, sources, scales, strict=True)):
-            pil = image if isinstance(image, PILImage.Image) else None
-            digest = image_sha256(pil) if pil is not None else None
-            before = recorded[i] if recorded else None
-            if from_request and before is not None:
-                path: str | None = before.image  # as recorded, not as expanded to open it
-            elif isinstance(source, (str, os.PathLike)):
-                path = os.fspath(source)
-            elif before is not None and digest is not None and digest == before.sha256:
-                path = before.image  # the same pixels as recorded: keep the recorded path
-            else:
-                path = None
-            if from_request and before is not None and before.sha256 not in (None, digest):
-                warnings.warn(
-                    f"control image {i + 1} ({path}) has changed since the request was recorded "
-                    "(its sha256 differs), so the render will differ",
-                    stacklevel=3,
+        if prompt is None:
+            if plan is None:
+                raise ConfigurationError("give a prompt, a plan, or both")
+            prompt = plan.base_prompt or "; ".join(plan.prompts)
+        if generator is not None:
+            if seed is not None:
+                raise ConfigurationError(
+                    "give seed= or generator=, not both (a generator stands for its seed)"
                 )
-            controls.append(
-                ControlInput(controlnet=names[i], image=path, scale=value, sha256=digest)
-            )
-            embeddable.append(pil)
-        kwargs["image"] = images
-        kwargs["controlnet_conditioning_scale"] = scales
-        return request.model_copy(update={"controls": controls}), kwargs, embeddable
+            seed = _seed_of(generator)
+        fields: dict[str, Any] = {
+            "prompt": prompt,
+            "plan": plan,
+            "negative_prompt": negative_prompt,
+            "steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "height": height,
+            "width": width,
+            "num_images": num_images_per_prompt,
+            "seed": seed,
+            "scheduler": scheduler,
+            "base_ratio": base_ratio,
+        }
+        request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
+        return self.generate(
+            request,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            **pipeline_kwargs,
+        )
 
     # ----------------------------------------------------------------- closed loop
 

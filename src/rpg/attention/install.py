@@ -36,7 +36,8 @@ def cross_attention_names(model: AttentionModel) -> list[str]:
     """Keys of ``model.attn_processors`` that belong to cross-attention layers."""
     modules = dict(model.named_modules())
     names = []
-    for key in model.attn_processors:
+    processors = model.attn_processors
+    for key, processor in processors.items():
         module = modules.get(key[: -len(_SUFFIX)]) if key.endswith(_SUFFIX) else None
         if module is None:
             raise TypeError(f"cannot find the attention module of processor {key!r}")
@@ -46,6 +47,12 @@ def cross_attention_names(model: AttentionModel) -> list[str]:
             raise ValueError(
                 f"{key}: attention with added key/value projections is not supported by "
                 "regional attention"
+            )
+        if hasattr(processor, "to_k_ip") or "IPAdapter" in type(processor).__name__:
+            raise ValueError(
+                f"{key} has an IP-Adapter attention processor ({type(processor).__name__}); "
+                "regional attention would replace it and drop the image prompt; unload the "
+                "IP-Adapter first (pipe.unload_ip_adapter()), or render without rpg's regions"
             )
         names.append(key)
     return names

@@ -16,8 +16,10 @@ projects it once per pipeline call and reuses the keys and values at every later
 results are the same tensors the projection would produce again, so outputs are bit-identical;
 the price is the memory of every layer's keys and values for the call.
 
-Context rows that are copies of one another (several images per prompt) are projected once and
-expanded as views, so neither the projection nor the cache grows with the number of images.
+Context rows that are copies of one another (several images per prompt, known from the
+conditioning's shapes: :attr:`~rpg.attention.spec.RegionalConditioning.shared_rows`) are
+projected once and expanded as views, so neither the projection nor the cache grows with the
+number of images, and no call waits on the device to find that out.
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ class _Projected:
     value: torch.Tensor
 
 
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's in-place write counter; ``None`` for inference tensors, which have none.
+
+    Tensors made under ``torch.inference_mode()`` keep no version counter (reading it raises).
+    Such a context can only be written in place inside inference mode, which a pipeline call
+    does not do to its own ``prompt_embeds``; a caller who does so between the steps of one
+    call must use ``cache_kv=False``.
+    """
+    return None if tensor.is_inference() else tensor._version
+
+
 def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
     """What must be unchanged for projected keys and values to still be right.
 
@@ -59,7 +72,7 @@ def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
     ``to_k``/``to_v`` weights (an in-place update such as fusing a LoRA bumps their version).
     """
     weights = tuple(
-        (w.data_ptr(), w._version)
+        (w.data_ptr(), _version(w))
         for w in (getattr(attn.to_k, "weight", None), getattr(attn.to_v, "weight", None))
         if isinstance(w, torch.Tensor)
     )
@@ -69,7 +82,7 @@ def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
         context.stride(),
         context.dtype,
         context.device,
-        context._version,
+        _version(context),
         weights,
     )
 
@@ -114,6 +127,8 @@ class RegionalAttnProcessor:
         self.negative_base_span: Span | None = (
             conditioning.negative_base_span or conditioning.negative_span
         )
+        # Decided once, from shapes: comparing context rows per call would wait on the device.
+        self.shared_rows = conditioning.shared_rows
         uses_base = any(b > 0 for b in layout.base_weights)
         if uses_base and self.base_span is None:
             raise ValueError(
@@ -171,6 +186,15 @@ class RegionalAttnProcessor:
         if encoder_hidden_states is None:
             # Self-attention is never installed with this processor; stay correct if it happens.
             return self._plain_processor(attn, hidden_states, None, attention_mask, temb)
+        if not isinstance(encoder_hidden_states, torch.Tensor):
+            # IP-Adapter UNets pass (text, [image embeddings]); those layers need IP-Adapter's
+            # own processors, which this one would replace.
+            raise TypeError(
+                "regional attention got encoder_hidden_states of type "
+                f"{type(encoder_hidden_states).__name__}, not a tensor: the model passes extra "
+                "context (an IP-Adapter is loaded?), which regional attention cannot serve; "
+                "unload it (pipe.unload_ip_adapter()) to render regionally"
+            )
 
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -274,7 +298,7 @@ class RegionalAttnProcessor:
         part = context[rows]
         # Several images per prompt repeat the same context rows: project one, view it n times.
         copies = part.shape[0]
-        if copies > 1 and bool((part == part[:1]).all()):
+        if copies > 1 and self.shared_rows:
             part = part[:1]
         if attn.norm_cross:
             # Normalise whole rows, as the stock layer does: a group norm's statistics span tokens.

@@ -29,6 +29,9 @@ class RegionalConditioning:
     shares one negative prompt, ``negative_region_spans`` is ``None`` and the unconditional half
     attends to ``negative_span`` only (plain attention, as in the stock pipeline); the rest of
     the negative tensor is padding that no query reads.
+
+    The model must receive these embeddings as the pipelines pass them: each half of the batch
+    is these rows, repeated for every image (see :attr:`shared_rows`).
     """
 
     prompt_embeds: torch.Tensor
@@ -61,6 +64,18 @@ class RegionalConditioning:
     @property
     def num_regions(self) -> int:
         return len(self.region_spans)
+
+    @property
+    def shared_rows(self) -> bool:
+        """Whether every context row of a batch half is a copy of one encoding.
+
+        True when the embeddings hold one row each: diffusers pipelines repeat it for every
+        image of the call, so the processor projects one row per half and expands it, and
+        never has to compare rows on the device. Embeddings with several rows (one per image)
+        are projected row by row.
+        """
+        neg = self.negative_prompt_embeds
+        return self.prompt_embeds.shape[0] == 1 and (neg is None or neg.shape[0] == 1)
 
 
 @dataclass(frozen=True)

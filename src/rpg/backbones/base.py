@@ -8,10 +8,14 @@ A backbone wraps one *stock* pipeline object and adds only what regional prompti
   length) and the span arithmetic live here, in one place; a subclass only says how one list of
   texts becomes embeddings (:meth:`Backbone.encode_texts`), so spans always come from the actual
   encodings.
-* :meth:`Backbone.denoise` calls the stock pipeline with ``prompt_embeds`` /
+* :meth:`Backbone.prepare_inputs` turns a request's extra inputs (ControlNet images and scales)
+  into pipeline arguments and records them in the request: the orchestrator knows no backbone
+  by type.
+* :meth:`Backbone.render` calls the stock pipeline with ``prompt_embeds`` /
   ``negative_prompt_embeds`` (plus whatever :meth:`Backbone.pipeline_inputs` adds, such as SDXL's
-  pooled embeddings or a ControlNet image) inside :func:`rpg.attention.regional`, and returns
-  latents; :meth:`Backbone.decode` turns them into images, so decoding can be timed on its own.
+  pooled embeddings) inside :meth:`Backbone.attention_context`, and lets the pipeline decode by
+  its own rules (VAE upcast, latent mean/std, safety checker); a step-end callback splits the
+  call into denoise and decode time.
 
 SD 1.x/2.x (:mod:`rpg.backbones.sd`) is the reference implementation; SDXL, ControlNet and
 inpainting backbones subclass the same base and override the few hooks that differ.
@@ -20,8 +24,11 @@ inpainting backbones subclass the same base and override the few hooks that diff
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -34,9 +41,20 @@ from rpg.errors import ConfigurationError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from rpg.models import RegionPlan
+    from rpg.models import GenerationRequest, RegionPlan
 
-__all__ = ["LOAD_OPTIONS", "Backbone", "pack_segments", "pad_tokens", "token_windows"]
+__all__ = [
+    "LOAD_OPTIONS",
+    "OUTPUT_TYPES",
+    "Backbone",
+    "PreparedInputs",
+    "Rendered",
+    "StepClock",
+    "pack_segments",
+    "pad_tokens",
+    "timed_call",
+    "token_windows",
+]
 
 #: Keyword options every backbone's ``load`` understands (besides device and dtype).
 LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
@@ -107,8 +125,8 @@ class Backbone(ABC):
     """A stock diffusers pipeline plus what regional prompting needs from it.
 
     Subclasses set the class attributes and implement :meth:`encode_texts`; the rest has working
-    defaults for pipelines that take ``prompt_embeds`` / ``negative_prompt_embeds`` and return
-    latents with ``output_type="latent"``.
+    defaults for pipelines that take ``prompt_embeds`` / ``negative_prompt_embeds``,
+    ``output_type`` and ``callback_on_step_end``, as the diffusers text-to-image pipelines do.
     """
 
     #: Registry name (``rpg plugins`` lists it; ``RPG.from_pretrained(..., backbone=name)``).
@@ -333,7 +351,7 @@ class Backbone(ABC):
             negative_pooled_prompt_embeds=negative_pooled,
         )
 
-    # ----------------------------------------------------------------- denoising and decoding
+    # ----------------------------------------------------------------- rendering
 
     def layout(self, plan: RegionPlan, width: int, height: int) -> RegionalLayout:
         """Where the plan's regions fall on a ``width × height`` image at this model's latents."""
@@ -350,7 +368,57 @@ class Backbone(ABC):
             inputs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_prompt_embeds
         return inputs
 
-    def denoise(
+    def prepare_inputs(
+        self,
+        request: GenerationRequest,
+        pipeline_kwargs: Mapping[str, Any],
+        *,
+        width: int,
+        height: int,
+    ) -> PreparedInputs:
+        """Resolve the extra pipeline inputs a request implies, and record them in the request.
+
+        The hook for inputs beyond the prompt (ControlNet images and scales; guidance inputs of
+        other pipelines): it returns the request with those inputs recorded, the keyword
+        arguments to pass to :meth:`render`, and the images a saved PNG should embed. The base
+        backbone takes no extra inputs, so a request with ``controls`` is an error here rather
+        than a render that silently ignores them.
+        """
+        recorded = request.controls
+        if recorded:
+            wanted = ", ".join(repr(c.controlnet) for c in recorded)
+            count = f"{len(recorded)} ControlNet input{'s' if len(recorded) != 1 else ''}"
+            raise ConfigurationError(
+                f"the request has {count} ({wanted}) but this RPG was loaded without "
+                f"ControlNet, so the control would be ignored; load it with "
+                f"RPG.from_pretrained(model, controlnet=[{wanted}]) (CLI: --controlnet MODEL), "
+                "or remove the request's controls to render without control"
+            )
+        return PreparedInputs(request, dict(pipeline_kwargs))
+
+    def attention_context(
+        self,
+        conditioning: RegionalConditioning,
+        layout: RegionalLayout,
+        *,
+        guidance: bool,
+        cache_kv: bool,
+        pipeline_kwargs: Mapping[str, Any],
+    ) -> AbstractContextManager[object]:
+        """The regional processors for one pipeline call (see :func:`rpg.attention.regional`).
+
+        Every model of :meth:`attention_models` shares one processor; a backbone whose models
+        see different batches in some modes (ControlNet's guess mode) overrides this, deciding
+        from ``pipeline_kwargs`` alone, so a backbone holds no per-call state.
+        """
+        from rpg.attention.install import regional
+
+        del pipeline_kwargs
+        return regional(
+            self.attention_models(), conditioning, layout, guidance=guidance, cache_kv=cache_kv
+        )
+
+    def render(
         self,
         conditioning: RegionalConditioning,
         layout: RegionalLayout,
@@ -359,16 +427,24 @@ class Backbone(ABC):
         guidance_scale: float,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_images: int = 1,
+        output_type: str = "pil",
         **pipeline_kwargs: Any,
-    ) -> torch.Tensor:
-        """Run the stock pipeline with regional attention and return its latents.
+    ) -> Rendered:
+        """Run the stock pipeline with regional attention, decoding by its own rules.
 
-        ``pipeline_kwargs`` go to the pipeline call unchanged (``callback_on_step_end``,
-        ``eta``, ``cross_attention_kwargs``, a ControlNet ``image`` ...). The previous attention
-        processors are back in place when this returns or raises.
+        The pipeline gets ``output_type`` (``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``) and
+        decodes itself: VAE upcasting when ``force_upcast`` is set, ``latents_mean`` /
+        ``latents_std``, shift factors, safety checker and watermark all stay the pipeline's.
+        ``pipeline_kwargs`` go to the call unchanged (``eta``, ``cross_attention_kwargs``, a
+        ControlNet ``image``...). ``callback_on_step_end`` (a function or a diffusers
+        ``PipelineCallback``) is chained behind a clock that notes when the last step ended, so
+        the call splits into denoise and decode time. The previous attention processors are
+        back in place when this returns or raises.
         """
-        from rpg.attention.install import regional
-
+        if output_type not in OUTPUT_TYPES:
+            raise ConfigurationError(
+                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
+            )
         guidance = self.uses_guidance(guidance_scale)
         if guidance and conditioning.negative_prompt_embeds is None:
             raise ConfigurationError(
@@ -377,14 +453,15 @@ class Backbone(ABC):
         inputs = self.pipeline_inputs(conditioning)
         if not guidance:
             inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
-        with regional(
-            self.attention_models(),
+        with self.attention_context(
             conditioning,
             layout,
             guidance=guidance,
             cache_kv=self.cache_kv and steps > 1,
+            pipeline_kwargs=pipeline_kwargs,
         ):
-            output = self.pipe(
+            output, denoise_seconds, decode_seconds = timed_call(
+                self.pipe,
                 **inputs,
                 height=layout.height,
                 width=layout.width,
@@ -392,36 +469,89 @@ class Backbone(ABC):
                 guidance_scale=guidance_scale,
                 num_images_per_prompt=num_images,
                 generator=generator,
-                output_type="latent",
-                return_dict=True,
+                output_type=output_type,
                 **pipeline_kwargs,
             )
-        latents: torch.Tensor = output.images
-        return latents
-
-    def decode(
-        self,
-        latents: torch.Tensor,
-        *,
-        output_type: str = "pil",
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> list[Any]:
-        """Decode latents through the VAE and the pipeline's image processor.
-
-        The same public calls the stock pipeline makes after denoising (VAE decode of
-        ``latents / scaling_factor``, then ``image_processor.postprocess``); no safety checker.
-        Returns one image per latent: PIL images, or ``[H, W, 3]`` float arrays / ``[3, H, W]``
-        tensors for ``"np"`` / ``"pt"``.
-        """
-        vae = self.pipe.vae
-        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift:
-            scaled = scaled + shift
-        with torch.no_grad():
-            image = vae.decode(scaled, return_dict=False, generator=generator)[0]
-        batch = image.shape[0]
-        processed = self.pipe.image_processor.postprocess(
-            image, output_type=output_type, do_denormalize=[True] * batch
+        nsfw = getattr(output, "nsfw_content_detected", None)
+        return Rendered(
+            images=list(output.images),
+            nsfw_content_detected=None if nsfw is None else [bool(x) for x in nsfw],
+            denoise_seconds=denoise_seconds,
+            decode_seconds=decode_seconds,
         )
-        return list(processed)
+
+
+#: What :meth:`Backbone.render` (and ``RPG.generate``) can return: PIL images, float arrays in
+#: [0, 1] (``[H, W, 3]`` each), tensors (``[3, H, W]`` each), or the undecoded latents.
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    """What :meth:`Backbone.prepare_inputs` makes of a request's extra pipeline inputs."""
+
+    #: The request with the inputs actually used recorded (e.g. ``controls``).
+    request: GenerationRequest
+    #: Keyword arguments for :meth:`Backbone.render` (and so the stock pipeline call).
+    pipeline_kwargs: dict[str, Any]
+    #: Images a saved PNG embeds so it re-renders without the original files (ControlNet
+    #: control images, one per ``request.controls`` entry; ``None`` where not a PIL image).
+    control_images: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The stock pipeline's output of one :meth:`Backbone.render` call, with its timings."""
+
+    #: One entry per image: PIL images, ``[H, W, 3]`` arrays, ``[3, H, W]`` tensors or
+    #: ``[C, h, w]`` latents, as ``output_type`` asked.
+    images: list[Any]
+    #: The safety checker's verdicts, when the pipeline has one (``None`` otherwise).
+    nsfw_content_detected: list[bool] | None
+    #: Seconds from the call to the end of the last denoising step.
+    denoise_seconds: float
+    #: Seconds from the end of the last step to the pipeline's return (decoding, checks).
+    decode_seconds: float
+
+
+class StepClock:
+    """A ``callback_on_step_end`` that notes when each denoising step ended.
+
+    Chains the caller's own callback (a function or a diffusers ``PipelineCallback`` /
+    ``MultiPipelineCallbacks``), returning what it returns, so it can replace that callback
+    without changing what the pipeline does.
+    """
+
+    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
+        self.callback = callback
+        #: ``time.perf_counter()`` at the end of the last step so far (``None`` before one).
+        self.last_step_end: float | None = None
+
+    def __call__(
+        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = (
+            {} if self.callback is None else self.callback(pipe, step, timestep, callback_kwargs)
+        )
+        self.last_step_end = time.perf_counter()
+        return result
+
+
+def timed_call(pipe: Any, **call: Any) -> tuple[Any, float, float]:
+    """Call a stock pipeline; return its output and the seconds spent denoising and decoding.
+
+    ``call`` may hold the caller's ``callback_on_step_end``; it still runs, after every step.
+    Decoding is what follows the last step (VAE, post-processing, safety checker). The output
+    is the pipeline's ``return_dict`` output.
+    """
+    user = call.pop("callback_on_step_end", None)
+    tensor_inputs = getattr(user, "tensor_inputs", None)
+    if tensor_inputs is not None and "callback_on_step_end_tensor_inputs" not in call:
+        # diffusers reads a PipelineCallback's tensor inputs off the object it is given.
+        call["callback_on_step_end_tensor_inputs"] = list(tensor_inputs)
+    clock = StepClock(user)
+    started = time.perf_counter()
+    output = pipe(**call, callback_on_step_end=clock, return_dict=True)
+    ended = time.perf_counter()
+    last = clock.last_step_end if clock.last_step_end is not None else ended
+    return output, last - started, ended - last

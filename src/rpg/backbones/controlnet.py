@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import ExitStack
+import warnings
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,21 +32,19 @@ import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
-from rpg.backbones.base import LOAD_OPTIONS, Backbone
-from rpg.backbones.loading import (
-    SINGLE_FILE_SUFFIXES,
-    ModelInfo,
-    cache_dir,
-    hf_offline,
-)
+from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs, Rendered
+from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
+from rpg.backbones.tiny import tiny_model
 from rpg.errors import ConfigurationError, ModelNotFoundError
-from rpg.models import MAX_CONTROL_SCALE
+from rpg.models import MAX_CONTROL_SCALE, ControlInput
 
 if TYPE_CHECKING:
     from PIL import Image
     from typing_extensions import Self
+
+    from rpg.models import GenerationRequest
 
 __all__ = [
     "ControlNetBackboneMixin",
@@ -65,17 +65,6 @@ _ASPECT_TOLERANCE = 0.02
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def _tiny_controlnet(name: str) -> Path | None:
-    from rpg.backbones.tiny_xl import TINY_CONTROLNET, TINY_SDXL_CONTROLNET, write_tiny_controlnet
-
-    if name not in (TINY_CONTROLNET, TINY_SDXL_CONTROLNET):
-        return None
-    path = cache_dir() / name
-    if not (path / "config.json").is_file():
-        write_tiny_controlnet(path, sdxl=name == TINY_SDXL_CONTROLNET, seed=0)
-    return path
 
 
 def load_controlnet(
@@ -111,8 +100,8 @@ def load_controlnet(
         common["torch_dtype"] = dtype
     if cache_dir is not None:
         common["cache_dir"] = os.fspath(cache_dir)
-    tiny = _tiny_controlnet(ref)
-    path = tiny or Path(ref).expanduser()
+    tiny = tiny_model(ref, "controlnet")
+    path = tiny.path() if tiny is not None else Path(ref).expanduser()
     how = (
         "pass a diffusers ControlNet folder (with config.json), a .safetensors file (with "
         "config=FOLDER offline), a hub id already in the Hugging Face cache, or "
@@ -191,6 +180,26 @@ def _ref_name(ref: ControlNetRef) -> str:
     return _net_name(ref)
 
 
+def _same_name(name: str) -> str:
+    """A ControlNet name normalised for comparison (``./a/b`` and ``a/b`` are the same)."""
+    expanded = os.path.expanduser(name)
+    return os.path.realpath(expanded) if os.path.exists(expanded) else os.path.normpath(expanded)
+
+
+def _recorded_image(index: int, control: ControlInput) -> str:
+    """The path of a recorded control image, or a :class:`ConfigurationError` saying what to do."""
+    what = f"control image {index + 1} (for ControlNet {control.controlnet!r})"
+    how = (
+        "pass the control image again (image=..., CLI: --control-image FILE); a PNG saved by rpg "
+        "embeds its control images, so 'rpg generate --from IMAGE.png' needs no file"
+    )
+    if control.image is None:
+        raise ConfigurationError(f"{what} has no recorded path; {how}")
+    if not os.path.isfile(os.path.expanduser(control.image)):
+        raise ConfigurationError(f"{what} not found: {control.image}; {how}")
+    return os.path.expanduser(control.image)
+
+
 # ----------------------------------------------------------------------------- backbones
 
 
@@ -209,7 +218,6 @@ class ControlNetBackboneMixin(Backbone):
         controlnet = getattr(pipe, "controlnet", None)
         if controlnet is None:
             raise ConfigurationError(f"{type(pipe).__name__} has no ControlNet")
-        self._guess_mode_active = False
         #: What each ControlNet was loaded from, recorded in requests (``controls``) so that
         #: ``rpg generate --from`` can load them again; :meth:`load` keeps the names as given.
         self.controlnet_names: list[str] = [_net_name(net) for net in self.controlnets]
@@ -280,8 +288,7 @@ class ControlNetBackboneMixin(Backbone):
 
     def attention_models(self) -> list[Any]:
         """The UNet and every ControlNet (ControlNets get their own processor in guess mode)."""
-        models = super().attention_models()
-        return models if self._guess_mode_active else [*models, *self.controlnets]
+        return [*super().attention_models(), *self.controlnets]
 
     def check_control(
         self, image: Any, scale: Any, width: int, height: int
@@ -334,7 +341,133 @@ class ControlNetBackboneMixin(Backbone):
                 )
         return images, scales
 
-    def denoise(
+    def prepare_inputs(
+        self,
+        request: GenerationRequest,
+        pipeline_kwargs: Mapping[str, Any],
+        *,
+        width: int,
+        height: int,
+    ) -> PreparedInputs:
+        """Resolve control images and scales and record them in the request's ``controls``.
+
+        Images come from ``image=`` (one per ControlNet), else from the paths recorded in
+        ``request.controls``; scales from ``controlnet_conditioning_scale=``, else from the
+        request, else 1. Returns the request with ``controls`` filled in (ControlNet names, image
+        paths, scales, pixel hashes), the pipeline kwargs with the opened images and scales, and
+        the images to embed (PIL images; ``None`` for arrays and tensors).
+        """
+        from PIL import Image as PILImage
+
+        from rpg.metadata import image_sha256
+
+        names = self.controlnet_names
+        recorded = list(request.controls)
+        n = len(names)
+        if recorded and len(recorded) != n:
+            raise ConfigurationError(
+                f"the request has {len(recorded)} ControlNet inputs but this RPG has {n} "
+                f"ControlNet{'s' if n != 1 else ''} ({', '.join(names)}); load the ControlNets "
+                "the request names, or give one control image per loaded ControlNet"
+            )
+        if recorded and [_same_name(c.controlnet) for c in recorded] != [
+            _same_name(x) for x in names
+        ]:
+            warnings.warn(
+                f"the request names ControlNet(s) {[c.controlnet for c in recorded]} but this RPG "
+                f"has {names}; rendering with the loaded ones and recording those",
+                stacklevel=3,
+            )
+        kwargs = dict(pipeline_kwargs)
+        given = kwargs.pop("image", None)
+        scale = kwargs.pop("controlnet_conditioning_scale", None)
+        from_request = given is None and bool(recorded)
+        if from_request:
+            given = [_recorded_image(i, control) for i, control in enumerate(recorded)]
+        if scale is None:
+            scale = [c.scale for c in recorded] if recorded else 1.0
+        images, scales = self.check_control(given, scale, width, height)
+        sources = given if isinstance(given, (list, tuple)) else [given]
+
+        controls: list[ControlInput] = []
+        embeddable: list[Any] = []
+        for i, (image, source, value) in enumerate(zip(images, sources, scales, strict=True)):
+            pil = image if isinstance(image, PILImage.Image) else None
+            digest = image_sha256(pil) if pil is not None else None
+            before = recorded[i] if recorded else None
+            if from_request and before is not None:
+                path: str | None = before.image  # as recorded, not as expanded to open it
+            elif isinstance(source, (str, os.PathLike)):
+                path = os.fspath(source)
+            elif before is not None and digest is not None and digest == before.sha256:
+                path = before.image  # the same pixels as recorded: keep the recorded path
+            else:
+                path = None
+            if from_request and before is not None and before.sha256 not in (None, digest):
+                warnings.warn(
+                    f"control image {i + 1} ({path}) has changed since the request was recorded "
+                    "(its sha256 differs), so the render will differ",
+                    stacklevel=3,
+                )
+            controls.append(
+                ControlInput(controlnet=names[i], image=path, scale=value, sha256=digest)
+            )
+            embeddable.append(pil)
+        kwargs["image"] = images
+        kwargs["controlnet_conditioning_scale"] = scales
+        return PreparedInputs(
+            request.model_copy(update={"controls": tuple(controls)}), kwargs, embeddable
+        )
+
+    def guess_mode(self, pipeline_kwargs: Mapping[str, Any]) -> bool:
+        """Whether a call with ``pipeline_kwargs`` runs the ControlNets in guess mode.
+
+        As the stock pipelines decide: ``guess_mode=True``, or any ControlNet whose config sets
+        ``global_pool_conditions``.
+        """
+        return bool(pipeline_kwargs.get("guess_mode", False)) or any(
+            bool(getattr(net.config, "global_pool_conditions", False)) for net in self.controlnets
+        )
+
+    def attention_context(
+        self,
+        conditioning: RegionalConditioning,
+        layout: RegionalLayout,
+        *,
+        guidance: bool,
+        cache_kv: bool,
+        pipeline_kwargs: Mapping[str, Any],
+    ) -> AbstractContextManager[object]:
+        """One processor for the UNet and the ControlNets, or two in guess mode.
+
+        With guidance in guess mode the pipeline feeds the ControlNets only the conditional
+        half of the batch, so they get a processor of their own that treats their batch as
+        all-positive.
+        """
+        from rpg.attention.install import regional
+
+        if not (guidance and self.guess_mode(pipeline_kwargs)):
+            return super().attention_context(
+                conditioning,
+                layout,
+                guidance=guidance,
+                cache_kv=cache_kv,
+                pipeline_kwargs=pipeline_kwargs,
+            )
+        stack = ExitStack()
+        try:
+            stack.enter_context(
+                regional([self.pipe.unet], conditioning, layout, guidance=True, cache_kv=cache_kv)
+            )
+            stack.enter_context(
+                regional(self.controlnets, conditioning, layout, guidance=False, cache_kv=cache_kv)
+            )
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def render(
         self,
         conditioning: RegionalConditioning,
         layout: RegionalLayout,
@@ -343,11 +476,10 @@ class ControlNetBackboneMixin(Backbone):
         guidance_scale: float,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_images: int = 1,
+        output_type: str = "pil",
         **pipeline_kwargs: Any,
-    ) -> torch.Tensor:
-        """Denoise with control images (``image=``, ``controlnet_conditioning_scale=``)."""
-        from rpg.attention.install import regional
-
+    ) -> Rendered:
+        """Render with control images (``image=``, ``controlnet_conditioning_scale=``)."""
         images, scales = self.check_control(
             pipeline_kwargs.pop("image", None),
             pipeline_kwargs.pop("controlnet_conditioning_scale", 1.0),
@@ -357,33 +489,16 @@ class ControlNetBackboneMixin(Backbone):
         single = len(self.controlnets) == 1
         pipeline_kwargs["image"] = images[0] if single else images
         pipeline_kwargs["controlnet_conditioning_scale"] = scales[0] if single else scales
-        guess = bool(pipeline_kwargs.get("guess_mode", False)) or any(
-            bool(getattr(net.config, "global_pool_conditions", False)) for net in self.controlnets
+        return super().render(
+            conditioning,
+            layout,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            num_images=num_images,
+            output_type=output_type,
+            **pipeline_kwargs,
         )
-        guidance = self.uses_guidance(guidance_scale)
-        with ExitStack() as stack:
-            if guess and guidance:
-                # The pipeline feeds the ControlNet only the conditional half of the batch.
-                stack.enter_context(
-                    regional(
-                        self.controlnets,
-                        conditioning,
-                        layout,
-                        guidance=False,
-                        cache_kv=self.cache_kv and steps > 1,
-                    )
-                )
-                self._guess_mode_active = True
-                stack.callback(setattr, self, "_guess_mode_active", False)
-            return super().denoise(
-                conditioning,
-                layout,
-                steps=steps,
-                guidance_scale=guidance_scale,
-                generator=generator,
-                num_images=num_images,
-                **pipeline_kwargs,
-            )
 
 
 class StableDiffusionControlNetBackbone(ControlNetBackboneMixin, StableDiffusionBackbone):

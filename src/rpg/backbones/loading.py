@@ -8,7 +8,9 @@ A model reference is one of:
 * a single ``.safetensors`` / ``.ckpt`` file, loaded with diffusers' ``from_single_file``. That
   needs the model's diffusers configs; offline, pass ``config=`` a local diffusers folder of the
   same architecture (or a hub id already in the cache);
-* a Hugging Face hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``.
+* a Hugging Face hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, optionally at a
+  revision: ``org/name@<branch, tag or commit>`` (what a request records, see
+  :attr:`ModelInfo.canonical`).
 
 **Hub ids are read from the local Hugging Face cache only** (``local_files_only=True``) unless the
 caller passes ``allow_download=True``: loading a model should never start a multi-gigabyte download
@@ -31,19 +33,17 @@ from typing import Any, Literal
 
 import torch
 
-from rpg.backbones.tiny import TINY_MODELS, TINY_SD, TINY_WRITERS
+from rpg.backbones.tiny import TINY_SD, tiny_model
 from rpg.errors import ConfigurationError, ModelNotFoundError
 
 __all__ = [
     "SINGLE_FILE_SUFFIXES",
     "ModelInfo",
-    "cache_dir",
     "hf_offline",
     "load_pipeline",
     "resolve_device",
     "resolve_dtype",
     "resolve_model",
-    "tiny_model_path",
 ]
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -59,27 +59,6 @@ ModelKind = Literal["tiny", "folder", "file", "hub"]
 def hf_offline() -> bool:
     """Whether ``HF_HUB_OFFLINE`` forbids network access."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def cache_dir() -> Path:
-    """rpg's own cache directory: ``$RPG_CACHE_DIR`` or the platform's user cache + ``rpg``."""
-    env = os.environ.get("RPG_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("rpg"))
-
-
-def tiny_model_path(name: str = TINY_SD) -> Path:
-    """The folder of a reserved tiny model, written on first use and reused afterwards."""
-    writer = TINY_WRITERS.get(name)
-    if writer is None:
-        raise ModelNotFoundError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
-    path = cache_dir() / name
-    if not (path / "model_index.json").is_file():
-        writer(path, seed=0)
-    return path
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -169,6 +148,22 @@ class ModelInfo:
         except (KeyError, IndexError, AttributeError):
             return None
 
+    @property
+    def canonical(self) -> str:
+        """The reference a request records: one that loads this very model again.
+
+        A reserved tiny name as is (its weights are fixed by the name); a folder or file as its
+        absolute path (a relative path would break when rendering from elsewhere); a hub id as
+        ``org/name@<commit>`` of the snapshot that was read, so a later render does not pick up
+        newer weights. ``resolve_model`` accepts all three.
+        """
+        if self.kind == "tiny" or self.path is None:
+            return self.reference
+        if self.kind == "hub":
+            repo = self.reference.partition("@")[0]
+            return f"{repo}@{self.path.name}"
+        return str(self.path.resolve())
+
     def describe(self) -> str:
         """A short description for error messages."""
         what = self.pipeline_class_name or self.checkpoint_type or "unknown architecture"
@@ -194,8 +189,9 @@ def resolve_model(
     options: dict[str, Any] = {"allow_download": allow_download}
     if cache_dir is not None:
         options["cache_dir"] = os.fspath(cache_dir)
-    if ref in TINY_MODELS:
-        path = tiny_model_path(ref)
+    tiny = tiny_model(ref, "pipeline")
+    if tiny is not None:
+        path = tiny.path()
         return ModelInfo(ref, "tiny", path, _read_json(path / "model_index.json"), options)
 
     path = Path(ref).expanduser()
@@ -223,6 +219,10 @@ def resolve_model(
         return ModelInfo(ref, "file", path, model_index, options)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES or (os.sep in ref and not _REPO_ID.match(ref)):
         raise ModelNotFoundError(f"model {ref!r}: no such file or folder; {_HOW_TO}")
+    repo, at, revision = ref.partition("@")
+    if at and _REPO_ID.match(repo) and revision.strip():
+        options["revision"] = revision.strip()
+        return _resolve_hub(repo, options, reference=ref)
     if not _REPO_ID.match(ref):
         raise ModelNotFoundError(
             f"model {ref!r} is neither a local folder or file nor a hub id like 'org/name'; "
@@ -231,26 +231,34 @@ def resolve_model(
     return _resolve_hub(ref, options)
 
 
-def _resolve_hub(repo_id: str, options: dict[str, Any]) -> ModelInfo:
+def _resolve_hub(
+    repo_id: str, options: dict[str, Any], *, reference: str | None = None
+) -> ModelInfo:
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=options.get("cache_dir"))
+    reference = reference or repo_id
+    cache_dir, revision = options.get("cache_dir"), options.get("revision")
+    cached = try_to_load_from_cache(
+        repo_id, "model_index.json", cache_dir=cache_dir, revision=revision
+    )
     if isinstance(cached, str):
-        return ModelInfo(repo_id, "hub", Path(cached).parent, _read_json(Path(cached)), options)
+        return ModelInfo(reference, "hub", Path(cached).parent, _read_json(Path(cached)), options)
     if options["allow_download"] and not hf_offline():
         from huggingface_hub import hf_hub_download
 
         try:
             fetched = hf_hub_download(
-                repo_id, "model_index.json", cache_dir=options.get("cache_dir")
+                repo_id, "model_index.json", cache_dir=cache_dir, revision=revision
             )
         except Exception as exc:  # network, auth, missing repo: all end the same way
-            raise ModelNotFoundError(f"cannot download model {repo_id!r}: {exc}") from None
-        return ModelInfo(repo_id, "hub", Path(fetched).parent, _read_json(Path(fetched)), options)
+            raise ModelNotFoundError(f"cannot download model {reference!r}: {exc}") from None
+        return ModelInfo(reference, "hub", Path(fetched).parent, _read_json(Path(fetched)), options)
     why = "HF_HUB_OFFLINE is set" if hf_offline() else "rpg reads hub models from the cache only"
     raise ModelNotFoundError(
-        f"model {repo_id!r} is not in the local Hugging Face cache ({why}); download it first "
-        f"('hf download {repo_id}') or allow it (--allow-download, allow_download=True), "
+        f"model {reference!r} is not in the local Hugging Face cache ({why}); download it first "
+        f"('hf download {repo_id}"
+        + (f" --revision {options['revision']}" if "revision" in options else "")
+        + "') or allow it (--allow-download, allow_download=True), "
         f"or {_HOW_TO}"
     )
 
@@ -360,7 +368,12 @@ def load_pipeline(
                 "the base model it was fine-tuned from"
             )
             raise ModelNotFoundError(f"cannot load checkpoint {info.path}: {hint} ({exc})") from exc
-    source = str(info.path) if info.kind in ("tiny", "folder") else info.reference
+    if info.kind in ("tiny", "folder"):
+        source = str(info.path)
+    else:  # a hub id, at the revision the reference named
+        source = info.reference.partition("@")[0]
+        if "revision" in info.options:
+            common["revision"] = info.options["revision"]
     try:
         return pipeline_class.from_pretrained(source, local_files_only=local_only, **common)
     except OSError as exc:

@@ -170,7 +170,7 @@ def control_inputs(
     elif args.controlnet:
         renamed = zip(recorded, names, strict=True)
         recorded = [c.model_copy(update={"controlnet": name}) for c, name in renamed]
-    request = request.model_copy(update={"controls": recorded})
+    request = request.model_copy(update={"controls": tuple(recorded)})
 
     images: list[Any] = [str(path) for path in args.control_image or []]
     if not images and recorded:

@@ -22,31 +22,19 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from rpg.models import PlanResult
-from rpg.planners.structured import image_digest
+from rpg.paths import cache_dir
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from rpg.planners.base import Planner
 
-__all__ = ["CACHE_ENV", "CachedPlanner", "PlanCache", "cache_dir", "cache_key"]
+__all__ = ["CachedPlanner", "PlanCache", "cache_key"]
 
 log = logging.getLogger("rpg.planners")
 
-#: Environment variable that moves the cache (tests point it at a temporary folder).
-CACHE_ENV = "RPG_CACHE_DIR"
 #: Suffix added to ``PlanResult.planner`` for a plan read from the cache.
 CACHED_SUFFIX = " (cached)"
-
-
-def cache_dir() -> Path:
-    """The folder plans are cached in: ``$RPG_CACHE_DIR/plans`` or the platform's cache dir."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser() / "plans"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("rpg")) / "plans"
 
 
 def _template_version() -> str:
@@ -64,12 +52,14 @@ def cache_key(
     template: str | None = None,
 ) -> str:
     """The hex SHA-256 naming a cache entry (``template`` defaults to the current version)."""
+    from rpg.metadata import image_sha256
+
     parts = {
         "planner": planner,
         "model": model,
         "prompt": prompt,
         "template": _template_version() if template is None else template,
-        "image": image_digest(image),
+        "image": "" if image is None else image_sha256(image),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -78,7 +68,7 @@ class PlanCache:
     """A folder of cached plans. Unreadable entries are treated as misses and replaced."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else cache_dir()
+        self.directory = Path(directory) if directory is not None else cache_dir("plans")
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import copy
 import email.utils
-import hashlib
 import io
 import json
 import logging
@@ -67,7 +66,6 @@ __all__ = [
     "describe_validation_error",
     "encode_image_png",
     "first_json_object",
-    "image_digest",
     "json_instructions",
     "json_retry_message",
     "parse_plan_reply",
@@ -474,15 +472,6 @@ def encode_image_png(image: Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def image_digest(image: Image | None) -> str:
-    """A stable hash of an image's pixels (for cache keys); empty for no image."""
-    if image is None:
-        return ""
-    h = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- transport retries

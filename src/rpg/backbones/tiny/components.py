@@ -1,14 +1,8 @@
-"""Tiny Stable Diffusion components with random weights, written as a real diffusers folder.
+"""Building blocks of the tiny random-weight models: a tokenizer, text encoders, VAE, pipelines.
 
-Tests, demos and plugin authors need the *real* pipeline code path (tokenizer → text encoder →
-UNet → VAE, schedulers, callbacks, progress bars) without downloading gigabytes. The folder that
-:func:`write_tiny_sd` writes loads with ``StableDiffusionPipeline.from_pretrained`` like any
-checkpoint, renders 64×64 in about a second on two CPU cores, and is bit-for-bit the same for a
-given seed. Its images are noise: the weights are random.
-
-The model name :data:`TINY_SD` (``"tiny-sd"``) is reserved: :mod:`rpg.backbones.loading` writes
-the folder once into rpg's cache directory and reuses it, so ``rpg generate --model tiny-sd``
-works offline.
+The tiny writers (:mod:`rpg.backbones.tiny.sd`, :mod:`~rpg.backbones.tiny.sdxl`,
+:mod:`~rpg.backbones.tiny.controlnet`) and ``bench/overhead.py`` (real sizes, random weights)
+build the same kinds of components; only the sizes differ.
 """
 
 from __future__ import annotations
@@ -17,57 +11,29 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from rpg.backbones.tiny_xl import (
-    TINY_CONTROLNET,
-    TINY_SDXL,
-    TINY_SDXL_CONTROLNET,
-    save_sdxl_single_file,
-    write_tiny_controlnet,
-    write_tiny_sdxl,
-)
-
 __all__ = [
+    "MAX_LENGTH",
     "SD_SCHEDULE",
-    "TINY_CONTROLNET",
-    "TINY_MODELS",
-    "TINY_SD",
-    "TINY_SDXL",
-    "TINY_SDXL_CONTROLNET",
-    "TINY_WRITERS",
     "byte_level_tokenizer",
     "byte_level_vocab",
     "clip_text_config",
+    "copy_tokenizer_files",
     "four_level_vae",
-    "save_sdxl_single_file",
     "sd_pipeline",
     "sdxl_pipeline",
     "staged_folder",
-    "write_tiny_controlnet",
-    "write_tiny_sd",
-    "write_tiny_sdxl",
     "write_tokenizer",
 ]
 
-#: Reserved model name of the tiny SD 1.x-style model.
-TINY_SD = "tiny-sd"
-
-#: Reserved model names and what each is, for error messages and ``rpg plugins``.
-TINY_MODELS: dict[str, str] = {
-    TINY_SD: "tiny Stable Diffusion 1.x architecture with random weights (64×64, offline)",
-    TINY_SDXL: "tiny SDXL architecture with random weights (64×64, offline)",
-}
-
 _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
-_MAX_LENGTH = 77
-_HIDDEN = 32
+#: Token positions of the tiny CLIP text encoders, as in the real ones.
+MAX_LENGTH = 77
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -119,7 +85,7 @@ def write_tokenizer(folder: Path) -> None:
     )
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": _MAX_LENGTH,
+        "model_max_length": MAX_LENGTH,
         "bos_token": _BOS,
         "eos_token": _EOS,
         "unk_token": _EOS,
@@ -139,10 +105,6 @@ def byte_level_tokenizer() -> Any:
         write_tokenizer(Path(tmp))
         return CLIPTokenizer.from_pretrained(tmp)
 
-
-# --- components at any size -------------------------------------------------------------------
-# The tiny writers and bench/overhead.py (real sizes, random weights) build the same kinds of
-# components; only the sizes differ.
 
 #: The noise schedule of SD 1.x and SDXL, shared by their schedulers.
 SD_SCHEDULE: dict[str, Any] = {
@@ -204,7 +166,7 @@ def clip_text_config(
         intermediate_size=2 * hidden if intermediate is None else intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        max_position_embeddings=_MAX_LENGTH,
+        max_position_embeddings=MAX_LENGTH,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -271,53 +233,7 @@ def staged_folder(path: str | os.PathLike[str]) -> Iterator[tuple[Path, Path]]:
         os.replace(staging, target)
 
 
-def write_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a complete tiny SD 1.x-architecture diffusers folder to ``path`` and return it.
-
-    UNet with block_out_channels (32, 64), one layer per block and cross-attention dimension 32
-    (native size 64×64); a four-level VAE (latent factor 8, like the real one); a two-layer CLIP
-    text encoder of width 32; a byte-level CLIP tokenizer (``vocab.json``/``merges.txt``,
-    ``model_max_length=77``); SD 1.5's PNDM scheduler settings. The same ``seed`` writes the
-    same weights. An existing folder is replaced.
-    """
-    from diffusers import PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    with staged_folder(path) as (tmp, staging):
-        tok_dir = tmp / "tokenizer"
-        write_tokenizer(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            unet = UNet2DConditionModel(
-                sample_size=8,
-                in_channels=4,
-                out_channels=4,
-                layers_per_block=1,
-                block_out_channels=(32, 64),
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=_HIDDEN,
-                attention_head_dim=4,
-                norm_num_groups=16,
-            )
-            vae = four_level_vae(
-                (16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=16
-            )
-            text_encoder = CLIPTextModel(clip_text_config(tokenizer, _HIDDEN, 2, intermediate=37))
-        scheduler = PNDMScheduler(**SD_SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True)
-        pipe = sd_pipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
-        )
-        pipe.save_pretrained(staging)
-        # Keep the tokenizer's source files next to whatever save_pretrained wrote.
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(tok_dir / name, staging / "tokenizer" / name)
-    return Path(path)
-
-
-#: Writers of the reserved tiny pipelines by name, used by ``loading.tiny_model_path``.
-TINY_WRITERS: dict[str, Callable[..., Path]] = {
-    TINY_SD: write_tiny_sd,
-    TINY_SDXL: write_tiny_sdxl,
-}
+def copy_tokenizer_files(source: Path, folder: Path) -> None:
+    """Put the tokenizer's ``vocab.json``/``merges.txt`` next to what ``save_pretrained`` wrote."""
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(source / name, folder / name)

@@ -1,191 +1,20 @@
-"""Tiny SDXL and ControlNet components with random weights, written as real diffusers folders.
+"""Test-only: export a tiny SDXL as one original-layout (SGM) ``.safetensors`` file.
 
-The SDXL and ControlNet code paths (two text encoders, pooled embeddings, ``add_time_ids``,
-ControlNet residuals, ``from_single_file``) need real models to be tested, and real ones are
-gigabytes. These writers produce the same architectures at toy size: a 64×64 render takes about a
-second on two CPU cores, the same seed writes the same weights, and the images are noise.
-
-* :func:`write_tiny_sdxl` — ``StableDiffusionXLPipeline`` folder (CLIP-L-style and
-  OpenCLIP-G-style text encoders of different widths, a ``text_time`` UNet, a four-level VAE).
-* :func:`write_tiny_controlnet` — a ``ControlNetModel`` matching the tiny SD or SDXL UNet.
-* :func:`save_sdxl_single_file` — one ``.safetensors`` in the original (SGM) key layout, the
-  format of SDXL fine-tunes shared as a single file, so ``from_single_file`` is tested for real.
+The original SDXL checkpoint layout (Stability's "SGM" names). diffusers converts it to its own
+layout when loading; this is the inverse for the tiny architectures, so a tiny SDXL can be
+shared and loaded exactly like a fine-tune downloaded as one file, and ``from_single_file`` is
+tested for real.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = [
-    "TINY_CONTROLNET",
-    "TINY_SDXL",
-    "TINY_SDXL_CONTROLNET",
-    "TINY_XL_MODELS",
-    "save_sdxl_single_file",
-    "sdxl_to_single_file_state_dict",
-    "write_tiny_controlnet",
-    "write_tiny_sdxl",
-]
-
-#: Reserved model name of the tiny SDXL model.
-TINY_SDXL = "tiny-sdxl"
-#: Reserved name of a tiny ControlNet for ``tiny-sd``.
-TINY_CONTROLNET = "tiny-controlnet"
-#: Reserved name of a tiny ControlNet for ``tiny-sdxl``.
-TINY_SDXL_CONTROLNET = "tiny-sdxl-controlnet"
-
-#: Reserved names and what each is, for error messages and ``rpg plugins``.
-TINY_XL_MODELS: dict[str, str] = {
-    TINY_SDXL: "tiny SDXL architecture with random weights (64×64, offline)",
-    TINY_CONTROLNET: "tiny ControlNet for tiny-sd with random weights (offline)",
-    TINY_SDXL_CONTROLNET: "tiny ControlNet for tiny-sdxl with random weights (offline)",
-}
-
-# The two encoders must differ in width: diffusers' single-file loader tells SDXL's CLIP-L
-# and OpenCLIP-G apart by the width of their position embeddings, as in the real 768 / 1280.
-_HIDDEN_1 = 32
-_HIDDEN_2 = 64
-# Ten layers: diffusers recognises an SDXL single file by OpenCLIP-G's tenth block.
-_LAYERS_2 = 10
-_TIME_EMBED_DIM = 8
-
-
-def _sdxl_unet() -> Any:
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        # Like SDXL: no attention at the finest level, two transformer layers below it.
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        cross_attention_dim=_HIDDEN_1 + _HIDDEN_2,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=_TIME_EMBED_DIM,
-        # six time ids (original size, crop corner, target size) + the pooled text embedding
-        projection_class_embeddings_input_dim=6 * _TIME_EMBED_DIM + _HIDDEN_2,
-        norm_num_groups=16,
-    )
-
-
-def write_tiny_sdxl(path: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a complete tiny SDXL-architecture diffusers folder to ``path`` and return it.
-
-    Text encoders: a ``CLIPTextModel`` of width 32 and a ten-layer
-    ``CLIPTextModelWithProjection`` of width 64 (its pooled, projected output feeds the UNet's
-    ``text_time`` embedding), each with the byte-level tokenizer of :mod:`rpg.backbones.tiny`.
-    UNet: block_out_channels (32, 64), cross-attention dimension 96 (= 32 + 64), attention only
-    below the finest level, as in SDXL. VAE: four levels (latent factor 8). Scheduler: SDXL's
-    Euler settings. An existing folder is replaced.
-    """
-    from diffusers import EulerDiscreteScheduler
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    # lazy: rpg.backbones.tiny imports this module
-    from rpg.backbones.tiny import (
-        SD_SCHEDULE,
-        clip_text_config,
-        four_level_vae,
-        sdxl_pipeline,
-        staged_folder,
-        write_tokenizer,
-    )
-
-    with staged_folder(path) as (tmp, staging):
-        tok_dir = tmp / "tokenizer"
-        write_tokenizer(tok_dir)
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-        tokenizer_2 = CLIPTokenizer.from_pretrained(tok_dir)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            unet = _sdxl_unet()
-            vae = four_level_vae(
-                (16, 16, 32, 32),
-                layers_per_block=1,
-                sample_size=64,
-                norm_num_groups=16,
-                scaling_factor=0.13025,
-            )
-            text_encoder = CLIPTextModel(clip_text_config(tokenizer, _HIDDEN_1, 2))
-            text_encoder_2 = CLIPTextModelWithProjection(
-                clip_text_config(tokenizer_2, _HIDDEN_2, _LAYERS_2)
-            )
-        scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, timestep_spacing="leading")
-        pipe = sdxl_pipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            scheduler=scheduler,
-        )
-        pipe.save_pretrained(staging)
-        for sub in ("tokenizer", "tokenizer_2"):
-            for name in ("vocab.json", "merges.txt"):
-                shutil.copyfile(tok_dir / name, staging / sub / name)
-    return Path(path)
-
-
-def _randomise_zero_convs(controlnet: torch.nn.Module, std: float) -> None:
-    """Give ControlNet's zero-initialised output convolutions random weights.
-
-    A freshly made ControlNet adds exactly zero to the UNet (its output convolutions start at
-    zero, as in training), so a test could not tell whether the control image was used.
-    """
-    for name, param in controlnet.named_parameters():
-        if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")) or (
-            name.startswith("controlnet_cond_embedding.conv_out")
-        ):
-            with torch.no_grad():
-                param.normal_(0.0, std)
-
-
-def write_tiny_controlnet(path: str | os.PathLike[str], *, sdxl: bool, seed: int = 0) -> Path:
-    """Write a tiny ``ControlNetModel`` folder matching the tiny SD (or, with ``sdxl``, SDXL) UNet.
-
-    The ControlNet copies the UNet's configuration (``ControlNetModel.from_unet``) with a
-    four-level condition encoder (image → latent size, factor 8) and random weights everywhere,
-    including the output convolutions that real ControlNets start at zero, so that it changes
-    the image. An existing folder is replaced.
-    """
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    from rpg.backbones.tiny import staged_folder, write_tiny_sd
-
-    with staged_folder(path) as (tmp, staging):
-        if sdxl:
-            unet_config = dict(_sdxl_unet().config)
-        else:
-            # The tiny SD UNet's architecture is whatever write_tiny_sd writes; read it back.
-            sd_dir = write_tiny_sd(tmp / "sd", seed=seed)
-            unet_config = dict(UNet2DConditionModel.load_config(sd_dir / "unet"))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
-            unet = UNet2DConditionModel.from_config(unet_config)
-            controlnet = ControlNetModel.from_unet(
-                unet,
-                conditioning_embedding_out_channels=(8, 8, 16, 16),
-                load_weights_from_unet=False,
-            )
-            _randomise_zero_convs(controlnet, std=0.05)
-        controlnet.save_pretrained(staging)
-    return Path(path)
-
-
-# --- single-file export -----------------------------------------------------------------------
 # The original SDXL checkpoint layout (Stability's "SGM" names). diffusers converts it to its
 # own layout when loading; this is the inverse for the architectures written above, so a tiny
 # SDXL can be shared and loaded exactly like a fine-tune downloaded as one file.
