@@ -48,7 +48,7 @@ from starlette.staticfiles import StaticFiles
 from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
 from rpg.cli import format_error
 from rpg.errors import RPGError
-from rpg.metadata import MetadataError, load_request, save_png
+from rpg.metadata import MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
 from rpg.ui.jobs import Job, JobQueue
@@ -226,16 +226,9 @@ class _App:
     def _save(self, job: Job, result: Any, prefix: str = "") -> list[dict[str, Any]]:
         images = []
         seed = result.request.seed
-        for i, image in enumerate(result.images):
+        for i in range(len(result.images)):
             name = f"{job.id}{prefix}-{i}.png"
-            save_png(
-                image,
-                self.output_dir / name,
-                result.request,
-                result.plan,
-                index=i,
-                control_images=result.control_images,
-            )
+            result.save(self.output_dir / name, index=i)
             images.append({"url": f"api/images/{name}", "seed": seed + i, "name": name})
         return images
 
