@@ -22,7 +22,7 @@ from rpg.cli.checks import UsageError, validation_message
 from rpg.cli.output import command_output
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "plugins")
+COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "ui", "plugins")
 
 
 def _add_general_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

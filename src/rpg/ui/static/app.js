@@ -1,0 +1,465 @@
+// rpg plan editor. Every plan change is made and validated by the server (rpg.ui.edits on
+// rpg.RegionPlan); this file only draws, reads the fields and sends intentions. A failed change
+// shows its message next to the field and keeps the last valid plan.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { config: null, view: null, sel: { row: 0, col: 0 }, job: null, poll: null };
+
+class ApiError extends Error {
+  constructor(message, field) { super(message); this.field = field; }
+}
+
+async function api(path, body, raw) {
+  const init = body === undefined ? {} : raw
+    ? { method: "POST", body: body, headers: raw }
+    : { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json" } };
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError("cannot reach the rpg server (is it still running?)");
+  }
+  let data;
+  try { data = await response.json(); } catch (e) { data = { error: `the server answered ${response.status}` }; }
+  if (!response.ok) throw new ApiError(data.error || `the server answered ${response.status}`, data.field);
+  return data;
+}
+
+function showError(id, message) {
+  const el = $(id);
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+function debounce(fn, ms) {
+  let t = null;
+  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+}
+
+const round2 = (x) => Math.round(x * 100) / 100;
+const clone = (x) => JSON.parse(JSON.stringify(x));
+
+// ------------------------------------------------------------------ setup
+
+async function init() {
+  const c = await api("api/config");
+  state.config = c;
+  $("model-info").textContent = `model: ${c.model}`;
+  for (const p of c.planners) {
+    const o = new Option(`${p.name} — ${p.description}`, p.name);
+    $("planner").add(o);
+  }
+  $("planner").value = c.planner;
+  for (const s of c.schedulers) $("scheduler").add(new Option(`${s.name} — ${s.description}`, s.name));
+  $("scheduler").value = c.scheduler;
+  $("steps").value = c.steps;
+  $("guidance").value = c.guidance_scale;
+  $("width").value = c.width;
+  $("height").value = c.height;
+  sizeCanvas();
+  refreshRefine();
+}
+
+function sizeCanvas() {
+  const w = parseInt($("width").value, 10) || state.config.width;
+  const h = parseInt($("height").value, 10) || state.config.height;
+  $("canvas").style.aspectRatio = `${w} / ${h}`;
+  $("canvas").style.width = w >= h ? "100%" : `${Math.max(20, 100 * w / h)}%`;
+  $("layout-size").textContent = `${w}×${h}`;
+}
+
+async function refreshRefine() {
+  try {
+    const r = await api(`api/planner?name=${encodeURIComponent($("planner").value)}`);
+    $("refine-box").hidden = !r.can_review;
+    $("refine-btn").title = r.can_review ? "render, let the planner review the image, render its revision" : r.reason;
+  } catch (e) {
+    $("refine-box").hidden = true;
+  }
+}
+
+// ------------------------------------------------------------------ the plan and its drawing
+
+function setView(view, from) {
+  state.view = view;
+  const rows = view.plan.rows;
+  state.sel.row = Math.min(state.sel.row, rows.length - 1);
+  state.sel.col = Math.min(state.sel.col, rows[state.sel.row].regions.length - 1);
+  drawCanvas();
+  drawInspector();
+  if (from !== "text") {
+    setField("split-ratio", view.split_ratio);
+    setField("prompts", view.prompts);
+    setField("base-prompt", view.base_prompt);
+    setField("base-ratio", view.base_ratio);
+    markInvalid(["split-ratio", "prompts", "base-prompt", "base-ratio"], false);
+    showError("text-error", "");
+  }
+}
+
+function setField(id, value) {
+  if (document.activeElement !== $(id)) $(id).value = value;
+}
+
+function markInvalid(ids, bad) {
+  for (const id of ids) $(id).setAttribute("aria-invalid", bad ? "true" : "false");
+}
+
+function drawCanvas() {
+  const canvas = $("canvas");
+  canvas.replaceChildren();
+  const view = state.view;
+  for (const r of view.regions) {
+    const [x0, y0, x1, y1] = r.box;
+    const el = document.createElement("div");
+    el.className = "region";
+    if (r.row === state.sel.row && r.col === state.sel.col) el.classList.add("selected");
+    Object.assign(el.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`, width: `${(x1 - x0) * 100}%`, height: `${(y1 - y0) * 100}%` });
+    el.dataset.row = r.row;
+    el.dataset.col = r.col;
+    el.style.background = `hsla(${(r.index * 67) % 360}, 70%, 75%, .55)`;
+    const label = document.createElement("span");
+    label.className = "region-label";
+    const idx = document.createElement("span");
+    idx.className = "region-index";
+    idx.textContent = r.index + 1;
+    label.append(idx, document.createTextNode(r.prompt));
+    el.append(label);
+    el.addEventListener("click", () => { state.sel = { row: r.row, col: r.col }; drawCanvas(); drawInspector(); });
+    canvas.append(el);
+  }
+  // Row dividers between rows; column dividers between the regions of each row.
+  const rows = view.plan.rows;
+  const first = (row) => view.regions.find((r) => r.row === row);
+  for (let row = 0; row < rows.length - 1; row++) {
+    const d = document.createElement("div");
+    d.className = "divider row-divider";
+    d.dataset.row = row;
+    d.style.top = `${first(row).box[3] * 100}%`;
+    d.title = "drag to change the heights of these rows";
+    d.addEventListener("pointerdown", (e) => startDrag(e, d, "row", row, -1));
+    canvas.append(d);
+  }
+  for (const r of view.regions) {
+    if (r.col >= rows[r.row].regions.length - 1) continue;
+    const [, y0, x1, y1] = r.box;
+    const d = document.createElement("div");
+    d.className = "divider col-divider";
+    d.dataset.row = r.row;
+    d.dataset.col = r.col;
+    Object.assign(d.style, { left: `${x1 * 100}%`, top: `${y0 * 100}%`, height: `${(y1 - y0) * 100}%` });
+    d.title = "drag to change the widths of these regions";
+    d.addEventListener("pointerdown", (e) => startDrag(e, d, "col", r.row, r.col));
+    canvas.append(d);
+  }
+}
+
+function startDrag(event, divider, kind, row, col) {
+  event.preventDefault();
+  const canvas = $("canvas").getBoundingClientRect();
+  const view = state.view;
+  const find = (rr, cc) => view.regions.find((r) => r.row === rr && r.col === cc);
+  // The span the two neighbours share, as fractions of the canvas.
+  const [lo, hi] = kind === "row"
+    ? [find(row, 0).box[1], find(row + 1, 0).box[3]]
+    : [find(row, col).box[0], find(row, col + 1).box[2]];
+  divider.setPointerCapture(event.pointerId);
+  divider.classList.add("dragging");
+  let frac = null;
+  const move = (e) => {
+    const pos = kind === "row" ? (e.clientY - canvas.top) / canvas.height : (e.clientX - canvas.left) / canvas.width;
+    const min = lo + 0.04 * (hi - lo) + 0.005;
+    const max = hi - 0.04 * (hi - lo) - 0.005;
+    const at = Math.min(max, Math.max(min, pos));
+    frac = (at - lo) / (hi - lo);
+    divider.style[kind === "row" ? "top" : "left"] = `${at * 100}%`;
+  };
+  const up = () => {
+    divider.removeEventListener("pointermove", move);
+    divider.removeEventListener("pointerup", up);
+    divider.classList.remove("dragging");
+    if (frac === null) return;
+    const plan = clone(view.plan);
+    if (kind === "row") {
+      const a = plan.rows[row], b = plan.rows[row + 1];
+      const total = a.height + b.height;
+      a.height = Math.max(0.01, round2(total * frac));
+      b.height = Math.max(0.01, round2(total - a.height));
+    } else {
+      const regions = plan.rows[row].regions;
+      const a = regions[col], b = regions[col + 1];
+      const total = a.width + b.width;
+      a.width = Math.max(0.01, round2(total * frac));
+      b.width = Math.max(0.01, round2(total - a.width));
+    }
+    checkPlan(plan, "edit-error");
+  };
+  divider.addEventListener("pointermove", move);
+  divider.addEventListener("pointerup", up);
+}
+
+async function checkPlan(plan, errorId, from) {
+  try {
+    setView(await api("api/plan/check", { plan }), from);
+    showError(errorId, "");
+    return true;
+  } catch (e) {
+    showError(errorId, e.message);
+    return false;
+  }
+}
+
+function selectedRegion() {
+  return state.view.plan.rows[state.sel.row].regions[state.sel.col];
+}
+
+function drawInspector() {
+  $("inspector").hidden = !state.view;
+  if (!state.view) return;
+  const region = selectedRegion();
+  const n = state.view.plan.rows.length;
+  $("selected-label").textContent = `Region ${state.view.regions.find((r) => r.row === state.sel.row && r.col === state.sel.col).index + 1} (row ${state.sel.row + 1} of ${n})`;
+  setField("region-prompt", region.prompt);
+  setField("region-negative", region.negative_prompt || "");
+  setField("region-weight", region.base_weight === null || region.base_weight === undefined ? "" : region.base_weight);
+}
+
+async function editRegionField(id) {
+  if (!state.view) return;
+  const plan = clone(state.view.plan);
+  const region = plan.rows[state.sel.row].regions[state.sel.col];
+  const value = $(id).value;
+  if (id === "region-prompt") region.prompt = value;
+  if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
+  if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
+  const ok = await checkPlan(plan, "edit-error");
+  markInvalid([id], !ok);
+}
+
+async function applyEdit(name) {
+  if (!state.view) return;
+  try {
+    const view = await api("api/plan/edit", { plan: state.view.plan, edit: name, row: state.sel.row, col: state.sel.col });
+    if (name === "add_row") state.sel = { row: state.sel.row + 1, col: 0 };
+    if (name === "add_region") state.sel.col = view.plan.rows[state.sel.row].regions.length - 1;
+    setView(view);
+    showError("edit-error", "");
+  } catch (e) {
+    showError("edit-error", e.message);
+  }
+}
+
+async function editText() {
+  const body = {
+    split_ratio: $("split-ratio").value,
+    prompts: $("prompts").value,
+    base_prompt: $("base-prompt").value,
+    base_ratio: $("base-ratio").value,
+    plan: state.view ? state.view.plan : null,
+  };
+  const ids = ["split-ratio", "prompts", "base-prompt", "base-ratio"];
+  try {
+    setView(await api("api/plan/text", body), "text");
+    showError("text-error", "");
+    markInvalid(ids, false);
+  } catch (e) {
+    showError("text-error", `${e.message} (the layout above is still the last valid plan)`);
+    markInvalid(ids, false);
+    markInvalid(fieldsNamedIn(e.message, ids), true);
+  }
+}
+
+// The text fields an error message is about (all of them when it names none).
+function fieldsNamedIn(message, ids) {
+  const m = message.toLowerCase();
+  const named = [];
+  if (m.includes("base ratio")) named.push("base-ratio");
+  if (m.includes("split ratio")) named.push("split-ratio");
+  if (m.includes("prompt") && !m.includes("base prompt")) named.push("prompts");
+  if (m.includes("base prompt")) named.push("base-prompt");
+  return named.length ? named : ids;
+}
+
+// ------------------------------------------------------------------ planning
+
+async function plan() {
+  showError("plan-error", "");
+  $("plan-btn").disabled = true;
+  $("plan-btn").textContent = "Planning…";
+  try {
+    const out = await api("api/plan", { prompt: $("prompt").value, planner: $("planner").value });
+    $("recaption").textContent = out.recaption || "(the planner gave no recaption)";
+    const list = $("entities");
+    list.replaceChildren();
+    for (const e of out.entities) {
+      const li = document.createElement("li");
+      li.textContent = e.attributes.length ? `${e.name}: ${e.attributes.join(", ")}` : e.name;
+      list.append(li);
+    }
+    if (!out.entities.length) list.append(Object.assign(document.createElement("li"), { textContent: "(none named)" }));
+    $("plan-meta").textContent = `${out.view.regions.length} region${out.view.regions.length === 1 ? "" : "s"} by ${out.planner} in ${out.seconds.toFixed(2)} s`;
+    $("plan-info").hidden = false;
+    state.sel = { row: 0, col: 0 };
+    setView(out.view);
+  } catch (e) {
+    showError("plan-error", e.message);
+  } finally {
+    $("plan-btn").disabled = false;
+    $("plan-btn").textContent = "Plan";
+  }
+}
+
+// ------------------------------------------------------------------ rendering
+
+function requestFields() {
+  const num = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+  let prompt = $("prompt").value.trim();
+  if (!prompt && state.view) prompt = state.view.plan.base_prompt || state.view.prompts.split(/\s+BREAK\s+/).join(", ");
+  return {
+    prompt,
+    planner: $("planner").value,
+    seed: num("seed"),
+    steps: num("steps"),
+    width: num("width"),
+    height: num("height"),
+    guidance_scale: num("guidance"),
+    num_images: num("num-images"),
+    scheduler: $("scheduler").value,
+    negative_prompt: $("negative").value,
+  };
+}
+
+async function submit(path, extra) {
+  showError("gen-error", "");
+  if (state.job) return;
+  try {
+    const job = await api(path, { request: requestFields(), plan: state.view ? state.view.plan : null, ...extra });
+    follow(job);
+  } catch (e) {
+    showError("gen-error", e.message);
+  }
+}
+
+function follow(job) {
+  state.job = job.id;
+  $("generate-btn").disabled = true;
+  $("refine-btn").disabled = true;
+  $("cancel-btn").disabled = false;
+  $("progress").hidden = false;
+  showJob(job);
+  const tick = async () => {
+    let j;
+    try {
+      j = await api(`api/jobs/${job.id}`);
+    } catch (e) {
+      finish();
+      showError("gen-error", e.message);
+      return;
+    }
+    showJob(j);
+    if (["done", "failed", "cancelled"].includes(j.state)) {
+      finish();
+      if (j.state === "done") done(j);
+      if (j.state === "failed") showError("gen-error", j.error);
+    } else {
+      state.poll = setTimeout(tick, 200);
+    }
+  };
+  state.poll = setTimeout(tick, 150);
+}
+
+function showJob(j) {
+  const p = $("progress");
+  p.max = Math.max(1, j.total || 1);
+  p.value = j.state === "done" ? p.max : j.step || 0;
+  $("status").textContent = j.message;
+  $("status").dataset.state = j.state;
+}
+
+function finish() {
+  state.job = null;
+  clearTimeout(state.poll);
+  $("generate-btn").disabled = false;
+  $("refine-btn").disabled = false;
+  $("cancel-btn").disabled = true;
+}
+
+function done(j) {
+  // Show the plan the server made (no plan was sent) or revised (refine); never overwrite edits
+  // made while the render ran.
+  if (j.view && (!state.view || j.critiques)) setView(j.view);
+  const gallery = $("gallery");
+  for (const image of [...j.images].reverse()) {
+    const fig = document.createElement("figure");
+    const img = new Image();
+    img.src = image.url;
+    img.alt = `seed ${image.seed}`;
+    const cap = document.createElement("figcaption");
+    const link = Object.assign(document.createElement("a"), { href: image.url, textContent: "PNG", className: "download" });
+    link.download = `rpg-${image.seed}.png`;
+    link.title = "the PNG carries the plan and the request; drop it on Reopen to edit it again";
+    const use = Object.assign(document.createElement("button"), { textContent: "use this seed", className: "use-seed" });
+    use.addEventListener("click", () => { $("seed").value = image.seed; });
+    cap.append(`seed ${image.seed}`, link, use);
+    fig.append(img, cap);
+    gallery.prepend(fig);
+  }
+  if (j.critiques && j.critiques.length) $("status").textContent = `done — ${j.critiques.join("; ")}`;
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { showJob(await api(`api/jobs/${state.job}/cancel`, {})); } catch (e) { showError("gen-error", e.message); }
+}
+
+// ------------------------------------------------------------------ reopening
+
+async function reopen(file) {
+  showError("reopen-error", "");
+  $("reopen-status").hidden = true;
+  if (!file) return;
+  try {
+    const out = await api("api/reopen", file, { "content-type": "image/png", "x-filename": encodeURIComponent(file.name) });
+    const r = out.request;
+    $("prompt").value = r.prompt;
+    $("negative").value = r.negative_prompt || "";
+    for (const [id, key] of [["seed", "seed"], ["steps", "steps"], ["width", "width"], ["height", "height"], ["guidance", "guidance_scale"], ["num-images", "num_images"]]) {
+      if (r[key] !== null && r[key] !== undefined) $(id).value = r[key];
+    }
+    if ([...$("scheduler").options].some((o) => o.value === r.scheduler)) $("scheduler").value = r.scheduler;
+    if (r.planner && [...$("planner").options].some((o) => o.value === r.planner)) $("planner").value = r.planner;
+    sizeCanvas();
+    state.sel = { row: 0, col: 0 };
+    if (out.view) setView(out.view);
+    $("reopen-status").textContent = `loaded ${out.filename}: seed ${r.seed}, ${out.view ? out.view.regions.length : 0} regions`;
+    $("reopen-status").hidden = false;
+  } catch (e) {
+    showError("reopen-error", e.message);
+  }
+}
+
+// ------------------------------------------------------------------ wiring
+
+$("plan-btn").addEventListener("click", plan);
+$("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
+$("planner").addEventListener("change", refreshRefine);
+for (const id of ["region-prompt", "region-negative", "region-weight"]) {
+  const run = debounce(() => editRegionField(id), 350);
+  $(id).addEventListener("input", run);
+}
+for (const b of document.querySelectorAll("[data-edit]")) b.addEventListener("click", () => applyEdit(b.dataset.edit));
+const runText = debounce(editText, 400);
+for (const id of ["split-ratio", "prompts", "base-prompt", "base-ratio"]) $(id).addEventListener("input", runText);
+for (const id of ["width", "height"]) $(id).addEventListener("input", sizeCanvas);
+$("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); });
+$("generate-btn").addEventListener("click", () => submit("api/generate", {}));
+$("refine-btn").addEventListener("click", () => submit("api/refine", { rounds: Number($("refine-rounds").value) || 1 }));
+$("cancel-btn").addEventListener("click", cancel);
+$("reopen-file").addEventListener("change", (e) => reopen(e.target.files[0]));
+const zone = $("dropzone");
+zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); reopen(e.dataTransfer.files[0]); });
+
+init().catch((e) => showError("plan-error", e.message));

@@ -1,0 +1,296 @@
+"""`rpg ui` in a real browser: Playwright drives headless Chromium against the served app.
+
+The server is the real command, ``python -m rpg ui --model tiny-sd``, started on a free port on
+127.0.0.1 and stopped afterwards. Chromium is Debian's package (``apt-get install chromium``,
+done by ``.ci/run``); Playwright's own browser download is not used. Every state is saved as a
+screenshot under the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from rpg.metadata import load_request
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("RPG_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Records every text the status line shows, so the test sees progress however fast it goes.
+RECORD_STATUS = """() => {
+  const status = document.getElementById("status");
+  window.statuses = [];
+  new MutationObserver(() => window.statuses.push(status.textContent))
+    .observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+PROMPT = "From left to right, a red apple, a blue mug and a yellow banana on a wooden table"
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+pytest.importorskip("uvicorn", reason="the 'ui' extra (uvicorn) is not installed")
+if not os.path.isfile(CHROMIUM):
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set RPG_TEST_CHROMIUM)",
+        allow_module_level=True,
+    )
+expect = sync_api.expect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_sd_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``rpg ui`` on tiny-sd with the rules planner, on a free port; its URL."""
+    folder = tmp_path_factory.mktemp("rpg-ui-server")
+    port = free_port()
+    env = {
+        **os.environ,
+        "RPG_CACHE_DIR": str(tiny_sd_path.parent),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        # The server shares the CPU with Chromium and this process: one OpenMP thread avoids
+        # spin-waiting threads that made tiny-sd's steps 20x slower on a loaded 2-core machine.
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    log = (folder / "server.log").open("w")
+    command = [sys.executable, "-m", "rpg", "ui", "--planner", "rules", "--device", "cpu"]
+    command += ["--port", str(port), "--out", str(folder / "images")]
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"rpg ui exited with {proc.returncode}:\n{server_log(folder)}")
+            try:
+                with urllib.request.urlopen(url + "api/config", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"rpg ui did not answer within 180 s:\n{server_log(folder)}")
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def server_log(folder: Path) -> str:
+    return (folder / "server.log").read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    expect(page.locator("#planner option[value=rules]")).to_be_attached()
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(page: Any, folder: Path, name: str) -> None:
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+def drag(page: Any, selector: str, dx: float, dy: float) -> None:
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y + dy, steps=6)
+    page.mouse.up()
+
+
+def drop_file(page: Any, selector: str, path: Path) -> None:
+    """Drop ``path`` on ``selector`` as a file dragged from the desktop would be."""
+    transfer = page.evaluate_handle(
+        """([name, b64]) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], name, {type: "image/png"}));
+          return transfer;
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode("ascii")],
+    )
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def generate(page: Any, steps: int) -> None:
+    page.fill("#steps", str(steps))
+    page.click("#generate-btn")
+
+
+def test_plan_edit_generate_download_reopen(page: Any, tmp_path: Path) -> None:
+    # Plan: three things from left to right → three regions on the canvas.
+    page.fill("#prompt", PROMPT)
+    page.select_option("#planner", "rules")
+    page.click("#plan-btn")
+    regions = page.locator("#canvas .region")
+    expect(regions).to_have_count(3)
+    expect(page.locator("#split-ratio")).to_have_value("1,1,1")
+    expect(page.locator("#plan-info")).to_be_visible()
+    expect(regions.nth(1)).to_contain_text("blue mug")
+    shot(page, tmp_path, "01-planned")
+
+    # Drag the divider between the first two regions to the right: the split ratio follows.
+    drag(page, '.col-divider[data-row="0"][data-col="0"]', 90, 0)
+    expect(page.locator("#split-ratio")).not_to_have_value("1,1,1")
+    ratio = page.input_value("#split-ratio")
+    widths = [float(w) for w in ratio.split(",")]
+    assert len(widths) == 3 and widths[0] > widths[1] and widths[2] == 1, ratio
+    shot(page, tmp_path, "02-dragged")
+
+    # Select the middle region and rewrite its prompt: the label and the BREAK text follow.
+    regions.nth(1).click()
+    expect(regions.nth(1)).to_have_class(re.compile("selected"))
+    page.fill("#region-prompt", "a green teapot")
+    expect(regions.nth(1)).to_contain_text("a green teapot")
+    expect(page.locator("#prompts")).to_have_value(re.compile(r"BREAK a green teapot BREAK"))
+    expect(page.locator("#split-ratio")).to_have_value(ratio)
+    shot(page, tmp_path, "03-edited")
+
+    # Generate: the progress bar counts denoising steps, then the image arrives.
+    page.fill("#seed", "11")
+    page.evaluate(RECORD_STATUS)
+    generate(page, 30)
+    expect(page.locator("#progress")).to_be_visible()
+    expect(page.locator("#gallery figure")).to_have_count(1, timeout=120_000)
+    expect(page.locator("#status")).to_have_text("done")
+    seen = page.evaluate("window.statuses")
+    assert any(re.fullmatch(r"step \d+/30", s) for s in seen), seen
+    assert page.evaluate("document.getElementById('progress').value") == 30
+    assert page.evaluate("document.querySelector('#gallery img').naturalWidth") == 64
+    shot(page, tmp_path, "04-generated")
+
+    # "use this seed" copies the image's seed into the seed field.
+    page.fill("#seed", "")
+    page.click("#gallery .use-seed")
+    expect(page.locator("#seed")).to_have_value("11")
+
+    # Download: the PNG carries the edited plan and the request.
+    with page.expect_download() as info:
+        page.click("#gallery a.download")
+    png = tmp_path / "downloaded.png"
+    info.value.save_as(png)
+    request = load_request(png)
+    assert request.plan is not None
+    assert request.plan.to_split_ratio() == ratio
+    assert request.plan.prompts[1] == "a green teapot"
+    assert (request.seed, request.steps, request.prompt) == (11, 30, PROMPT)
+
+    # Reopen it in a fresh page: the editor shows the same plan and settings.
+    page.reload()
+    expect(page.locator("#planner option[value=rules]")).to_be_attached()
+    expect(regions).to_have_count(0)
+    drop_file(page, "#dropzone", png)
+    expect(regions).to_have_count(3)
+    expect(page.locator("#split-ratio")).to_have_value(ratio)
+    expect(page.locator("#prompts")).to_have_value(request.plan.to_prompt_text(include_base=False))
+    expect(page.locator("#seed")).to_have_value("11")
+    expect(page.locator("#steps")).to_have_value("30")
+    expect(page.locator("#prompt")).to_have_value(PROMPT)
+    shot(page, tmp_path, "05-reopened")
+
+
+def test_invalid_edits_are_inline_and_the_app_keeps_working(page: Any, tmp_path: Path) -> None:
+    # The rules planner cannot look at images, so there is no Refine button.
+    expect(page.locator("#refine-btn")).to_be_hidden()
+    page.fill("#split-ratio", "1,1")
+    page.fill("#prompts", "a castle BREAK a lake")
+    regions = page.locator("#canvas .region")
+    expect(regions).to_have_count(2)
+
+    # An invalid split ratio: an inline message, and the last valid plan stays on the canvas.
+    page.fill("#split-ratio", "1,oops")
+    error = page.locator("#text-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("oops")
+    expect(page.locator("#split-ratio")).to_have_attribute("aria-invalid", "true")
+    expect(regions).to_have_count(2)
+    shot(page, tmp_path, "06-invalid-ratio")
+
+    # Deleting the only region of a one-region plan is refused next to the buttons.
+    page.fill("#split-ratio", "1")
+    page.fill("#prompts", "a castle")
+    expect(error).to_be_hidden()
+    expect(regions).to_have_count(1)
+    page.click('[data-edit="delete_region"]')
+    expect(page.locator("#edit-error")).to_contain_text("at least one region")
+    page.click('[data-edit="split_region"]')
+    expect(regions).to_have_count(2)
+    expect(page.locator("#split-ratio")).to_have_value("0.5,0.5")
+
+    # A PNG without rpg metadata gets a clear message.
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (16, 16), "white").save(plain)
+    page.set_input_files("#reopen-file", str(plain))
+    expect(page.locator("#reopen-error")).to_contain_text("plain.png is a PNG without rpg metadata")
+
+    # A long render runs; a second tab's render waits in the queue behind it.
+    page.fill("#prompt", "a castle above a lake")
+    generate(page, 1000)
+    expect(page.locator("#status")).to_have_text(re.compile(r"step \d+/1000"), timeout=60_000)
+    other = page.context.new_page()
+    other.goto(page.url)
+    other.fill("#prompt", "a lighthouse on a cliff")
+    other.fill("#split-ratio", "1;1")
+    other.fill("#prompts", "a lighthouse BREAK a cliff")
+    expect(other.locator("#canvas .region")).to_have_count(2)
+    generate(other, 2)
+    expect(other.locator("#status")).to_have_text("queued: 1 job ahead")
+    shot(other, tmp_path, "07-second-tab-queued")
+
+    # Cancel stops the first render; the queued one then renders, and so does the next.
+    page.click("#cancel-btn")
+    expect(page.locator("#status")).to_have_text(re.compile("cancelled"), timeout=60_000)
+    expect(page.locator("#generate-btn")).to_be_enabled()
+    expect(other.locator("#gallery figure")).to_have_count(1, timeout=120_000)
+    generate(page, 2)
+    expect(page.locator("#gallery figure")).to_have_count(1, timeout=120_000)
+    expect(page.locator("#gen-error")).to_be_hidden()
+    shot(page, tmp_path, "08-after-cancel")
