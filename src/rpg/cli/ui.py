@@ -8,11 +8,12 @@ from pathlib import Path
 
 from rpg.cli.common import DEFAULT_MODEL, add_model_arguments, load_rpg
 from rpg.errors import ConfigurationError
+from rpg.planners.base import DEFAULT_PLANNER
 
 __all__ = ["add_parser", "run"]
 
 _EXAMPLES = """examples:
-  rpg ui                                   # tiny-sd (random weights, offline), auto planner
+  rpg ui                                   # tiny-sd (random weights, offline), rules planner
   rpg ui --model ./my-sd15-folder --planner openai --port 8000
   rpg ui --out ~/rpg-images                # keep every rendered PNG in a folder
 """
@@ -33,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     plan.add_argument(
         "--planner",
         help="planner selected when the page opens (any registered one can be picked there); "
-        "default 'auto': openai if OPENAI_API_KEY is set, else a running Ollama, else 'rules'",
+        f"default {DEFAULT_PLANNER!r}, the same as rpg generate",
     )
     plan.add_argument("--planner-model", help="model name for LLM planners")
     plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     # load_rpg reads the Ollama address from args.host, which here is the server's own address.
     planner_args = argparse.Namespace(**{**vars(args), "host": args.ollama_host})
     pipe = load_rpg(planner_args, args.model or DEFAULT_MODEL, args.planner)
-    app = build_app(pipe, output_dir=args.out, planner=args.planner or "auto")
+    app = build_app(pipe, output_dir=args.out, planner=args.planner or DEFAULT_PLANNER)
     print(
         f"rpg ui: serving {pipe.model} on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
         file=sys.stderr,
