@@ -218,7 +218,8 @@ class _App:
         fields.setdefault("model", self.pipe.model)
         try:
             request = GenerationRequest.model_validate(fields)
-            check_scheduler(request.scheduler)
+            if request.scheduler is not None:  # None: the model's own default
+                check_scheduler(request.scheduler)
         except (ValidationError, RPGError) as exc:
             raise UserError(format_error(exc), "request") from None
         return request
