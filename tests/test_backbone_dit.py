@@ -22,7 +22,8 @@ from joint_helpers import NaiveJointProcessor
 from rpg.attention.joint import JointAttentionOptions, JointRegions, joint_attention_names
 from rpg.attention.joint import regional_joint as real_regional_joint
 from rpg.cli import main
-from rpg.errors import ConfigurationError
+from rpg.errors import ConfigurationError, SplitRatioError
+from rpg.layout import check_cell_sizes
 from rpg.metadata import load_request, read_metadata
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
@@ -103,6 +104,17 @@ def test_one_full_region_equals_stock_sd3(sd3: RPG, cfg: float) -> None:
 
 
 def _random_plan(rng: random.Random, base: bool) -> RegionPlan:
+    """A random plan in which every region covers at least one patch at W x H."""
+    while True:
+        plan = _any_plan(rng, base)
+        try:
+            check_cell_sizes(plan.split_rows(), H, W, factor=16)
+        except SplitRatioError:
+            continue
+        return plan
+
+
+def _any_plan(rng: random.Random, base: bool) -> RegionPlan:
     rows = rng.randint(1, 2)
     widths = [rng.randint(1, 3) for _ in range(rows)]
     if rows == 1:
