@@ -61,6 +61,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -73,7 +74,7 @@ from rpg.attention.joint import JointAttentionOptions, JointRegions, regional_jo
 from rpg.attention.spec import RegionalLayout
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import PeakMemory, flop_counter
+from measure import PeakMemory, flop_counter
 
 GRIDS: dict[int, tuple[tuple[float, tuple[float, ...]], ...]] = {
     1: ((1.0, (1.0,)),),
@@ -313,7 +314,8 @@ def measure_memory(args: argparse.Namespace, arch: Arch, rows: list[Config]) -> 
             _print_memory(c)
             del inputs
         return
-    for c in rows:
+
+    def child(c: Config) -> dict[str, Any]:
         command = [
             sys.executable,
             str(Path(__file__)),
@@ -328,8 +330,14 @@ def measure_memory(args: argparse.Namespace, arch: Arch, rows: list[Config]) -> 
                 f"memory subprocess for {c.name!r} failed (exit {done.returncode}):\n"
                 + done.stderr[-3000:]
             )
-        c.memory = json.loads(lines[-1][len(MEMORY_TAG) :])
-        _print_memory(c)
+        result: dict[str, Any] = json.loads(lines[-1][len(MEMORY_TAG) :])
+        return result
+
+    # Each child's peak is its own process's, so children may run side by side (--memory-jobs).
+    with ThreadPoolExecutor(max_workers=max(1, args.memory_jobs)) as pool:
+        for c, result in zip(rows, pool.map(child, rows), strict=True):
+            c.memory = result
+            _print_memory(c)
 
 
 def _print_memory(c: Config) -> None:
@@ -440,6 +448,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flops", action="store_true", help="exact FLOPs (meta device)")
     parser.add_argument("--memory", action="store_true", help="peak memory of one forward")
     parser.add_argument("--time", action="store_true", help="paired time ratios")
+    parser.add_argument(
+        "--memory-jobs", type=int, default=1,
+        help="CPU memory subprocesses run side by side (each holds its own weights)",
+    )  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=None,
         help="timed rounds (default 3 with --time; a value > 0 implies --time)",

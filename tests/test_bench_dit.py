@@ -30,7 +30,7 @@ def test_flux_flops_memory_and_time(overhead_dit, tmp_path, capsys) -> None:  # 
     out = tmp_path / "flux.json"
     argv = ["--arch", "flux", "--tiny", "--size", "64", "--regions", "2", "--base", "on",
             "--image-attention", "global", "--flops", "--memory", "--time", "--repeats", "1",
-            "--warmup", "0", "--out", str(out)]  # fmt: skip
+            "--warmup", "0", "--memory-jobs", "2", "--out", str(out)]  # fmt: skip
     assert overhead_dit.main(argv) == 0
     printed = capsys.readouterr().out
     assert "per-block ratios carry over" in printed
