@@ -464,11 +464,9 @@ class _JointAttention:
         w_img = (1 - beta) * image_in_region + beta * image_in_base
         w_reg = (1 - beta) * (1 - image_in_region)
         w_base = beta * (1 - image_in_base)
-        out = (
-            o_img.float() * w_img.unsqueeze(-1)
-            + o_reg.float() * w_reg.unsqueeze(-1)
-            + o_base.float() * w_base.unsqueeze(-1)
-        )
+        # One float32 accumulator (o_img is ours to overwrite when it already is float32).
+        out = o_img.float().mul_(w_img.unsqueeze(-1))
+        out.addcmul_(o_reg, w_reg.unsqueeze(-1)).addcmul_(o_base, w_base.unsqueeze(-1))
         return out.to(q_i.dtype).transpose(1, 2)
 
 
