@@ -394,7 +394,8 @@ def measure_time(args: argparse.Namespace, arch: Arch, rows: list[Config]) -> No
             ratio = (this[1] if use_cpu else this[0]) / reference
             print(
                 f"  {label:>9} {c.name:<20} {this[0]:8.2f} s  cpu {this[1]:8.2f} s  "
-                f"x stock {ratio:.3f}",
+                f"x stock {ratio:.3f}  (stock around it: cpu {before[1]:.2f} s, "
+                f"{after[1]:.2f} s)",
                 flush=True,
             )
             c.seconds.append(this[0])
