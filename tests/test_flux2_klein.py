@@ -137,6 +137,19 @@ def test_negative_forward_is_stock_over_the_negative_prompt(model: Any) -> None:
     assert (ours - stock).abs().max().item() < 1e-5
 
 
+def test_fused_double_stream_projections_match_unfused(model: Any) -> None:
+    case = random_case(random.Random(3), H, W, base=True)
+    inputs = _inputs(case.text_length, 3)
+    with regional_flux2(model, _regions(case, "region")), torch.no_grad():
+        plain = model(**inputs).sample
+    fused = tiny_flux2_transformer()
+    fused.fuse_qkv_projections()
+    assert fused.transformer_blocks[0].attn.fused_projections
+    with regional_flux2(fused, _regions(case, "region")), torch.no_grad():
+        ours = fused(**inputs).sample
+    assert (ours - plain).abs().max().item() < 1e-5
+
+
 def test_packed_text_ids_number_each_prompt_from_zero() -> None:
     ids = packed_text_ids(10, [(0, 3), (3, 5), (5, 8), (3, 5)])
     assert ids[:, 3].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 8, 9]

@@ -20,6 +20,9 @@ packed length is what regional prompting costs here. Each prompt is encoded on i
   prompt is packed once more with stock padding, as the text non-regional calls read.
 
 The pooled embedding (CLIP) comes from the base prompt, else the user's whole prompt.
+
+FLUX.2 [klein] (:mod:`rpg.backbones.flux2`) is a :class:`JointBackbone` too: no pooled embedding
+(``has_pooled``), its own processors and text ids (``regional_context``).
 """
 
 from __future__ import annotations
