@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 
 from rpg.backbones.dit_single_file import FLUX1_WIDTH, flux_to_diffusers
 from rpg.backbones.loading import resolve_model
+from rpg.backbones.tiny.dit import tiny_sd3_transformer
 from rpg.cli import main
 from rpg.errors import ConfigurationError
 from rpg.metadata import read_metadata
@@ -33,6 +34,7 @@ from rpg.orchestrator import RPG
 from single_file import (
     flux_to_original_state_dict,
     save_transformer_single_file,
+    sd3_to_original_state_dict,
 )
 
 PROMPT = "a cat on the left and a dog on the right"
@@ -264,4 +266,33 @@ def test_a_file_of_no_dit_family_is_refused(folders: dict[str, Path], tmp_path: 
     path = tmp_path / "other.safetensors"
     save_file({"something.weight": torch.zeros(2)}, path)
     with pytest.raises(ConfigurationError, match=r"own model family"):
+        RPG.from_pretrained(path, config=folders["sd3"], device="cpu")
+
+
+def test_config_may_be_a_cached_hub_id(
+    folders: dict[str, Path], files: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--config org/name@commit`` reads the configs and components from the cache."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = tmp_path / "hub" / "models--org--tiny-sd3"
+    shutil.copytree(folders["sd3"], base / "snapshots" / commit)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    loaded = RPG.from_pretrained(
+        files["sd3"], config=f"org/tiny-sd3@{commit}", cache_dir=tmp_path / "hub", device="cpu"
+    )
+    assert loaded.backbone.name == "sd3"
+    _assert_same_weights(loaded.pipe.transformer, _transformer(folders["sd3"], "sd3"))
+    assert Path(loaded.pipe.vae.config._name_or_path).is_relative_to(base)
+
+
+def test_a_file_of_another_size_is_refused(folders: dict[str, Path], tmp_path: Path) -> None:
+    """A file with two joint blocks for a config with three."""
+    full = sd3_to_original_state_dict(tiny_sd3_transformer(text_width=64, pooled_width=64))
+    state = {k: v for k, v in full.items() if not k.startswith("joint_blocks.2.")}
+    path = tmp_path / "two-blocks.safetensors"
+    save_file(state, path)
+    with pytest.raises(ConfigurationError, match=r"does not fit .* same size"):
         RPG.from_pretrained(path, config=folders["sd3"], device="cpu")

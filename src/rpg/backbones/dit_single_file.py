@@ -222,21 +222,26 @@ def load_single_file_pipeline(
     }
     if "cache_dir" in info.options:
         common["cache_dir"] = info.options["cache_dir"]
-    if folder.kind == "hub":  # the repo at the revision that was resolved
+    assert folder.path is not None
+    config_source = str(folder.path)  # a folder, or the cached snapshot of a hub id
+    if folder.kind == "hub" and not (folder.path / "transformer" / "config.json").is_file():
+        # not cached yet (allow_download): diffusers fetches it, at the revision resolved
         config_source = folder.reference.partition("@")[0]
-        if "revision" in folder.options:
-            common["config_revision"] = folder.options["revision"]
-    else:
-        config_source = str(folder.path)
+        common["config_revision"] = folder.path.name
     try:
         transformer = transformer_class.from_single_file(
             source, config=config_source, subfolder="transformer", **common
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except OSError as exc:
         raise ModelNotFoundError(
-            f"cannot load the {backbone.name} transformer {info.path} with config {config}: "
-            f"{exc}; check that the file is a {backbone.name} transformer of the same size "
-            "as the config folder's"
+            f"cannot load the {backbone.name} transformer {info.path}: the configs of --config "
+            f"{config} are missing ({exc}); pass a diffusers folder of the same model"
+        ) from exc
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ConfigurationError(
+            f"{info.path} does not fit the transformer of --config {config} ({exc}); pass the "
+            f"diffusers folder of the {backbone.name} model the file was made from (the same "
+            "size and variant)"
         ) from exc
     return load_pipeline(
         backbone.pipeline_class(), folder, dtype=dtype, transformer=transformer, **options
