@@ -208,9 +208,10 @@ def load_single_file_pipeline(
 
     transformer_class = getattr(diffusers, backbone.transformer_class_name)
     source: str | dict[str, torch.Tensor] = str(info.path)
-    width = _tensor_shape(info.path, "img_in.weight")
-    if backbone.name == "flux" and width is not None and width[0] != FLUX1_WIDTH:
-        source = flux_to_diffusers(_read_checkpoint(info.path))
+    if backbone.transformer_class_name == "FluxTransformer2DModel":
+        width = _tensor_shape(info.path, "img_in.weight")
+        if width is not None and width[0] != FLUX1_WIDTH:  # diffusers' converter would fail
+            source = flux_to_diffusers(_read_checkpoint(info.path))
     folder = resolve_model(
         os.fspath(config),
         allow_download=bool(info.options.get("allow_download", False)),
