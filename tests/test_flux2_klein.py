@@ -291,7 +291,7 @@ def test_detection_guidance_and_errors(
     klein: RPG, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rpg.backbones.flux2 import Flux2KleinBackbone
-    from rpg.backbones.loading import resolve_model
+    from rpg.backbones.loading import ModelInfo, resolve_model
 
     assert klein.backbone.name == "flux2-klein"
     assert klein.backbone.native_size == (1024, 1024)  # a klein folder: the pipeline's default
@@ -311,6 +311,9 @@ def test_detection_guidance_and_errors(
         klein.generate(_request("a cat", plan, true_cfg_scale=2.0))
     with pytest.raises(ConfigurationError, match="reference images"):
         klein.generate(_request("a cat", plan), image=Image.new("RGB", (64, 64)))
+    single = ModelInfo(reference="klein.safetensors", kind="file", path=cache / "x.safetensors")
+    with pytest.raises(ConfigurationError, match="single file"):
+        Flux2KleinBackbone.load_pipeline(single, dtype=torch.float32)
 
 
 def test_cli_generate(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,8 @@ class Flux2KleinBackbone(JointBackbone):
 
     ``guidance_scale > 1`` is classifier-free guidance with the request's negative prompt on the
     base models (the pipeline's own rule: a step-distilled model, ``is_distilled`` in its config,
-    ignores it). Reference images (klein's editing input) are not supported.
+    ignores it). Reference images (klein's editing input) and single-file transformer checkpoints
+    are not supported.
     """
 
     name: ClassVar[str] = "flux2-klein"
@@ -70,6 +71,17 @@ class Flux2KleinBackbone(JointBackbone):
             info.pipeline_class_name in cls.pipeline_class_names
             and transformer[-1] == cls.transformer_class_name
         )
+
+    @classmethod
+    def load_pipeline(cls, info: ModelInfo, *, dtype: torch.dtype, **options: Any) -> Any:
+        """A diffusers folder or hub id; single-file klein transformers are not supported yet."""
+        if info.kind == "file":
+            raise ConfigurationError(
+                f"{info.reference} is a single file; rpg loads FLUX.2 [klein] from a diffusers "
+                "folder or hub id only (its single-file transformer conversion is untested "
+                "here): save the pipeline with save_pretrained and pass that folder"
+            )
+        return super().load_pipeline(info, dtype=dtype, **options)
 
     @property
     def native_size(self) -> tuple[int, int]:
