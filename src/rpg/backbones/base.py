@@ -443,8 +443,8 @@ class Backbone(ABC):
         changed = [k for k, v in defaults.items() if getattr(request, k) != v]
         if changed:
             raise ConfigurationError(
-                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3), not to "
-                f"{self.name!r}; leave them at their defaults"
+                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3, flux2-klein), "
+                f"not to {self.name!r}; leave them at their defaults"
             )
 
     def request_guidance(self, request: GenerationRequest) -> bool:

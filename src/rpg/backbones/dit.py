@@ -20,6 +20,9 @@ packed length is what regional prompting costs here. Each prompt is encoded on i
   prompt is packed once more with stock padding, as the text non-regional calls read.
 
 The pooled embedding (CLIP) comes from the base prompt, else the user's whole prompt.
+
+FLUX.2 [klein] (:mod:`rpg.backbones.flux2`) is a :class:`JointBackbone` too: no pooled embedding
+(``has_pooled``), its own processors and text ids (``regional_context``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from rpg.attention.joint import JointAttentionOptions, JointRegions, regional_joint
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 from rpg.backbones.base import Backbone, PreparedInputs, Rendered, pad_tokens, timed_call
-from rpg.backbones.loading import ModelInfo, hf_offline, load_pipeline
+from rpg.backbones.loading import ModelInfo, load_pipeline
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -62,6 +65,8 @@ class JointBackbone(Backbone):
     transformer_class_name: ClassVar[str]
     #: The stock pipeline's T5 padding length.
     stock_t5_length: ClassVar[int]
+    #: Whether the pipeline takes a pooled text embedding (FLUX.2 has none).
+    has_pooled: ClassVar[bool] = True
     default_scheduler: ClassVar[str] = DIT_SCHEDULER
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
@@ -74,29 +79,9 @@ class JointBackbone(Backbone):
         SD3 fine-tunes ship), put into the pipeline that ``config`` names."""
         if info.kind != "file":
             return load_pipeline(cls.pipeline_class(), info, dtype=dtype, **options)
-        import diffusers
+        from rpg.backbones.dit_single_file import load_single_file_pipeline
 
-        config = info.options.get("config")
-        if config is None:
-            raise ConfigurationError(
-                f"{info.reference} is a single file; a {cls.name} transformer checkpoint needs "
-                "--config with a diffusers folder of the same model for the text encoders, VAE "
-                "and scheduler"
-            )
-        local_only = hf_offline() or not info.options.get("allow_download", False)
-        transformer_class = getattr(diffusers, cls.transformer_class_name)
-        assert info.path is not None
-        transformer = transformer_class.from_single_file(
-            str(info.path),
-            config=str(config),
-            subfolder="transformer",
-            torch_dtype=dtype,
-            local_files_only=local_only,
-        )
-        pipeline_class: Any = cls.pipeline_class()
-        return pipeline_class.from_pretrained(
-            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=local_only
-        )
+        return load_single_file_pipeline(cls, info, dtype=dtype, **options)
 
     # ----------------------------------------------------------------- facts about the model
 
@@ -133,8 +118,9 @@ class JointBackbone(Backbone):
 
     # ----------------------------------------------------------------- encoding
 
-    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([1, T, D], [1, P])``: the stock pipeline's own encoding of ``text``."""
+    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``([1, T, D], [1, P])``: the stock pipeline's own encoding of ``text`` (no pooled
+        part when the model has none)."""
         raise NotImplementedError
 
     def encode(
@@ -173,7 +159,7 @@ class JointBackbone(Backbone):
 
         embeds, spans = pack_segments(texts, encode)
         has_base = plan.base_prompt is not None
-        _, pooled = self.encode_stock(global_text(plan, prompt))
+        pooled = self.encode_stock(global_text(plan, prompt))[1] if self.has_pooled else None
         negative = negative_pooled = None
         negative_span: Span | None = None
         if guidance:
@@ -289,25 +275,13 @@ class JointBackbone(Backbone):
                 "guidance needs negative embeddings; encode with guidance=True"
             )
 
-        def per_image(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat_interleave(num_images, dim=0)
-
-        inputs: dict[str, Any] = {
-            "prompt_embeds": per_image(conditioning.prompt_embeds),
-            "pooled_prompt_embeds": per_image(conditioning.pooled_prompt_embeds),
-        }
-        negative = None
-        if guidance:
-            negative = per_image(conditioning.negative_prompt_embeds)
-            inputs["negative_prompt_embeds"] = negative
-            inputs["negative_pooled_prompt_embeds"] = per_image(
-                conditioning.negative_pooled_prompt_embeds
-            )
+        inputs = self.embedding_inputs(conditioning, guidance=guidance, num_images=num_images)
         regions = JointRegions.from_conditioning(
             conditioning, layout, options=options, steps=steps, global_span=global_span
         )
-        with regional_joint(
-            self.pipe.transformer, regions, **self.hook_inputs(guidance, negative, num_images)
+        negative = inputs.get("negative_prompt_embeds")
+        with self.regional_context(
+            regions, guidance=guidance, negative=negative, num_images=num_images
         ):
             output, denoise_seconds, decode_seconds = timed_call(
                 self.pipe,
@@ -326,6 +300,39 @@ class JointBackbone(Backbone):
             nsfw_content_detected=None,
             denoise_seconds=denoise_seconds,
             decode_seconds=decode_seconds,
+        )
+
+    def embedding_inputs(
+        self, conditioning: RegionalConditioning, *, guidance: bool, num_images: int
+    ) -> dict[str, Any]:
+        """The embeddings as the stock pipeline's keyword arguments, repeated per image."""
+
+        def per_image(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(num_images, dim=0)
+
+        inputs: dict[str, Any] = {"prompt_embeds": per_image(conditioning.prompt_embeds)}
+        if conditioning.pooled_prompt_embeds is not None:
+            inputs["pooled_prompt_embeds"] = per_image(conditioning.pooled_prompt_embeds)
+        if guidance:
+            assert conditioning.negative_prompt_embeds is not None  # checked by render
+            inputs["negative_prompt_embeds"] = per_image(conditioning.negative_prompt_embeds)
+            if conditioning.negative_pooled_prompt_embeds is not None:
+                inputs["negative_pooled_prompt_embeds"] = per_image(
+                    conditioning.negative_pooled_prompt_embeds
+                )
+        return inputs
+
+    def regional_context(
+        self,
+        regions: JointRegions,
+        *,
+        guidance: bool,
+        negative: torch.Tensor | None,
+        num_images: int,
+    ) -> AbstractContextManager[object]:
+        """The regional joint processors for one pipeline call."""
+        return regional_joint(
+            self.pipe.transformer, regions, **self.hook_inputs(guidance, negative, num_images)
         )
 
     def hook_inputs(
