@@ -357,6 +357,7 @@ class FluxBackbone(JointBackbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
     transformer_class_name: ClassVar[str] = "FluxTransformer2DModel"
     stock_t5_length: ClassVar[int] = 512
+    default_guidance: ClassVar[float] = 3.5
 
     @classmethod
     def pipeline_class(cls) -> type:

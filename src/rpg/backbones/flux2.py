@@ -46,6 +46,7 @@ class Flux2KleinBackbone(JointBackbone):
     #: The pipeline's ``max_sequence_length``: Qwen3 tokens after the chat template, padded.
     stock_t5_length: ClassVar[int] = 512
     has_pooled: ClassVar[bool] = False
+    default_guidance: ClassVar[float] = 4.0
     #: Qwen3 hidden layers the pipeline stacks into the text embedding (its default).
     text_layers: ClassVar[tuple[int, ...]] = (9, 18, 27)
 
