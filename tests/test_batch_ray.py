@@ -194,7 +194,7 @@ def test_the_cli_checks_the_lines_ray_data_read_and_keys_items_as_the_local_engi
 ) -> None:
     from rpg.cli import main
 
-    mixed = _write_lines(tmp_path / "mixed.jsonl", ["a cat", {"prompt": "a dog", "model": "x"}])
+    mixed = _write_lines(tmp_path / "mixed.jsonl", ['"a cat"', {"prompt": "a dog", "model": "x"}])
     out = tmp_path / "out"
     flags = ["--planner", "rules", "--steps", "2", "--size", "64x64", "--device", "cpu"]
     flags += ["--dtype", "float32", "--no-progress"]
@@ -203,7 +203,7 @@ def test_the_cli_checks_the_lines_ray_data_read_and_keys_items_as_the_local_engi
     assert not (out / "manifest.jsonl").exists()  # refused before anything rendered
 
     # the model comes from the lines; a rerun with the local engine finds the item done
-    src = _write_lines(tmp_path / "r.jsonl", [{"prompt": "a cat", "model": "tiny-sd"}, "a dog"])
+    src = _write_lines(tmp_path / "r.jsonl", [{"prompt": "a cat", "model": "tiny-sd"}, '"a dog"'])
     assert main(["batch", str(src), "--out", str(out), *flags, "--ray", "--workers", "1"]) == 0
     assert "2 done, 0 already done" in capsys.readouterr().out
     assert main(["batch", str(src), "--out", str(out), *flags]) == 0

@@ -576,8 +576,10 @@ def run_batch(
     ``pipe`` is a loaded :class:`~rpg.orchestrator.RPG` for the local engine; for
     ``engine="ray"`` it is a :class:`rpg.batch_ray.ModelSpec` that each Ray worker loads, and
     ``engine_options`` go to :func:`rpg.batch_ray.run_ray_batch` (``address``, ``workers``,
-    ``num_gpus``). Each distinct (planner, options, prompt) is planned once (or ``plan`` is used
-    for every item without a plan). A failing item is recorded with its error and the batch goes
+    ``num_gpus``); the items then enter its Ray Data pipeline from this process (give
+    ``run_ray_batch`` the requests file instead to have Ray Data read it). Each distinct
+    (planner, options, prompt) is planned once (or ``plan`` is used for every item without a
+    plan). A failing item is recorded with its error and the batch goes
     on; only KeyboardInterrupt stops it, after which the next run resumes.
     """
     if engine == "ray":
