@@ -205,3 +205,177 @@ def save_sdxl_single_file(folder: str | os.PathLike[str], path: str | os.PathLik
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(sdxl_to_single_file_state_dict(pipe), str(target))
     return target
+
+
+# ------------------------------------------------------------------ MM-DiT transformers
+#
+# FLUX and SD3 fine-tunes ship as one transformer file in their authors' layouts (Black Forest
+# Labs' ``flux`` repository, Stability's ``sd3`` reference code). The writers below are the
+# inverse of what diffusers' ``from_single_file`` converts: names renamed, the separate q/k/v
+# projections fused, and the final AdaLN's (scale, shift) halves stored as (shift, scale).
+
+
+def _halves_swapped(weight: torch.Tensor) -> torch.Tensor:
+    """diffusers' AdaLayerNormContinuous reads (scale, shift); the originals hold (shift, scale)."""
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+class _Renamer:
+    """Moves parameters out of a diffusers state dict under new names, and says what is left."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.state = dict(state)
+        self.out: dict[str, torch.Tensor] = {}
+
+    def move(self, source: str, target: str) -> None:
+        """``source.weight``/``.bias`` (whichever exist, or ``source`` itself) → ``target``."""
+        if source in self.state:
+            self._put(target, self.state.pop(source))
+            return
+        found = False
+        for kind in ("weight", "bias"):
+            if f"{source}.{kind}" in self.state:
+                self._put(f"{target}.{kind}", self.state.pop(f"{source}.{kind}"))
+                found = True
+        if not found:
+            raise KeyError(f"no parameter {source!r} in the diffusers state dict")
+
+    def fuse(self, sources: list[str], target: str) -> None:
+        """Concatenate the sources' weights (and biases) along the output axis into ``target``."""
+        for kind in ("weight", "bias"):
+            parts = [self.state.pop(f"{s}.{kind}") for s in sources]
+            self._put(f"{target}.{kind}", torch.cat(parts, dim=0))
+
+    def swap(self, source: str, target: str) -> None:
+        for kind in ("weight", "bias"):
+            self._put(f"{target}.{kind}", _halves_swapped(self.state.pop(f"{source}.{kind}")))
+
+    def _put(self, key: str, value: torch.Tensor) -> None:
+        if key in self.out:
+            raise ValueError(f"two parameters map to the original name {key!r}")
+        self.out[key] = value
+
+    def done(self, what: str) -> dict[str, torch.Tensor]:
+        if self.state:
+            raise ValueError(f"{what} parameters with no original name: {sorted(self.state)}")
+        return {k: v.detach().contiguous().cpu() for k, v in self.out.items()}
+
+
+def _block_indices(state: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    return sorted({int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)})
+
+
+def flux_to_original_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
+    """A diffusers ``FluxTransformer2DModel``'s weights under Black Forest Labs' names."""
+    r = _Renamer(transformer.state_dict())
+    embedders = {"timestep": "time_in", "text": "vector_in", "guidance": "guidance_in"}
+    for ours, theirs in embedders.items():
+        if f"time_text_embed.{ours}_embedder.linear_1.weight" in r.state:
+            r.move(f"time_text_embed.{ours}_embedder.linear_1", f"{theirs}.in_layer")
+            r.move(f"time_text_embed.{ours}_embedder.linear_2", f"{theirs}.out_layer")
+    r.move("context_embedder", "txt_in")
+    r.move("x_embedder", "img_in")
+    for i in _block_indices(r.state, "transformer_blocks."):
+        src, dst = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for stream, attn, norm, ff, proj in (
+            ("img", "attn.to_", "attn.norm_", "ff", "attn.to_out.0"),
+            ("txt", "attn.add_", "attn.norm_added_", "ff_context", "attn.to_add_out"),
+        ):
+            names = [f"{src}{attn}{p}" + ("_proj" if stream == "txt" else "") for p in "qkv"]
+            r.fuse(names, f"{dst}{stream}_attn.qkv")
+            r.move(f"{src}{norm}q.weight", f"{dst}{stream}_attn.norm.query_norm.scale")
+            r.move(f"{src}{norm}k.weight", f"{dst}{stream}_attn.norm.key_norm.scale")
+            r.move(f"{src}{proj}", f"{dst}{stream}_attn.proj")
+            r.move(f"{src}{ff}.net.0.proj", f"{dst}{stream}_mlp.0")
+            r.move(f"{src}{ff}.net.2", f"{dst}{stream}_mlp.2")
+        r.move(f"{src}norm1.linear", f"{dst}img_mod.lin")
+        r.move(f"{src}norm1_context.linear", f"{dst}txt_mod.lin")
+    for i in _block_indices(r.state, "single_transformer_blocks."):
+        src, dst = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        r.fuse([f"{src}attn.to_q", f"{src}attn.to_k", f"{src}attn.to_v", f"{src}proj_mlp"],
+               f"{dst}linear1")  # fmt: skip
+        r.move(f"{src}attn.norm_q.weight", f"{dst}norm.query_norm.scale")
+        r.move(f"{src}attn.norm_k.weight", f"{dst}norm.key_norm.scale")
+        r.move(f"{src}proj_out", f"{dst}linear2")
+        r.move(f"{src}norm.linear", f"{dst}modulation.lin")
+    r.move("proj_out", "final_layer.linear")
+    r.swap("norm_out.linear", "final_layer.adaLN_modulation.1")
+    return r.done("FLUX transformer")
+
+
+def sd3_to_original_state_dict(transformer: Any) -> dict[str, torch.Tensor]:
+    """A diffusers ``SD3Transformer2DModel``'s weights under Stability's (MM-DiT) names.
+
+    The last block is ``context_pre_only``: its text stream has no output projection or MLP,
+    and its text AdaLN (scale, shift only) is stored swapped like the final layer's.
+    """
+    r = _Renamer(transformer.state_dict())
+    r.move("pos_embed.pos_embed", "pos_embed")
+    r.move("pos_embed.proj", "x_embedder.proj")
+    r.move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    r.move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    r.move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    r.move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    r.move("context_embedder", "context_embedder")
+    blocks = _block_indices(r.state, "transformer_blocks.")
+    for i in blocks:
+        src, x, c = (
+            f"transformer_blocks.{i}.",
+            f"joint_blocks.{i}.x_block.",
+            f"joint_blocks.{i}.context_block.",
+        )
+        r.fuse([f"{src}attn.to_{p}" for p in "qkv"], f"{x}attn.qkv")
+        r.fuse([f"{src}attn.add_{p}_proj" for p in "qkv"], f"{c}attn.qkv")
+        for ours, theirs in (("norm_", x), ("norm_added_", c)):
+            for p in "qk":
+                if f"{src}attn.{ours}{p}.weight" in r.state:
+                    r.move(f"{src}attn.{ours}{p}.weight", f"{theirs}attn.ln_{p}.weight")
+        r.move(f"{src}attn.to_out.0", f"{x}attn.proj")
+        if f"{src}attn2.to_q.weight" in r.state:  # SD3.5's image-only second attention
+            r.fuse([f"{src}attn2.to_{p}" for p in "qkv"], f"{x}attn2.qkv")
+            for p in "qk":
+                if f"{src}attn2.norm_{p}.weight" in r.state:
+                    r.move(f"{src}attn2.norm_{p}.weight", f"{x}attn2.ln_{p}.weight")
+            r.move(f"{src}attn2.to_out.0", f"{x}attn2.proj")
+        r.move(f"{src}norm1.linear", f"{x}adaLN_modulation.1")
+        r.move(f"{src}ff.net.0.proj", f"{x}mlp.fc1")
+        r.move(f"{src}ff.net.2", f"{x}mlp.fc2")
+        if i == blocks[-1]:
+            r.swap(f"{src}norm1_context.linear", f"{c}adaLN_modulation.1")
+            continue
+        r.move(f"{src}attn.to_add_out", f"{c}attn.proj")
+        r.move(f"{src}norm1_context.linear", f"{c}adaLN_modulation.1")
+        r.move(f"{src}ff_context.net.0.proj", f"{c}mlp.fc1")
+        r.move(f"{src}ff_context.net.2", f"{c}mlp.fc2")
+    r.move("proj_out", "final_layer.linear")
+    r.swap("norm_out.linear", "final_layer.adaLN_modulation.1")
+    return r.done("SD3 transformer")
+
+
+def save_transformer_single_file(
+    folder: str | os.PathLike[str], path: str | os.PathLike[str], *, prefix: str = ""
+) -> Path:
+    """Save the transformer of the FLUX or SD3 diffusers ``folder`` as one original-layout file.
+
+    ``prefix`` (e.g. ``"model.diffusion_model."``) is put before every name, as some trainers
+    save them. Loading it back: ``RPG.from_pretrained(path, config=folder)``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
+    name = config["_class_name"]
+    import diffusers
+
+    transformer = getattr(diffusers, name).from_pretrained(Path(folder) / "transformer")
+    writers = {
+        "FluxTransformer2DModel": flux_to_original_state_dict,
+        "SD3Transformer2DModel": sd3_to_original_state_dict,
+    }
+    state = writers[name](transformer)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v for k, v in state.items()}, str(target))
+    return target

@@ -31,6 +31,7 @@ from rpg.attention.joint import (
     joint_attention_names,
     regional_joint,
 )
+from rpg.attention.lse import attention_with_lse
 from rpg.attention.spec import RegionalLayout
 
 HEIGHT, WIDTH = 80, 144  # 5 × 9 patches: odd on both axes
@@ -277,3 +278,51 @@ def test_bad_configurations_are_clear_errors() -> None:
     regions = JointRegions(region_spans=((0, 2), (2, 4)), layout=flat, text_length=4)
     with pytest.raises(ValueError, match="image tokens"):
         regions.index_for(7, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("scope", ["global", "region"])
+def test_base_term_shares_the_image_attention(
+    flux: Any, sd3: Any, scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a base prompt the image keys are attended once and merged by log-sum-exp; the result
+    equals the two separate attentions (the path taken with autograd or another backend)."""
+    import rpg.attention.joint as joint
+
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return attention_with_lse(*args, **kwargs)
+
+    monkeypatch.setattr(joint, "attention_with_lse", counted)
+    for model, inputs_of, kw in (
+        (flux, _flux_inputs, {}),
+        (sd3, _sd3_inputs, {"guidance_batch": 1}),
+    ):
+        case = random_case(random.Random(11), HEIGHT, WIDTH, base=True)
+        inputs = inputs_of(2 if kw else 1, case.text_length, 11)
+        calls.clear()
+        merged = _rpg(model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw)
+        assert calls, "the merged path was not taken"
+        with monkeypatch.context() as m:
+            m.setattr(joint._JointAttention, "_merges_base", lambda self, q: False)
+            calls.clear()
+            separate = _rpg(model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw)
+            assert not calls
+        assert (merged - separate).abs().max().item() < 1e-5
+
+
+def test_base_term_stays_separate_where_it_cannot_merge(flux: Any) -> None:
+    from diffusers.models.attention_dispatch import attention_backend
+
+    case = random_case(random.Random(2), HEIGHT, WIDTH, base=True)
+    proc = FluxRegionalAttnProcessor(_regions(case, "global"))
+    q = torch.zeros(1, 4, 2, 8)
+    with torch.no_grad():
+        assert proc._merges_base(q)
+        with attention_backend("_native_math"):  # a backend chosen for every call
+            assert not proc._merges_base(q)
+        proc._attention_backend = "_native_math"  # a backend chosen for this layer
+        assert not proc._merges_base(q)
+        proc._attention_backend = None
+    assert not proc._merges_base(q)  # autograd on: no gradient flows through a log-sum-exp

@@ -24,9 +24,14 @@ of their own set with one unmasked attention call each through diffusers' ``disp
 written once into a buffer and each region's text keys are written in front of (FLUX) or behind
 (SD3) them, so no per-region copy of the image keys is made.
 
-What this adds to the stock block: the base term (one more attention of the image queries, over
-``text(base) ∪ I(p)``) when some ``β_r > 0``, and the packed text itself — text tokens pass through
-every block's projections and MLPs, so the packed length is the cost driver.
+What this adds to the stock block: the packed text itself — text tokens pass through every
+block's projections and MLPs, so the packed length is the cost driver — and, when some
+``β_r > 0``, the base term. The base term shares ``I(p)`` with the region term, so the image keys
+are attended once and the partial attentions over ``I(p)``, ``text(r)`` and ``text(base)`` are
+merged exactly through their log-sum-exps (:mod:`rpg.attention.lse`); the image-to-image
+attention is paid once, as in the stock block. That needs kernels returning the log-sum-exp
+(diffusers' default backend, CPU or CUDA, no autograd); otherwise the two attentions are computed
+separately, which gives the same result at the cost of one more image-to-image attention.
 """
 
 from __future__ import annotations
@@ -38,9 +43,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _AttentionBackendRegistry,
+    dispatch_attention_fn,
+)
 from diffusers.models.embeddings import apply_rotary_emb
 
+from rpg.attention.lse import attention_with_lse, merge_weight
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 
@@ -55,6 +65,8 @@ __all__ = [
 ImageAttention = Literal["global", "region"]
 #: How a call's batch is split: all positive rows, all negative rows, or ``[negative, positive]``.
 Rows = Literal["positive", "negative", "negative+positive"]
+#: Devices whose fused attention kernels return the log-sum-exp (``meta``: FLOP counting).
+_LSE_DEVICES = ("cpu", "cuda", "meta")
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,12 @@ class JointAttentionOptions:
     k-th attention block (counting double- then single-stream blocks for FLUX, from 0) is
     regional; image queries in the others see the base prompt and every image token.
 
-    The published FLUX regional-prompting method masks image attention to regions, injects its
-    mask in the first part of the steps and in every block, with a base ratio around 0.2:
+    The published training-free regional prompting method for FLUX (arXiv 2411.02395) masks
+    image attention to regions, injects its mask in the first steps (10 of 24 in its examples)
+    and in every block, with a base ratio of 0.2–0.3:
     ``JointAttentionOptions(image_attention="region", regional_steps=0.4, regional_blocks=1)``
-    with a plan ``base_ratio=0.2`` is that choice in these terms.
+    with a plan ``base_ratio=0.2`` is that choice in these terms. It differs in that its base
+    branch reads every image token and, in single-stream blocks, keeps its own image stream.
     """
 
     image_attention: ImageAttention = "global"
@@ -323,6 +337,8 @@ class _JointAttention:
     ) -> torch.Tensor:
         """Image outputs (permuted order) of a regional call, base blend included."""
         regions = self.regions
+        if index.base_weights is not None and self._merges_base(q_i):
+            return self._regional_image_merged(q_t, k_t, v_t, q_i, k_i, v_i, index, global_image)
         out_i = torch.empty_like(q_i)
         n_img = k_i.shape[1]
         present = [
@@ -379,6 +395,79 @@ class _JointAttention:
             return out_i.lerp_(base, index.uniform_base_weight)
         weight = index.base_weights.to(out_i.dtype).view(1, -1, 1, 1)
         return out_i.lerp_(base, weight)
+
+    def _merges_base(self, q_i: torch.Tensor) -> bool:
+        """Whether the base term can share the image attention (see ``_regional_image_merged``).
+
+        It needs the log-sum-exp of each partial attention, which diffusers' default (native)
+        backend does not return; with another backend chosen, with context parallelism, or with
+        autograd on (no gradient flows through the log-sum-exp) the two attentions stay separate,
+        which is exact too, only costlier.
+        """
+        if torch.is_grad_enabled() or self._parallel_config is not None:
+            return False
+        backend = self._attention_backend
+        if backend is None:
+            backend = _AttentionBackendRegistry.get_active_backend()[0]
+        return bool(backend == AttentionBackendName.NATIVE) and q_i.device.type in _LSE_DEVICES
+
+    def _regional_image_merged(
+        self,
+        q_t: torch.Tensor,
+        k_t: torch.Tensor,
+        v_t: torch.Tensor,
+        q_i: torch.Tensor,
+        k_i: torch.Tensor,
+        v_i: torch.Tensor,
+        index: RegionIndex,
+        global_image: bool,
+    ) -> torch.Tensor:
+        """The base blend with the image keys attended once.
+
+        A region's image query reads ``text(r) ∪ I(p)`` and ``text(base) ∪ I(p)``; both share
+        ``I(p)``. Each key set is attended on its own with its log-sum-exp (``I(p)`` once, the
+        two texts are short), and the three partial results are merged exactly: the region term
+        is ``σ(lse_I − lse_r)·attn(I) + σ(lse_r − lse_I)·attn(r)``, likewise the base term, and
+        ``β_r`` blends the two. The image-to-image attention, the bulk of the cost, is then paid
+        once, as in the stock block, instead of twice.
+        """
+        regions = self.regions
+        assert regions.base_span is not None and index.base_weights is not None
+        b0, b1 = regions.base_span
+        qi, ki, vi = (x.transpose(1, 2) for x in (q_i, k_i, v_i))  # [B, H, L, D]
+        kt, vt = k_t.transpose(1, 2), v_t.transpose(1, 2)
+        present = [
+            (span, bounds)
+            for span, bounds in zip(regions.region_spans, index.bounds, strict=True)
+            if bounds[1] > bounds[0]
+        ]
+        if global_image:
+            o_img, l_img = attention_with_lse(qi, ki, vi)
+        else:
+            o_img, l_img = torch.empty_like(qi), qi.new_empty(qi.shape[:-1], dtype=torch.float32)
+            for _, (a, b) in present:
+                o_img[:, :, a:b], l_img[:, :, a:b] = attention_with_lse(
+                    qi[:, :, a:b], ki[:, :, a:b], vi[:, :, a:b]
+                )
+        o_base, l_base = attention_with_lse(qi, kt[:, :, b0:b1], vt[:, :, b0:b1])
+        o_reg, l_reg = torch.empty_like(qi), qi.new_empty(qi.shape[:-1], dtype=torch.float32)
+        for (s0, s1), (a, b) in present:
+            o_reg[:, :, a:b], l_reg[:, :, a:b] = attention_with_lse(
+                qi[:, :, a:b], kt[:, :, s0:s1], vt[:, :, s0:s1]
+            )
+        if index.uniform_base_weight is not None:
+            beta: torch.Tensor | float = index.uniform_base_weight
+        else:
+            beta = index.base_weights.to(device=qi.device, dtype=torch.float32).view(1, 1, -1)
+        image_in_region = merge_weight(l_img, l_reg)
+        image_in_base = merge_weight(l_img, l_base)
+        w_img = (1 - beta) * image_in_region + beta * image_in_base
+        w_reg = (1 - beta) * (1 - image_in_region)
+        w_base = beta * (1 - image_in_base)
+        # One float32 accumulator (o_img is ours to overwrite when it already is float32).
+        out = o_img.float().mul_(w_img.unsqueeze(-1))
+        out.addcmul_(o_reg, w_reg.unsqueeze(-1)).addcmul_(o_base, w_base.unsqueeze(-1))
+        return out.to(q_i.dtype).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------- processors

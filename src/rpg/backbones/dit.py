@@ -34,7 +34,7 @@ import torch
 from rpg.attention.joint import JointAttentionOptions, JointRegions, regional_joint
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 from rpg.backbones.base import Backbone, PreparedInputs, Rendered, pad_tokens, timed_call
-from rpg.backbones.loading import ModelInfo, hf_offline, load_pipeline
+from rpg.backbones.loading import ModelInfo, load_pipeline
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -74,29 +74,9 @@ class JointBackbone(Backbone):
         SD3 fine-tunes ship), put into the pipeline that ``config`` names."""
         if info.kind != "file":
             return load_pipeline(cls.pipeline_class(), info, dtype=dtype, **options)
-        import diffusers
+        from rpg.backbones.dit_single_file import load_single_file_pipeline
 
-        config = info.options.get("config")
-        if config is None:
-            raise ConfigurationError(
-                f"{info.reference} is a single file; a {cls.name} transformer checkpoint needs "
-                "--config with a diffusers folder of the same model for the text encoders, VAE "
-                "and scheduler"
-            )
-        local_only = hf_offline() or not info.options.get("allow_download", False)
-        transformer_class = getattr(diffusers, cls.transformer_class_name)
-        assert info.path is not None
-        transformer = transformer_class.from_single_file(
-            str(info.path),
-            config=str(config),
-            subfolder="transformer",
-            torch_dtype=dtype,
-            local_files_only=local_only,
-        )
-        pipeline_class: Any = cls.pipeline_class()
-        return pipeline_class.from_pretrained(
-            str(config), transformer=transformer, torch_dtype=dtype, local_files_only=local_only
-        )
+        return load_single_file_pipeline(cls, info, dtype=dtype, **options)
 
     # ----------------------------------------------------------------- facts about the model
 

@@ -102,6 +102,20 @@ class _ShapeView(Mapping[str, Any]):
         return len(self._keys)
 
 
+def _refined_checkpoint_type(guess: str, checkpoint: Mapping[str, Any]) -> str:
+    """diffusers' guess, with SD3 transformers of any size called ``"sd3"``.
+
+    diffusers says ``"v1"`` for anything it does not recognise, and recognises an SD3
+    transformer only at the released widths; one with SD3's tensor names and another size
+    (a pruned fine-tune, ``tiny-sd3``) is still the SD3 architecture.
+    """
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES
+
+    if guess == "v1" and any(key in checkpoint for key in CHECKPOINT_KEY_NAMES["sd3"]):
+        return "sd3"
+    return guess
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a model reference points at, read without loading any weights.
@@ -146,9 +160,10 @@ class ModelInfo:
             data = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
             checkpoint = data.get("state_dict", data) if isinstance(data, dict) else {}
         try:
-            return str(infer_diffusers_model_type(checkpoint))
-        except (KeyError, IndexError, AttributeError):
+            guess = str(infer_diffusers_model_type(checkpoint))
+        except (KeyError, IndexError, AttributeError, NameError):
             return None
+        return _refined_checkpoint_type(guess, checkpoint)
 
     @property
     def canonical(self) -> str:
