@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -281,7 +282,7 @@ def _quiet_data_context(ray: Any) -> Iterator[None]:
     ctx.max_errored_blocks = -1
     # one item at a time per actor: a worker that dies takes down (and retries) only its own
     ctx.max_tasks_in_flight_per_actor = 1
-    data_logger.setLevel(logging.ERROR)
+    data_logger.setLevel(logging.CRITICAL)  # its errors become records or our own error
     try:
         yield
     finally:
@@ -478,7 +479,11 @@ def _run(
             BatchProgress(len(todo), progress),
         )
     except ray.exceptions.RayError as exc:
-        raise ConfigurationError(
-            f"the Ray pipeline failed (could {spec.model} load?): {exc}"
-        ) from exc
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+        cause = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        if "creation task" in text:
+            raise ConfigurationError(
+                f"the Ray workers could not load {spec.model}: {cause}"
+            ) from exc
+        raise ConfigurationError(f"the Ray pipeline failed: {cause}") from exc
     return report
