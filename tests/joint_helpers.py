@@ -22,6 +22,7 @@ from rpg.layout import grid_cells
 
 TEXT_DIM = 32
 POOLED_DIM = 24
+FLUX2_TEXT_DIM = 48
 
 
 def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = False) -> Any:
@@ -30,6 +31,14 @@ def tiny_flux_transformer(seed: int = 0, *, guidance_embeds: bool = False) -> An
         text_width=TEXT_DIM, pooled_width=POOLED_DIM, guidance_embeds=guidance_embeds
     )
     return model.eval()
+
+
+def tiny_flux2_transformer(seed: int = 0) -> Any:
+    """FLUX.2 [klein]-style: double-stream blocks and fused QKV+MLP single-stream blocks."""
+    from rpg.backbones.tiny.flux2 import tiny_flux2_transformer as build
+
+    torch.manual_seed(seed)
+    return build(text_width=FLUX2_TEXT_DIM).eval()
 
 
 def tiny_sd3_transformer(seed: int = 0) -> Any:
@@ -238,3 +247,50 @@ class NaiveJointProcessor:
         if self.flux or not attn.context_pre_only:
             out_t = attn.to_add_out(out_t)
         return out_i, out_t
+
+
+class NaiveFlux2SingleProcessor(NaiveJointProcessor):
+    """Test-only processor for FLUX.2's single-stream (parallel) blocks: the stock fused
+    QKV + MLP projection, :func:`naive_joint` for the attention, the stock fused output layer."""
+
+    def __init__(self, regions: JointRegions, *, regional_block: bool = True):
+        super().__init__(regions, flux=True, regional_block=regional_block)
+
+    def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None,
+                 *args, **kwargs):  # fmt: skip
+        projected = attn.to_qkv_mlp_proj(hidden_states)
+        inner = attn.inner_dim
+        q, k, v = (projected[..., i * inner : (i + 1) * inner] for i in range(3))
+        mlp = projected[..., 3 * inner :]
+        heads = attn.heads
+        q = attn.norm_q(q.view(q.shape[0], q.shape[1], heads, -1))
+        k = attn.norm_k(k.view(k.shape[0], k.shape[1], heads, -1))
+        v = v.view(v.shape[0], v.shape[1], heads, -1)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        n_text = self.regions.text_length
+        assert n_text is not None
+        parts = (q[:, :n_text], k[:, :n_text], v[:, :n_text], q[:, n_text:], k[:, n_text:],
+                 v[:, n_text:])  # fmt: skip
+        out_t, out_i = self._split(parts)
+        out = torch.cat([out_t, out_i], dim=1).flatten(2, 3)
+        half = mlp.shape[-1] // 2
+        gated = torch.nn.functional.silu(mlp[..., :half]) * mlp[..., half:]
+        return attn.to_out(torch.cat([out, gated], dim=-1))
+
+
+def naive_flux2_processors(model: Any, regions: JointRegions, every: int = 1) -> dict[str, Any]:
+    """The naive reference for every joint layer of a FLUX.2 ``model`` (others unchanged)."""
+    from rpg.attention.joint import joint_attention_names
+
+    names = joint_attention_names(model)
+    modules = dict(model.named_modules())
+    out = dict(model.attn_processors)
+    for i, key in enumerate(names):
+        regional = i % every == 0
+        if hasattr(modules[key.removesuffix(".processor")], "to_qkv_mlp_proj"):
+            out[key] = NaiveFlux2SingleProcessor(regions, regional_block=regional)
+        else:
+            out[key] = NaiveJointProcessor(regions, flux=True, regional_block=regional)
+    return out

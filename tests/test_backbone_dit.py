@@ -85,7 +85,7 @@ def _request(prompt: str, plan: RegionPlan, **fields: Any) -> GenerationRequest:
 def test_one_full_region_equals_stock_flux(flux: RPG, cfg: float) -> None:
     plan = RegionPlan.single("a red cat")
     req = _request("a red cat", plan, negative_prompt="blurry", true_cfg_scale=cfg)
-    call = {"negative_prompt": "blurry", "true_cfg_scale": cfg, "guidance_scale": 7.0}
+    call = {"negative_prompt": "blurry", "true_cfg_scale": cfg}  # the stock guidance default
     ours = flux.generate(req, output_type="latent").images[0]
     assert (ours - _stock(flux, "a red cat", "latent", **call)).abs().max().item() <= 1e-5
     pixels = np.asarray(flux.generate(req).images[0])
@@ -271,3 +271,18 @@ def test_cli_generate_and_rerender_from_png(
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert load_request(y) == load_request(x)
     assert main([*args, "--scheduler", "euler", "--out", str(tmp_path / "z.png")]) != 0
+
+
+def test_guidance_defaults_to_the_stock_pipelines_own(flux: RPG, sd3: RPG) -> None:
+    """A request without a guidance scale gets what the stock pipeline would use, recorded."""
+    import inspect
+
+    plan = RegionPlan.single("a red cat")
+    for pipe in (flux, sd3):
+        stock = inspect.signature(pipe.pipe.__call__).parameters["guidance_scale"].default
+        result = pipe.generate(_request("a red cat", plan), output_type="latent")
+        assert result.request.guidance_scale == stock == pipe.backbone.default_guidance
+        explicit = pipe.generate(
+            _request("a red cat", plan, guidance_scale=2.5), output_type="latent"
+        )
+        assert explicit.request.guidance_scale == 2.5

@@ -53,7 +53,7 @@ def test_generate_goes_through_the_backbone_input_hook(tiny_rpg: RPG) -> None:
         ).negative_prompt_embeds,
         latents=torch.zeros(1, 4, 8, 8),
         num_inference_steps=2,
-        guidance_scale=request.guidance_scale,
+        guidance_scale=out.request.guidance_scale,
         output_type="np",
     ).images
     assert out.request.negative_prompt == "zero noise"  # the hook's request is recorded

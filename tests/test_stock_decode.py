@@ -124,7 +124,7 @@ def test_latent_output_is_the_stock_latents(models: Path) -> None:
     stock = pipe(
         prompt=PROMPT,
         num_inference_steps=2,
-        guidance_scale=request.guidance_scale,
+        guidance_scale=result.request.guidance_scale,
         height=64,
         width=64,
         generator=torch.Generator().manual_seed(1),

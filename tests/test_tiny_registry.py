@@ -31,7 +31,13 @@ from rpg.planners.cache import PlanCache, cache_key
 
 
 def test_the_reserved_names_are_registered_by_kind() -> None:
-    assert list(tiny_models("pipeline")) == ["tiny-sd", "tiny-sdxl", "tiny-flux", "tiny-sd3"]
+    assert list(tiny_models("pipeline")) == [
+        "tiny-sd",
+        "tiny-sdxl",
+        "tiny-flux",
+        "tiny-sd3",
+        "tiny-flux2-klein",
+    ]
     assert list(tiny_models("controlnet")) == ["tiny-controlnet", "tiny-sdxl-controlnet"]
     assert tiny_model("tiny-controlnet", "pipeline") is None
     with pytest.raises(ModelNotFoundError, match="tiny-sd, tiny-sdxl"):
@@ -40,7 +46,7 @@ def test_the_reserved_names_are_registered_by_kind() -> None:
 
 def test_importing_the_registry_loads_no_model_code() -> None:
     code = (
-        "import sys, rpg.backbones.tiny as t; assert len(t.tiny_models()) == 6; "
+        "import sys, rpg.backbones.tiny as t; assert len(t.tiny_models()) == 7; "
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

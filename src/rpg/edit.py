@@ -242,6 +242,7 @@ def edit(
     )
     if request.seed is None:
         request = request.model_copy(update={"seed": random.SystemRandom().randrange(2**31)})
+    request = request.model_copy(update={"guidance_scale": backbone.guidance_for(request)})
     assert request.seed is not None
 
     edge = max(1.0, 0.03 * min(width, height)) if feather is None else feather
@@ -252,7 +253,7 @@ def edit(
     progress.stage("encode")
     t = time.perf_counter()
     backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
-    guidance = backbone.uses_guidance(request.guidance_scale)
+    guidance = backbone.uses_guidance(backbone.guidance_for(request))
     conditioning = backbone.encode(
         new_plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
     )
@@ -281,7 +282,7 @@ def edit(
             width=work_w,
             strength=strength,
             num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
+            guidance_scale=backbone.guidance_for(request),
             generator=generator,
             output_type="pil",
             **pipeline_kwargs,

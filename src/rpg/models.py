@@ -379,11 +379,13 @@ class GenerationRequest(BaseModel):
         description="Image height in pixels, a multiple of 8; null uses the model's native size.",
     )
     steps: int = Field(default=30, ge=1, le=1000, description="Number of denoising steps.")
-    guidance_scale: float = Field(
-        default=7.0,
+    guidance_scale: float | None = Field(
+        default=None,
         ge=0,
         le=100,
-        description="Classifier-free guidance scale; 0 or 1 turns it off.",
+        description="Guidance scale; 0 or 1 turns classifier-free guidance off. For FLUX.1 it is "
+        "the distilled guidance embedding. null uses the model's default (7 for SD, SDXL and "
+        "SD3, 3.5 for FLUX.1, 4 for FLUX.2 klein) and the result records the value used.",
     )
     negative_prompt: str = Field(default="", description="Negative prompt for the whole image.")
     seed: int | None = Field(

@@ -387,6 +387,7 @@ class RPG:
                 "height": height,
                 # what is loaded, not what the request asked for (RPG.model: see from_pretrained)
                 "model": self.model or request.model,
+                "guidance_scale": self.backbone.guidance_for(request),
             }
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
@@ -419,7 +420,7 @@ class RPG:
             conditioning,
             layout,
             steps=request.steps,
-            guidance_scale=request.guidance_scale,
+            guidance_scale=backbone.guidance_for(request),
             generator=generator,
             num_images=request.num_images,
             output_type=output_type,

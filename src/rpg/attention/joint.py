@@ -618,9 +618,27 @@ def joint_attention_names(model: Any) -> list[str]:
         module = modules.get(key.removesuffix(".processor"))
         if module is None:
             raise TypeError(f"cannot find the attention module of processor {key!r}")
-        if isinstance(module, FluxAttention) or getattr(module, "added_kv_proj_dim", None):
+        joint = isinstance(module, FluxAttention) or getattr(module, "added_kv_proj_dim", None)
+        if joint or _is_flux2_single_stream(module):
             names.append(key)
     return names
+
+
+def _is_flux2_single_stream(module: Any) -> bool:
+    """FLUX.2's single-stream attention sees the joint sequence as its input (no added kv)."""
+    from rpg.attention.joint_flux2 import is_flux2_single_stream
+
+    return is_flux2_single_stream(module)
+
+
+def _processor_classes(transformer: Any, names: list[str]) -> list[type[_JointAttention]]:
+    """The regional processor class for each of ``names`` (FLUX.2's are in ``joint_flux2``)."""
+    from rpg.attention.joint_flux2 import flux2_processor_classes, is_flux2
+
+    if is_flux2(transformer):
+        return flux2_processor_classes(transformer, names)
+    cls = FluxRegionalAttnProcessor if _is_flux(transformer) else SD3RegionalAttnProcessor
+    return [cls] * len(names)
 
 
 def _is_flux(model: Any) -> bool:
@@ -647,7 +665,9 @@ def regional_joint(
 ) -> Iterator[list[_JointAttention]]:
     """Use regional joint-attention processors on every joint layer of ``transformer``.
 
-    ``transformer`` is a ``FluxTransformer2DModel`` or an ``SD3Transformer2DModel``. The
+    ``transformer`` is a ``FluxTransformer2DModel``, a ``Flux2Transformer2DModel`` (see
+    :func:`rpg.attention.joint_flux2.regional_flux2` for its text ids) or an
+    ``SD3Transformer2DModel``. The
     processors go in through ``set_attn_processor`` (keeping each replaced processor's attention
     backend) and the previous ones are restored on exit, also on error. A forward pre-hook on the
     transformer (removed on exit) tells the processors which rows of a call are negative and which
@@ -662,17 +682,16 @@ def regional_joint(
     The step counter advances whenever the timestep changes (a pipeline's timesteps decrease;
     an increase starts a new run).
     """
-    flux = _is_flux(transformer)
-    cls = FluxRegionalAttnProcessor if flux else SD3RegionalAttnProcessor
     names = joint_attention_names(transformer)
     if not names:
         raise ValueError(f"{type(transformer).__name__} has no joint attention layers")
+    classes = _processor_classes(transformer, names)
     previous = dict(transformer.attn_processors)
     every = regions.options.regional_blocks
     installed: dict[str, Any] = {}
     processors: list[_JointAttention] = []
-    for i, name in enumerate(names):
-        proc = cls(regions, regional_block=i % every == 0)
+    for i, (name, cls) in enumerate(zip(names, classes, strict=True)):
+        proc = cls(regions, regional_block=i % every == 0)  # type: ignore[call-arg]
         old = previous[name]
         proc._attention_backend = getattr(old, "_attention_backend", None)
         proc._parallel_config = getattr(old, "_parallel_config", None)

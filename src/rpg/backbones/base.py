@@ -142,6 +142,8 @@ class Backbone(ABC):
     checkpoint_types: ClassVar[tuple[str, ...]] = ()
     #: The scheduler a request without one gets (see :mod:`rpg.backbones.schedulers`).
     default_scheduler: ClassVar[str] = DEFAULT_SCHEDULER
+    #: The guidance scale a request without one gets (the stock pipeline's own default).
+    default_guidance: ClassVar[float] = 7.0
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         self.pipe = pipe
@@ -443,13 +445,18 @@ class Backbone(ABC):
         changed = [k for k, v in defaults.items() if getattr(request, k) != v]
         if changed:
             raise ConfigurationError(
-                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3), not to "
-                f"{self.name!r}; leave them at their defaults"
+                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3, flux2-klein), "
+                f"not to {self.name!r}; leave them at their defaults"
             )
 
     def request_guidance(self, request: GenerationRequest) -> bool:
         """Whether rendering ``request`` needs the negative half (``encode(guidance=...)``)."""
-        return self.uses_guidance(request.guidance_scale)
+        return self.uses_guidance(self.guidance_for(request))
+
+    def guidance_for(self, request: GenerationRequest) -> float:
+        """The request's guidance scale, or this backbone's default when it names none."""
+        scale = request.guidance_scale
+        return self.default_guidance if scale is None else scale
 
     def call_inputs(
         self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int

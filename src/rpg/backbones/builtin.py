@@ -14,6 +14,7 @@ def rpg_register_backbones(registry: BackboneRegistry) -> None:
         StableDiffusionXLControlNetBackbone,
     )
     from rpg.backbones.dit import FluxBackbone, SD3Backbone
+    from rpg.backbones.flux2 import Flux2KleinBackbone
     from rpg.backbones.sd import StableDiffusionBackbone
     from rpg.backbones.sdxl import StableDiffusionXLBackbone
 
@@ -24,5 +25,6 @@ def rpg_register_backbones(registry: BackboneRegistry) -> None:
         StableDiffusionXLControlNetBackbone,
         FluxBackbone,
         SD3Backbone,
+        Flux2KleinBackbone,
     ):
         registry.register(backbone.name, backbone, description=backbone.description)

@@ -20,6 +20,9 @@ packed length is what regional prompting costs here. Each prompt is encoded on i
   prompt is packed once more with stock padding, as the text non-regional calls read.
 
 The pooled embedding (CLIP) comes from the base prompt, else the user's whole prompt.
+
+FLUX.2 [klein] (:mod:`rpg.backbones.flux2`) is a :class:`JointBackbone` too: no pooled embedding
+(``has_pooled``), its own processors and text ids (``regional_context``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class JointBackbone(Backbone):
     transformer_class_name: ClassVar[str]
     #: The stock pipeline's T5 padding length.
     stock_t5_length: ClassVar[int]
+    #: Whether the pipeline takes a pooled text embedding (FLUX.2 has none).
+    has_pooled: ClassVar[bool] = True
     default_scheduler: ClassVar[str] = DIT_SCHEDULER
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
@@ -113,8 +118,9 @@ class JointBackbone(Backbone):
 
     # ----------------------------------------------------------------- encoding
 
-    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``([1, T, D], [1, P])``: the stock pipeline's own encoding of ``text``."""
+    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``([1, T, D], [1, P])``: the stock pipeline's own encoding of ``text`` (no pooled
+        part when the model has none)."""
         raise NotImplementedError
 
     def encode(
@@ -153,7 +159,7 @@ class JointBackbone(Backbone):
 
         embeds, spans = pack_segments(texts, encode)
         has_base = plan.base_prompt is not None
-        _, pooled = self.encode_stock(global_text(plan, prompt))
+        pooled = self.encode_stock(global_text(plan, prompt))[1] if self.has_pooled else None
         negative = negative_pooled = None
         negative_span: Span | None = None
         if guidance:
@@ -269,25 +275,13 @@ class JointBackbone(Backbone):
                 "guidance needs negative embeddings; encode with guidance=True"
             )
 
-        def per_image(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat_interleave(num_images, dim=0)
-
-        inputs: dict[str, Any] = {
-            "prompt_embeds": per_image(conditioning.prompt_embeds),
-            "pooled_prompt_embeds": per_image(conditioning.pooled_prompt_embeds),
-        }
-        negative = None
-        if guidance:
-            negative = per_image(conditioning.negative_prompt_embeds)
-            inputs["negative_prompt_embeds"] = negative
-            inputs["negative_pooled_prompt_embeds"] = per_image(
-                conditioning.negative_pooled_prompt_embeds
-            )
+        inputs = self.embedding_inputs(conditioning, guidance=guidance, num_images=num_images)
         regions = JointRegions.from_conditioning(
             conditioning, layout, options=options, steps=steps, global_span=global_span
         )
-        with regional_joint(
-            self.pipe.transformer, regions, **self.hook_inputs(guidance, negative, num_images)
+        negative = inputs.get("negative_prompt_embeds")
+        with self.regional_context(
+            regions, guidance=guidance, negative=negative, num_images=num_images
         ):
             output, denoise_seconds, decode_seconds = timed_call(
                 self.pipe,
@@ -306,6 +300,39 @@ class JointBackbone(Backbone):
             nsfw_content_detected=None,
             denoise_seconds=denoise_seconds,
             decode_seconds=decode_seconds,
+        )
+
+    def embedding_inputs(
+        self, conditioning: RegionalConditioning, *, guidance: bool, num_images: int
+    ) -> dict[str, Any]:
+        """The embeddings as the stock pipeline's keyword arguments, repeated per image."""
+
+        def per_image(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat_interleave(num_images, dim=0)
+
+        inputs: dict[str, Any] = {"prompt_embeds": per_image(conditioning.prompt_embeds)}
+        if conditioning.pooled_prompt_embeds is not None:
+            inputs["pooled_prompt_embeds"] = per_image(conditioning.pooled_prompt_embeds)
+        if guidance:
+            assert conditioning.negative_prompt_embeds is not None  # checked by render
+            inputs["negative_prompt_embeds"] = per_image(conditioning.negative_prompt_embeds)
+            if conditioning.negative_pooled_prompt_embeds is not None:
+                inputs["negative_pooled_prompt_embeds"] = per_image(
+                    conditioning.negative_pooled_prompt_embeds
+                )
+        return inputs
+
+    def regional_context(
+        self,
+        regions: JointRegions,
+        *,
+        guidance: bool,
+        negative: torch.Tensor | None,
+        num_images: int,
+    ) -> AbstractContextManager[object]:
+        """The regional joint processors for one pipeline call."""
+        return regional_joint(
+            self.pipe.transformer, regions, **self.hook_inputs(guidance, negative, num_images)
         )
 
     def hook_inputs(
@@ -330,6 +357,7 @@ class FluxBackbone(JointBackbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
     transformer_class_name: ClassVar[str] = "FluxTransformer2DModel"
     stock_t5_length: ClassVar[int] = 512
+    default_guidance: ClassVar[float] = 3.5
 
     @classmethod
     def pipeline_class(cls) -> type:

@@ -77,7 +77,12 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render.add_argument("--size", type=parse_size, help="WxH, multiples of 8; default: native")
     render.add_argument("--steps", type=int, help="denoising steps (default 30)")
     render.add_argument("--seed", type=int, help="random seed (default: random, recorded)")
-    render.add_argument("--guidance", type=float, help="guidance scale (default 7)")
+    render.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale (default: the model's own; 7 for SD, SDXL and SD3, 3.5 for "
+        "FLUX.1, 4 for FLUX.2 klein)",
+    )
     render.add_argument("--negative", help="negative prompt for the whole image")
     render.add_argument(
         "--scheduler",

@@ -141,8 +141,10 @@ class _App:
                 "planners": _planner_info(),
                 "planner": self.default_planner,
                 "steps": fields["steps"].default,
-                "guidance_scale": fields["guidance_scale"].default,
-                "uses_guidance": self.pipe.backbone.uses_guidance(7.0),
+                "guidance_scale": self.pipe.backbone.default_guidance,
+                "uses_guidance": self.pipe.backbone.uses_guidance(
+                    self.pipe.backbone.default_guidance
+                ),
             }
         )
 

@@ -32,6 +32,7 @@ from rpg.paths import cache_dir
 __all__ = [
     "TINY_CONTROLNET",
     "TINY_FLUX",
+    "TINY_FLUX2_KLEIN",
     "TINY_SD",
     "TINY_SD3",
     "TINY_SDXL",
@@ -57,6 +58,8 @@ TINY_SDXL_CONTROLNET = "tiny-sdxl-controlnet"
 TINY_FLUX = "tiny-flux"
 #: Reserved name of the tiny SD3.5-architecture model.
 TINY_SD3 = "tiny-sd3"
+#: Reserved name of the tiny FLUX.2 [klein]-architecture model.
+TINY_FLUX2_KLEIN = "tiny-flux2-klein"
 
 #: ``"pipeline"``: a whole model (``--model``); ``"controlnet"``: a ControlNet (``--controlnet``).
 TinyKind = Literal["pipeline", "controlnet"]
@@ -165,6 +168,11 @@ register_tiny_model(
     TINY_SD3,
     "rpg.backbones.tiny.dit:write_tiny_sd3",
     description="tiny SD3.5 architecture with random weights (64×64, offline)",
+)
+register_tiny_model(
+    TINY_FLUX2_KLEIN,
+    "rpg.backbones.tiny.flux2:write_tiny_flux2_klein",
+    description="tiny FLUX.2 [klein] architecture with random weights (64×64, offline)",
 )
 register_tiny_model(
     TINY_CONTROLNET,

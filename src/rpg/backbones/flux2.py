@@ -1,0 +1,169 @@
+"""FLUX.2 [klein]: the stock ``Flux2KleinPipeline`` with regional joint attention.
+
+Packed like FLUX.1 (see :mod:`rpg.backbones.dit`): each prompt is encoded on its own by the
+pipeline's own Qwen3 encoding (the chat template, three hidden layers side by side); the base
+prompt — and the one prompt of a one-region plan without base — keeps the stock padding to 512
+tokens, region prompts their real token length (Qwen3 is causal: those tokens equal the padded
+encoding's). There is no pooled embedding.
+
+FLUX.2's RoPE numbers text tokens; each packed prompt is numbered from 0, as when it is encoded
+alone (:func:`~rpg.attention.joint_flux2.regional_flux2`). Guidance is klein's own: the base
+models run classifier-free guidance with ``guidance_scale > 1`` — a separate forward over the
+negative prompt, stock attention — and the step-distilled models ignore it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from rpg.attention.joint import JointRegions
+from rpg.backbones.dit import JointBackbone
+from rpg.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from rpg.backbones.loading import ModelInfo
+
+__all__ = ["Flux2KleinBackbone"]
+
+
+class Flux2KleinBackbone(JointBackbone):
+    """FLUX.2 [klein] 4B / 9B, base and step-distilled (``Flux2KleinPipeline``).
+
+    ``guidance_scale > 1`` is classifier-free guidance with the request's negative prompt on the
+    base models (the pipeline's own rule: a step-distilled model, ``is_distilled`` in its config,
+    ignores it). Reference images (klein's editing input) and single-file transformer checkpoints
+    are not supported.
+    """
+
+    name: ClassVar[str] = "flux2-klein"
+    description: ClassVar[str] = "FLUX.2 [klein] (Flux2KleinPipeline) with regional joint attention"
+    pipeline_class_names: ClassVar[tuple[str, ...]] = ("Flux2KleinPipeline",)
+    transformer_class_name: ClassVar[str] = "Flux2Transformer2DModel"
+    #: The pipeline's ``max_sequence_length``: Qwen3 tokens after the chat template, padded.
+    stock_t5_length: ClassVar[int] = 512
+    has_pooled: ClassVar[bool] = False
+    default_guidance: ClassVar[float] = 4.0
+    #: Qwen3 hidden layers the pipeline stacks into the text embedding (its default).
+    text_layers: ClassVar[tuple[int, ...]] = (9, 18, 27)
+
+    @classmethod
+    def pipeline_class(cls) -> type:
+        try:
+            from diffusers import Flux2KleinPipeline
+        except ImportError as err:  # FLUX.2 came with diffusers 0.36
+            raise ConfigurationError(
+                "FLUX.2 [klein] needs a diffusers with Flux2KleinPipeline (0.36 or newer); "
+                "upgrade diffusers"
+            ) from err
+        found: type = Flux2KleinPipeline
+        return found
+
+    @classmethod
+    def detect(cls, info: ModelInfo) -> bool:
+        """The klein pipeline class with a FLUX.2 transformer, from ``model_index.json``."""
+        if info.model_index is None:
+            return False
+        transformer = info.model_index.get("transformer") or [None, None]
+        return (
+            info.pipeline_class_name in cls.pipeline_class_names
+            and transformer[-1] == cls.transformer_class_name
+        )
+
+    @classmethod
+    def load_pipeline(cls, info: ModelInfo, *, dtype: torch.dtype, **options: Any) -> Any:
+        """A diffusers folder or hub id; single-file klein transformers are not supported yet."""
+        if info.kind == "file":
+            raise ConfigurationError(
+                f"{info.reference} is a single file; rpg loads FLUX.2 [klein] from a diffusers "
+                "folder or hub id only (its single-file transformer conversion is untested "
+                "here): save the pipeline with save_pretrained and pass that folder"
+            )
+        return super().load_pipeline(info, dtype=dtype, **options)
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """1024×1024 (the pipeline's default); 64×64 for the tiny model."""
+        if self.info is not None and self.info.is_tiny:
+            return 64, 64
+        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
+        return side, side
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """CFG as the pipeline runs it: above 1, and not on a step-distilled model."""
+        return guidance_scale > 1 and not bool(self.pipe.config.get("is_distilled", False))
+
+    def call_inputs(
+        self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int
+    ) -> dict[str, Any]:
+        """Refuse reference images: their tokens would join the image sequence the layout maps."""
+        if pipeline_kwargs.get("image") is not None:
+            raise ConfigurationError(
+                f"{self.name} renders from text only here; klein's reference images (editing) "
+                "are not supported with regional prompting — leave 'image' out"
+            )
+        return super().call_inputs(pipeline_kwargs, width=width, height=height)
+
+    # ----------------------------------------------------------------- encoding
+
+    def encode_stock(self, text: str) -> tuple[torch.Tensor, None]:
+        """The pipeline's own encoding: chat template, padded to 512 tokens; no pooled part."""
+        with torch.no_grad():
+            embeds, _ = self.pipe.encode_prompt(
+                prompt=text, device=self.device, num_images_per_prompt=1,
+                max_sequence_length=self.stock_t5_length, text_encoder_out_layers=self.text_layers,
+            )  # fmt: skip
+        return embeds, None
+
+    def _token_length(self, text: str) -> int:
+        """Qwen3 tokens of ``text`` in the chat template, without padding (at most 512)."""
+        tokenizer = self.pipe.tokenizer
+        templated = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,
+        )
+        ids = tokenizer(templated, truncation=True, max_length=self.stock_t5_length).input_ids
+        return len(ids)
+
+    def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+        """Each text through the pipeline's Qwen3 encoding at its real length (no padding)."""
+        pipe = self.pipe
+        out = []
+        for text in texts:
+            with torch.no_grad():
+                embeds = pipe._get_qwen3_prompt_embeds(
+                    text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, prompt=text,
+                    device=self.device, max_sequence_length=self._token_length(text),
+                    hidden_states_layers=self.text_layers,
+                )  # fmt: skip
+            out.append(embeds)
+        return out
+
+    # ----------------------------------------------------------------- rendering
+
+    def regional_context(
+        self,
+        regions: JointRegions,
+        *,
+        guidance: bool,
+        negative: torch.Tensor | None,
+        num_images: int,
+    ) -> AbstractContextManager[object]:
+        """:func:`~rpg.attention.joint_flux2.regional_flux2`: FLUX.2's processors, packed text
+        ids, and the negative forward told apart by its embeddings."""
+        from rpg.attention.joint_flux2 import regional_flux2
+
+        del num_images
+        return regional_flux2(
+            self.pipe.transformer, regions, negative_prompt_embeds=negative if guidance else None
+        )
+
+    def hook_inputs(
+        self, guidance: bool, negative: torch.Tensor | None, num_images: int
+    ) -> dict[str, Any]:
+        return {"negative_prompt_embeds": negative if guidance else None}
