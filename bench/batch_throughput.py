@@ -1,11 +1,13 @@
 """Batch throughput: images per minute of the local engine and the Ray engine, same requests.
 
-Renders the same ``--items`` requests (distinct prompts, rules planner) with the local engine
-(one process, one loaded model) and with the Ray engine on 1, 2, … actors (``--workers``), each
-into a fresh folder, in ``--repeats`` interleaved rounds (every round runs every configuration
-once), and prints the median. *Render* time runs from the first item handed out to the last
-record written (what ``BatchReport.seconds`` measures); *wall* time adds starting the actors and
-loading their models (for the local engine: loading its model once), which a long batch pays
+Renders the same ``--items`` requests (distinct prompts, rules planner, one JSONL file) with the
+local engine (one process, one loaded model) and with the Ray engine on 1, 2, … actors
+(``--workers``; Ray Data reads the file, a planner actor plans, render actors render), each into a
+fresh folder, in ``--repeats`` interleaved rounds (every round runs every configuration once), and
+prints the median. *Render* time runs from the first record awaited to the last record written
+(what ``BatchReport.seconds`` measures; for Ray it includes starting the planner and render actors
+and loading their models, which happen once the pipeline runs); *wall* time adds reading the file
+and counting what is left (for the local engine: loading its model once), which a long batch pays
 once. On CPU every Ray actor gets an even share of the Ray instance's CPUs (``--cpus``) as its
 torch threads, while the local engine uses torch's thread count (``--local-threads``, default
 torch's own); the numbers that matter are on a GPU cluster (one GPU per actor).
@@ -18,6 +20,7 @@ torch's own); the numbers that matter are on a GPU cluster (one GPU per actor).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -28,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from rpg.batch import BatchItem, BatchReport, expand_requests, run_batch
-from rpg.batch_ray import ModelSpec
+from rpg.batch import BatchReport, expand_requests, read_requests, run_batch
+from rpg.batch_ray import ModelSpec, run_ray_batch
 
 PROMPTS = [
     "a red cat on the left and a blue dog on the right",
@@ -43,13 +46,13 @@ PROMPTS = [
 ]
 
 
-def _items(count: int, steps: int, width: int, height: int, model: str) -> list[BatchItem]:
+def _write_requests(path: Path, count: int) -> Path:
     lines = [
-        (i + 1, {"prompt": f"{PROMPTS[i % len(PROMPTS)]}, view {i}", "seed": i})
+        json.dumps({"prompt": f"{PROMPTS[i % len(PROMPTS)]}, view {i}", "seed": i})
         for i in range(count)
     ]
-    defaults = {"steps": steps, "width": width, "height": height, "model": model}
-    return expand_requests(lines, defaults=defaults)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def _row(engine: str, workers: int, runs: list[tuple[BatchReport, float]]) -> str:
@@ -84,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     spec = ModelSpec(model=args.model, device=args.device, dtype=args.dtype, planner="rules")
-    items = _items(args.items, args.steps, width, height, args.model)
+    defaults = {"steps": args.steps, "width": width, "height": height, "model": args.model}
     runs: dict[tuple[str, int], list[tuple[BatchReport, float]]] = {}
     if args.local_threads:
         torch.set_num_threads(args.local_threads)
     with tempfile.TemporaryDirectory(prefix="rpg-bench-") as tmp:
+        requests = _write_requests(Path(tmp) / "requests.jsonl", args.items)
+        items = expand_requests(read_requests(requests), defaults=defaults)
         started = time.perf_counter()
         pipe = spec.load()
         load_seconds = time.perf_counter() - started
@@ -112,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 runs.setdefault(("local", 1), []).append((report, report.seconds + load_seconds))
                 for workers in worker_counts:
                     started = time.perf_counter()
-                    report = run_batch(
-                        spec, items, out / f"ray-{workers}", progress=False, engine="ray",
-                        workers=workers,
+                    report = run_ray_batch(
+                        spec, requests, out / f"ray-{workers}", defaults=defaults,
+                        progress=False, workers=workers,
                     )  # fmt: skip
                     wall = time.perf_counter() - started
                     runs.setdefault(("ray", workers), []).append((report, wall))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from PIL import Image
 ray = pytest.importorskip(
     "ray", reason="the Ray engine needs ray: pip install 'rpg-diffusion[ray]'"
 )
+
+from ray import cloudpickle  # noqa: E402
 
 from rpg.batch import expand_requests, read_manifest, read_requests, run_batch  # noqa: E402
 from rpg.batch_ray import ModelSpec  # noqa: E402
@@ -184,3 +187,59 @@ def test_a_driver_killed_with_sigkill_resumes_with_only_what_is_missing(
     assert len(done) == 8, "a finished item was rendered again"
     assert len(list(out.glob("*.png"))) == 8
     assert not list(out.glob(".*.part"))
+
+
+def test_the_cli_checks_the_lines_ray_data_read_and_keys_items_as_the_local_engine(
+    tmp_path: Path, ray_cluster: None, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rpg.cli import main
+
+    mixed = _write_lines(tmp_path / "mixed.jsonl", ['"a cat"', {"prompt": "a dog", "model": "x"}])
+    out = tmp_path / "out"
+    flags = ["--planner", "rules", "--steps", "2", "--size", "64x64", "--device", "cpu"]
+    flags += ["--dtype", "float32", "--no-progress"]
+    assert main(["batch", str(mixed), "--out", str(out), "--model", "tiny-sd", *flags, "--ray"])
+    assert "lines ask for x (line 2)" in capsys.readouterr().err
+    assert not (out / "manifest.jsonl").exists()  # refused before anything rendered
+
+    # the model comes from the lines; a rerun with the local engine finds the item done
+    src = _write_lines(tmp_path / "r.jsonl", [{"prompt": "a cat", "model": "tiny-sd"}, '"a dog"'])
+    assert main(["batch", str(src), "--out", str(out), *flags, "--ray", "--workers", "1"]) == 0
+    assert "2 done, 0 already done" in capsys.readouterr().out
+    assert main(["batch", str(src), "--out", str(out), *flags]) == 0
+    assert "0 done, 2 already done" in capsys.readouterr().out
+
+
+@dataclass(frozen=True)
+class _DyingSpec(ModelSpec):
+    """tiny-sd, but the worker process exits (as a crash or an OOM kill would) on "die"."""
+
+    def load(self) -> Any:
+        pipe = super().load()
+        generate = pipe.generate
+
+        def generate_or_die(request: Any, *args: Any, **kwargs: Any) -> Any:
+            if request.prompt == "die":
+                os._exit(1)
+            return generate(request, *args, **kwargs)
+
+        pipe.generate = generate_or_die
+        return pipe
+
+
+def test_an_item_whose_worker_dies_is_recorded_as_failed_and_the_batch_goes_on(
+    tmp_path: Path, ray_cluster: None
+) -> None:
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers can't import tests
+    try:
+        spec = _DyingSpec(**{f.name: getattr(SPEC, f.name) for f in fields(SPEC)})
+        src = _write_lines(tmp_path / "r.jsonl", [{"prompt": p} for p in ("a cat", "die", "a dog")])
+        items = expand_requests(read_requests(src), defaults=DEFAULTS)
+        report = run_batch(spec, items, tmp_path / "out", progress=False, engine="ray", workers=1)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (report.done, report.failed) == (2, 1)
+    (failed,) = [r for r in read_manifest(tmp_path / "out").values() if r["status"] == "error"]
+    assert (failed["line"], failed["prompt"]) == (2, "die")
+    assert "died" in failed["error"]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2

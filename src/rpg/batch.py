@@ -144,24 +144,32 @@ def read_requests(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any
     Blank lines and ``#`` comments are skipped; a line that is not a JSON object is reported,
     not raised, so one bad line does not stop a batch.
     """
-    items: list[tuple[int, dict[str, Any] | str]] = []
     text = Path(path).read_text(encoding="utf-8")
+    return list(parse_lines(text))
+
+
+def parse_lines(text: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The requests in the text of a JSONL file, numbered from 1, as :func:`read_requests`."""
     for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            value = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            items.append((number, f"line {number} is not valid JSON: {exc.msg}"))
-            continue
-        if isinstance(value, str):
-            value = {"prompt": value}
-        if not isinstance(value, dict):
-            items.append((number, f"line {number} must be a JSON object or a prompt string"))
-            continue
-        items.append((number, value))
-    return items
+        value = parse_line(number, line)
+        if value is not None:
+            yield number, value
+
+
+def parse_line(number: int, line: str) -> dict[str, Any] | str | None:
+    """One line of a requests file: its object, its error message, or ``None`` (blank, comment)."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        return f"line {number} is not valid JSON: {exc.msg}"
+    if isinstance(value, str):
+        value = {"prompt": value}
+    if not isinstance(value, dict):
+        return f"line {number} must be a JSON object or a prompt string"
+    return value
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -206,27 +214,38 @@ def expand_requests(
     base = dict(defaults or {})
     items: list[BatchItem] = []
     for number, value in lines:
-        if isinstance(value, str):
-            items.append(BatchItem(line=number, request=None, error=value))
+        items.extend(expand_line(number, value, base, seeds))
+    return items
+
+
+def expand_line(
+    number: int,
+    value: dict[str, Any] | str,
+    defaults: Mapping[str, Any],
+    seeds: Sequence[int] | None = None,
+) -> list[BatchItem]:
+    """The items of one line (see :func:`expand_requests`): one per seed, or its error."""
+    if isinstance(value, str):
+        return [BatchItem(line=number, request=None, error=value)]
+    base = dict(defaults)
+    options = _line_planner_options(value, base, number)
+    if isinstance(options, str):
+        return [BatchItem(line=number, request=None, error=options)]
+    merged = {**base, **value}
+    merged.pop(PLANNER_OPTIONS, None)
+    own_seed = merged.get("seed")
+    line_seeds: Sequence[int | None] = (
+        list(seeds) if seeds else [own_seed if own_seed is not None else 0]
+    )
+    items: list[BatchItem] = []
+    for seed in line_seeds:
+        try:
+            request = GenerationRequest.model_validate({**merged, "seed": seed})
+        except ValidationError as exc:
+            message = f"line {number}: {_validation_message(exc)}"
+            items.append(BatchItem(line=number, request=None, error=message, seed=seed))
             continue
-        options = _line_planner_options(value, base, number)
-        if isinstance(options, str):
-            items.append(BatchItem(line=number, request=None, error=options))
-            continue
-        merged = {**base, **value}
-        merged.pop(PLANNER_OPTIONS, None)
-        own_seed = merged.get("seed")
-        line_seeds: Sequence[int | None] = (
-            list(seeds) if seeds else [own_seed if own_seed is not None else 0]
-        )
-        for seed in line_seeds:
-            try:
-                request = GenerationRequest.model_validate({**merged, "seed": seed})
-            except ValidationError as exc:
-                message = f"line {number}: {_validation_message(exc)}"
-                items.append(BatchItem(line=number, request=None, error=message, seed=seed))
-                continue
-            items.append(BatchItem(line=number, request=request, planner_options=options))
+        items.append(BatchItem(line=number, request=request, planner_options=options))
     return items
 
 
@@ -519,17 +538,24 @@ def record_all(
         report.seconds = time.perf_counter() - started
 
 
+def plan_item(book: PlanBook, item: BatchItem) -> BatchItem | dict[str, Any]:
+    """``item`` with its plan filled in, or its failure record when its planner fails."""
+    started = time.perf_counter()
+    try:
+        return book.plan_for(item)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return failure_record(item, exc, time.perf_counter() - started)
+
+
 def _iter_local(
     pipe: RPG, todo: Sequence[BatchItem], out: Path, book: PlanBook
 ) -> Iterator[dict[str, Any]]:
     for item in todo:
-        started = time.perf_counter()
-        try:
-            planned = book.plan_for(item)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            yield failure_record(item, exc, time.perf_counter() - started)
+        planned = plan_item(book, item)
+        if isinstance(planned, dict):
+            yield planned
             continue
         # the record keeps the key of the item as listed, so a resume recognises it
         yield render_item(pipe, planned, out, key=item.key)
@@ -550,8 +576,10 @@ def run_batch(
     ``pipe`` is a loaded :class:`~rpg.orchestrator.RPG` for the local engine; for
     ``engine="ray"`` it is a :class:`rpg.batch_ray.ModelSpec` that each Ray worker loads, and
     ``engine_options`` go to :func:`rpg.batch_ray.run_ray_batch` (``address``, ``workers``,
-    ``num_gpus``). Each distinct (planner, options, prompt) is planned once (or ``plan`` is used
-    for every item without a plan). A failing item is recorded with its error and the batch goes
+    ``num_gpus``); the items then enter its Ray Data pipeline from this process (give
+    ``run_ray_batch`` the requests file instead to have Ray Data read it). Each distinct
+    (planner, options, prompt) is planned once (or ``plan`` is used for every item without a
+    plan). A failing item is recorded with its error and the batch goes
     on; only KeyboardInterrupt stops it, after which the next run resumes.
     """
     if engine == "ray":

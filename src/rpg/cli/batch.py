@@ -23,7 +23,7 @@ from rpg.errors import ConfigurationError
 from rpg.planners.base import DEFAULT_PLANNER
 
 if TYPE_CHECKING:
-    from rpg.batch import BatchItem
+    from rpg.batch import BatchItem, BatchReport
 
 _EXAMPLES = """examples:
   rpg batch requests.jsonl --out out/ --seeds 1,2,3
@@ -186,6 +186,28 @@ def ray_model_spec(args: argparse.Namespace, model: str, controlnet: list[str] |
     )
 
 
+def _run_on_ray(args: argparse.Namespace, defaults: dict[str, Any]) -> BatchReport:
+    """Ray Data reads the file; the driver checks the lines that name a model or ControlNets
+    (as the local engine checks them all) before any worker loads the model."""
+    from rpg.batch_ray import run_ray_batch
+
+    def check(named: Sequence[BatchItem]) -> Any:
+        model = batch_model(named, args.model)
+        return ray_model_spec(args, model, batch_controlnets(named))
+
+    return run_ray_batch(
+        ray_model_spec(args, args.model or DEFAULT_MODEL, None),
+        args.requests,
+        args.out,
+        defaults=defaults,
+        seeds=args.seeds,
+        progress=not args.no_progress,
+        address=args.ray_address,
+        workers=args.workers,
+        check=check,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if (args.ray_address or args.workers) and not args.ray:
         raise ConfigurationError("--ray-address and --workers go with --ray")
@@ -201,28 +223,20 @@ def run(args: argparse.Namespace) -> int:
     validate_request({"prompt": "-", "model": model, **defaults}, from_flags=set(defaults))
     if args.scheduler is not None:
         check_scheduler_flag(args.scheduler, given=True)
-    lines = read_requests(args.requests)
-    if not lines:
-        raise ConfigurationError(f"{args.requests}: has no requests")
     options = planner_options(args)
     if options:
         defaults["planner_options"] = options
-    # --plan stays in every line's request, so the resume key covers it
-    model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
-    # every request records the model the batch loads, and is keyed by it
-    items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
-    controlnet = batch_controlnets(items)
     if args.ray:
-        report = run_batch(
-            ray_model_spec(args, model, controlnet),
-            items,
-            args.out,
-            progress=not args.no_progress,
-            engine="ray",
-            address=args.ray_address,
-            workers=args.workers,
-        )
+        report = _run_on_ray(args, defaults)
     else:
+        lines = read_requests(args.requests)
+        if not lines:
+            raise ConfigurationError(f"{args.requests}: has no requests")
+        # --plan stays in every line's request, so the resume key covers it
+        model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
+        # every request records the model the batch loads, and is keyed by it
+        items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
+        controlnet = batch_controlnets(items)
         unplanned = any(item.request is not None and item.request.plan is None for item in items)
         planner = prepare_planner(args, args.planner) if unplanned else None
         pipe = load_rpg(args, model, planner, controlnet=controlnet)
