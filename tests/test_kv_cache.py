@@ -152,5 +152,6 @@ def test_repeated_context_rows_are_projected_once(tiny_unet, cache_kv: bool) -> 
         hook.remove()
     assert seen == [1, 1]  # the negative and the positive half, one row each
     for i in range(2):
-        torch.testing.assert_close(both[i], singles[i][0], atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(both[2 + i], singles[i][1], atol=1e-6, rtol=1e-6)
+        # 1e-5: a batch of 4 and a batch of 2 may take different matmul kernels
+        torch.testing.assert_close(both[i], singles[i][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both[2 + i], singles[i][1], atol=1e-5, rtol=1e-5)
