@@ -324,6 +324,11 @@ class _JointAttention:
             out_i = out_i.index_select(1, index.inverse)
         return out_t, out_i
 
+    def _present(self, index: RegionIndex) -> list[tuple[Span, tuple[int, int]]]:
+        """``(text span, image bounds)`` of every region that has image tokens at this size."""
+        pairs = zip(self.regions.region_spans, index.bounds, strict=True)
+        return [(span, bounds) for span, bounds in pairs if bounds[1] > bounds[0]]
+
     def _regional_image(
         self,
         q_t: torch.Tensor,
@@ -341,21 +346,17 @@ class _JointAttention:
             return self._regional_image_merged(q_t, k_t, v_t, q_i, k_i, v_i, index, global_image)
         out_i = torch.empty_like(q_i)
         n_img = k_i.shape[1]
-        present = [
-            (r, span, bounds)
-            for r, (span, bounds) in enumerate(zip(regions.region_spans, index.bounds, strict=True))
-            if bounds[1] > bounds[0]
-        ]
+        present = self._present(index)
         if global_image:
             # One buffer holds the image keys once; each region's text goes next to them.
-            longest = max(s1 - s0 for _, (s0, s1), _ in present)
+            longest = max(s1 - s0 for (s0, s1), _ in present)
             shape = (k_i.shape[0], longest + n_img, *k_i.shape[2:])
             buf_k, buf_v = k_i.new_empty(shape), v_i.new_empty(shape)
             if self.image_first:
                 buf_k[:, :n_img], buf_v[:, :n_img] = k_i, v_i
             else:
                 buf_k[:, longest:], buf_v[:, longest:] = k_i, v_i
-            for _, (s0, s1), (a, b) in present:
+            for (s0, s1), (a, b) in present:
                 n = s1 - s0
                 if torch.is_grad_enabled():  # the buffer is rewritten in place; keep autograd exact
                     keys, values = self._keys(k_t[:, s0:s1], k_i), self._keys(v_t[:, s0:s1], v_i)
@@ -371,7 +372,7 @@ class _JointAttention:
                     keys, values = buf_k[:, longest - n :], buf_v[:, longest - n :]
                 out_i[:, a:b] = self._attend(q_i[:, a:b], keys, values)
         else:
-            for _, (s0, s1), (a, b) in present:
+            for (s0, s1), (a, b) in present:
                 out_i[:, a:b] = self._attend(
                     q_i[:, a:b],
                     self._keys(k_t[:, s0:s1], k_i[:, a:b]),
@@ -385,7 +386,7 @@ class _JointAttention:
             base = self._attend(q_i, self._keys(k_t[:, b0:b1], k_i), self._keys(v_t[:, b0:b1], v_i))
         else:
             base = torch.empty_like(out_i)
-            for _, _, (a, b) in present:
+            for _, (a, b) in present:
                 base[:, a:b] = self._attend(
                     q_i[:, a:b],
                     self._keys(k_t[:, b0:b1], k_i[:, a:b]),
@@ -436,11 +437,7 @@ class _JointAttention:
         b0, b1 = regions.base_span
         qi, ki, vi = (x.transpose(1, 2) for x in (q_i, k_i, v_i))  # [B, H, L, D]
         kt, vt = k_t.transpose(1, 2), v_t.transpose(1, 2)
-        present = [
-            (span, bounds)
-            for span, bounds in zip(regions.region_spans, index.bounds, strict=True)
-            if bounds[1] > bounds[0]
-        ]
+        present = self._present(index)
         if global_image:
             o_img, l_img = attention_with_lse(qi, ki, vi)
         else:
