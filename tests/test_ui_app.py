@@ -83,7 +83,7 @@ def test_rpg_ui_help_lists_the_server_options(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for option in ("--model", "--planner", "--host", "--port", "--out", "--ollama-host"):
         assert option in out
-    assert main(["ui", "--port", "70000"]) == 1
+    assert main(["ui", "--port", "70000"]) == 2
     assert "--port must be from 1 to 65535" in capsys.readouterr().err
 
 

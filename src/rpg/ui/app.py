@@ -84,6 +84,8 @@ log = logging.getLogger("rpg.ui")
 
 STATIC = Path(__file__).parent / "static"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.png$")
+_PNG_TYPES: tuple[str, ...] = ("image/png", "application/octet-stream")
+_REOPEN_TOO_LARGE = "the file is larger than {limit}, the most a PNG to reopen may have"
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -179,6 +181,11 @@ class _App:
         self.planning = PlanningGate(plan_timeout)
         self._images_lock = threading.Lock()
         self._images: set[str] = set()  # only the PNGs this app wrote are served
+
+    def stop(self) -> None:
+        """The server is stopping: cancel the renders and answer requests waiting on a planner."""
+        self.jobs.close()
+        self.planning.close()
 
     # ------------------------------------------------------------------ planning
 
@@ -379,7 +386,7 @@ class _App:
     # ------------------------------------------------------------------ reopening
 
     async def reopen(self, request: Request) -> Response:
-        body = await read_body(request, MAX_UPLOAD_BYTES)
+        body = await read_body(request, MAX_UPLOAD_BYTES, _REOPEN_TOO_LARGE)
         # The page sends the file's name URL-encoded (headers are Latin-1 only).
         filename = Path(unquote(request.headers.get("x-filename") or "image.png")).name
         if not body:
@@ -458,7 +465,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        handlers.jobs.close()
+        handlers.stop()
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -495,9 +502,7 @@ def build_app(
                 Guard,
                 policy=policy,
                 default_limit=MAX_JSON_BYTES,
-                raw_routes=[
-                    ("/api/reopen", MAX_UPLOAD_BYTES, ("image/png", "application/octet-stream"))
-                ],
+                raw_routes=[("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE)],
             )
         ],
     )

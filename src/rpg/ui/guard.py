@@ -55,11 +55,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 class BodyTooLarge(ValueError):
     """A request body passed its limit while it was being read; answered with 413."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, what: str = "") -> None:
         super().__init__(
-            f"the request body is larger than the limit of {_size(limit)}; send less "
-            "(prompts, plans and settings are a few KiB; a PNG to reopen at most "
-            f"{_size(limit)})"
+            what.format(limit=_size(limit))
+            if what
+            else f"the request is larger than the limit of {_size(limit)}; prompts, plans and "
+            "settings take a few KiB"
         )
         self.limit = limit
 
@@ -179,13 +180,15 @@ class OriginPolicy:
 class _Route:
     content_types: tuple[str, ...]
     limit: int
+    too_large: str = ""  # the 413 message, with {limit}
 
 
 class Guard:
     """ASGI middleware that refuses what :class:`OriginPolicy` does not allow (see module doc).
 
-    ``limits`` maps a path suffix (``"/api/reopen"``) to its body limit and content types;
-    ``default_limit`` and JSON apply to every other POST.
+    ``raw_routes`` are ``(path suffix, body limit, content types, 413 message with {limit})``
+    for routes that take something else than JSON (``/api/reopen``: a PNG); ``default_limit``
+    and JSON apply to every other POST.
     """
 
     def __init__(
@@ -194,12 +197,12 @@ class Guard:
         policy: OriginPolicy,
         *,
         default_limit: int,
-        raw_routes: Iterable[tuple[str, int, tuple[str, ...]]] = (),
+        raw_routes: Iterable[tuple[str, int, tuple[str, ...], str]] = (),
     ) -> None:
         self.app = app
         self.policy = policy
         self.default = _Route(("application/json",), default_limit)
-        self.raw = {suffix: _Route(types, limit) for suffix, limit, types in raw_routes}
+        self.raw = {suffix: _Route(types, limit, what) for suffix, limit, types, what in raw_routes}
 
     def route(self, path: str) -> _Route:
         for suffix, route in self.raw.items():
@@ -252,7 +255,7 @@ class Guard:
             except ValueError:
                 return 400, f"bad Content-Length {length!r}"
             if size > route.limit:
-                return 413, str(BodyTooLarge(route.limit))
+                return 413, str(BodyTooLarge(route.limit, route.too_large))
         return None
 
 
@@ -272,7 +275,7 @@ async def _answer(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, too_large: str = "") -> bytes:
     """The request body, read as it arrives and refused with :class:`BodyTooLarge` past ``limit``.
 
     The :class:`Guard` has already refused a ``Content-Length`` over the limit; this catches the
@@ -284,6 +287,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(limit)
+            raise BodyTooLarge(limit, too_large)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -27,6 +27,8 @@ __all__ = ["PlanningBusy", "PlanningGate", "PlanningTimeout"]
 
 T = TypeVar("T")
 
+_POLL = 0.02  # seconds between looks at a running call from the event loop
+
 
 class PlanningTimeout(RPGError):
     """A planner call (or the wait for the planner) took longer than the time limit."""
@@ -47,6 +49,7 @@ class PlanningGate:
         self._gate = threading.Lock()
         self._count_lock = threading.Lock()
         self._abandoned = 0
+        self._closed = threading.Event()
 
     @property
     def abandoned(self) -> int:
@@ -116,24 +119,40 @@ class PlanningGate:
             self._gate.release()
 
     async def run_async(self, fn: Callable[[], T]) -> T:
-        """``fn()`` within the time limit, from the event loop (which it never blocks)."""
+        """``fn()`` within the time limit, from the event loop (which it never blocks).
+
+        It polls instead of parking a thread on the wait, so that :meth:`close` (the server is
+        stopping) answers every waiting request at once.
+        """
         deadline = time.monotonic() + self.timeout
         while not self._gate.acquire(blocking=False):
+            self._check_open()
             if time.monotonic() >= deadline:
                 raise self._waited_too_long()
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(_POLL)
         try:
+            self._check_open()
             future = self._start(fn)
-            remaining = max(0.0, deadline - time.monotonic())
             try:
-                return await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(future)), remaining
-                )
-            except TimeoutError:
-                raise self._abandon(future) from None
-            except asyncio.CancelledError:  # the client went away or the server is stopping
+                while not future.done():
+                    if self._closed.is_set():
+                        self._abandon(future)
+                        self._check_open()
+                    if time.monotonic() >= deadline:
+                        raise self._abandon(future)
+                    await asyncio.sleep(_POLL)
+            except asyncio.CancelledError:  # the client went away
                 if not future.done():
                     self._abandon(future)
                 raise
+            return future.result()
         finally:
             self._gate.release()
+
+    def close(self) -> None:
+        """The server is stopping: waiting requests get :class:`PlanningBusy` at once."""
+        self._closed.set()
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise PlanningBusy("the server is stopping")
