@@ -84,7 +84,7 @@ def test_rpg_ui_help_lists_the_server_options(capsys: pytest.CaptureFixture[str]
     for option in ("--model", "--planner", "--host", "--port", "--out", "--ollama-host"):
         assert option in out
     assert main(["ui", "--port", "70000"]) == 2
-    assert "--port must be from 1 to 65535" in capsys.readouterr().err
+    assert "--port must be from 0 to 65535" in capsys.readouterr().err
 
 
 def test_plan_shows_recaption_entities_and_layout(client: TestClient) -> None:

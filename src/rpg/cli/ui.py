@@ -8,6 +8,7 @@ loads; see :mod:`rpg.ui.serve`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -71,7 +72,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "login: another address (0.0.0.0: every interface) lets anyone who can reach it render "
         "and read your images; rpg ui warns when it does",
     )
-    server.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    server.add_argument(
+        "--port", type=int, default=7860, help="port (default 7860; 0: any free port)"
+    )
     server.add_argument(
         "--allow-origin",
         action="append",
@@ -92,8 +95,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _check_args(args: argparse.Namespace) -> None:
     from rpg.ui.guard import normalize_origin
 
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be from 1 to 65535, got {args.port}")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port must be from 0 to 65535, got {args.port}")
     if not args.plan_timeout > 0:  # also refuses NaN
         raise UsageError(
             f"--plan-timeout must be a positive number of seconds, got {args.plan_timeout}"
@@ -103,6 +106,21 @@ def _check_args(args: argparse.Namespace) -> None:
             normalize_origin(origin)
         except ValueError as exc:
             raise UsageError(f"--allow-origin: {exc}") from None
+
+
+def _planner_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The options ``load_rpg`` gives the default planner, with ``--ollama-host`` applied.
+
+    Any planner can be picked in the page, but ``RPG`` passes options to its default planner
+    only, so the Ollama address also goes to ``$OLLAMA_HOST``, which every ollama planner (and
+    ``auto``) made later reads. ``load_rpg`` reads the Ollama address from ``args.host``, which
+    here is the app's own address, so it is replaced (and left out for other planners, which
+    take no ``host``).
+    """
+    if args.ollama_host:
+        os.environ["OLLAMA_HOST"] = args.ollama_host
+    host = args.ollama_host if args.planner == "ollama" else None
+    return argparse.Namespace(**{**vars(args), "host": host})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.out is not None:
             created = prepare_output_dir(args.out)
-        # load_rpg reads the Ollama address from args.host, which here is the app's own address.
-        planner_args = argparse.Namespace(**{**vars(args), "host": args.ollama_host})
+        planner_args = _planner_args(args)
         pipe = load_rpg(planner_args, args.model or DEFAULT_MODEL, args.planner)
     except BaseException:
         sock.close()
@@ -146,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
             plan_timeout=args.plan_timeout,
         )
         model = pipe.model or args.model or DEFAULT_MODEL
-        warning = exposure_warning(args.host, args.port, model, str(out))
+        port = int(sock.getsockname()[1])
+        warning = exposure_warning(args.host, port, model, str(out))
         if warning is not None:
             print(f"rpg ui: warning: {warning}", file=sys.stderr, flush=True)
 
