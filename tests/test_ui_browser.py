@@ -268,6 +268,14 @@ def test_invalid_edits_are_inline_and_the_app_keeps_working(page: Any, tmp_path:
     page.fill("#prompts", "a castle")
     expect(error).to_be_hidden()
     expect(regions).to_have_count(1)
+
+    # A base ratio out of range: the server names the field, and only that field is marked.
+    page.fill("#base-ratio", "2")
+    expect(error).to_contain_text("base_ratio")
+    expect(page.locator("#base-ratio")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#split-ratio")).to_have_attribute("aria-invalid", "false")
+    page.fill("#base-ratio", "0.3")
+    expect(error).to_be_hidden()
     page.click('[data-edit="delete_region"]')
     expect(page.locator("#edit-error")).to_contain_text("at least one region")
     page.click('[data-edit="split_region"]')
