@@ -291,3 +291,19 @@ def test_a_second_ctrl_c_ends_the_process_at_once(
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert list(tmp.glob("rpg-ui-*")) == []
+
+
+@pytest.mark.parametrize(("planner", "option"), [("rules", {}), ("ollama", {"host": "http://h:1"})])
+def test_ollama_host_reaches_every_ollama_planner_and_never_the_bind_address(
+    planner: str, option: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rpg.cli import build_parser
+    from rpg.cli.common import planner_options
+    from rpg.cli.ui import _planner_args
+
+    monkeypatch.setenv("OLLAMA_HOST", "restored after the test")
+    argv = ["ui", "--planner", planner, "--ollama-host", "http://h:1", "--host", "0.0.0.0"]
+    args = build_parser().parse_args(argv)
+    assert planner_options(_planner_args(args)) == option  # the default planner's options
+    assert os.environ["OLLAMA_HOST"] == "http://h:1"  # what ollama planners picked later read
+    assert args.host == "0.0.0.0"

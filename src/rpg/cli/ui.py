@@ -113,14 +113,16 @@ def _planner_args(args: argparse.Namespace) -> argparse.Namespace:
 
     Any planner can be picked in the page, but ``RPG`` passes options to its default planner
     only, so the Ollama address also goes to ``$OLLAMA_HOST``, which every ollama planner (and
-    ``auto``) made later reads. ``load_rpg`` reads the Ollama address from ``args.host``, which
-    here is the app's own address, so it is replaced (and left out for other planners, which
-    take no ``host``).
+    ``auto``) made later reads. As a planner option it goes to the ``ollama`` planner only (the
+    others take no ``host``); ``args.host`` here is the app's own address, never the Ollama
+    server.
     """
     if args.ollama_host:
         os.environ["OLLAMA_HOST"] = args.ollama_host
     host = args.ollama_host if args.planner == "ollama" else None
-    return argparse.Namespace(**{**vars(args), "host": host})
+    # Both spellings: load_rpg has read args.host, and reads args.ollama_host once the other
+    # commands name the Ollama server --ollama-host too.
+    return argparse.Namespace(**{**vars(args), "host": host, "ollama_host": host})
 
 
 def run(args: argparse.Namespace) -> int:
