@@ -342,6 +342,45 @@ def test_a_hung_planner_times_out_and_does_not_block_later_requests(
     assert ok["state"] == "done"
 
 
+class HangingReviewer(SlowPlanner):
+    """Plans at once; its review of the rendered image never comes back (until released)."""
+
+    name = "hanging"
+
+    def plan(self, prompt: str, *, image: Any = None) -> PlanResult:
+        plan = RegionPlan.from_split_ratio("1,1", ["a cat", "a dog"])
+        return PlanResult(recaption=Recaption(original_prompt=prompt), plan=plan)
+
+    def review(self, prompt: str, plan: RegionPlan, image: Any) -> Any:
+        self.calls += 1
+        self.release.wait(60)
+        raise AssertionError("the review was waited for")
+
+    def plan_edit(self, instruction: str, image: Any, plan: RegionPlan | None = None) -> Any:
+        raise NotImplementedError
+
+
+def test_a_hung_review_fails_its_refine_job_and_the_queue_goes_on(
+    tiny_rpg: Any, tmp_path: Path
+) -> None:
+    from rpg.orchestrator import RPG
+
+    reviewer = HangingReviewer()
+    pipe = RPG(tiny_rpg.backbone, planner=reviewer, model="tiny-sd")
+    client = TestClient(
+        build_app(pipe, output_dir=tmp_path / "r", plan_timeout=0.5), base_url="http://localhost"
+    )
+    try:
+        body = {"request": settings(planner="hanging"), "rounds": 1}
+        job = wait(client, client.post("/api/refine", json=body).json())
+        assert job["state"] == "failed" and "did not answer within 0.5 s" in job["error"], job
+        assert reviewer.calls == 1
+        ok = wait(client, client.post("/api/generate", json={"request": settings()}).json())
+        assert ok["state"] == "done"
+    finally:
+        reviewer.release.set()
+
+
 def test_too_many_abandoned_planner_calls_are_refused_until_one_returns() -> None:
     gate = PlanningGate(0.05, max_abandoned=2)
     release = threading.Event()

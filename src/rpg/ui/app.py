@@ -73,7 +73,7 @@ from rpg.ui.bodies import (
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
-from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout
+from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
 
 if TYPE_CHECKING:
     from rpg.orchestrator import RPG
@@ -310,8 +310,11 @@ class _App:
         return {"images": self._save(job, result), "view": plan_view(result.plan)}
 
     def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
+        from rpg.planners.feedback import as_multimodal
+
         job.total = request.steps
         self._plan_first(request, job)
+        reviewer = self.planning.run(lambda: as_multimodal(self.pipe.get_planner(request.planner)))
         images: list[dict[str, Any]] = []
         critiques: list[str] = []
 
@@ -324,7 +327,7 @@ class _App:
         out = self.pipe.refine(
             request,
             rounds=rounds,
-            planner=request.planner,
+            planner=TimedReviewer(reviewer, self.planning),
             on_round=on_round,
             callback_on_step_end=job.step_callback,
         )

@@ -19,11 +19,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from rpg.errors import RPGError
 
-__all__ = ["PlanningBusy", "PlanningGate", "PlanningTimeout"]
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from rpg.models import PlanResult, RegionPlan
+    from rpg.planners.feedback import EditPlan, MultimodalPlanner, Review
+
+__all__ = ["PlanningBusy", "PlanningGate", "PlanningTimeout", "TimedReviewer"]
 
 T = TypeVar("T")
 
@@ -156,3 +162,25 @@ class PlanningGate:
     def _check_open(self) -> None:
         if self._closed.is_set():
             raise PlanningBusy("the server is stopping")
+
+
+class TimedReviewer:
+    """A multimodal planner whose every call goes through ``gate`` (its time limit).
+
+    :func:`rpg.refine.refine` calls the reviewer from the render queue's worker; without the
+    limit, a review that never returns would hold the queue, and every render behind it.
+    """
+
+    def __init__(self, inner: MultimodalPlanner, gate: PlanningGate) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.name = inner.name
+
+    def plan(self, prompt: str, *, image: Image | None = None) -> PlanResult:
+        return self.gate.run(lambda: self.inner.plan(prompt, image=image))
+
+    def review(self, prompt: str, plan: RegionPlan, image: Image) -> Review:
+        return self.gate.run(lambda: self.inner.review(prompt, plan, image))
+
+    def plan_edit(self, instruction: str, image: Image, plan: RegionPlan | None = None) -> EditPlan:
+        return self.gate.run(lambda: self.inner.plan_edit(instruction, image, plan))
