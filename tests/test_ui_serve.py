@@ -196,12 +196,9 @@ class Silent:
             conn.close()
 
 
-@pytest.fixture
-def server(tiny_sd_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    """``python -m rpg ui`` on tiny-sd with an Ollama planner that never answers."""
-    silent = Silent()
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+def launch(tiny_sd_path: Path, tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    """Start ``python -m rpg ui`` on tiny-sd with temporary files under ``tmp``."""
+    tmp.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "RPG_CACHE_DIR": str(tiny_sd_path.parent),
@@ -212,10 +209,19 @@ def server(tiny_sd_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
     }
     port = free_port()
     command = [sys.executable, "-m", "rpg", "ui", "--planner", "rules", "--device", "cpu"]
-    command += ["--port", str(port), "--ollama-host", f"http://127.0.0.1:{silent.port}"]
+    command += ["--port", str(port), *extra]
     proc = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    return proc, port
+
+
+@pytest.fixture
+def server(tiny_sd_path: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """``python -m rpg ui`` on tiny-sd with an Ollama planner that never answers."""
+    silent = Silent()
+    tmp = tmp_path / "tmp"
+    proc, port = launch(tiny_sd_path, tmp, "--ollama-host", f"http://127.0.0.1:{silent.port}")
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 180
@@ -307,3 +313,32 @@ def test_ollama_host_reaches_every_ollama_planner_and_never_the_bind_address(
     assert planner_options(_planner_args(args)) == option  # the default planner's options
     assert os.environ["OLLAMA_HOST"] == "http://h:1"  # what ollama planners picked later read
     assert args.host == "0.0.0.0"
+
+
+def test_ctrl_c_while_the_model_loads_exits_130_without_a_traceback(
+    tiny_sd_path: Path, tmp_path: Path
+) -> None:
+    proc, port = launch(tiny_sd_path, tmp_path / "tmp")
+    try:
+        # The port is bound before the model loads: once it takes connections, loading runs.
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert list((tmp_path / "tmp").glob("rpg-ui-*")) == []

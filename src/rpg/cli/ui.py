@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             force_remove,
             prepare_output_dir,
             remove_created,
+            second_interrupt_exits,
             serve,
         )
     except ModuleNotFoundError as exc:
@@ -146,10 +147,11 @@ def run(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)  # before the model loads: a busy port is said at once
     created: list[Path] = []
     try:
-        if args.out is not None:
-            created = prepare_output_dir(args.out)
-        planner_args = _planner_args(args)
-        pipe = load_rpg(planner_args, args.model or DEFAULT_MODEL, args.planner)
+        with second_interrupt_exits():
+            if args.out is not None:
+                created = prepare_output_dir(args.out)
+            planner_args = _planner_args(args)
+            pipe = load_rpg(planner_args, args.model or DEFAULT_MODEL, args.planner)
     except BaseException:
         sock.close()
         remove_created(created)

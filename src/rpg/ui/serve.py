@@ -29,7 +29,13 @@ from typing import Any
 from rpg.cli.checks import UsageError
 from rpg.ui.guard import is_loopback
 
-__all__ = ["bind", "exposure_warning", "prepare_output_dir", "serve"]
+__all__ = [
+    "bind",
+    "exposure_warning",
+    "prepare_output_dir",
+    "second_interrupt_exits",
+    "serve",
+]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -98,6 +104,33 @@ def remove_created(folders: list[Path]) -> None:
     for folder in reversed(folders):
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+@contextlib.contextmanager
+def second_interrupt_exits() -> Iterator[None]:
+    """While loading the model: the first Ctrl-C interrupts as usual, a second ends the process.
+
+    Loading can take minutes inside native code, and a second Ctrl-C while Python unwinds the
+    first would otherwise print a traceback. The previous handler is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def handle(sig: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        if interrupted:
+            os.write(2, b"rpg ui: stopped at once\n")
+            os._exit(128 + sig)
+        interrupted = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def exposure_warning(host: str, port: int, model: str, out: str) -> str | None:
