@@ -274,6 +274,13 @@ def test_every_bad_field_is_a_422_naming_it(
     assert data["error"].startswith(field) or f"; {field}" in data["error"], data
 
 
+def test_several_bad_fields_are_all_named_with_their_full_path(client: TestClient) -> None:
+    body = {"request": {"prompt": "a", "steps": "many", "seed": -1}, "plan": None}
+    data = client.post("/api/generate", json=body).json()
+    assert data["fields"] == ["request.steps", "request.seed"]
+    assert data["error"].startswith("request.steps: ") and "; request.seed: " in data["error"]
+
+
 def test_bodies_that_are_not_objects_or_nest_too_deep_are_422(client: TestClient) -> None:
     for raw in ("[1, 2]", "3", '"text"', "{not json", "[" * 100_000 + "]" * 100_000):
         answer = client.post("/api/plan", content=raw, headers=JSON)

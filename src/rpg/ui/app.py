@@ -53,7 +53,6 @@ from starlette.staticfiles import StaticFiles
 
 from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
 from rpg.cli import format_error
-from rpg.cli.checks import validation_message
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
@@ -104,9 +103,14 @@ class InvalidBody(UserError):
     """A request body that its model refused; the message names every bad field."""
 
     def __init__(self, exc: ValidationError, field: str | None, prefix: str = "") -> None:
-        fields = [".".join(str(p) for p in (prefix, *e["loc"]) if p != "") for e in exc.errors()]
-        message = validation_message(exc)
-        super().__init__(f"{prefix}.{message}" if prefix else message, field)
+        parts = []
+        fields = []
+        for error in exc.errors():
+            path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "") or "the body"
+            text = str(error["msg"]).removeprefix("Value error, ")
+            parts.append(f"{path}: {text[:1].lower()}{text[1:]}")
+            fields.append(path)
+        super().__init__("; ".join(parts), field)
         self.fields = list(dict.fromkeys(fields))
 
 
