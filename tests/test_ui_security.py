@@ -256,6 +256,7 @@ def test_a_prompt_over_the_limit_is_413_naming_it(
             "plan.rows.0.regions.0.width",
         ),
         ("/api/generate", '{"request": [1]}', "request"),
+        ("/api/generate", '{"request": {"prompt": "a", "planner": ["a"]}}', "request.planner"),
         ("/api/generate", '{"request": {"prompt": "a", "steps": "many"}}', "request.steps"),
         ("/api/generate", '{"request": {"prompt": "a", "seed": 1e400}}', "request.seed"),
         ("/api/generate", '{"request": {"prompt": "a"}, "plan": 3}', "plan"),
