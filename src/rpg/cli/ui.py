@@ -179,10 +179,17 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        return serve(
+        status = serve(
             app,
             sock,
             on_stop=app.state.rpg.stop,
             on_force_exit=lambda: force_remove(None if args.out is not None else Path(tmp)),
             announce=announce,
         )
+    if status:
+        # Stopped by Ctrl-C: the server is down and the temporary folder removed. Tearing the
+        # interpreter down (torch, the render thread) takes seconds more, for nothing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
