@@ -152,9 +152,15 @@ def run(args: argparse.Namespace) -> int:
                 created = prepare_output_dir(args.out)
             planner_args = _planner_args(args)
             pipe = load_rpg(planner_args, args.model or DEFAULT_MODEL, args.planner)
-    except BaseException:
+    except BaseException as exc:
         sock.close()
         remove_created(created)
+        if isinstance(exc, KeyboardInterrupt):
+            # Interrupted while loading: leave now rather than spend seconds tearing down
+            # torch, during which Python resets its Ctrl-C handler.
+            print("rpg ui: interrupted", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
         raise
     with sock, tempfile.TemporaryDirectory(prefix="rpg-ui-") as tmp:
         out = args.out if args.out is not None else Path(tmp)

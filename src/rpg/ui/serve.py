@@ -111,7 +111,8 @@ def second_interrupt_exits() -> Iterator[None]:
     """While loading the model: the first Ctrl-C interrupts as usual, a second ends the process.
 
     Loading can take minutes inside native code, and a second Ctrl-C while Python unwinds the
-    first would otherwise print a traceback. The previous handler is restored afterwards.
+    first would otherwise print a traceback. The previous handler is restored afterwards, unless
+    a Ctrl-C came (the process is on its way out, and a second one must still end it).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -130,7 +131,8 @@ def second_interrupt_exits() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if not interrupted:  # after a Ctrl-C, the next one still ends the process at once
+            signal.signal(signal.SIGINT, previous)
 
 
 def exposure_warning(host: str, port: int, model: str, out: str) -> str | None:
