@@ -23,11 +23,17 @@ from rpg.ui import build_app
 from rpg.ui.jobs import JobCancelled, JobQueue
 
 PROMPT = "A red cat on the left and a blue dog on the right"
+#: The app answers loopback names only; TestClient would send Host: testserver.
+LOCAL = "http://localhost"
+JSON = {"content-type": "application/json"}
+PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture
 def client(tiny_rpg: Any, tmp_path: Path) -> TestClient:
-    return TestClient(build_app(tiny_rpg, output_dir=tmp_path / "out", planner="rules"))
+    return TestClient(
+        build_app(tiny_rpg, output_dir=tmp_path / "out", planner="rules"), base_url=LOCAL
+    )
 
 
 def wait(client: TestClient, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
@@ -60,7 +66,7 @@ def test_the_app_mounts_under_a_prefix(tiny_rpg: Any, tmp_path: Path) -> None:
     from starlette.routing import Mount
 
     outer = Starlette(routes=[Mount("/rpg", build_app(tiny_rpg, output_dir=tmp_path))])
-    client = TestClient(outer)
+    client = TestClient(outer, base_url=LOCAL)
     page = client.get("/rpg/")
     # The page's URLs are relative, so they resolve under the prefix.
     assert 'src="static/app.js"' in page.text and "/api/" not in page.text
@@ -77,8 +83,8 @@ def test_rpg_ui_help_lists_the_server_options(capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     for option in ("--model", "--planner", "--host", "--port", "--out", "--ollama-host"):
         assert option in out
-    assert main(["ui", "--port", "70000"]) == 1
-    assert "--port must be from 1 to 65535" in capsys.readouterr().err
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "--port must be from 0 to 65535" in capsys.readouterr().err
 
 
 def test_plan_shows_recaption_entities_and_layout(client: TestClient) -> None:
@@ -106,7 +112,7 @@ def test_edits_and_text_fields_answer_a_view_or_an_inline_error(client: TestClie
     blank = {**plan, "rows": [{"regions": [{"prompt": "  "}]}]}
     checked = client.post("/api/plan/check", json={"plan": blank})
     assert checked.status_code == 422 and "must not be empty" in checked.json()["error"]
-    garbage = client.post("/api/plan/check", content=b"{not json")
+    garbage = client.post("/api/plan/check", content=b"{not json", headers=JSON)
     assert garbage.status_code == 422 and "not JSON" in garbage.json()["error"]
 
 
@@ -120,7 +126,9 @@ def test_generate_reports_steps_and_saves_a_png_that_reopens(client: TestClient)
     png = client.get(job["images"][1]["url"])
     assert png.headers["content-type"] == "image/png"
     assert "attachment" in png.headers["content-disposition"]
-    reopened = client.post("/api/reopen", content=png.content, headers={"x-filename": "b.png"})
+    reopened = client.post(
+        "/api/reopen", content=png.content, headers={**PNG, "x-filename": "b.png"}
+    )
     data = reopened.json()
     assert data["view"]["plan"] == plan.model_dump(mode="json")
     assert data["request"]["seed"] == 6 and data["request"]["num_images"] == 1
@@ -130,11 +138,13 @@ def test_generate_reports_steps_and_saves_a_png_that_reopens(client: TestClient)
 def test_reopen_without_rpg_metadata_says_so(client: TestClient) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
-    name = {"x-filename": "caf%C3%A9.png"}  # the page URL-encodes the name
+    name = {**PNG, "x-filename": "caf%C3%A9.png"}  # the page URL-encodes the name
     out = client.post("/api/reopen", content=buffer.getvalue(), headers=name)
     assert out.status_code == 422
     assert "café.png is a PNG without rpg metadata" in out.json()["error"]
-    junk = client.post("/api/reopen", content=b"not an image", headers={"x-filename": "x.png"})
+    junk = client.post(
+        "/api/reopen", content=b"not an image", headers={**PNG, "x-filename": "x.png"}
+    )
     assert junk.status_code == 422 and "not a readable image" in junk.json()["error"]
 
 
@@ -162,7 +172,7 @@ def test_cancel_stops_a_running_render_between_steps(client: TestClient) -> None
     while client.get(f"/api/jobs/{job['id']}").json()["step"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    client.post(f"/api/jobs/{job['id']}/cancel")
+    client.post(f"/api/jobs/{job['id']}/cancel", json={})
     stopped = wait(client, client.get(f"/api/jobs/{job['id']}").json())
     assert stopped["state"] == "cancelled" and 1 <= stopped["step"] < 1000
     assert "images" not in stopped
@@ -245,14 +255,16 @@ class Reviewer:
 def test_refine_is_offered_only_by_planners_that_see_images(tiny_rpg: Any, tmp_path: Path) -> None:
     from rpg.orchestrator import RPG
 
-    plain = TestClient(build_app(tiny_rpg, output_dir=tmp_path / "a", planner="rules"))
+    plain = TestClient(
+        build_app(tiny_rpg, output_dir=tmp_path / "a", planner="rules"), base_url=LOCAL
+    )
     caps = plain.get("/api/planner", params={"name": "rules"}).json()
     assert caps["can_review"] is False and "cannot look at images" in caps["reason"]
     refused = plain.post("/api/refine", json={"request": settings(), "rounds": 1})
     assert refused.status_code == 422 and "cannot look at images" in refused.json()["error"]
 
     seeing = RPG(tiny_rpg.backbone, planner=Reviewer(), model="tiny-sd")
-    client = TestClient(build_app(seeing, output_dir=tmp_path / "b"))
+    client = TestClient(build_app(seeing, output_dir=tmp_path / "b"), base_url=LOCAL)
     assert client.get("/api/config").json()["planner"] == "reviewer"
     assert client.get("/api/planner", params={"name": "reviewer"}).json()["can_review"] is True
     body = {"request": settings(planner="reviewer"), "rounds": 2}

@@ -85,6 +85,7 @@ def server(tiny_sd_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     command += ["--port", str(port), "--out", str(folder / "images")]
     proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    IMAGE_FOLDERS[url] = folder / "images"
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -106,6 +107,14 @@ def server(tiny_sd_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             proc.kill()
             proc.wait()
         log.close()
+
+
+#: The --out folder of each server the module started, by URL.
+IMAGE_FOLDERS: dict[str, Path] = {}
+
+
+def server_images(url: str) -> Path:
+    return IMAGE_FOLDERS[url]
 
 
 def server_log(folder: Path) -> str:
@@ -259,6 +268,14 @@ def test_invalid_edits_are_inline_and_the_app_keeps_working(page: Any, tmp_path:
     page.fill("#prompts", "a castle")
     expect(error).to_be_hidden()
     expect(regions).to_have_count(1)
+
+    # A base ratio out of range: the server names the field, and only that field is marked.
+    page.fill("#base-ratio", "2")
+    expect(error).to_contain_text("base_ratio")
+    expect(page.locator("#base-ratio")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#split-ratio")).to_have_attribute("aria-invalid", "false")
+    page.fill("#base-ratio", "0.3")
+    expect(error).to_be_hidden()
     page.click('[data-edit="delete_region"]')
     expect(page.locator("#edit-error")).to_contain_text("at least one region")
     page.click('[data-edit="split_region"]')
@@ -294,3 +311,106 @@ def test_invalid_edits_are_inline_and_the_app_keeps_working(page: Any, tmp_path:
     expect(page.locator("#gallery figure")).to_have_count(1, timeout=120_000)
     expect(page.locator("#gen-error")).to_be_hidden()
     shot(page, tmp_path, "08-after-cancel")
+
+
+# A page on another origin (another loopback port) that tries every way a web page can send
+# a render request without the user's consent.
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="form" method="POST" enctype="text/plain" target="sink"></form>
+<iframe name="sink"></iframe>
+<script>
+const target = new URLSearchParams(location.search).get("target");
+const body = JSON.stringify({request: {prompt: "pwned", steps: 2, seed: 1}});
+window.results = {};
+async function attack() {
+  try {  // a "simple" request: no preflight, the answer is opaque to this page
+    await fetch(target + "api/generate", {method: "POST", mode: "no-cors", body,
+                                          headers: {"content-type": "text/plain"}});
+    window.results.simple = "sent";
+  } catch (e) { window.results.simple = "blocked: " + e; }
+  try {  // JSON needs a CORS preflight, which rpg ui never grants
+    const r = await fetch(target + "api/generate", {method: "POST", body,
+                                                    headers: {"content-type": "application/json"}});
+    window.results.json = "answered " + r.status;
+  } catch (e) { window.results.json = "blocked: " + e; }
+  const form = document.getElementById("form");  // a classic form post
+  form.action = target + "api/generate";
+  const field = document.createElement("input");
+  field.name = '{"request": {"prompt": "pwned", "steps": 2, "x": "';
+  field.value = '"}}';
+  form.append(field);
+  form.submit();
+  window.results.form = "submitted";
+}
+</script></body></html>"""
+
+
+@pytest.fixture
+def evil_site() -> Iterator[str]:
+    """A second web server on another loopback port serving :data:`EVIL_PAGE`; its URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = EVIL_PAGE.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    # "localhost" and another port: another origin than the editor's 127.0.0.1:PORT.
+    yield f"http://localhost:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_page_on_another_origin_cannot_render_while_the_editor_still_works(
+    browser: Any, server: str, evil_site: str, tmp_path: Path
+) -> None:
+    images = server_images(server)
+    before = sorted(p.name for p in images.glob("*.png")) if images.exists() else []
+    context = browser.new_context()
+    evil = context.new_page()
+    statuses: list[tuple[str, str, int]] = []
+    evil.on(
+        "response",
+        lambda r: (
+            statuses.append((r.request.method, r.url, r.status))
+            if r.url.startswith(server)
+            else None
+        ),
+    )
+    evil.goto(f"{evil_site}?target={server}")
+    with evil.expect_response(lambda r: r.url.startswith(server) and r.request.method == "POST"):
+        evil.evaluate("attack()")
+    expect(evil.locator("iframe")).to_be_attached()
+    evil.wait_for_function("window.results.form === 'submitted' && window.results.json")
+    results = evil.evaluate("window.results")
+    assert results["json"].startswith("blocked"), results  # the preflight was refused
+    # Every request that reached the server was refused there, before any handler ran.
+    deadline = time.monotonic() + 30
+    while len([s for s in statuses if s[0] == "POST"]) < 2:
+        assert time.monotonic() < deadline, statuses
+        evil.wait_for_timeout(100)
+    assert statuses and all(status == 403 for _, _, status in statuses), statuses
+    shot(evil, tmp_path, "09-other-origin")
+    context.close()
+
+    # The editor on its own origin still plans (a POST with JSON, same origin).
+    own = browser.new_context().new_page()
+    own.goto(server)
+    expect(own.locator("#planner option[value=rules]")).to_be_attached()
+    own.fill("#prompt", PROMPT)
+    own.click("#plan-btn")
+    expect(own.locator("#canvas .region")).to_have_count(3)
+    own.context.close()
+    after = sorted(p.name for p in images.glob("*.png")) if images.exists() else []
+    assert after == before  # nothing was rendered for the other page

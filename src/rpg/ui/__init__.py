@@ -27,9 +27,16 @@ __all__ = ["build_app"]
 
 
 def build_app(
-    pipe: RPG, *, output_dir: str | Path | None = None, planner: str | None = None
+    pipe: RPG,
+    *,
+    output_dir: str | Path | None = None,
+    planner: str | None = None,
+    **options: Any,
 ) -> Any:
-    """The plan editor as an ASGI app; see :func:`rpg.ui.app.build_app`."""
+    """The plan editor as an ASGI app; see :func:`rpg.ui.app.build_app`.
+
+    ``options`` (``bind_host``, ``allow_origins``, ``plan_timeout``) go to it unchanged.
+    """
     try:
         from rpg.ui.app import build_app as build
     except ModuleNotFoundError as exc:
@@ -38,4 +45,4 @@ def build_app(
         raise ConfigurationError(
             "the web UI needs Starlette: pip install 'rpg-diffusion[ui]'"
         ) from None
-    return build(pipe, output_dir=output_dir, planner=planner)
+    return build(pipe, output_dir=output_dir, planner=planner, **options)

@@ -23,23 +23,29 @@ API (paths relative to where the app is mounted):
 ``GET  /api/images/{name}``        a rendered PNG (plan and request in its ``rpg`` text chunk)
 ``POST /api/reopen``               raw PNG bytes → its request and plan view
 =================================  =============================================================
+
+Safety (the app has no login): :mod:`rpg.ui.guard` serves only this server's own pages (Host and
+Origin checked, JSON bodies only, sizes limited), :mod:`rpg.ui.bodies` validates every body (a
+bad field is a 422 naming it, a text over the limit a 413), job ids and image names are random,
+and :mod:`rpg.ui.planning` gives every planner call a time limit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -50,8 +56,23 @@ from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
+from rpg.ui.bodies import (
+    MAX_JSON_BYTES,
+    MAX_UPLOAD_BYTES,
+    CancelBody,
+    EditBody,
+    PlanBody,
+    PlanCheckBody,
+    PlanTextBody,
+    RefineBody,
+    RenderBody,
+    TextTooLong,
+    check_text_sizes,
+)
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
+from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
+from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
 
 if TYPE_CHECKING:
     from rpg.orchestrator import RPG
@@ -62,8 +83,12 @@ log = logging.getLogger("rpg.ui")
 
 STATIC = Path(__file__).parent / "static"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.png$")
-#: Largest PNG /api/reopen accepts (a 2048² RGBA PNG with embedded control images fits).
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+_PNG_TYPES: tuple[str, ...] = ("image/png", "application/octet-stream")
+_REOPEN_TOO_LARGE = "the file is larger than {limit}, the most a PNG to reopen may have"
+#: Default time limit of one planner call (creating the planner included), in seconds.
+DEFAULT_PLAN_TIMEOUT = 180.0
+
+B = TypeVar("B", bound=BaseModel)
 
 
 class UserError(RPGError, ValueError):
@@ -74,27 +99,58 @@ class UserError(RPGError, ValueError):
         self.field = field
 
 
-def _fail(exc: BaseException, field: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": format_error(exc), "field": field}, status_code=422)
+class InvalidBody(UserError):
+    """A request body that its model refused; the message names every bad field."""
+
+    def __init__(self, exc: ValidationError, field: str | None, prefix: str = "") -> None:
+        parts = []
+        fields = []
+        for error in exc.errors():
+            path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "") or "the body"
+            text = str(error["msg"]).removeprefix("Value error, ")
+            parts.append(f"{path}: {text[:1].lower()}{text[1:]}")
+            fields.append(path)
+        super().__init__("; ".join(parts), field)
+        self.fields = list(dict.fromkeys(fields))
 
 
-async def _json(request: Request) -> dict[str, Any]:
+def _fail(exc: BaseException, field: str | None = None, status: int = 422) -> JSONResponse:
+    body: dict[str, Any] = {"error": format_error(exc), "field": field}
+    if isinstance(exc, InvalidBody):
+        body["fields"] = exc.fields
+    elif isinstance(exc, TextTooLong):
+        body["fields"] = [exc.field]
+    return JSONResponse(body, status_code=status)
+
+
+async def _body(request: Request, model: type[B], field: str | None) -> B:
+    """The request's JSON body, size-checked and validated by ``model``.
+
+    ``field`` is the part of the page an error is shown next to.
+    """
+    raw = await read_body(request, MAX_JSON_BYTES)
     try:
-        data = await request.json()
-    except ValueError:
-        raise UserError("the request body is not JSON") from None
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise UserError("the request body is not JSON", field) from None
     if not isinstance(data, dict):
-        raise UserError("the request body must be a JSON object")
-    return data
-
-
-def _plan(data: Any, field: str = "plan") -> RegionPlan:
-    if not isinstance(data, dict):
-        raise UserError("no plan yet: press Plan, or type a split ratio and prompts", field)
+        raise UserError("the request body must be a JSON object", field)
     try:
-        return RegionPlan.model_validate(data)
+        check_text_sizes(data)
+    except TextTooLong:
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc), field) from None
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_error(exc), field) from None
+        raise InvalidBody(exc, field) from None
+
+
+def _need_plan(plan: RegionPlan | None, field: str = "plan") -> RegionPlan:
+    if plan is None:
+        raise UserError("no plan yet: press Plan, or type a split ratio and prompts", field)
+    return plan
 
 
 def _planner_info() -> list[dict[str, str]]:
@@ -117,12 +173,23 @@ def can_review(pipe: RPG, name: str | None) -> tuple[bool, str]:
 class _App:
     """The handlers, holding the pipeline, the job queue and the output folder."""
 
-    def __init__(self, pipe: RPG, output_dir: Path, default_planner: str | None) -> None:
+    def __init__(
+        self, pipe: RPG, output_dir: Path, default_planner: str | None, plan_timeout: float
+    ) -> None:
         self.pipe = pipe
         self.output_dir = output_dir
         self.default_planner = default_planner
         self.jobs = JobQueue(format_error)
-        self.plan_lock = threading.Lock()
+        # Planners are created on first use in RPG's own dict and may not be thread-safe:
+        # one call at a time, each with a time limit that also bounds the wait for the gate.
+        self.planning = PlanningGate(plan_timeout)
+        self._images_lock = threading.Lock()
+        self._images: set[str] = set()  # only the PNGs this app wrote are served
+
+    def stop(self) -> None:
+        """The server is stopping: cancel the renders and answer requests waiting on a planner."""
+        self.jobs.close()
+        self.planning.close()
 
     # ------------------------------------------------------------------ planning
 
@@ -150,16 +217,11 @@ class _App:
 
     async def planner(self, request: Request) -> Response:
         name = request.query_params.get("name") or None
-        ok, reason = await run_in_threadpool(self._can_review, name)
+        ok, reason = await self.planning.run_async(lambda: can_review(self.pipe, name))
         return JSONResponse({"name": name, "can_review": ok, "reason": reason})
 
-    def _can_review(self, name: str | None) -> tuple[bool, str]:
-        with self.plan_lock:  # planners are created on first use, in RPG's own dict
-            return can_review(self.pipe, name)
-
     def _plan_prompt(self, prompt: str, planner: str | None) -> dict[str, Any]:
-        with self.plan_lock:
-            result = self.pipe.plan(prompt, planner=planner)
+        result = self.pipe.plan(prompt, planner=planner)
         return {
             "recaption": result.recaption.recaption,
             "entities": [e.model_dump(mode="json") for e in result.recaption.entities],
@@ -169,61 +231,60 @@ class _App:
         }
 
     async def plan(self, request: Request) -> Response:
-        data = await _json(request)
-        prompt = str(data.get("prompt") or "")
-        if not prompt.strip():
+        body = await _body(request, PlanBody, "prompt")
+        if not body.prompt.strip():
             raise UserError("the prompt is empty; describe the image to generate", "prompt")
-        planner = data.get("planner") or None
         try:
-            out = await run_in_threadpool(self._plan_prompt, prompt, planner)
+            out = await self.planning.run_async(
+                lambda: self._plan_prompt(body.prompt, body.planner or None)
+            )
+        except (PlanningTimeout, PlanningBusy):
+            raise
         except (RPGError, ValueError) as exc:
             return _fail(exc, "prompt")
         return JSONResponse(out)
 
     async def check(self, request: Request) -> Response:
-        data = await _json(request)
-        return JSONResponse(plan_view(_plan(data.get("plan"))))
+        body = await _body(request, PlanCheckBody, "plan")
+        return JSONResponse(plan_view(_need_plan(body.plan)))
 
     async def edit(self, request: Request) -> Response:
-        data = await _json(request)
-        plan = _plan(data.get("plan"))
+        body = await _body(request, EditBody, "edit")
+        plan = _need_plan(body.plan)
         try:
-            row, col = int(data.get("row", 0)), int(data.get("col", 0))
-            return JSONResponse(plan_view(apply_edit(plan, str(data.get("edit")), row, col)))
-        except (PlanEditError, ValueError, TypeError) as exc:
+            return JSONResponse(plan_view(apply_edit(plan, body.edit, body.row, body.col)))
+        except (PlanEditError, ValueError) as exc:
             return _fail(exc, "edit")
 
     async def text(self, request: Request) -> Response:
-        data = await _json(request)
-        previous = data.get("plan")
+        body = await _body(request, PlanTextBody, "text")
         try:
             plan = plan_from_text(
-                str(data.get("split_ratio") or ""),
-                str(data.get("prompts") or ""),
-                base_prompt=str(data.get("base_prompt") or "") or None,
-                base_ratio=data.get("base_ratio"),
-                previous=_plan(previous) if isinstance(previous, dict) else None,
+                body.split_ratio,
+                body.prompts,
+                base_prompt=body.base_prompt or None,
+                base_ratio=body.base_ratio,
+                previous=body.plan,
             )
-        except (PlanEditError, UserError) as exc:
+        except PlanEditError as exc:
             return _fail(exc, "text")
         return JSONResponse(plan_view(plan))
 
     # ------------------------------------------------------------------ rendering
 
-    def _request(self, data: dict[str, Any]) -> GenerationRequest:
-        fields = data.get("request")
-        if not isinstance(fields, dict):
-            raise UserError("the request has no settings", "request")
-        fields = {k: v for k, v in fields.items() if v not in (None, "")}
-        plan = data.get("plan")
-        fields["plan"] = _plan(plan) if plan is not None else None
+    def _request(self, body: RenderBody) -> GenerationRequest:
+        fields = {k: v for k, v in body.request.items() if v not in (None, "")}
+        fields["plan"] = body.plan
         fields.setdefault("model", self.pipe.model)
         try:
             request = GenerationRequest.model_validate(fields)
-            if request.scheduler is not None:  # None: the model's own default
+        except ValidationError as exc:
+            raise InvalidBody(exc, "request", prefix="request") from None
+        if request.scheduler is not None:  # None: the model's own default
+            try:
                 check_scheduler(request.scheduler)
-        except (ValidationError, RPGError) as exc:
-            raise UserError(format_error(exc), "request") from None
+            except RPGError as exc:
+                raise UserError(format_error(exc), "request") from None
         return request
 
     def _save(self, job: Job, result: Any, prefix: str = "") -> list[dict[str, Any]]:
@@ -232,16 +293,32 @@ class _App:
         for i in range(len(result.images)):
             name = f"{job.id}{prefix}-{i}.png"
             result.save(self.output_dir / name, index=i)
+            with self._images_lock:
+                self._images.add(name)
             images.append({"url": f"api/images/{name}", "seed": seed + i, "name": name})
         return images
 
+    def _plan_first(self, request: GenerationRequest, job: Job) -> None:
+        """Plan within the time limit, so a hung planner fails this job and not the queue.
+
+        ``RPG.plan`` remembers the answer, so ``RPG.generate`` then reuses it.
+        """
+        if request.effective_plan() is None:
+            job.message = "planning"
+            self.planning.run(lambda: self.pipe.plan(request.prompt, planner=request.planner))
+
     def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
         job.total = request.steps
+        self._plan_first(request, job)
         result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
         return {"images": self._save(job, result), "view": plan_view(result.plan)}
 
     def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
+        from rpg.planners.feedback import as_multimodal
+
         job.total = request.steps
+        self._plan_first(request, job)
+        reviewer = self.planning.run(lambda: as_multimodal(self.pipe.get_planner(request.planner)))
         images: list[dict[str, Any]] = []
         critiques: list[str] = []
 
@@ -254,29 +331,24 @@ class _App:
         out = self.pipe.refine(
             request,
             rounds=rounds,
-            planner=request.planner,
+            planner=TimedReviewer(reviewer, self.planning),
             on_round=on_round,
             callback_on_step_end=job.step_callback,
         )
         return {"images": images, "view": plan_view(out.plan), "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:
-        data = await _json(request)
-        req = self._request(data)
+        req = self._request(await _body(request, RenderBody, "request"))
         job = self.jobs.submit(lambda job: self._generate(req, job))
         return JSONResponse(self._status(job))
 
     async def refine(self, request: Request) -> Response:
-        data = await _json(request)
-        req = self._request(data)
-        try:
-            rounds = int(data.get("rounds", 1))
-        except (TypeError, ValueError):
-            raise UserError("rounds must be a whole number", "rounds") from None
-        ok, reason = await run_in_threadpool(self._can_review, req.planner)
+        body = await _body(request, RefineBody, "refine")
+        req = self._request(body)
+        ok, reason = await self.planning.run_async(lambda: can_review(self.pipe, req.planner))
         if not ok:
             raise UserError(reason, "refine")
-        job = self.jobs.submit(lambda job: self._refine(req, rounds, job))
+        job = self.jobs.submit(lambda job: self._refine(req, body.rounds, job))
         return JSONResponse(self._status(job))
 
     def _status(self, job: Job) -> dict[str, Any]:
@@ -303,6 +375,7 @@ class _App:
         return JSONResponse(self._status(job))
 
     async def cancel(self, request: Request) -> Response:
+        await _body(request, CancelBody, "cancel")
         job = self.jobs.cancel(request.path_params["job_id"])
         if job is None:
             return JSONResponse({"error": "no such job"}, 404)
@@ -311,20 +384,20 @@ class _App:
     async def image(self, request: Request) -> Response:
         name = request.path_params["name"]
         path = self.output_dir / name
-        if not _IMAGE_NAME.match(name) or not path.is_file():
+        with self._images_lock:
+            known = name in self._images
+        if not known or not _IMAGE_NAME.match(name) or not path.is_file():
             return JSONResponse({"error": f"no image {name!r}"}, 404)
         return FileResponse(path, media_type="image/png", filename=f"rpg-{name}")
 
     # ------------------------------------------------------------------ reopening
 
     async def reopen(self, request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request, MAX_UPLOAD_BYTES, _REOPEN_TOO_LARGE)
         # The page sends the file's name URL-encoded (headers are Latin-1 only).
         filename = Path(unquote(request.headers.get("x-filename") or "image.png")).name
         if not body:
             raise UserError("the file is empty", "reopen")
-        if len(body) > MAX_UPLOAD_BYTES:
-            raise UserError(f"{filename} is larger than {MAX_UPLOAD_BYTES >> 20} MiB", "reopen")
         with tempfile.TemporaryDirectory(dir=self.output_dir) as tmp:
             path = Path(tmp) / "upload.png"
             path.write_bytes(body)
@@ -344,6 +417,18 @@ async def _user_error(request: Request, exc: Exception) -> Response:
     return _fail(exc, getattr(exc, "field", None))
 
 
+async def _too_large(request: Request, exc: Exception) -> Response:
+    return _fail(exc, None, status=413)
+
+
+async def _planner_timeout(request: Request, exc: Exception) -> Response:
+    return _fail(exc, "prompt", status=504)
+
+
+async def _planner_busy(request: Request, exc: Exception) -> Response:
+    return _fail(exc, "prompt", status=503)
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("rpg ui: unexpected error on %s", request.url.path, exc_info=exc)
     return JSONResponse(
@@ -357,6 +442,9 @@ def build_app(
     *,
     output_dir: str | Path | None = None,
     planner: str | None = None,
+    bind_host: str | None = None,
+    allow_origins: Iterable[str] = (),
+    plan_timeout: float = DEFAULT_PLAN_TIMEOUT,
 ) -> Starlette:
     """The plan editor as a Starlette ASGI app over ``pipe``; mount it anywhere.
 
@@ -365,7 +453,13 @@ def build_app(
     exits). ``planner`` is the planner selected when the page opens (default: ``pipe``'s own).
     Serve it with any ASGI server (``uvicorn.run(app)``) or mount it:
     ``Starlette(routes=[Mount("/rpg", build_app(pipe))])``.
+
+    The app answers only requests addressed to this computer by a loopback name or to
+    ``bind_host`` (the address the server listens on), coming from its own pages or from one of
+    ``allow_origins`` (``scheme://host[:port]``); see :mod:`rpg.ui.guard`. Each planner call
+    may take ``plan_timeout`` seconds.
     """
+    policy = OriginPolicy(bind_host=bind_host, allow_origins=tuple(allow_origins))
     if output_dir is None:
         holder = tempfile.TemporaryDirectory(prefix="rpg-ui-")
         out = Path(holder.name)
@@ -373,12 +467,12 @@ def build_app(
         holder = None
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-    handlers = _App(pipe, out, planner or pipe.planner.name)
+    handlers = _App(pipe, out, planner or pipe.planner.name, plan_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        handlers.jobs.close()
+        handlers.stop()
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
@@ -402,7 +496,22 @@ def build_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={UserError: _user_error, Exception: _server_error},
+        exception_handlers={
+            UserError: _user_error,
+            BodyTooLarge: _too_large,
+            TextTooLong: _too_large,
+            PlanningTimeout: _planner_timeout,
+            PlanningBusy: _planner_busy,
+            Exception: _server_error,
+        },
+        middleware=[
+            Middleware(
+                Guard,
+                policy=policy,
+                default_limit=MAX_JSON_BYTES,
+                raw_routes=[("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE)],
+            )
+        ],
     )
     app.state.rpg = handlers
     app.state.output_dir_holder = holder  # the temporary folder lives as long as the app

@@ -9,8 +9,8 @@ step (see :meth:`Job.step_callback`).
 
 from __future__ import annotations
 
-import itertools
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -20,13 +20,18 @@ from typing import Any, Literal
 
 from rpg.errors import RPGError
 
-__all__ = ["Job", "JobCancelled", "JobQueue", "JobState"]
+__all__ = ["Job", "JobCancelled", "JobQueue", "JobState", "new_job_id"]
 
 log = logging.getLogger("rpg.ui")
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 
 _FINISHED = ("done", "failed", "cancelled")
+
+
+def new_job_id() -> str:
+    """A random id (128 bits): another page cannot guess it to poll, cancel or fetch images."""
+    return secrets.token_urlsafe(16)
 
 
 class JobCancelled(RPGError):
@@ -83,7 +88,6 @@ class JobQueue:
         self._pending: deque[Job] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
         self._closed = False
 
@@ -92,7 +96,7 @@ class JobQueue:
         with self._lock:
             if self._closed:
                 raise RPGError("the server is shutting down; no new jobs are accepted")
-            job = Job(id=f"j{next(self._ids)}", work=work)
+            job = Job(id=new_job_id(), work=work)
             self._jobs[job.id] = job
             self._pending.append(job)
             self._forget_old()

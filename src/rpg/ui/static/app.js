@@ -7,7 +7,8 @@ const $ = (id) => document.getElementById(id);
 const state = { config: null, view: null, sel: { row: 0, col: 0 }, job: null, poll: null };
 
 class ApiError extends Error {
-  constructor(message, field) { super(message); this.field = field; }
+  // field: the part of the page the error belongs to; fields: the request fields it names.
+  constructor(message, field, fields) { super(message); this.field = field; this.fields = fields || []; }
 }
 
 async function api(path, body, raw) {
@@ -22,7 +23,7 @@ async function api(path, body, raw) {
   }
   let data;
   try { data = await response.json(); } catch (e) { data = { error: `the server answered ${response.status}` }; }
-  if (!response.ok) throw new ApiError(data.error || `the server answered ${response.status}`, data.field);
+  if (!response.ok) throw new ApiError(data.error || `the server answered ${response.status}`, data.field, data.fields);
   return data;
 }
 
@@ -266,13 +267,16 @@ async function editText() {
   } catch (e) {
     showError("text-error", `${e.message} (the layout above is still the last valid plan)`);
     markInvalid(ids, false);
-    markInvalid(fieldsNamedIn(e.message, ids), true);
+    markInvalid(fieldsNamedIn(e, ids), true);
   }
 }
 
-// The text fields an error message is about (all of them when it names none).
-function fieldsNamedIn(message, ids) {
-  const m = message.toLowerCase();
+// The text fields an error is about (all of them when it names none).
+function fieldsNamedIn(error, ids) {
+  const byName = { split_ratio: "split-ratio", prompts: "prompts", base_prompt: "base-prompt", base_ratio: "base-ratio" };
+  const given = error.fields.map((f) => byName[f]).filter(Boolean);
+  if (given.length) return given;
+  const m = error.message.toLowerCase();
   const named = [];
   if (m.includes("base ratio")) named.push("base-ratio");
   if (m.includes("split ratio")) named.push("split-ratio");
