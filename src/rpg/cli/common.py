@@ -50,14 +50,66 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+class DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's ``dest`` and warns.
+
+    Kept for one release after a rename, so scripts keep working while they are told the new
+    name (``rpg plan --model`` → ``--planner-model``, ``--host`` → ``--ollama-host``).
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        self.new = new
+        kwargs["help"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the "
+            f"next release; use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser, old: str, new: str, dest: str
+) -> None:
+    """``old`` as a hidden, warning alias of the option ``new`` (whose ``dest`` is ``dest``)."""
+    group.add_argument(old, dest=dest, action=DeprecatedAlias, new=new, default=argparse.SUPPRESS)
+
+
+def add_planner_service_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--planner-model``, ``--base-url`` and ``--ollama-host``: the same names in every command.
+
+    ``--host`` (the Ollama server until 0.1) is kept as a hidden alias of ``--ollama-host``:
+    in ``rpg ui``, ``--host`` is the address the server binds, so one name had to change.
+    """
+    group.add_argument(
+        "--planner-model", help="the LLM planner's model (e.g. gpt-4o-mini, qwen2.5:7b)"
+    )
+    group.add_argument(
+        "--base-url", help="OpenAI-compatible server URL for the openai planner (vLLM, llama.cpp)"
+    )
+    group.add_argument(
+        "--ollama-host",
+        dest="ollama_host",
+        help="Ollama server URL for the ollama planner (default: $OLLAMA_HOST or localhost)",
+    )
+    add_deprecated_alias(group, "--host", "--ollama-host", "ollama_host")
+
+
 def add_planner_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """``--plan``, ``--planner`` and the LLM planner options; returns the group to extend."""
     plan = p.add_argument_group("plan")
     plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
     add_planner_choice(plan)
-    plan.add_argument("--planner-model", help="model name for LLM planners")
-    plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
-    plan.add_argument("--host", help="Ollama server URL for the ollama planner")
+    add_planner_service_arguments(plan)
     plan.add_argument("--base-ratio", type=float, help="weight of the base prompt, 0 to 1")
     return plan
 
@@ -131,13 +183,18 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def planner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for the planner factory from ``--planner-model``, ``--base-url``, ``--host``.
+    """Options for the planner factory from ``--planner-model``, ``--base-url``,
+    ``--ollama-host``.
 
     ``--allow-download`` also lets the ``hf`` planner fetch a hub model that is not cached.
     """
-    pairs = (("model", args.planner_model), ("base_url", args.base_url), ("host", args.host))
+    pairs = (
+        ("model", getattr(args, "planner_model", None)),
+        ("base_url", getattr(args, "base_url", None)),
+        ("host", getattr(args, "ollama_host", None)),
+    )
     options = {key: value for key, value in pairs if value is not None}
-    if args.planner == "hf" and getattr(args, "allow_download", False):
+    if getattr(args, "planner", None) == "hf" and getattr(args, "allow_download", False):
         options["allow_download"] = True
     return options
 

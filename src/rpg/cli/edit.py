@@ -20,6 +20,7 @@ from rpg.cli.common import (
     DEFAULT_MODEL,
     add_model_arguments,
     add_planner_choice,
+    add_planner_service_arguments,
     load_rpg,
     prepare_planner,
 )
@@ -48,9 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_model_arguments(p)  # without --model: the model in IMAGE's metadata, else tiny-sd
     plan = p.add_argument_group("planner (must read images: openai or ollama)")
     add_planner_choice(plan)
-    plan.add_argument("--planner-model", help="the planner's (vision) model")
-    plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
-    plan.add_argument("--host", help="Ollama server URL for the ollama planner")
+    add_planner_service_arguments(plan)
     render = p.add_argument_group("rendering (defaults: IMAGE's metadata, else rpg's defaults)")
     render.add_argument("--steps", type=int, help="denoising steps")
     render.add_argument("--seed", type=int, help="random seed")
