@@ -14,6 +14,7 @@ from rpg.cli.common import (
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
+    check_loading,
     load_rpg,
     planner_options,
     prepare_planner,
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         # every request records the model the batch loads, and is keyed by it
         items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
         controlnet = batch_controlnets(items)
+        check_loading(args, model, controlnet)
         unplanned = any(item.request is not None and item.request.plan is None for item in items)
         planner = prepare_planner(args, args.planner) if unplanned else None
         pipe = load_rpg(args, model, planner, controlnet=controlnet)

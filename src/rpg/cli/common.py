@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from rpg.cli.checks import make_planner, read_plan_file, warn_if_slow
 from rpg.cli.layout import parse_size
+from rpg.cli.preflight import (
+    check_cache_dir,
+    check_device_dtype,
+    check_model_flags,
+    finite_float,
+    seed_value,
+)
 from rpg.planners.base import DEFAULT_PLANNER, Planner
 
 if TYPE_CHECKING:
@@ -110,7 +117,7 @@ def add_planner_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup
     plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
     add_planner_choice(plan)
     add_planner_service_arguments(plan)
-    plan.add_argument("--base-ratio", type=float, help="weight of the base prompt, 0 to 1")
+    plan.add_argument("--base-ratio", type=finite_float, help="weight of the base prompt, 0 to 1")
     return plan
 
 
@@ -128,10 +135,12 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render = p.add_argument_group("rendering")
     render.add_argument("--size", type=parse_size, help="WxH, multiples of 8; default: native")
     render.add_argument("--steps", type=int, help="denoising steps (default 30)")
-    render.add_argument("--seed", type=int, help="random seed (default: random, recorded)")
+    render.add_argument(
+        "--seed", type=seed_value, help="random seed, 0 to 2**64-1 (default: random, recorded)"
+    )
     render.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         help="guidance scale (default: the model's own; 7 for SD, SDXL and SD3, 3.5 for "
         "FLUX.1, 4 for FLUX.2 klein)",
     )
@@ -143,7 +152,9 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render.add_argument("--num-images", type=int, help="images to render (default 1)")
     dit = p.add_argument_group("FLUX and SD3 (regional joint attention)")
     dit.add_argument(
-        "--true-cfg", type=float, help="FLUX: true CFG scale with --negative (default 1: off)"
+        "--true-cfg",
+        type=finite_float,
+        help="FLUX: true CFG scale with --negative (default 1: off)",
     )
     dit.add_argument(
         "--image-attention",
@@ -151,7 +162,9 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="what image tokens see of the image: all of it (global, default) or their region",
     )
     dit.add_argument(
-        "--regional-steps", type=float, help="fraction of the steps that are regional (default 1)"
+        "--regional-steps",
+        type=finite_float,
+        help="fraction of the steps that are regional (default 1)",
     )
     dit.add_argument(
         "--regional-blocks", type=int, help="every k-th attention block is regional (default 1)"
@@ -208,6 +221,20 @@ def prepare_planner(
     default; ``images`` is the reason the planner must read images (``"--refine"``).
     """
     return make_planner(name or DEFAULT_PLANNER, planner_options(args), images=images)
+
+
+def check_loading(
+    args: argparse.Namespace, model: str | None, controlnet: list[str] | None = None
+) -> None:
+    """The loading flags, before torch is imported: ``--device``, ``--dtype``, ``--model``
+    file, ``--config`` folder, and a cache that can take the tiny models to be written.
+
+    ``model`` is ``None`` when it is known only later (``rpg edit`` reads it from the image).
+    """
+    check_device_dtype(getattr(args, "device", None), getattr(args, "dtype", None))
+    if model is not None:
+        check_model_flags(model, getattr(args, "config", None))
+    check_cache_dir([*([model] if model is not None else []), *(controlnet or ())])
 
 
 def load_rpg(

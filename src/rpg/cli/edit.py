@@ -21,9 +21,11 @@ from rpg.cli.common import (
     add_model_arguments,
     add_planner_choice,
     add_planner_service_arguments,
+    check_loading,
     load_rpg,
     prepare_planner,
 )
+from rpg.cli.preflight import finite_float, seed_value
 from rpg.errors import ConfigurationError
 
 _EXAMPLES = """examples:
@@ -52,15 +54,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_planner_service_arguments(plan)
     render = p.add_argument_group("rendering (defaults: IMAGE's metadata, else rpg's defaults)")
     render.add_argument("--steps", type=int, help="denoising steps")
-    render.add_argument("--seed", type=int, help="random seed")
-    render.add_argument("--guidance", type=float, help="guidance scale")
+    render.add_argument("--seed", type=seed_value, help="random seed, 0 to 2**64-1")
+    render.add_argument("--guidance", type=finite_float, help="guidance scale")
     render.add_argument("--negative", help="negative prompt")
     render.add_argument("--scheduler", help="scheduler name")
     render.add_argument(
-        "--strength", type=float, default=1.0, help="how much to re-noise the masked area (0-1]"
+        "--strength",
+        type=finite_float,
+        default=1.0,
+        help="how much to re-noise the masked area (0-1]",
     )
     render.add_argument(
-        "--feather", type=float, help="soft mask edge in pixels (default: 3%% of the short side)"
+        "--feather",
+        type=finite_float,
+        help="soft mask edge in pixels (default: 3%% of the short side)",
     )
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, help="output PNG; default: IMAGE's name + .edit.png")
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     target = args.out or args.image.with_name(f"{args.image.stem}.edit.png")
     check_output_file(target)
     planner = prepare_planner(args, args.planner, images="rpg edit")
+    check_loading(args, args.model)
 
     from rpg.edit import edit, read_image  # torch and diffusers: only once the checks passed
     from rpg.metadata import save_png

@@ -28,11 +28,13 @@ from rpg.cli.common import (
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
+    check_loading,
     check_render,
     load_rpg,
     prepare_planner,
     request_overrides,
 )
+from rpg.cli.preflight import check_control_flags, finite_float
 from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest
@@ -105,7 +107,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     control.add_argument(
         "--control-scale",
         action="append",
-        type=float,
+        type=finite_float,
         metavar="S",
         help="ControlNet conditioning scale: one for all or one per --controlnet (default 1; "
         "with --from, the recorded scales)",
@@ -172,9 +174,19 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
         given=args.scheduler is not None,
         source=str(args.from_image) if args.from_image is not None else None,
     )
+    model = request.model or DEFAULT_MODEL
+    check_control_flags(
+        model,
+        args.controlnet,
+        args.control_image,
+        args.control_scale,
+        recorded=len(request.controls),
+    )
     for path in args.control_image or []:
         if not path.is_file():
             raise ConfigurationError(f"{path}: control image not found")
+    controlnet = args.controlnet or [c.controlnet for c in request.controls]
+    check_loading(args, model, controlnet)
     if args.refine and request.num_images != 1:
         raise UsageError("--refine reviews one image per round; leave out --num-images")
     if request.plan is not None and not args.refine:

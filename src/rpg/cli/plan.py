@@ -14,6 +14,7 @@ from rpg.cli.common import (
     add_planner_service_arguments,
     planner_options,
 )
+from rpg.cli.preflight import finite_float
 from rpg.errors import SplitRatioError
 from rpg.models import DEFAULT_BASE_RATIO, PlanResult, Recaption, RegionPlan
 from rpg.planners.base import DEFAULT_PLANNER
@@ -54,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     hand.add_argument("--base-prompt", help="prompt blended into every region")
     hand.add_argument(
         "--base-ratio",
-        type=float,
+        type=finite_float,
         default=None,
         help=f"weight of the base prompt, 0 to 1 (default {DEFAULT_BASE_RATIO})",
     )
