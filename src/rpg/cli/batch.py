@@ -22,6 +22,7 @@ from rpg.cli.common import (
 )
 from rpg.errors import ConfigurationError
 from rpg.planners.base import DEFAULT_PLANNER
+from rpg.stopping import stop_on_sigint
 
 if TYPE_CHECKING:
     from rpg.batch import BatchItem, BatchReport
@@ -241,9 +242,12 @@ def run(args: argparse.Namespace) -> int:
         check_loading(args, model, controlnet)
         unplanned = any(item.request is not None and item.request.plan is None for item in items)
         planner = prepare_planner(args, args.planner) if unplanned else None
-        pipe = load_rpg(args, model, planner, controlnet=controlnet)
-        pipe.progress = NoProgress()  # one bar over the items, not one per image
-        report = run_batch(pipe, items, args.out, progress=not args.no_progress)
+        with stop_on_sigint("rpg batch") as interrupts:
+            pipe = load_rpg(args, model, planner, controlnet=controlnet)
+            pipe.progress = NoProgress()  # one bar over the items, not one per image
+            # Ctrl-C stops the item being rendered within one layer; finished items are kept.
+            with interrupts.render(pipe):
+                report = run_batch(pipe, items, args.out, progress=not args.no_progress)
     for record in report.records:
         if record.get("status") == "error":
             seed = f", seed {record['seed']}" if record.get("seed") is not None else ""

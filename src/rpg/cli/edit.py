@@ -25,8 +25,10 @@ from rpg.cli.common import (
     load_rpg,
     prepare_planner,
 )
+from rpg.cli.generate import write_atomically
 from rpg.cli.preflight import finite_float, seed_value
 from rpg.errors import ConfigurationError
+from rpg.stopping import stop_on_sigint
 
 _EXAMPLES = """examples:
   rpg edit apple.png "make the mug green" --planner openai --out apple-green.png
@@ -109,21 +111,23 @@ def run(args: argparse.Namespace) -> int:
 
     source, stored = read_image(args.image)
     model = args.model or (stored.model if stored is not None else None) or DEFAULT_MODEL
-    pipe = load_rpg(args, model, planner)
-    result = edit(
-        pipe,
-        args.image,
-        args.instruction,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        negative_prompt=args.negative,
-        scheduler=args.scheduler,
-        strength=args.strength,
-        feather=args.feather,
-    )
+    with stop_on_sigint("rpg edit") as interrupts:
+        pipe = load_rpg(args, model, planner)
+        with interrupts.render(pipe):
+            result = edit(
+                pipe,
+                args.image,
+                args.instruction,
+                seed=args.seed,
+                steps=args.steps,
+                guidance_scale=args.guidance,
+                negative_prompt=args.negative,
+                scheduler=args.scheduler,
+                strength=args.strength,
+                feather=args.feather,
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_png(result.image, target, result.request, result.plan)
+    write_atomically(target, lambda part: save_png(result.image, part, result.request, result.plan))
     where = "its metadata" if stored is not None and stored.plan is not None else "the planner"
     changed = ", ".join(f"{i} → {result.plan.regions[i].prompt!r}" for i in result.edit.indices)
     print(f"plan from {where}; {result.edit.explanation}".rstrip("; "))

@@ -10,6 +10,7 @@ ControlNets and uses the same control images even after their files are gone.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -317,11 +318,11 @@ def run(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(
                 path,
-                lambda part, i=i, image=image: save_png(
+                functools.partial(
+                    save_png,
                     image,
-                    part,
-                    result.request,
-                    result.plan,
+                    request=result.request,
+                    plan=result.plan,
                     index=i,
                     control_images=result.control_images,
                 ),
