@@ -538,10 +538,15 @@ class BatchProgress:
     """A progress bar over items that shows done, failed and images per minute."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
+        import sys
+
         self._bar: Any = None
         self._started = time.perf_counter()
         self.done = self.failed = 0
-        if enabled:
+        self.total = total
+        # Without a terminal (a log file, a pipe) a line at every tenth of the items instead.
+        self._lines = enabled and not sys.stderr.isatty()
+        if enabled and not self._lines:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc="batch", unit="item")
@@ -561,6 +566,16 @@ class BatchProgress:
                 done=self.done, failed=self.failed, per_min=f"{self.per_minute:.1f}", refresh=False
             )
             self._bar.update(1)
+        count = self.done + self.failed
+        if self._lines and (count == self.total or count % max(1, -(-self.total // 10)) == 0):
+            import sys
+
+            print(
+                f"batch: {count}/{self.total} items ({self.failed} failed, "
+                f"{self.per_minute:.1f}/min)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -249,12 +249,13 @@ def load_rpg(
     ``planner`` is one made by :func:`prepare_planner` (or a name, made on first use). With
     ``controlnet`` the detected backbone's ControlNet variant loads those ControlNets. The
     pipeline's own progress bar is off; unless ``--no-progress``, the render shows rpg's one bar
-    (:class:`rpg.progress.BarProgress`). Says on stderr when the model is a tiny random-weight
-    one, so nobody mistakes its noise for a bug.
+    on a terminal (:class:`rpg.progress.BarProgress`), or a few plain lines when stderr is a
+    file or pipe (:class:`rpg.progress.LineProgress`). Says on stderr when the model is a tiny
+    random-weight one, so nobody mistakes its noise for a bug.
     """
     from rpg.cli.output import quiet_libraries
     from rpg.orchestrator import RPG
-    from rpg.progress import BarProgress
+    from rpg.progress import progress_for
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
     options: dict[str, Any] = {"config": args.config, "allow_download": args.allow_download}
@@ -280,7 +281,7 @@ def load_rpg(
     pipe.backbone.cache_kv = getattr(args, "kv_cache", True)
     pipe.pipe.set_progress_bar_config(disable=True)
     if not getattr(args, "no_progress", False):
-        pipe.progress = BarProgress()
+        pipe.progress = progress_for()  # a bar on a terminal, a few plain lines in a log
     return pipe
 
 
