@@ -268,7 +268,9 @@ def expand_line(
     unseeded: str | None = None
     if not seeds and own_seed is None and drawn is not None:
         try:
-            request = GenerationRequest.model_validate({**merged, "seed": None})
+            # the model is left out: the batch fills it in (Ray: after reading), and a batch
+            # resumed with another --model keeps the seeds it drew
+            request = GenerationRequest.model_validate({**merged, "seed": None, "model": None})
         except ValidationError as exc:
             return [
                 BatchItem(
