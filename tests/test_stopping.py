@@ -152,3 +152,25 @@ def test_second_sigint_ends_the_process_at_once(tmp_path: Path, tiny_sd_path: Pa
     assert proc.returncode == 130, err
     assert "stopped at once" in err
     assert not list(tmp_path.glob("out*.png*"))
+
+
+def test_checks_trace_as_no_ops_and_stop_a_compiled_unet_at_its_next_call(
+    tiny_unet: Any,
+) -> None:
+    """``pipe.unet = torch.compile(unet)``: one graph, no break (the hooks inside are no-ops
+    while compiling); the hook on the compiled module runs outside the graph, so a set event
+    stops the next denoiser call, the step boundary."""
+    import torch
+
+    unet = tiny_unet.eval()
+    compiled = torch.compile(unet, backend="eager", fullgraph=True)
+    holder = type("Pipe", (), {"components": {"unet": compiled}})()
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor(10), torch.randn(1, 77, 32)
+    event = threading.Event()
+    with stop_checks(holder, event), torch.no_grad():
+        explained = torch._dynamo.explain(unet)(x, t, ctx)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
+        compiled(x, t, ctx)  # fullgraph=True: a graph break would raise here
+        event.set()
+        with pytest.raises(Stopped):
+            compiled(x, t, ctx)
