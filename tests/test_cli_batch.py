@@ -206,3 +206,21 @@ def test_a_megabyte_prompt_is_an_error_for_its_line_and_stays_out_of_the_manifes
     err = capsys.readouterr().err
     assert "rpg batch: error: line 1: prompt: String should have at most 10000 characters\n" in err
     assert (out / "manifest.jsonl").stat().st_size < 2000
+
+
+def test_a_drawn_seed_is_drawn_again_for_an_item_killed_before_its_record(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill between writing an image and recording it must not leave an orphan: the rerun
+    draws the same seed (from the folder's salt), so it rewrites the same file."""
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n{"prompt": "a dog"}\n')
+    out = tmp_path / "out"
+    argv = ["batch", str(src), "--out", str(out), "--size", "64x64", "--steps", "1"]
+    argv += ["--planner", "rules", "--no-progress"]
+    assert main(argv) == 0
+    first = sorted(p.name for p in out.glob("*.png"))
+    (out / "manifest.jsonl").unlink()  # as if killed before the records were written
+    assert main(argv) == 0
+    assert "2 done, 0 already done" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == first

@@ -206,23 +206,38 @@ def _line_planner_options(
 class DrawnSeeds:
     """Seeds for lines that name none, as ``rpg generate`` picks them: random, and recorded.
 
-    A drawn seed is written in the item's manifest record with the item's key without the seed
-    (``"unseeded"``); built on an output folder, this finds those seeds again, so a resumed batch
-    renders each such line with the seed it drew the first time and skips what is done.
+    Each such seed is drawn from a random salt kept in the output folder (``.rpg-seeds``,
+    written when the batch starts) and the item's key without the seed, so a resumed batch
+    draws the same seed again, also for an item whose image was written but not yet recorded
+    when the batch was killed. The seed is recorded in the item's manifest record (with the
+    key without the seed, ``"unseeded"``) and in its PNG; a seed found there is used as is.
+    Without an output folder every draw is simply random.
     """
+
+    SALT_NAME = ".rpg-seeds"
 
     def __init__(self, out_dir: str | os.PathLike[str] | None = None) -> None:
         self.seeds: dict[str, int] = {}
-        if out_dir is not None and Path(out_dir).is_dir():
-            for record in read_manifest(out_dir).values():
-                unseeded, seed = record.get("unseeded"), record.get("seed")
-                if isinstance(unseeded, str) and isinstance(seed, int):
-                    self.seeds.setdefault(unseeded, seed)
+        self.salt = secrets.token_hex(16)
+        if out_dir is None:
+            return
+        folder = Path(out_dir)
+        salt_file = folder / self.SALT_NAME
+        if salt_file.is_file():
+            self.salt = salt_file.read_text(encoding="utf-8").strip() or self.salt
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            salt_file.write_text(self.salt + "\n", encoding="utf-8")
+        for record in read_manifest(folder).values():
+            unseeded, seed = record.get("unseeded"), record.get("seed")
+            if isinstance(unseeded, str) and isinstance(seed, int):
+                self.seeds.setdefault(unseeded, seed)
 
     def seed_for(self, unseeded: str) -> int:
-        """The seed recorded for ``unseeded``, else a new random one (then remembered)."""
+        """The seed recorded for ``unseeded``, else the one this batch's salt gives it."""
         if unseeded not in self.seeds:
-            self.seeds[unseeded] = secrets.randbelow(2**31)
+            digest = hashlib.sha256(f"{self.salt}:{unseeded}".encode()).digest()
+            self.seeds[unseeded] = int.from_bytes(digest[:4], "big") % 2**31
         return self.seeds[unseeded]
 
 

@@ -257,17 +257,18 @@ def run(args: argparse.Namespace) -> int:
         if not lines:
             raise ConfigurationError(f"{args.requests}: has no requests")
         # --plan stays in every line's request, so the resume key covers it
-        model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
-        # every request records the model the batch loads, and is keyed by it
-        # lines without a seed draw one, or find the one drawn by an earlier run in OUT
+        listed = expand_requests(lines, defaults=defaults, seeds=args.seeds)
+        model = batch_model(listed, args.model)
+        controlnet = batch_controlnets(listed)
+        check_loading(args, model, controlnet)
+        # every request records the model the batch loads, and is keyed by it; lines without
+        # a seed draw one, the same one again when the batch resumes in OUT
         items = expand_requests(
             lines,
             defaults={**defaults, "model": model},
             seeds=args.seeds,
             drawn=DrawnSeeds(args.out),
         )
-        controlnet = batch_controlnets(items)
-        check_loading(args, model, controlnet)
         unplanned = any(item.request is not None and item.request.plan is None for item in items)
         planner = prepare_planner(args, args.planner) if unplanned else None
         with stop_on_sigint("rpg batch") as interrupts:
