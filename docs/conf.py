@@ -1,6 +1,7 @@
 """Sphinx configuration: MyST Markdown pages, API reference from docstrings, offline build.
 
-Nothing is fetched at build time: no intersphinx, a theme installed from PyPI, no web fonts.
+Nothing is fetched at build time or when a page is read: no intersphinx, a theme installed from
+PyPI, no web fonts, formulas rendered to MathML while building (no MathJax from a CDN).
 The CLI reference and the layout pictures are generated from rpg itself (``_ext/rpg_docs.py``).
 """
 
@@ -26,6 +27,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "rpg_docs",
+    "mathml",
 ]
 
 source_suffix = {".md": "markdown"}
@@ -33,6 +35,8 @@ root_doc = "index"
 exclude_patterns = ["_build", "README.md", "conftest.py", "**/.pytest_cache"]
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath", "amsmath"]
 myst_heading_anchors = 3
+# Formulas become MathML at build time (_ext/mathml.py): rendered offline, without JavaScript.
+html_math_renderer = "mathml"
 
 # Every warning is an error (``-W`` in ``nox -s docs``); unresolved cross-references are not
 # checked against other projects, since the build must not fetch intersphinx inventories.

@@ -144,3 +144,83 @@ def test_ray_engine_without_ray_installed_says_how_to_get_it(
     assert main(["batch", str(src), "--out", str(out), "--ray", "--no-progress"]) == 1
     assert "pip install 'rpg-diffusion[ray]'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_without_model_a_line_naming_another_model_is_refused_not_adopted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line's model never becomes the model of the other lines."""
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "model": "tiny-sdxl"}\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "one model, --model (tiny-sd, the default)" in err
+    assert "tiny-sdxl (line 2)" in err and "pass --model tiny-sdxl" in err
+    assert not out.exists()
+
+
+def test_options_are_defaults_that_lines_override_and_seeds_are_drawn_and_kept(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rpg.metadata import load_request
+
+    src = tmp_path / "requests.jsonl"
+    src.write_text(
+        '{"prompt": "a cat", "steps": 1, "negative_prompt": "blurry"}\n'
+        '{"prompt": "a dog"}\n'
+        '{"prompt": "a fox", "seed": 7}\n'
+    )
+    out = tmp_path / "out"
+    argv = ["batch", str(src), "--out", str(out), "--size", "64x64", "--planner", "rules"]
+    argv += ["--steps", "2", "--negative", "dark", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    requests = {load_request(p).prompt: load_request(p) for p in out.glob("*.png")}
+    cat, dog, fox = requests["a cat"], requests["a dog"], requests["a fox"]
+    assert (cat.steps, cat.negative_prompt) == (1, "blurry")  # the line wins
+    assert (dog.steps, dog.negative_prompt) == (2, "dark")  # the options fill in
+    assert fox.seed == 7
+    assert cat.seed is not None and dog.seed is not None
+    records = {r["prompt"]: r for r in _manifest(out)}
+    assert records["a cat"]["seed"] == cat.seed and "unseeded" in records["a cat"]
+    assert "unseeded" not in records["a fox"]
+
+    assert main(argv) == 0  # resume: the drawn seeds are found again, nothing re-renders
+    assert "0 done, 3 already done" in capsys.readouterr().out
+
+    again = tmp_path / "again"
+    assert main([*argv[:3], str(again), *argv[4:]]) == 0  # a new batch draws new seeds
+    fresh = {load_request(p).prompt: load_request(p).seed for p in again.glob("*.png")}
+    assert (fresh["a cat"], fresh["a dog"]) != (cat.seed, dog.seed)
+    assert fresh["a fox"] == 7
+
+
+def test_a_megabyte_prompt_is_an_error_for_its_line_and_stays_out_of_the_manifest(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "requests.jsonl"
+    src.write_text(json.dumps({"prompt": "x " * 700_000}) + "\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(src), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "rpg batch: error: line 1: prompt: String should have at most 10000 characters\n" in err
+    assert (out / "manifest.jsonl").stat().st_size < 2000
+
+
+def test_a_drawn_seed_is_drawn_again_for_an_item_killed_before_its_record(
+    tmp_path: Path, rpg_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill between writing an image and recording it must not leave an orphan: the rerun
+    draws the same seed (from the folder's salt), so it rewrites the same file."""
+    src = tmp_path / "requests.jsonl"
+    src.write_text('{"prompt": "a cat"}\n{"prompt": "a dog"}\n')
+    out = tmp_path / "out"
+    argv = ["batch", str(src), "--out", str(out), "--size", "64x64", "--steps", "1"]
+    argv += ["--planner", "rules", "--no-progress"]
+    assert main(argv) == 0
+    first = sorted(p.name for p in out.glob("*.png"))
+    (out / "manifest.jsonl").unlink()  # as if killed before the records were written
+    assert main(argv) == 0
+    assert "2 done, 0 already done" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == first

@@ -23,7 +23,10 @@ PROMPT = "A red cat on the left and a blue dog on the right"
 _PROBE = """
 import json, sys
 from rpg.cli import main
-code = main(sys.argv[1:])
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # argparse refuses a value
+    code = exc.code
 heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
 print("PROBE " + json.dumps({"code": code, "heavy": heavy}))
 """
@@ -32,7 +35,7 @@ print("PROBE " + json.dumps({"code": code, "heavy": heavy}))
 def run_rpg(args: list[str], tmp_path: Path, **env: str) -> tuple[int, list[str], str]:
     """``rpg ARGS`` in a subprocess: exit status, heavy modules it imported, stderr."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OLLAMA_"))}
-    environ.update(RPG_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", **env)
+    environ.update({"RPG_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1", **env})
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, *args],
         capture_output=True,
@@ -159,3 +162,115 @@ def test_native_size_on_cpu_does_not_warn(tiny_rpg: Any, caplog: pytest.LogCaptu
         estimate = warn_if_slow(tiny_rpg.backbone, GenerationRequest(prompt="x", steps=30))
     assert estimate is not None and estimate < 60
     assert not caplog.records
+
+
+# --------------------------------------------------------------- issue 23: late or misleading
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--seed", "1180591620717411303424"], "argument --seed: 1180591620717411303424 is out"),
+        (["--seed", "-1"], "argument --seed: -1 is out of range"),
+        (
+            ["--seed", "18446744073709551615", "--num-images", "2"],
+            "--seed 18446744073709551615 with --num-images 2",
+        ),
+        (["--guidance", "nan"], "argument --guidance: 'nan' is NaN"),
+        (["--base-ratio", "nan"], "argument --base-ratio: 'nan' is NaN"),
+        (["--guidance", "inf"], "argument --guidance: 'inf' is infinite"),
+        (["--dtype", "float8"], "--dtype float8: unknown dtype"),
+        (["--device", "tpu7"], "--device tpu7: unknown device"),
+        (["--control-image", "edges.png"], "--control-image needs --controlnet"),
+        (["--control-scale", "0.5"], "--control-scale needs --controlnet"),
+        (
+            ["--controlnet", "tiny-controlnet", "--control-image", "edges.png"]
+            + ["--control-scale", "1"] * 3,
+            "--control-scale given 3 times for 1 ControlNet",
+        ),
+        (
+            ["--controlnet", "tiny-controlnet"] + ["--control-image", "edges.png"] * 2,
+            "--control-image given 2 times for 1 ControlNet",
+        ),
+        (["--model", "bad.safetensors"], "--model bad.safetensors: not a usable .safetensors"),
+        (["--config", "notamodel.txt"], "--config notamodel.txt: is a file"),
+        (["--config", "empty-folder"], "--config empty-folder: is not a diffusers pipeline folder"),
+    ],
+)
+def test_bad_value_is_a_usage_error_before_any_import(
+    args: list[str], expected: str, tmp_path: Path
+) -> None:
+    (tmp_path / "bad.safetensors").write_bytes(os.urandom(100))
+    (tmp_path / "notamodel.txt").write_text("hello")
+    (tmp_path / "empty-folder").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "edges.png")
+    code, heavy, err = run_rpg(["generate", PROMPT, *args], tmp_path)
+    assert code == 2, err
+    assert heavy == []
+    assert expected in err, err
+    assert not (tmp_path / "rpg.png").exists()
+
+
+def test_seed_bounds_are_what_torch_generators_take() -> None:
+    """The largest seed the request accepts is one a torch generator takes; one more is not."""
+    import torch
+
+    from rpg.models import MAX_SEED, GenerationRequest
+
+    torch.Generator().manual_seed(MAX_SEED)
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.Generator().manual_seed(MAX_SEED + 1)
+    GenerationRequest(prompt="x", seed=MAX_SEED)
+    with pytest.raises(ValueError, match="2\\*\\*64 - 1"):
+        GenerationRequest(prompt="x", seed=MAX_SEED, num_images=2)
+    with pytest.raises(ValueError):
+        GenerationRequest(prompt="x", seed=MAX_SEED + 1)
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_cache_dir_is_named_before_any_import(kind: str, tmp_path: Path) -> None:
+    cache = tmp_path / "cache-here"
+    if kind == "file":
+        cache.write_text("not a folder")
+    else:
+        if os.name != "posix" or os.geteuid() == 0:
+            pytest.skip("root may write into a read-only folder")
+        cache.mkdir()
+        cache.chmod(0o500)
+    try:
+        code, heavy, err = run_rpg(["generate", PROMPT], tmp_path, RPG_CACHE_DIR=str(cache))
+    finally:
+        if cache.is_dir():
+            cache.chmod(0o700)
+    assert code == 2, err
+    assert heavy == []
+    assert "$RPG_CACHE_DIR" in err and str(cache) in err and "tiny-sd" in err
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's /sys")
+def test_out_on_a_file_system_that_refuses_files_fails_before_loading(tmp_path: Path) -> None:
+    """``/sys`` passes ``os.access`` for root; a file made there is refused."""
+    code, heavy, err = run_rpg(["generate", PROMPT, "--out", "/sys/x.png"], tmp_path)
+    assert code == 1
+    assert heavy == []
+    assert "cannot write /sys/x.png: files cannot be created in /sys" in err
+
+
+def test_layout_reads_the_plan_of_a_png(tmp_path: Path) -> None:
+    from rpg.metadata import save_png
+    from rpg.models import GenerationRequest, RegionPlan
+
+    plan = RegionPlan.from_split_ratio("1,1", ["a red cat", "a blue dog"])
+    save_png(
+        Image.new("RGB", (64, 64)),
+        tmp_path / "cat-dog.png",
+        GenerationRequest(prompt="x", plan=plan, seed=1),
+    )
+    code, heavy, err = run_rpg(["layout", "cat-dog.png", "--out", "l.png"], tmp_path)
+    assert code == 0, err
+    assert heavy == []
+    assert Image.open(tmp_path / "l.png").size == (768, 768)
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    code, _, err = run_rpg(["layout", "plain.png"], tmp_path)
+    assert code == 1
+    assert "plain.png is a PNG without rpg metadata" in err

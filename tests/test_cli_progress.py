@@ -15,7 +15,7 @@ import rpg
 from rpg.cli import main
 from rpg.models import GenerationRequest, PlanResult, RegionPlan
 from rpg.planners.base import DEFAULT_PLANNER
-from rpg.progress import BarProgress, step_callback
+from rpg.progress import BarProgress, LineProgress, close_bars, progress_for, step_callback
 
 PROMPT = "A red cat on the left and a blue dog on the right"
 # tqdm's rate for the stock pipeline's bar ("it/s", "s/it"); rpg's bar counts steps.
@@ -174,3 +174,69 @@ def test_auto_records_the_planner_it_chose(
     request = load_request(out)
     assert request.planner == "rules"
     assert isinstance(request.plan, RegionPlan) and len(request.plan.regions) == 2
+
+
+def test_stages_before_the_denoising_show_no_step_counter() -> None:
+    """ "plan…", not "plan 0/30 step/s": plan and encode have no steps to count."""
+    out = io.StringIO()
+    bar = BarProgress(file=out)
+    bar.start(30)
+    bar.stage("encode")
+    before = out.getvalue()
+    bar.stage("denoise")
+    bar.step(3, 30)
+    bar._bar.refresh()  # tqdm redraws at most every 0.1 s on its own
+    after = out.getvalue()[len(before) :]
+    bar.finish()
+    assert "plan…" in before and "encode…" in before
+    assert "0/30" not in before and "step/s" not in before and "?" not in before
+    assert "3/30" in after
+
+
+def test_without_a_terminal_progress_is_a_few_plain_lines() -> None:
+    out = io.StringIO()
+    assert isinstance(progress_for(out), LineProgress)  # StringIO is no terminal
+    progress = LineProgress(file=out)
+    progress.start(30)
+    for stage in ("plan", "encode", "denoise"):
+        progress.stage(stage)
+    for done in range(1, 31):
+        progress.step(done, 30)
+    progress.stage("decode")
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines[:3] == ["plan…", "encode…", "denoise: 30 steps"]
+    assert [x.split(" (")[0] for x in lines[3:]] == [
+        "denoise: 8/30 steps",
+        "denoise: 16/30 steps",
+        "denoise: 24/30 steps",
+        "denoise: 30/30 steps",
+        "decode…",
+    ]
+
+
+def test_close_bars_clears_an_open_bar_before_an_error() -> None:
+    out = io.StringIO()
+    bar = BarProgress(file=out)
+    bar.start(4)
+    bar.stage("denoise")
+    bar.step(1, 4)
+    close_bars()
+    assert bar._bar is None
+    close_bars()  # nothing left to close
+
+
+def test_an_error_during_a_render_starts_on_its_own_line(
+    rpg_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    from rpg.backbones.sd import StableDiffusionBackbone
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the denoiser broke")
+
+    monkeypatch.setattr(StableDiffusionBackbone, "render", fail)
+    out = tmp_path / "x.png"
+    assert main(["generate", PROMPT, "--steps", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "denoise: 2 steps\nrpg generate: error: the denoiser broke\n" in err

@@ -103,7 +103,7 @@ def test_cli_auto_reports_the_planner_that_ran(
     }
     ollama.push(ollama.chat(json.dumps(plan)))
     monkeypatch.setenv("OLLAMA_HOST", ollama.host)
-    assert main(["plan", "a cat", "--planner", "auto", "--model", "tiny", "--json"]) == 0
+    assert main(["plan", "a cat", "--planner", "auto", "--planner-model", "tiny", "--json"]) == 0
     result = PlanResult.model_validate_json(capsys.readouterr().out)
     assert result.planner == "ollama/tiny"
     assert result.plan.prompts == ["a cat"]

@@ -213,7 +213,7 @@ def test_cli_plan_with_an_uncached_hf_model_says_allow_download(
 
     monkeypatch.setenv("RPG_CACHE_DIR", str(online_empty_cache.parent / "rpg"))
     network = NetworkUse(monkeypatch)
-    args = ["plan", "a cat", "--planner", "hf", "--model", "rpg-tests/not-cached"]
+    args = ["plan", "a cat", "--planner", "hf", "--planner-model", "rpg-tests/not-cached"]
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--allow-download" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import rpg
 from rpg import plugins
 from rpg.cli import main
 from rpg.errors import RegistryError
+from rpg.plugins import backbone_registry
 
 PLUGIN_SOURCE = """
 import rpg
@@ -206,3 +209,33 @@ def test_a_higher_priority_takes_over_detection_on_purpose(fresh_registry: None)
     chosen = select_backbone(_sd_info())
     assert chosen.name == "a-plugin-sd"
     assert plugins.backbone_registry().get("a-plugin-sd").priority == 10
+
+
+def test_builtin_backbones_are_listed_without_importing_torch() -> None:
+    """``rpg plugins`` prints its list in a fresh interpreter that never imports torch."""
+    probe = (
+        "import sys\n"
+        "from rpg.cli import main\n"
+        "code = main(['plugins'])\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers') "
+        "if m in sys.modules), code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "sdxl-controlnet" in proc.stdout and "rules" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "HEAVY [] 0"
+
+
+def test_lazy_backbone_entries_match_their_classes() -> None:
+    """The names and descriptions written in the built-in table are the classes' own."""
+    from rpg.backbones.builtin import BUILTIN_BACKBONES
+
+    registry = backbone_registry()
+    for name, _path, description in BUILTIN_BACKBONES:
+        entry = registry.get(name)
+        assert entry.description == description
+        cls = entry.target
+        assert isinstance(cls, type)
+        assert cls.name == name
+        assert cls.description == description

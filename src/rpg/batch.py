@@ -37,6 +37,7 @@ __all__ = [
     "MANIFEST_NAME",
     "BatchItem",
     "BatchReport",
+    "DrawnSeeds",
     "Manifest",
     "PlanBook",
     "expand_requests",
@@ -79,6 +80,9 @@ class BatchItem:
     error: str | None = None
     planner_options: Mapping[str, Any] = field(default_factory=dict)
     seed: int | None = None  # of an invalid item, to tell its seeds apart
+    #: For a request whose seed was drawn (the line named none): its key without the seed, by
+    #: which :class:`DrawnSeeds` finds the same seed again when the batch resumes.
+    unseeded: str | None = None
 
     @property
     def key(self) -> str:
@@ -199,22 +203,62 @@ def _line_planner_options(
     return {**inherited, **own} if same_planner else dict(own)
 
 
+class DrawnSeeds:
+    """Seeds for lines that name none, as ``rpg generate`` picks them: random, and recorded.
+
+    Each such seed is drawn from a random salt kept in the output folder (``.rpg-seeds``,
+    written when the batch starts) and the item's key without the seed, so a resumed batch
+    draws the same seed again, also for an item whose image was written but not yet recorded
+    when the batch was killed. The seed is recorded in the item's manifest record (with the
+    key without the seed, ``"unseeded"``) and in its PNG; a seed found there is used as is.
+    Without an output folder every draw is simply random.
+    """
+
+    SALT_NAME = ".rpg-seeds"
+
+    def __init__(self, out_dir: str | os.PathLike[str] | None = None) -> None:
+        self.seeds: dict[str, int] = {}
+        self.salt = secrets.token_hex(16)
+        if out_dir is None:
+            return
+        folder = Path(out_dir)
+        salt_file = folder / self.SALT_NAME
+        if salt_file.is_file():
+            self.salt = salt_file.read_text(encoding="utf-8").strip() or self.salt
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            salt_file.write_text(self.salt + "\n", encoding="utf-8")
+        for record in read_manifest(folder).values():
+            unseeded, seed = record.get("unseeded"), record.get("seed")
+            if isinstance(unseeded, str) and isinstance(seed, int):
+                self.seeds.setdefault(unseeded, seed)
+
+    def seed_for(self, unseeded: str) -> int:
+        """The seed recorded for ``unseeded``, else the one this batch's salt gives it."""
+        if unseeded not in self.seeds:
+            digest = hashlib.sha256(f"{self.salt}:{unseeded}".encode()).digest()
+            self.seeds[unseeded] = int.from_bytes(digest[:4], "big") % 2**31
+        return self.seeds[unseeded]
+
+
 def expand_requests(
     lines: Iterable[tuple[int, dict[str, Any] | str]],
     *,
     defaults: dict[str, Any] | None = None,
     seeds: Sequence[int] | None = None,
+    drawn: DrawnSeeds | None = None,
 ) -> list[BatchItem]:
     """Merge each line over ``defaults`` and expand it over ``seeds`` into validated items.
 
     ``seeds`` (``--seeds``) replace every line's seed; without them a line's own ``seed`` is
-    kept, then the defaults' ``seed``, then 0, which keeps the batch reproducible and resumable.
+    kept, then the defaults' ``seed``; a line with none gets a seed from ``drawn`` (random,
+    recorded, the same on resume: see :class:`DrawnSeeds`), or 0 when ``drawn`` is ``None``.
     A line (or ``defaults``) may carry ``planner_options``: keyword options for its planner.
     """
     base = dict(defaults or {})
     items: list[BatchItem] = []
     for number, value in lines:
-        items.extend(expand_line(number, value, base, seeds))
+        items.extend(expand_line(number, value, base, seeds, drawn=drawn))
     return items
 
 
@@ -223,6 +267,8 @@ def expand_line(
     value: dict[str, Any] | str,
     defaults: Mapping[str, Any],
     seeds: Sequence[int] | None = None,
+    *,
+    drawn: DrawnSeeds | None = None,
 ) -> list[BatchItem]:
     """The items of one line (see :func:`expand_requests`): one per seed, or its error."""
     if isinstance(value, str):
@@ -234,6 +280,20 @@ def expand_line(
     merged = {**base, **value}
     merged.pop(PLANNER_OPTIONS, None)
     own_seed = merged.get("seed")
+    unseeded: str | None = None
+    if not seeds and own_seed is None and drawn is not None:
+        try:
+            # the model is left out: the batch fills it in (Ray: after reading), and a batch
+            # resumed with another --model keeps the seeds it drew
+            request = GenerationRequest.model_validate({**merged, "seed": None, "model": None})
+        except ValidationError as exc:
+            return [
+                BatchItem(
+                    line=number, request=None, error=f"line {number}: {_validation_message(exc)}"
+                )
+            ]
+        unseeded = request_key(request, options)
+        own_seed = drawn.seed_for(unseeded)
     line_seeds: Sequence[int | None] = (
         list(seeds) if seeds else [own_seed if own_seed is not None else 0]
     )
@@ -245,7 +305,9 @@ def expand_line(
             message = f"line {number}: {_validation_message(exc)}"
             items.append(BatchItem(line=number, request=None, error=message, seed=seed))
             continue
-        items.append(BatchItem(line=number, request=request, planner_options=options))
+        items.append(
+            BatchItem(line=number, request=request, planner_options=options, unseeded=unseeded)
+        )
     return items
 
 
@@ -428,6 +490,8 @@ def _record_head(item: BatchItem, key: str | None) -> dict[str, Any]:
     record: dict[str, Any] = {"key": key or item.key, "line": item.line, "files": []}
     if item.request is not None:
         record.update(prompt=item.request.prompt, seed=item.request.seed)
+    if item.unseeded is not None:
+        record["unseeded"] = item.unseeded
     return record
 
 
@@ -444,7 +508,7 @@ def render_item(
     record = _record_head(item, key)
     try:
         if item.request is None:
-            raise ValueError(item.error or "invalid request")
+            return failure_record(item, item.error or "invalid request", key=key)
         result = pipe.generate(item.request)
         files = []
         for index in range(len(result.images)):
@@ -491,10 +555,15 @@ class BatchProgress:
     """A progress bar over items that shows done, failed and images per minute."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
+        import sys
+
         self._bar: Any = None
         self._started = time.perf_counter()
         self.done = self.failed = 0
-        if enabled:
+        self.total = total
+        # Without a terminal (a log file, a pipe) a line at every tenth of the items instead.
+        self._lines = enabled and not sys.stderr.isatty()
+        if enabled and not self._lines:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc="batch", unit="item")
@@ -514,6 +583,16 @@ class BatchProgress:
                 done=self.done, failed=self.failed, per_min=f"{self.per_minute:.1f}", refresh=False
             )
             self._bar.update(1)
+        count = self.done + self.failed
+        if self._lines and (count == self.total or count % max(1, -(-self.total // 10)) == 0):
+            import sys
+
+            print(
+                f"batch: {count}/{self.total} items ({self.failed} failed, "
+                f"{self.per_minute:.1f}/min)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -49,6 +49,7 @@ from rpg.batch import (
     BatchItem,
     BatchProgress,
     BatchReport,
+    DrawnSeeds,
     Manifest,
     PlanBook,
     PlannerSource,
@@ -163,15 +164,22 @@ def _item_row(index: int, item: BatchItem) -> dict[str, Any]:
 
 
 def _split_file(
-    row: dict[str, Any], *, defaults: Mapping[str, Any], seeds: Sequence[int] | None
+    row: dict[str, Any],
+    *,
+    defaults: Mapping[str, Any],
+    seeds: Sequence[int] | None,
+    drawn: DrawnSeeds | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One requests file into its items, numbered by line as :func:`rpg.batch.read_requests`."""
+    """One requests file into its items, numbered by line as :func:`rpg.batch.read_requests`.
+
+    ``drawn`` gives lines without a seed one (random, or the one an earlier run recorded).
+    """
     text = bytes(row["bytes"]).decode("utf-8")
     for number, line in enumerate(text.splitlines(), start=1):
         value = parse_line(number, line)
         if value is None:
             continue
-        for index, item in enumerate(expand_line(number, value, defaults, seeds)):
+        for index, item in enumerate(expand_line(number, value, defaults, seeds, drawn=drawn)):
             yield _item_row(index, item)
 
 
@@ -296,6 +304,7 @@ def _read_items(
     requests: str | os.PathLike[str] | Sequence[BatchItem],
     defaults: Mapping[str, Any] | None,
     seeds: Sequence[int] | None,
+    drawn: DrawnSeeds | None = None,
 ) -> Any:
     """The items of the batch as a dataset: a requests file read by Ray Data, or given items."""
     if isinstance(requests, (str, os.PathLike)):
@@ -304,7 +313,9 @@ def _read_items(
             path = os.fspath(Path(path).resolve())
         files = ray.data.read_binary_files([path], num_cpus=0)
         return files.flat_map(
-            _split_file, fn_kwargs={"defaults": dict(defaults or {}), "seeds": seeds}, num_cpus=0
+            _split_file,
+            fn_kwargs={"defaults": dict(defaults or {}), "seeds": seeds, "drawn": drawn},
+            num_cpus=0,
         )
     if defaults or seeds:
         raise TypeError("defaults and seeds go with a requests file; expand_requests applies them")
@@ -427,7 +438,8 @@ def _run(
     num_gpus: float | None,
     check: BatchCheck | None,
 ) -> BatchReport:
-    items = _read_items(ray, requests, defaults, seeds)
+    # lines without a seed draw one as the local engine does, or reuse the one recorded in OUT
+    items = _read_items(ray, requests, defaults, seeds, DrawnSeeds(manifest.out_dir))
     if items is None:
         return BatchReport()
     items = items.materialize()  # read and parsed once; the check and the keys reuse it

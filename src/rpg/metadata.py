@@ -36,6 +36,8 @@ from rpg.models import GenerationRequest, RegionPlan
 
 __all__ = [
     "CONTROL_KEY_PREFIX",
+    "MAX_TEXT_CHUNK_BYTES",
+    "MAX_TEXT_TOTAL_BYTES",
     "PNG_KEY",
     "MetadataError",
     "image_request",
@@ -47,6 +49,15 @@ __all__ = [
 ]
 
 PNG_KEY = "rpg"
+#: The most text rpg writes in, and reads from, one PNG text chunk (UTF-8 bytes, after
+#: decompression): Pillow's ``MAX_TEXT_CHUNK``, the size any Pillow opens without raising. The
+#: request models keep a request and its plan well below it (see
+#: :data:`rpg.models.MAX_REQUEST_JSON_BYTES`); a file with a larger chunk is refused unread.
+MAX_TEXT_CHUNK_BYTES = 1024 * 1024
+#: The most text, all chunks together, rpg reads from one PNG (Pillow's ``MAX_TEXT_MEMORY``).
+MAX_TEXT_TOTAL_BYTES = 64 * 1024 * 1024
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Key prefix of the text chunks holding embedded control images (``rpg-control-0``, ...).
 CONTROL_KEY_PREFIX = "rpg-control-"
 _VERSION = 1
@@ -161,8 +172,16 @@ def save_png(
         "request": stored,
         "plan": plan.model_dump(mode="json") if plan is not None else None,
     }
+    text = json.dumps(payload, ensure_ascii=False)
+    size = len(text.encode("utf-8"))
+    if size > MAX_TEXT_CHUNK_BYTES:
+        raise MetadataError(
+            f"the request and plan are {size / 1024:.0f} KiB as JSON; a PNG text chunk that rpg "
+            f"(or any Pillow) reads back holds at most {MAX_TEXT_CHUNK_BYTES // 1024} KiB — "
+            "shorten the prompts"
+        )
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(PNG_KEY, json.dumps(payload, ensure_ascii=False), zip=True)
+    info.add_itxt(PNG_KEY, text, zip=True)
     if control_images:
         _add_control_images(info, request, control_images)
     target = Path(path)
@@ -170,7 +189,47 @@ def save_png(
     return target
 
 
+def _check_text_chunks(p: Path) -> None:
+    """Refuse a PNG whose text chunks are larger than rpg writes, before Pillow reads them.
+
+    Reads only the chunk headers (8 bytes each) and seeks over the data: a 50 MB text chunk
+    costs nothing to refuse. Files that are not PNG are left to Pillow.
+    """
+    total = 0
+    with p.open("rb") as fh:
+        if fh.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+            return
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return
+            length = int.from_bytes(header[:4], "big")
+            kind = header[4:]
+            if kind in _TEXT_CHUNKS:
+                if length > MAX_TEXT_CHUNK_BYTES:
+                    raise MetadataError(
+                        f"{p} has a {kind.decode()} text chunk of {length / 2**20:.1f} MiB; rpg "
+                        f"reads text chunks up to {MAX_TEXT_CHUNK_BYTES // 1024} KiB (the most it "
+                        "writes), so this file was not written by rpg or was altered"
+                    )
+                total += length
+                if total > MAX_TEXT_TOTAL_BYTES:
+                    raise MetadataError(
+                        f"{p} holds more than {MAX_TEXT_TOTAL_BYTES // 2**20} MiB of text "
+                        "chunks; rpg reads at most that much"
+                    )
+            if kind == b"IEND":
+                return
+            fh.seek(length + 4, io.SEEK_CUR)  # data and CRC
+
+
 def _read_text(p: Path) -> tuple[dict[str, str], str | None]:
+    try:
+        _check_text_chunks(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {p}") from None
+    except IsADirectoryError:
+        raise MetadataError(f"{p} is a folder, not an image") from None
     try:
         with Image.open(p) as img:
             img.load()
@@ -178,7 +237,15 @@ def _read_text(p: Path) -> tuple[dict[str, str], str | None]:
             fmt = img.format
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {p}") from None
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if "MAX_TEXT_CHUNK" in str(exc):
+            raise MetadataError(
+                f"{p} has a compressed text chunk that holds more than "
+                f"{MAX_TEXT_CHUNK_BYTES // 1024} KiB of text; rpg reads text chunks up to that "
+                "size (the most it writes), so this file was not written by rpg or was altered"
+            ) from None
+        raise MetadataError(f"{p} is not a readable image: {exc}") from None
+    except OSError as exc:
         raise MetadataError(f"{p} is not a readable image: {exc}") from None
     return text, fmt
 

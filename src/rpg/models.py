@@ -30,6 +30,10 @@ from rpg.layout import (
 __all__ = [
     "DEFAULT_BASE_RATIO",
     "MAX_CONTROL_SCALE",
+    "MAX_PLAN_JSON_BYTES",
+    "MAX_PROMPT_CHARS",
+    "MAX_REQUEST_JSON_BYTES",
+    "MAX_SEED",
     "ControlInput",
     "Entity",
     "GenerationRequest",
@@ -47,7 +51,29 @@ DEFAULT_BASE_RATIO = 0.3
 #: Largest ControlNet conditioning scale a request accepts (typical values are 0.3 to 2).
 MAX_CONTROL_SCALE = 10.0
 
+#: Largest seed: torch generators take unsigned 64-bit seeds, and image ``i`` uses ``seed + i``.
+MAX_SEED = 2**64 - 1
+
+#: Longest prompt (user prompt, negative prompt, region and base prompts), in characters.
+MAX_PROMPT_CHARS = 10_000
+#: Largest plan, as JSON in UTF-8 bytes. With :data:`MAX_REQUEST_JSON_BYTES` it bounds what a PNG
+#: saved by rpg carries (request + plan, see :mod:`rpg.metadata`) below Pillow's 1 MiB limit on
+#: one text chunk, so every PNG rpg writes, rpg (and any Pillow) reads back.
+MAX_PLAN_JSON_BYTES = 128 * 1024
+#: Largest request (plan included), as JSON in UTF-8 bytes.
+MAX_REQUEST_JSON_BYTES = 256 * 1024
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_json_size(model: BaseModel, limit: int, what: str) -> None:
+    """A model whose JSON would exceed ``limit`` bytes is refused, naming the limit."""
+    size = len(model.model_dump_json().encode("utf-8"))
+    if size > limit:
+        raise ValueError(
+            f"{what} is {size / 1024:.0f} KiB as JSON; the most rpg accepts is {limit // 1024} KiB "
+            "(so that the PNG it is saved in can be read back)"
+        )
 
 
 def _non_blank(value: str, what: str) -> str:
@@ -90,6 +116,7 @@ class Region(BaseModel):
     model_config = _FROZEN
 
     prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
         description="The sub-prompt for this region: its entity with all of that entity's "
         "attributes, plus the shared setting and style.",
     )
@@ -101,6 +128,7 @@ class Region(BaseModel):
     )
     negative_prompt: str | None = Field(
         default=None,
+        max_length=MAX_PROMPT_CHARS,
         description="A negative prompt for this region only; null uses the request's negative "
         "prompt.",
     )
@@ -149,6 +177,7 @@ class RegionPlan(BaseModel):
     )
     base_prompt: str | None = Field(
         default=None,
+        max_length=MAX_PROMPT_CHARS,
         description="A prompt for the whole image, blended into every region; use it when the "
         "entities share a class or a scene. Null for none.",
     )
@@ -171,6 +200,11 @@ class RegionPlan(BaseModel):
     @model_validator(mode="after")
     def _finite_total_height(self) -> RegionPlan:
         check_finite_total([row.height for row in self.rows], "row heights")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_size(self) -> RegionPlan:
+        _check_json_size(self, MAX_PLAN_JSON_BYTES, "the plan")
         return self
 
     @property
@@ -353,7 +387,7 @@ class GenerationRequest(BaseModel):
 
     model_config = _FROZEN
 
-    prompt: str = Field(description="The user's prompt.")
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="The user's prompt.")
     plan: RegionPlan | None = Field(
         default=None, description="A region plan; null asks the planner for one."
     )
@@ -383,13 +417,19 @@ class GenerationRequest(BaseModel):
         default=None,
         ge=0,
         le=100,
+        allow_inf_nan=False,
         description="Guidance scale; 0 or 1 turns classifier-free guidance off. For FLUX.1 it is "
         "the distilled guidance embedding. null uses the model's default (7 for SD, SDXL and "
         "SD3, 3.5 for FLUX.1, 4 for FLUX.2 klein) and the result records the value used.",
     )
-    negative_prompt: str = Field(default="", description="Negative prompt for the whole image.")
+    negative_prompt: str = Field(
+        default="", max_length=MAX_PROMPT_CHARS, description="Negative prompt for the whole image."
+    )
     seed: int | None = Field(
-        default=None, ge=0, description="Random seed; null picks one and records it in the result."
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed (0 to 2**64 - 1); null picks one and records it in the result.",
     )
     num_images: int = Field(default=1, ge=1, le=64, description="Images to generate.")
     scheduler: str | None = Field(
@@ -401,6 +441,7 @@ class GenerationRequest(BaseModel):
         default=None,
         ge=0,
         le=1,
+        allow_inf_nan=False,
         description="Overrides the plan's base ratio when set.",
     )
     true_cfg_scale: float = Field(
@@ -444,6 +485,16 @@ class GenerationRequest(BaseModel):
             lower, upper = v // 8 * 8, v // 8 * 8 + 8
             raise ValueError(f"must be a multiple of 8, got {v} (try {lower or upper} or {upper})")
         return v
+
+    @model_validator(mode="after")
+    def _bounded(self) -> GenerationRequest:
+        if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
+            raise ValueError(
+                f"seed {self.seed} with {self.num_images} images needs seeds up to "
+                f"{self.seed + self.num_images - 1}; the largest seed is 2**64 - 1 = {MAX_SEED}"
+            )
+        _check_json_size(self, MAX_REQUEST_JSON_BYTES, "the request")
+        return self
 
     def effective_plan(self) -> RegionPlan | None:
         """The plan with the request's base-ratio override applied."""

@@ -38,6 +38,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "BackboneRegistry",
+    "LazyTarget",
     "PlannerFactory",
     "PlannerRegistry",
     "Registry",
@@ -64,20 +65,48 @@ class PlannerFactory(Protocol):
 
 
 @dataclass(frozen=True)
+class LazyTarget:
+    """A registered target named by ``"module:attribute"``, imported on first use.
+
+    Listing the registries (``rpg plugins``, an unknown-name error) then costs no import of
+    torch or diffusers: only rendering needs the backbone classes themselves.
+    """
+
+    path: str
+
+    def load(self) -> Any:
+        module_name, _, attribute = self.path.partition(":")
+        value: Any = importlib.import_module(module_name)
+        for part in attribute.split(".") if attribute else ():
+            value = getattr(value, part)
+        return value
+
+
+@dataclass(frozen=True)
 class RegistryEntry(Generic[T]):
     """A registered name, what it makes, and who registered it.
 
     ``source`` is the distribution (``"rpg-halves 1.2.3"``) or module that registered it,
     ``plugin`` the name of the plugin in the plugin manager (empty when registered directly),
-    ``priority`` the backbone detection priority (higher is asked first).
+    ``priority`` the backbone detection priority (higher is asked first). A target registered
+    as a :class:`LazyTarget` is imported the first time :attr:`target` is read.
     """
 
     name: str
-    target: T
+    registered: T | LazyTarget
     source: str
     description: str = ""
     plugin: str = ""
     priority: int = 0
+
+    @property
+    def target(self) -> T:
+        """What the name makes (imported now if it was registered lazily)."""
+        value = self.registered
+        if isinstance(value, LazyTarget):
+            value = value.load()
+            object.__setattr__(self, "registered", value)
+        return value
 
     @property
     def builtin(self) -> bool:
@@ -99,7 +128,7 @@ class Registry(Generic[T]):
         """Register ``target`` under ``name`` (lower-case letters, digits, ``-``, ``_``, ``.``)."""
         self._add(name, target, description=description, priority=0)
 
-    def _add(self, name: str, target: T, *, description: str, priority: int) -> None:
+    def _add(self, name: str, target: T | LazyTarget, *, description: str, priority: int) -> None:
         key = name.strip().lower()
         if not key or not all(c.isalnum() or c in "-_." for c in key):
             raise RegistryError(f"invalid {self.kind} name {name!r}: use letters, digits, - _ .")
@@ -160,13 +189,19 @@ class BackboneRegistry(Registry["type[Backbone]"]):
     kind = "backbone"
 
     def register(
-        self, name: str, target: type[Backbone], *, description: str = "", priority: int = 0
+        self,
+        name: str,
+        target: type[Backbone] | LazyTarget,
+        *,
+        description: str = "",
+        priority: int = 0,
     ) -> None:
         """Register ``target`` under ``name``; ``priority`` orders model detection.
 
         Detection asks higher priorities first; at equal priority rpg's own backbones come
         before plugins. Leave it at 0 unless the backbone must win over another that detects
-        the same models.
+        the same models. ``target`` may be a :class:`LazyTarget` (``"module:Class"``), so the
+        class and what it imports load only when a model is detected or loaded.
         """
         self._add(name, target, description=description, priority=priority)
 

@@ -15,9 +15,12 @@ from typing import IO, Any, Protocol, runtime_checkable
 __all__ = [
     "STAGES",
     "BarProgress",
+    "LineProgress",
     "NoProgress",
     "ProgressCallback",
     "RenderProgress",
+    "close_bars",
+    "progress_for",
     "step_callback",
 ]
 
@@ -58,11 +61,21 @@ class NoProgress:
         pass
 
 
-class BarProgress:
-    """One tqdm bar per render, labelled with the stage; its counter is the denoising step.
+#: Bars on screen now, so that an error can clear them before it prints (see :func:`close_bars`).
+_OPEN_BARS: list[BarProgress] = []
 
-    ``file`` defaults to stderr. The bar is removed when the render finishes (``leave=False``),
-    so the command's own summary line is what stays on screen.
+# Until the denoising starts there is no step to count: the bar shows just the stage.
+_STAGE_ONLY = "{desc}…"
+
+
+class BarProgress:
+    """One tqdm bar per render, labelled with the stage; it counts steps only while denoising.
+
+    ``plan`` and ``encode`` show only their name ("plan…", not "plan 0/30 step/s"); ``denoise``
+    shows the steps done, their rate and the time left; ``decode`` its name and the steps. The
+    bar is for a terminal (``file`` defaults to stderr); use :class:`LineProgress` for logs.
+    It is removed when the render finishes (``leave=False``), so the command's own summary
+    line is what stays on screen.
     """
 
     def __init__(self, *, file: IO[str] | None = None, leave: bool = False) -> None:
@@ -81,11 +94,20 @@ class BarProgress:
             file=self.file,
             leave=self.leave,
             dynamic_ncols=True,
+            bar_format=_STAGE_ONLY,
         )
+        _OPEN_BARS.append(self)
 
     def stage(self, name: str) -> None:
-        if self._bar is not None:
-            self._bar.set_description_str(name)
+        if self._bar is None:
+            return
+        if name == "denoise":
+            self._bar.bar_format = None  # tqdm's own: steps, rate, time left
+        elif name == "decode":
+            self._bar.bar_format = "{desc}… ({n_fmt}/{total_fmt} steps done)"
+        else:
+            self._bar.bar_format = _STAGE_ONLY
+        self._bar.set_description_str(name)
 
     def step(self, done: int, total: int) -> None:
         if self._bar is None:
@@ -98,6 +120,71 @@ class BarProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self in _OPEN_BARS:
+            _OPEN_BARS.remove(self)
+
+
+class LineProgress:
+    """Progress for logs (stderr is not a terminal): a few whole lines, no bar frames.
+
+    One line per stage, and during the denoising one at each quarter of the steps:
+    ``denoise: 15/30 steps (4.1 s)``.
+    """
+
+    def __init__(self, *, file: IO[str] | None = None, label: str = "") -> None:
+        self.file = file
+        self.label = label
+        self._steps = 0
+        self._reported = 0
+        self._started = 0.0
+
+    def _print(self, text: str) -> None:
+        import sys
+
+        print(f"{self.label}{text}", file=self.file or sys.stderr, flush=True)
+
+    def start(self, steps: int) -> None:
+        import time
+
+        self._steps, self._reported, self._started = steps, 0, time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        if name == "denoise":
+            self._print(f"denoise: {self._steps} steps")
+        elif name != "decode" or self._reported < self._steps:
+            self._print(f"{name}…")
+
+    def step(self, done: int, total: int) -> None:
+        import time
+
+        total = self._steps = total or self._steps
+        quarter = max(1, -(-total // 4))
+        if done == total or done - self._reported >= quarter:
+            self._reported = done
+            seconds = time.perf_counter() - self._started
+            self._print(f"denoise: {done}/{total} steps ({seconds:.1f} s)")
+            if done == total:
+                self._print("decode…")
+
+    def finish(self) -> None:
+        pass
+
+
+def progress_for(stream: IO[str] | None = None) -> RenderProgress:
+    """A bar when ``stream`` (default stderr) is a terminal, else a few plain lines."""
+    import sys
+
+    target = stream or sys.stderr
+    isatty = getattr(target, "isatty", None)
+    if callable(isatty) and isatty():
+        return BarProgress(file=stream)
+    return LineProgress(file=stream)
+
+
+def close_bars() -> None:
+    """Close every bar still on screen, so that the next line (an error) starts on its own."""
+    for bar in list(_OPEN_BARS):
+        bar.finish()
 
 
 class ProgressCallback:

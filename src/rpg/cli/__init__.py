@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rpg import __version__
 from rpg.cli.checks import UsageError, validation_message
 from rpg.cli.output import command_output
+from rpg.progress import close_bars
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "ui", "plugins")
@@ -97,9 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.run(args) or 0)
         except KeyboardInterrupt:
+            close_bars()
             print(f"rpg {args.command}: interrupted", file=sys.stderr)
             return 130
         except Exception as exc:
+            close_bars()  # the error starts on its own line, not after a progress bar
             if args.debug:
                 traceback.print_exc()
             else:

@@ -14,6 +14,7 @@ from rpg.cli.common import (
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
+    check_loading,
     load_rpg,
     planner_options,
     prepare_planner,
@@ -21,6 +22,7 @@ from rpg.cli.common import (
 )
 from rpg.errors import ConfigurationError
 from rpg.planners.base import DEFAULT_PLANNER
+from rpg.stopping import stop_on_sigint
 
 if TYPE_CHECKING:
     from rpg.batch import BatchItem, BatchReport
@@ -31,7 +33,11 @@ _EXAMPLES = """examples:
 
 Each line of REQUESTS.jsonl is a JSON object with GenerationRequest fields (only "prompt" is
 required) or a bare JSON string prompt. Options given here are defaults that a line overrides,
-except --seeds, which replaces every line's seed. A line may name its own "planner" and give it
+except --seeds, which replaces every line's seed. A line without a seed (and no --seed or
+--seeds) gets a random one, as 'rpg generate' does; it is recorded in the manifest and the PNG,
+and a resumed run uses it again. One model per batch: --model (default tiny-sd); a line may
+repeat it, and a line that names another model stops the batch before anything loads.
+A line may name its own "planner" and give it
 "planner_options" (e.g. {"planner": "ollama", "planner_options": {"model": "qwen2.5:7b"}}).
 Running the same command again skips finished items (see OUT/manifest.jsonl): an item is
 finished when a run with exactly the same settings wrote its files.
@@ -105,27 +111,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def batch_model(items: Sequence[BatchItem], given: str | None) -> str:
-    """The one model the batch loads: ``--model``, else the one the lines name, else the default.
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model references name the same model (paths compared resolved)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
-    Lines that name another model than the one loaded are refused before anything is loaded,
-    rather than rendered with a model they did not ask for.
+
+def batch_model(items: Sequence[BatchItem], given: str | None) -> str:
+    """The one model a batch loads: ``--model``, else the default; lines may only repeat it.
+
+    The rule is the same as for every other option (an option is a default a line may
+    override), except that one model is loaded for the whole batch: a line that names another
+    model cannot be honoured, so it is refused before anything loads. A line's model never
+    becomes the model of the other lines.
     """
-    named: dict[str, list[int]] = {}
+    model = given or DEFAULT_MODEL
+    others: dict[str, list[int]] = {}
     for item in items:
-        if item.request is not None and item.request.model is not None:
-            named.setdefault(item.request.model, []).append(item.line)
-    model = given or (next(iter(named)) if len(named) == 1 else None) or DEFAULT_MODEL
-    others = {name: lines for name, lines in named.items() if name != model}
+        named = item.request.model if item.request is not None else None
+        if named is not None and not _same_model(named, model):
+            lines = others.setdefault(named, [])
+            if item.line not in lines:
+                lines.append(item.line)
     if others:
         asked = "; ".join(
-            f"{name} (line{'s' if len(set(lines)) > 1 else ''} "
-            f"{', '.join(map(str, sorted(set(lines))[:5]))})"
+            f"{name} (line{'s' if len(lines) > 1 else ''} "
+            f"{', '.join(map(str, sorted(lines)[:5]))}{', ...' if len(lines) > 5 else ''})"
             for name, lines in others.items()
         )
-        raise ConfigurationError(
-            f"a batch loads one model ({model}), but lines ask for {asked}; "
+        how = (
             "split them into one file per model"
+            if given
+            else f"pass --model {next(iter(others))} if every line should use it, or split the "
+            "file into one per model"
+        )
+        raise ConfigurationError(
+            f"a batch renders with one model, --model ({model}"
+            f"{'' if given else ', the default'}), but lines ask for {asked}; {how}"
         )
     return model
 
@@ -211,7 +235,7 @@ def _run_on_ray(args: argparse.Namespace, defaults: dict[str, Any]) -> BatchRepo
 def run(args: argparse.Namespace) -> int:
     if (args.ray_address or args.workers) and not args.ray:
         raise ConfigurationError("--ray-address and --workers go with --ray")
-    from rpg.batch import MANIFEST_NAME, expand_requests, read_requests, run_batch
+    from rpg.batch import MANIFEST_NAME, DrawnSeeds, expand_requests, read_requests, run_batch
     from rpg.progress import NoProgress
 
     if not args.requests.is_file():
@@ -233,21 +257,31 @@ def run(args: argparse.Namespace) -> int:
         if not lines:
             raise ConfigurationError(f"{args.requests}: has no requests")
         # --plan stays in every line's request, so the resume key covers it
-        model = batch_model(expand_requests(lines, defaults=defaults, seeds=args.seeds), args.model)
-        # every request records the model the batch loads, and is keyed by it
-        items = expand_requests(lines, defaults={**defaults, "model": model}, seeds=args.seeds)
-        controlnet = batch_controlnets(items)
+        listed = expand_requests(lines, defaults=defaults, seeds=args.seeds)
+        model = batch_model(listed, args.model)
+        controlnet = batch_controlnets(listed)
+        check_loading(args, model, controlnet)
+        # every request records the model the batch loads, and is keyed by it; lines without
+        # a seed draw one, the same one again when the batch resumes in OUT
+        items = expand_requests(
+            lines,
+            defaults={**defaults, "model": model},
+            seeds=args.seeds,
+            drawn=DrawnSeeds(args.out),
+        )
         unplanned = any(item.request is not None and item.request.plan is None for item in items)
         planner = prepare_planner(args, args.planner) if unplanned else None
-        pipe = load_rpg(args, model, planner, controlnet=controlnet)
-        pipe.progress = NoProgress()  # one bar over the items, not one per image
-        report = run_batch(pipe, items, args.out, progress=not args.no_progress)
+        with stop_on_sigint("rpg batch") as interrupts:
+            pipe = load_rpg(args, model, planner, controlnet=controlnet)
+            pipe.progress = NoProgress()  # one bar over the items, not one per image
+            # Ctrl-C stops the item being rendered within one layer; finished items are kept.
+            with interrupts.render(pipe):
+                report = run_batch(pipe, items, args.out, progress=not args.no_progress)
     for record in report.records:
         if record.get("status") == "error":
             seed = f", seed {record['seed']}" if record.get("seed") is not None else ""
-            print(
-                f"rpg batch: error: line {record.get('line')}{seed}: {record.get('error')}",
-                file=sys.stderr,
-            )
+            where = f"line {record.get('line')}"
+            error = str(record.get("error")).removeprefix(f"{where}: ")
+            print(f"rpg batch: error: {where}{seed}: {error}", file=sys.stderr)
     print(f"{report.summary()}; manifest: {args.out / MANIFEST_NAME}")
     return 1 if report.failed else 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -100,8 +101,14 @@ def validate_request(
     :class:`UsageError` naming the flag (``--guidance: input should be ...``). Other fields came
     from ``source`` (an image given to ``--from``), and their errors name that file.
     """
-    from rpg.models import GenerationRequest
+    from rpg.models import MAX_SEED, GenerationRequest
 
+    seed, count = data.get("seed"), data.get("num_images", 1)
+    if isinstance(seed, int) and isinstance(count, int) and seed + count - 1 > MAX_SEED:
+        raise UsageError(
+            f"--seed {seed} with --num-images {count}: image i uses seed + i, and the "
+            f"largest seed is 2**64 - 1 = {MAX_SEED}; give a smaller --seed"
+        )
     try:
         return GenerationRequest.model_validate(dict(data))
     except ValidationError as exc:
@@ -131,12 +138,44 @@ def check_scheduler_flag(name: str | None, *, given: bool, source: str | None = 
         raise ConfigurationError(f"{source}: {exc}") from None
 
 
+#: The first bytes of every PNG file.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png_plan(path: Path) -> Any:
+    """The plan recorded in a PNG rpg saved (its ``rpg`` text chunk)."""
+    from rpg.metadata import MetadataError, read_metadata
+    from rpg.models import RegionPlan
+
+    try:
+        data = read_metadata(path)
+        raw = data.get("plan") or (data.get("request") or {}).get("plan")
+        if raw is None:
+            raise ConfigurationError(f"{path}: the image records no plan")
+        return RegionPlan.model_validate(raw)
+    except MetadataError as exc:
+        raise ConfigurationError(str(exc)) from None
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"{path}: the recorded plan is invalid: {validation_message(exc)}"
+        ) from None
+
+
 def read_plan_file(path: Path) -> Any:
-    """``RegionPlan.load(path)``, every error naming the file."""
+    """``RegionPlan.load(path)``, every error naming the file; a PNG rpg saved gives its plan."""
     from rpg.models import RegionPlan
 
     if path.is_dir():
         raise ConfigurationError(f"{path}: is a folder, not a plan file (JSON)")
+    try:
+        with path.open("rb") as fh:
+            is_png = fh.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except FileNotFoundError:
+        raise ConfigurationError(f"{path}: plan file not found") from None
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the plan file: {exc.strerror}") from None
+    if is_png:
+        return _read_png_plan(path)
     try:
         return RegionPlan.load(path)
     except ValidationError as exc:
@@ -170,6 +209,15 @@ def check_output_dir(folder: Path, *, for_file: Path | None = None) -> None:
         raise ConfigurationError(f"{what}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigurationError(f"{what}: no permission to write in {ancestor}")
+    # os.access says yes to root everywhere, and to file systems that refuse files (/sys,
+    # /proc, a read-only mount): make (and remove) a file to know before the render.
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{what}: files cannot be created in {ancestor} ({exc.strerror or exc})"
+        ) from None
 
 
 def check_output_file(path: Path, *, flag: str = "--out") -> None:

@@ -9,6 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from rpg.cli.checks import make_planner, read_plan_file, warn_if_slow
 from rpg.cli.layout import parse_size
+from rpg.cli.preflight import (
+    check_cache_dir,
+    check_device_dtype,
+    check_model_flags,
+    finite_float,
+    seed_value,
+)
 from rpg.planners.base import DEFAULT_PLANNER, Planner
 
 if TYPE_CHECKING:
@@ -50,15 +57,67 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+class DeprecatedAlias(argparse.Action):
+    """A hidden old spelling of an option: stores into the new option's ``dest`` and warns.
+
+    Kept for one release after a rename, so scripts keep working while they are told the new
+    name (``rpg plan --model`` → ``--planner-model``, ``--host`` → ``--ollama-host``).
+    """
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        self.new = new
+        kwargs["help"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated and will be removed in the "
+            f"next release; use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser, old: str, new: str, dest: str
+) -> None:
+    """``old`` as a hidden, warning alias of the option ``new`` (whose ``dest`` is ``dest``)."""
+    group.add_argument(old, dest=dest, action=DeprecatedAlias, new=new, default=argparse.SUPPRESS)
+
+
+def add_planner_service_arguments(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--planner-model``, ``--base-url`` and ``--ollama-host``: the same names in every command.
+
+    ``--host`` (the Ollama server until 0.1) is kept as a hidden alias of ``--ollama-host``:
+    in ``rpg ui``, ``--host`` is the address the server binds, so one name had to change.
+    """
+    group.add_argument(
+        "--planner-model", help="the LLM planner's model (e.g. gpt-4o-mini, qwen2.5:7b)"
+    )
+    group.add_argument(
+        "--base-url", help="OpenAI-compatible server URL for the openai planner (vLLM, llama.cpp)"
+    )
+    group.add_argument(
+        "--ollama-host",
+        dest="ollama_host",
+        help="Ollama server URL for the ollama planner (default: $OLLAMA_HOST or localhost)",
+    )
+    add_deprecated_alias(group, "--host", "--ollama-host", "ollama_host")
+
+
 def add_planner_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """``--plan``, ``--planner`` and the LLM planner options; returns the group to extend."""
     plan = p.add_argument_group("plan")
     plan.add_argument("--plan", type=Path, metavar="PLAN.json", help="use this plan, no planner")
     add_planner_choice(plan)
-    plan.add_argument("--planner-model", help="model name for LLM planners")
-    plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
-    plan.add_argument("--host", help="Ollama server URL for the ollama planner")
-    plan.add_argument("--base-ratio", type=float, help="weight of the base prompt, 0 to 1")
+    add_planner_service_arguments(plan)
+    plan.add_argument("--base-ratio", type=finite_float, help="weight of the base prompt, 0 to 1")
     return plan
 
 
@@ -76,10 +135,12 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render = p.add_argument_group("rendering")
     render.add_argument("--size", type=parse_size, help="WxH, multiples of 8; default: native")
     render.add_argument("--steps", type=int, help="denoising steps (default 30)")
-    render.add_argument("--seed", type=int, help="random seed (default: random, recorded)")
+    render.add_argument(
+        "--seed", type=seed_value, help="random seed, 0 to 2**64-1 (default: random, recorded)"
+    )
     render.add_argument(
         "--guidance",
-        type=float,
+        type=finite_float,
         help="guidance scale (default: the model's own; 7 for SD, SDXL and SD3, 3.5 for "
         "FLUX.1, 4 for FLUX.2 klein)",
     )
@@ -91,7 +152,9 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     render.add_argument("--num-images", type=int, help="images to render (default 1)")
     dit = p.add_argument_group("FLUX and SD3 (regional joint attention)")
     dit.add_argument(
-        "--true-cfg", type=float, help="FLUX: true CFG scale with --negative (default 1: off)"
+        "--true-cfg",
+        type=finite_float,
+        help="FLUX: true CFG scale with --negative (default 1: off)",
     )
     dit.add_argument(
         "--image-attention",
@@ -99,7 +162,9 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="what image tokens see of the image: all of it (global, default) or their region",
     )
     dit.add_argument(
-        "--regional-steps", type=float, help="fraction of the steps that are regional (default 1)"
+        "--regional-steps",
+        type=finite_float,
+        help="fraction of the steps that are regional (default 1)",
     )
     dit.add_argument(
         "--regional-blocks", type=int, help="every k-th attention block is regional (default 1)"
@@ -131,13 +196,18 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def planner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Options for the planner factory from ``--planner-model``, ``--base-url``, ``--host``.
+    """Options for the planner factory from ``--planner-model``, ``--base-url``,
+    ``--ollama-host``.
 
     ``--allow-download`` also lets the ``hf`` planner fetch a hub model that is not cached.
     """
-    pairs = (("model", args.planner_model), ("base_url", args.base_url), ("host", args.host))
+    pairs = (
+        ("model", getattr(args, "planner_model", None)),
+        ("base_url", getattr(args, "base_url", None)),
+        ("host", getattr(args, "ollama_host", None)),
+    )
     options = {key: value for key, value in pairs if value is not None}
-    if args.planner == "hf" and getattr(args, "allow_download", False):
+    if getattr(args, "planner", None) == "hf" and getattr(args, "allow_download", False):
         options["allow_download"] = True
     return options
 
@@ -153,6 +223,20 @@ def prepare_planner(
     return make_planner(name or DEFAULT_PLANNER, planner_options(args), images=images)
 
 
+def check_loading(
+    args: argparse.Namespace, model: str | None, controlnet: list[str] | None = None
+) -> None:
+    """The loading flags, before torch is imported: ``--device``, ``--dtype``, ``--model``
+    file, ``--config`` folder, and a cache that can take the tiny models to be written.
+
+    ``model`` is ``None`` when it is known only later (``rpg edit`` reads it from the image).
+    """
+    check_device_dtype(getattr(args, "device", None), getattr(args, "dtype", None))
+    if model is not None:
+        check_model_flags(model, getattr(args, "config", None))
+    check_cache_dir([*([model] if model is not None else []), *(controlnet or ())])
+
+
 def load_rpg(
     args: argparse.Namespace,
     model: str,
@@ -165,12 +249,13 @@ def load_rpg(
     ``planner`` is one made by :func:`prepare_planner` (or a name, made on first use). With
     ``controlnet`` the detected backbone's ControlNet variant loads those ControlNets. The
     pipeline's own progress bar is off; unless ``--no-progress``, the render shows rpg's one bar
-    (:class:`rpg.progress.BarProgress`). Says on stderr when the model is a tiny random-weight
-    one, so nobody mistakes its noise for a bug.
+    on a terminal (:class:`rpg.progress.BarProgress`), or a few plain lines when stderr is a
+    file or pipe (:class:`rpg.progress.LineProgress`). Says on stderr when the model is a tiny
+    random-weight one, so nobody mistakes its noise for a bug.
     """
     from rpg.cli.output import quiet_libraries
     from rpg.orchestrator import RPG
-    from rpg.progress import BarProgress
+    from rpg.progress import progress_for
 
     quiet_libraries(verbose=getattr(args, "verbose", False))
     options: dict[str, Any] = {"config": args.config, "allow_download": args.allow_download}
@@ -196,7 +281,7 @@ def load_rpg(
     pipe.backbone.cache_kv = getattr(args, "kv_cache", True)
     pipe.pipe.set_progress_bar_config(disable=True)
     if not getattr(args, "no_progress", False):
-        pipe.progress = BarProgress()
+        pipe.progress = progress_for()  # a bar on a terminal, a few plain lines in a log
     return pipe
 
 

@@ -20,10 +20,15 @@ from rpg.cli.common import (
     DEFAULT_MODEL,
     add_model_arguments,
     add_planner_choice,
+    add_planner_service_arguments,
+    check_loading,
     load_rpg,
     prepare_planner,
 )
+from rpg.cli.generate import write_atomically
+from rpg.cli.preflight import finite_float, seed_value
 from rpg.errors import ConfigurationError
+from rpg.stopping import stop_on_sigint
 
 _EXAMPLES = """examples:
   rpg edit apple.png "make the mug green" --planner openai --out apple-green.png
@@ -48,20 +53,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_model_arguments(p)  # without --model: the model in IMAGE's metadata, else tiny-sd
     plan = p.add_argument_group("planner (must read images: openai or ollama)")
     add_planner_choice(plan)
-    plan.add_argument("--planner-model", help="the planner's (vision) model")
-    plan.add_argument("--base-url", help="OpenAI-compatible server URL for the openai planner")
-    plan.add_argument("--host", help="Ollama server URL for the ollama planner")
+    add_planner_service_arguments(plan)
     render = p.add_argument_group("rendering (defaults: IMAGE's metadata, else rpg's defaults)")
     render.add_argument("--steps", type=int, help="denoising steps")
-    render.add_argument("--seed", type=int, help="random seed")
-    render.add_argument("--guidance", type=float, help="guidance scale")
+    render.add_argument("--seed", type=seed_value, help="random seed, 0 to 2**64-1")
+    render.add_argument("--guidance", type=finite_float, help="guidance scale")
     render.add_argument("--negative", help="negative prompt")
     render.add_argument("--scheduler", help="scheduler name")
     render.add_argument(
-        "--strength", type=float, default=1.0, help="how much to re-noise the masked area (0-1]"
+        "--strength",
+        type=finite_float,
+        default=1.0,
+        help="how much to re-noise the masked area (0-1]",
     )
     render.add_argument(
-        "--feather", type=float, help="soft mask edge in pixels (default: 3%% of the short side)"
+        "--feather",
+        type=finite_float,
+        help="soft mask edge in pixels (default: 3%% of the short side)",
     )
     out = p.add_argument_group("output")
     out.add_argument("--out", type=Path, help="output PNG; default: IMAGE's name + .edit.png")
@@ -96,27 +104,30 @@ def run(args: argparse.Namespace) -> int:
     target = args.out or args.image.with_name(f"{args.image.stem}.edit.png")
     check_output_file(target)
     planner = prepare_planner(args, args.planner, images="rpg edit")
+    check_loading(args, args.model)
 
     from rpg.edit import edit, read_image  # torch and diffusers: only once the checks passed
     from rpg.metadata import save_png
 
     source, stored = read_image(args.image)
     model = args.model or (stored.model if stored is not None else None) or DEFAULT_MODEL
-    pipe = load_rpg(args, model, planner)
-    result = edit(
-        pipe,
-        args.image,
-        args.instruction,
-        seed=args.seed,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        negative_prompt=args.negative,
-        scheduler=args.scheduler,
-        strength=args.strength,
-        feather=args.feather,
-    )
+    with stop_on_sigint("rpg edit") as interrupts:
+        pipe = load_rpg(args, model, planner)
+        with interrupts.render(pipe):
+            result = edit(
+                pipe,
+                args.image,
+                args.instruction,
+                seed=args.seed,
+                steps=args.steps,
+                guidance_scale=args.guidance,
+                negative_prompt=args.negative,
+                scheduler=args.scheduler,
+                strength=args.strength,
+                feather=args.feather,
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_png(result.image, target, result.request, result.plan)
+    write_atomically(target, lambda part: save_png(result.image, part, result.request, result.plan))
     where = "its metadata" if stored is not None and stored.plan is not None else "the planner"
     changed = ", ".join(f"{i} → {result.plan.regions[i].prompt!r}" for i in result.edit.indices)
     print(f"plan from {where}; {result.edit.explanation}".rstrip("; "))

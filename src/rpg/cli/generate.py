@@ -10,7 +10,9 @@ ControlNets and uses the same control images even after their files are gone.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import functools
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +30,17 @@ from rpg.cli.common import (
     add_model_arguments,
     add_planner_arguments,
     add_render_arguments,
+    check_loading,
     check_render,
     load_rpg,
     prepare_planner,
     request_overrides,
 )
+from rpg.cli.preflight import check_control_flags, finite_float
 from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest
+from rpg.stopping import StopCallback, stop_on_sigint
 
 if TYPE_CHECKING:
     from rpg.planners.base import Planner
@@ -105,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     control.add_argument(
         "--control-scale",
         action="append",
-        type=float,
+        type=finite_float,
         metavar="S",
         help="ControlNet conditioning scale: one for all or one per --controlnet (default 1; "
         "with --from, the recorded scales)",
@@ -172,9 +177,19 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
         given=args.scheduler is not None,
         source=str(args.from_image) if args.from_image is not None else None,
     )
+    model = request.model or DEFAULT_MODEL
+    check_control_flags(
+        model,
+        args.controlnet,
+        args.control_image,
+        args.control_scale,
+        recorded=len(request.controls),
+    )
     for path in args.control_image or []:
         if not path.is_file():
             raise ConfigurationError(f"{path}: control image not found")
+    controlnet = args.controlnet or [c.controlnet for c in request.controls]
+    check_loading(args, model, controlnet)
     if args.refine and request.num_images != 1:
         raise UsageError("--refine reviews one image per round; leave out --num-images")
     if request.plan is not None and not args.refine:
@@ -256,6 +271,20 @@ def describe_controls(request: GenerationRequest) -> str:
     return ", ControlNet " + "; ".join(f"{c.controlnet} ×{c.scale:g}" for c in request.controls)
 
 
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(part)`` to ``path``'s ``.part`` name, then rename it to ``path``.
+
+    An interrupted or failed write leaves neither a half-written ``path`` nor the part file.
+    """
+    part = path.with_name(f"{path.name}.part")
+    try:
+        write(part)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from rpg.metadata import save_png
 
@@ -271,20 +300,33 @@ def run(args: argparse.Namespace) -> int:
 
         embedded = read_control_images(args.from_image)
     controlnet = args.controlnet or [c.controlnet for c in request.controls] or None
-    pipe = load_rpg(args, model, planner, controlnet=controlnet)
-    control, request = control_inputs(args, pipe.backbone, request, embedded)
-    check_render(pipe, request)
-    if args.refine:
-        result = generate_refined(pipe, request, args.out, args.refine, **control)
-    else:
-        result = pipe.generate(request, **control)
+    with stop_on_sigint("rpg generate") as interrupts:
+        pipe = load_rpg(args, model, planner, controlnet=controlnet)
+        control, request = control_inputs(args, pipe.backbone, request, embedded)
+        check_render(pipe, request)
+        # Ctrl-C stops the render within one attention layer; nothing is written then.
+        with interrupts.render(pipe):
+            if args.refine:
+                result = generate_refined(pipe, request, args.out, args.refine, **control)
+            else:
+                result = pipe.generate(
+                    request, callback_on_step_end=StopCallback(interrupts.event), **control
+                )
 
-    paths = output_paths(args.out, len(result.images))
-    for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(
-            image, path, result.request, result.plan, index=i, control_images=result.control_images
-        )
+        paths = output_paths(args.out, len(result.images))
+        for i, (image, path) in enumerate(zip(result.images, paths, strict=True)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(
+                path,
+                functools.partial(
+                    save_png,
+                    image,
+                    request=result.request,
+                    plan=result.plan,
+                    index=i,
+                    control_images=result.control_images,
+                ),
+            )
     req = result.request
     assert req.seed is not None
     seeds = str(req.seed) if len(paths) == 1 else f"{req.seed}..{req.seed + len(paths) - 1}"

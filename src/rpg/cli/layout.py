@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Draw a plan (the JSON of 'rpg plan --json', or a RegionPlan) as labelled "
         "rectangles, with the base prompt as a caption.",
     )
-    p.add_argument("plan", type=Path, help="plan JSON file")
+    p.add_argument(
+        "plan", type=Path, help="plan JSON file, or a PNG saved by rpg (its recorded plan)"
+    )
     p.add_argument(
         "--out",
         type=Path,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from pydantic import ValidationError
 
 from rpg.cli.checks import UsageError, make_planner, validation_message
-from rpg.cli.common import add_planner_choice
+from rpg.cli.common import (
+    add_deprecated_alias,
+    add_planner_choice,
+    add_planner_service_arguments,
+    planner_options,
+)
+from rpg.cli.preflight import finite_float
 from rpg.errors import SplitRatioError
 from rpg.models import DEFAULT_BASE_RATIO, PlanResult, Recaption, RegionPlan
 from rpg.planners.base import DEFAULT_PLANNER
@@ -28,9 +33,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("prompt", nargs="?", help="the prompt to plan (not needed with --split-ratio)")
     add_planner_choice(p)
-    p.add_argument("--model", help="model name for LLM planners (e.g. gpt-4o-mini, qwen2.5:7b)")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL (vLLM, llama.cpp, LM Studio)")
-    p.add_argument("--host", help="Ollama server URL (default: $OLLAMA_HOST or localhost)")
+    add_planner_service_arguments(p)
+    # 'rpg plan --model' named the planner's model, 'rpg generate --model' the diffusion model.
+    add_deprecated_alias(p, "--model", "--planner-model", "planner_model")
     p.add_argument(
         "--allow-download",
         action="store_true",
@@ -50,23 +55,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     hand.add_argument("--base-prompt", help="prompt blended into every region")
     hand.add_argument(
         "--base-ratio",
-        type=float,
+        type=finite_float,
         default=None,
         help=f"weight of the base prompt, 0 to 1 (default {DEFAULT_BASE_RATIO})",
     )
     p.set_defaults(run=run)
-
-
-def planner_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The planner options given on the command line (shared with ``rpg generate``)."""
-    options: dict[str, Any] = {}
-    for key in ("model", "base_url", "host"):
-        value = getattr(args, key, None)
-        if value is not None:
-            options[key] = value
-    if getattr(args, "planner", None) == "hf" and getattr(args, "allow_download", False):
-        options["allow_download"] = True
-    return options
 
 
 def _hand_plan(args: argparse.Namespace) -> PlanResult:

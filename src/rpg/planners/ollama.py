@@ -208,6 +208,6 @@ class OllamaPlanner(RemoteChatPlanner):
         if isinstance(exc, (ConnectionError, httpx.TransportError)):
             return PlannerError(
                 f"no Ollama server at {self.host}; start it with `ollama serve`, or point "
-                "OLLAMA_HOST (or --host) at a running one"
+                "OLLAMA_HOST (or --ollama-host) at a running one"
             )
         return None
