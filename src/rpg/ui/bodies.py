@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rpg.models import RegionPlan
+from rpg.models import MAX_PROMPT_CHARS, RegionPlan
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -35,7 +35,7 @@ MAX_JSON_BYTES = 1 << 20
 #: Largest PNG /api/reopen accepts (a 2048² RGBA PNG with embedded control images fits).
 MAX_UPLOAD_BYTES = 64 << 20
 #: Longest text in any field: a prompt, a region prompt, a negative prompt, a name.
-MAX_TEXT_CHARS = 10_000
+MAX_TEXT_CHARS = MAX_PROMPT_CHARS
 #: Most review-and-re-render rounds one Refine may ask for.
 MAX_REFINE_ROUNDS = 10
 #: Deepest nesting of JSON arrays and objects a body may have.
