@@ -22,7 +22,16 @@ from rpg.cli.checks import UsageError, validation_message
 from rpg.cli.output import command_output
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "ui", "plugins")
+COMMANDS: tuple[str, ...] = (
+    "plan",
+    "layout",
+    "generate",
+    "batch",
+    "edit",
+    "eval",
+    "ui",
+    "plugins",
+)
 
 
 def _add_general_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

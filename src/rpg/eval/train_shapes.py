@@ -146,7 +146,7 @@ def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) 
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=TEXT_HIDDEN,
         attention_head_dim=4,
-        norm_num_groups=32,
+        norm_num_groups=8,
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -156,7 +156,8 @@ def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) 
         block_out_channels=(16, 32, 32),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        # few groups: with one channel per group, GroupNorm erases the colour of a flat image
+        norm_num_groups=4,
         sample_size=64,
         mid_block_add_attention=False,
     )
@@ -221,16 +222,17 @@ def _smooth(values: list[float], k: int = 20) -> float:
 
 
 def train_vae(vae: Any, rng: random.Random, args: argparse.Namespace, log: Any) -> list[float]:
-    """Reconstruction (L1 + MSE) with a tiny KL term; flat colours need only a few minutes."""
+    """Reconstruction (L1 + MSE) of the posterior mean; flat colours need only a few minutes."""
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     losses: list[float] = []
     start = time.monotonic()
     for step in range(1, args.vae_steps + 1):
         pixels, _ = _batch(rng, args.vae_batch, 0.0)
-        posterior = vae.encode(pixels).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        kl = posterior.kl().mean() / pixels[0].numel()
-        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + 1e-4 * kl
+        # The posterior mean, not a sample: an untrained log-variance adds unit noise that the
+        # decoder would first have to learn to ignore. A small penalty keeps the latents tame.
+        mean = vae.encode(pixels).latent_dist.mode()
+        recon = vae.decode(mean).sample
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + 1e-4 * mean.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -280,7 +282,7 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
     for step in range(1, args.steps + 1):
         pixels, captions = _batch(rng, args.batch, 0.1)
         with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample(gen) * scaling
+            latents = vae.encode(pixels).latent_dist.mode() * scaling
         ids = tokenizer(
             captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
             return_tensors="pt",
@@ -369,6 +371,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-steps", type=int, default=300)
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-from", help="start the VAE from this AutoencoderKL folder")
     p.add_argument("--unet-channels", default="32,64,64")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=25)
@@ -397,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
     sizes = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")}
     log(f"parameters: {sizes}; threads {torch.get_num_threads()}")
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        parts["vae"] = AutoencoderKL.from_pretrained(args.vae_from)
+        log(f"vae from {args.vae_from}")
     vae = parts["vae"]
     vae_losses = train_vae(vae, rng, args, log)
     vae.requires_grad_(False)
@@ -406,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         std = float(vae.encode(pixels).latent_dist.mode().std())
     vae.register_to_config(scaling_factor=1.0 / std)
     log(f"vae latent std {std:.4f} -> scaling_factor {1.0 / std:.4f}")
+    if args.checkpoint_every:
+        vae.save_pretrained(out.with_name(out.name + "-vae-ckpt"))
     unet_losses, emas = train_unet(parts, rng, args, log)
     _save(parts, emas, out, args)
     plot_curves(
