@@ -215,7 +215,15 @@ def run_eval(
     ]
     bar = tqdm(total=len(jobs), disable=not progress, unit="image", desc="rpg eval")
     records: list[dict[str, Any]] = []
-    with (out / RESULTS_NAME).open("a", encoding="utf-8") as log:
+    results = out / RESULTS_NAME
+    if results.is_file() and results.stat().st_size:
+        with results.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # a run killed mid-line: end that line so the next record stands alone
+            with results.open("a", encoding="utf-8") as f:
+                f.write("\n")
+    with results.open("a", encoding="utf-8") as log:
         for index, item, seed, method in jobs:
             key = item_key(item, seed, method, settings)
             if key in done:
