@@ -59,8 +59,14 @@ def test_prompt_files_in_t2i_compbench_form_and_jsonl(tmp_path: Path) -> None:
     jsonl = tmp_path / "set.jsonl"
     jsonl.write_text(
         '"a red star"\n'
-        + json.dumps({"prompt": "x", "category": "c", "objects": ["red circle", "blue star"],
-                      "plan": plan.model_dump(mode="json") if plan else None})
+        + json.dumps(
+            {
+                "prompt": "x",
+                "category": "c",
+                "objects": ["red circle", "blue star"],
+                "plan": plan.model_dump(mode="json") if plan else None,
+            }
+        )
         + "\n"
     )
     items = load_prompt_set(jsonl)
@@ -82,8 +88,13 @@ def test_run_eval_scores_resumes_and_reports(tiny_rpg: Any, tmp_path: Path) -> N
     methods = [parse_method("stock"), parse_method("rpg"), parse_method("exact:base=0")]
     rendered: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = dict(
-        seeds=[0, 1], methods=methods, scorers=[ShapesScorer()], out_dir=tmp_path, steps=1,
-        progress=False, on_record=rendered.append,
+        seeds=[0, 1],
+        methods=methods,
+        scorers=[ShapesScorer()],
+        out_dir=tmp_path,
+        steps=1,
+        progress=False,
+        on_record=rendered.append,
     )
     records = run_eval(tiny_rpg, items, **kwargs)
     assert len(records) == len(rendered) == 6
@@ -112,7 +123,10 @@ def test_run_eval_scores_resumes_and_reports(tiny_rpg: Any, tmp_path: Path) -> N
     assert 'href="' + records[0]["image"] in page
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    assert {(r["method"], r["category"]) for r in rows} >= {("stock", "2 objects"), ("stock", "all")}
+    assert {(r["method"], r["category"]) for r in rows} >= {
+        ("stock", "2 objects"),
+        ("stock", "all"),
+    }
     assert all(r["n"] == "2" for r in rows)
 
 
@@ -129,16 +143,41 @@ def test_summary_means_per_method_and_category() -> None:
 
 def test_exact_needs_plans(tiny_rpg: Any, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="has no exact plan"):
-        run_eval(tiny_rpg, [EvalPrompt(prompt="a red circle")], seeds=[0],
-                 methods=[parse_method("exact")], scorers=[], out_dir=tmp_path, steps=1,
-                 progress=False)
+        run_eval(
+            tiny_rpg,
+            [EvalPrompt(prompt="a red circle")],
+            seeds=[0],
+            methods=[parse_method("exact")],
+            scorers=[],
+            out_dir=tmp_path,
+            steps=1,
+            progress=False,
+        )
 
 
 def test_the_command_writes_a_report(rpg_cache: Path, tmp_path: Path, capsys: Any) -> None:
     out = tmp_path / "report"
-    code = main(["eval", "shapes-heldout", "--model", "tiny-sd", "--out", str(out), "--seeds",
-                 "0", "--limit", "1", "--steps", "1", "--methods", "stock,exact:base=0.6,kv=off",
-                 "--no-progress", "--threads", "1"])
+    code = main(
+        [
+            "eval",
+            "shapes-heldout",
+            "--model",
+            "tiny-sd",
+            "--out",
+            str(out),
+            "--seeds",
+            "0",
+            "--limit",
+            "1",
+            "--steps",
+            "1",
+            "--methods",
+            "stock,exact:base=0.6,kv=off",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "exact:base=0.6,kv=off" in text and "report:" in text

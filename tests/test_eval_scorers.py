@@ -75,7 +75,10 @@ def test_shapes_scorer_binding_and_placement() -> None:
     missing = EvalPrompt(prompt="p", objects=("red circle", "green star"), plan=plan)
     image = render(scene)
     assert scorer.score(image, right, None) == {
-        "binding": 1.0, "placement": 1.0, "correct": 1.0, "extra_objects": 0.0
+        "binding": 1.0,
+        "placement": 1.0,
+        "correct": 1.0,
+        "extra_objects": 0.0,
     }
     assert scorer.score(image, wrong, None)["placement"] == 0.0
     assert scorer.score(image, missing, None)["binding"] == 0.5
@@ -103,18 +106,32 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37,
-                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id).to_dict(),
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, image_size=32, patch_size=8).to_dict(),
+        text_config=CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).to_dict(),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ).to_dict(),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)
     processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                           crop_size={"height": 32, "width": 32}),
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
         tokenizer=tokenizer,
     )
     processor.save_pretrained(folder)

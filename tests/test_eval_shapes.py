@@ -44,7 +44,7 @@ def test_scenes_have_one_to_four_distinct_objects_apart_on_a_plain_background() 
         assert all(o.colour != scene.background for o in scene.objects)
         boxes = [o.box() for o in scene.objects]
         for i, p in enumerate(boxes):
-            assert 0 <= p[0] and p[2] <= 64 and 0 <= p[1] and p[3] <= 64
+            assert p[0] >= 0 and p[2] <= 64 and p[1] >= 0 and p[3] <= 64
             for q in boxes[i + 1 :]:
                 assert p[2] <= q[0] or q[2] <= p[0] or p[3] <= q[1] or q[3] <= p[1]
     assert counts == {1, 2, 3, 4}
@@ -67,8 +67,17 @@ def test_captions_name_every_object_and_say_true_relations() -> None:
             top, bottom = objects_in_text(text)
             by_name = {o.name: o for o in scene.objects}
             assert by_name[top].y < by_name[bottom].y
-        for key in ("to the left of", "to the right of", "above", "below", "next to",
-                    "from left to right", "from top to bottom", " and ", "background"):
+        for key in (
+            "to the left of",
+            "to the right of",
+            "above",
+            "below",
+            "next to",
+            "from left to right",
+            "from top to bottom",
+            " and ",
+            "background",
+        ):
             if key in text:
                 templates.add(key)
     assert len(templates) == 9, templates
@@ -91,8 +100,10 @@ def test_the_heldout_prompt_set_uses_held_out_pairs_and_exact_plans() -> None:
         assert item.plan is not None and len(item.plan.regions) == len(item.objects)
         assert sorted(objects_in_text(item.prompt)) == sorted(item.objects)
         assert has_held_out_pair(
-            [ShapeObject(colour=n.split()[0], shape=n.split()[1], size="small", x=0.5, y=0.5)
-             for n in item.objects]  # type: ignore[arg-type]
+            [
+                ShapeObject(colour=n.split()[0], shape=n.split()[1], size="small", x=0.5, y=0.5)
+                for n in item.objects
+            ]  # type: ignore[arg-type]
         )
         # the exact plan puts every object in its own region, in the prompt's reading order
         assert [r.prompt.split(" ", 1)[1] for r in item.plan.regions] == list(item.objects)
@@ -110,8 +121,10 @@ def test_the_scorer_reads_back_the_generators_own_images() -> None:
         for obj in scene.objects:
             total += 1
             right += any(
-                d.name == obj.name and d.size == obj.size
-                and abs(d.x - obj.x) <= 2 / 64 and abs(d.y - obj.y) <= 2 / 64
+                d.name == obj.name
+                and d.size == obj.size
+                and abs(d.x - obj.x) <= 2 / 64
+                and abs(d.y - obj.y) <= 2 / 64
                 for d in reading.objects
             )
     assert right / total >= 0.99, (right, total)
@@ -170,8 +183,22 @@ def test_training_script_one_step_smoke(tmp_path: Path) -> None:
     from rpg.eval.train_shapes import main
 
     out = main(
-        ["--out", str(tmp_path / "m"), "--steps", "1", "--vae-steps", "1", "--batch", "2",
-         "--vae-batch", "2", "--log-every", "1", "--threads", "1"]
+        [
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "1",
+            "--vae-steps",
+            "1",
+            "--batch",
+            "2",
+            "--vae-batch",
+            "2",
+            "--log-every",
+            "1",
+            "--threads",
+            "1",
+        ]
     )
     assert (tmp_path / "m-loss.png").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(out)

@@ -12,8 +12,10 @@ from rpg.cli.checks import UsageError, check_output_dir
 
 _EXAMPLES = """examples:
   rpg eval shapes-heldout --model shapes-sd --out report/ --seeds 0-3
-  rpg eval shapes-heldout --model shapes-sd --out ablation/ --methods exact,exact:base=0,exact:base=0.6,exact:kv=off
-  rpg eval color_val.txt --model ./my-sd15 --scorers clip,region-clip --scorer-option model=openai/clip-vit-base-patch32
+  rpg eval shapes-heldout --model shapes-sd --out ablation/ \
+      --methods exact,exact:base=0,exact:base=0.6,exact:kv=off
+  rpg eval color_val.txt --model ./my-sd15 --scorers clip,region-clip \
+      --scorer-option model=openai/clip-vit-base-patch32
 
 PROMPTS is a built-in set (shapes-heldout, shapes-single), a .txt file with one prompt per line
 (T2I-CompBench's form) or a .jsonl file of {"prompt", "category", "objects", "plan"} objects.
@@ -120,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--scorers: give at least one scorer (see 'rpg plugins')")
     for name in names:
         if name not in registry:
-            raise UsageError(f"--scorers: unknown scorer {name!r}; registered: "
-                             f"{', '.join(registry.names())}")
+            raise UsageError(
+                f"--scorers: unknown scorer {name!r}; registered: {', '.join(registry.names())}"
+            )
     if any(m.kind == "exact" for m in methods) and any(i.plan is None for i in items):
         raise UsageError(
             "--methods exact needs a plan for every prompt: use a .jsonl prompt set with plans "
@@ -155,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     for row in summarize(records):
         if row["category"] == "all":
-            scores = "  ".join(
-                f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)
-            )
+            scores = "  ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float))
             print(f"{row['method']:<22} n={row['n']:<4} {scores}")
     print(f"report: {index}")
     return 0

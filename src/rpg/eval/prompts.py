@@ -95,28 +95,45 @@ def shapes_heldout_set(seed: int = 0, per_count: Sequence[int] = (8, 4, 4)) -> l
         kind = i % 4
         if kind == 0:
             text, plan = f"{_article(a)} to the left of {_article(b)}", _row_plan
-            out.append(EvalPrompt(prompt=text, category="2 objects", objects=(a, b),
-                                  plan=plan(text, [a, b])))
+            out.append(
+                EvalPrompt(
+                    prompt=text, category="2 objects", objects=(a, b), plan=plan(text, [a, b])
+                )
+            )
         elif kind == 1:
             text = f"{_article(a)} on the left and {_article(b)} on the right"
-            out.append(EvalPrompt(prompt=text, category="2 objects", objects=(a, b),
-                                  plan=_row_plan(text, [a, b])))
+            out.append(
+                EvalPrompt(
+                    prompt=text, category="2 objects", objects=(a, b), plan=_row_plan(text, [a, b])
+                )
+            )
         elif kind == 2:
             text = f"{_article(a)} above {_article(b)}"
-            out.append(EvalPrompt(prompt=text, category="2 objects", objects=(a, b),
-                                  plan=_row_plan(text, [a, b], vertical=True)))
+            out.append(
+                EvalPrompt(
+                    prompt=text,
+                    category="2 objects",
+                    objects=(a, b),
+                    plan=_row_plan(text, [a, b], vertical=True),
+                )
+            )
         else:
             text = f"{_article(b)} to the right of {_article(a)}"
-            out.append(EvalPrompt(prompt=text, category="2 objects", objects=(a, b),
-                                  plan=_row_plan(text, [a, b])))
+            out.append(
+                EvalPrompt(
+                    prompt=text, category="2 objects", objects=(a, b), plan=_row_plan(text, [a, b])
+                )
+            )
     for count, n in ((3, per_count[1]), (4, per_count[2])):
         for i in range(n):
             pair = list(pairs[(per_count[0] + 7 * count + i) % len(pairs)])
             colours_used = {p.split()[0] for p in pair}
             shapes_used = {p.split()[1] for p in pair}
             rest = [
-                n_ for n_ in names_all
-                if n_ not in pair and n_.split()[0] not in colours_used
+                n_
+                for n_ in names_all
+                if n_ not in pair
+                and n_.split()[0] not in colours_used
                 and n_.split()[1] not in shapes_used
             ]
             while len(pair) < count:
@@ -126,8 +143,14 @@ def shapes_heldout_set(seed: int = 0, per_count: Sequence[int] = (8, 4, 4)) -> l
             rng.shuffle(pair)
             text = "from left to right, " + ", ".join(_article(p) for p in pair[:-1])
             text += f" and {_article(pair[-1])}"
-            out.append(EvalPrompt(prompt=text, category=f"{count} objects", objects=tuple(pair),
-                                  plan=_row_plan(text, pair)))
+            out.append(
+                EvalPrompt(
+                    prompt=text,
+                    category=f"{count} objects",
+                    objects=tuple(pair),
+                    plan=_row_plan(text, pair),
+                )
+            )
     return out
 
 
@@ -138,8 +161,12 @@ def shapes_single_set() -> list[EvalPrompt]:
         for shape in SHAPES:
             name = f"{colour} {shape}"
             out.append(
-                EvalPrompt(prompt=_article(name), category="1 object", objects=(name,),
-                           plan=RegionPlan.single(_article(name)))
+                EvalPrompt(
+                    prompt=_article(name),
+                    category="1 object",
+                    objects=(name,),
+                    plan=RegionPlan.single(_article(name)),
+                )
             )
     return out
 
@@ -189,8 +216,9 @@ def load_prompt_set(source: str | os.PathLike[str]) -> list[EvalPrompt]:
         items = _read_jsonl(path)
     else:
         items = [
-            EvalPrompt(prompt=line.strip(), category=path.stem,
-                       objects=objects_in_text(line.strip()))
+            EvalPrompt(
+                prompt=line.strip(), category=path.stem, objects=objects_in_text(line.strip())
+            )
             for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]

@@ -1,4 +1,4 @@
-"""``rpg eval``'s engine: render a prompt set over seeds with the stock pipeline and with rpg, score.
+"""``rpg eval``'s engine: a prompt set over seeds, rendered by stock and by rpg, and scored.
 
 Each (prompt, seed, method) is one *item*. A method is the stock pipeline given the whole prompt,
 or rpg with a planner, or rpg with the set's exact plans, optionally with another base ratio or

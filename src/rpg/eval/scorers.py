@@ -137,8 +137,12 @@ class RegionClipScorer(ClipScorer):
         w, h = image.size
         crops, texts = [], []
         for (x0, y0, x1, y1), prompt in zip(used.boxes(), used.prompts, strict=True):
-            box = (round(x0 * w), round(y0 * h), max(round(x1 * w), round(x0 * w) + 1),
-                   max(round(y1 * h), round(y0 * h) + 1))
+            box = (
+                round(x0 * w),
+                round(y0 * h),
+                max(round(x1 * w), round(x0 * w) + 1),
+                max(round(y1 * h), round(y0 * h) + 1),
+            )
             crops.append(image.convert("RGB").crop(box))
             texts.append(prompt)
         scores = self.similarity(crops, texts)

@@ -148,9 +148,7 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> Image.Image:
 
 
 def _boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
-    return (
-        a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
-    )
+    return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 
 def _place(
@@ -237,8 +235,9 @@ WORDS: tuple[str, ...] = tuple(
             *COLOURS,
             *SIZES,
             *BACKGROUNDS,
-            *"a an and of the to on in at from left right top bottom above below next".split(),
-            *"background picture image center".split(),
+            *["a", "an", "and", "of", "the", "to", "on", "in", "at", "from"],
+            *["left", "right", "top", "bottom", "above", "below", "next"],
+            *["background", "picture", "image", "center"],
         }
     )
 )

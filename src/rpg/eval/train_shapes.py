@@ -16,6 +16,7 @@ learning rate. Captions are dropped one time in ten so that classifier-free guid
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -43,11 +44,13 @@ TEXT_HIDDEN = 64
 
 
 def _bpe(word: str, merges: Sequence[str]) -> list[str]:
-    """The pieces CLIP's byte-pair encoding makes of ``word`` with ``merges`` (lowest rank first)."""
+    """The pieces CLIP's byte-pair encoding makes of ``word`` (lowest-ranked merge first)."""
     ranks = {tuple(m.split(" ")): i for i, m in enumerate(merges)}
-    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    pieces = [*list(word[:-1]), word[-1] + "</w>"]
     while len(pieces) > 1:
-        pairs = [(ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [
+            (ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(itertools.pairwise(pieces))
+        ]
         rank, i = min(pairs)
         if rank == math.inf:
             break
@@ -87,7 +90,7 @@ def word_tokenizer_files() -> tuple[dict[str, int], list[str]]:
 
 
 def write_word_tokenizer(folder: Path) -> None:
-    """Write the word-level CLIP tokenizer (``vocab.json``, ``merges.txt``, configs) to ``folder``."""
+    """Write the word-level CLIP tokenizer (vocab, merges and configs) to ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = word_tokenizer_files()
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
@@ -284,7 +287,10 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode() * scaling
         ids = tokenizer(
-            captions, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+            captions,
+            padding="max_length",
+            max_length=MAX_LENGTH,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
         cond = text_encoder(ids)[0]
@@ -398,7 +404,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             seed=args.seed,
             unet_channels=[int(c) for c in args.unet_channels.split(",")],
         )
-    sizes = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")}
+    sizes = {
+        k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")
+    }
     log(f"parameters: {sizes}; threads {torch.get_num_threads()}")
     if args.vae_from:
         from diffusers import AutoencoderKL
