@@ -206,3 +206,17 @@ def test_training_script_one_step_smoke(tmp_path: Path) -> None:
     assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     image = pipe("a red circle", num_inference_steps=1, output_type="pil").images[0]
     assert image.size == (64, 64)
+
+
+def test_loss_picture_from_a_training_log(tmp_path: Path) -> None:
+    from rpg.eval.train_shapes import curves_from_log, main
+
+    log = (
+        "[09:00:00] vae  step 10/20 loss 0.5000 (1.0 s/step)\n"
+        "[09:00:10] vae  step 20/20 loss 0.2500 (1.0 s/step)\n"
+        "[09:01:00] unet step 10/30 loss 0.9000 lr 1e-3 (4.0 s/step, 1 min left)\n"
+    )
+    assert curves_from_log(log) == {"vae loss": [(10, 0.5), (20, 0.25)], "unet loss": [(10, 0.9)]}
+    (tmp_path / "train.log").write_text(log)
+    picture = main(["--out", str(tmp_path / "m"), "--plot-log", str(tmp_path / "train.log")])
+    assert picture == tmp_path / "m-loss.png" and Image.open(picture).size == (720, 360)

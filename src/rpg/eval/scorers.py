@@ -91,7 +91,8 @@ class ClipScorer:
 
         ref = os.fspath(model)
         try:
-            self.model = CLIPModel.from_pretrained(ref, local_files_only=True).to(device).eval()
+            loaded: Any = CLIPModel.from_pretrained(ref, local_files_only=True)
+            self.model = loaded.to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(ref, local_files_only=True)
         except OSError as exc:
             raise ModelNotFoundError(

@@ -162,7 +162,7 @@ def _place(
         box = (x0, y0, x0 + side, y0 + side)
         if all(_boxes_apart(box, other) for other in taken):
             cx, cy = (x0 + side / 2) / IMAGE_SIZE, (y0 + side / 2) / IMAGE_SIZE
-            return ShapeObject(shape="circle", colour="red", size=size, x=cx, y=cy)  # type: ignore[arg-type]
+            return ShapeObject(shape="circle", colour="red", size=size, x=cx, y=cy)
     return None
 
 
@@ -197,7 +197,7 @@ def sample_scene(
             taken.append(obj.box())
         if len(objects) < n:
             continue
-        scene = Scene(background=bg, objects=tuple(objects))  # type: ignore[arg-type]
+        scene = Scene(background=bg, objects=tuple(objects))
         if avoid_held_out and has_held_out_pair(scene.objects):
             continue
         return scene

@@ -212,11 +212,25 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
         ]
         if len(xy) > 1:
             draw.line(xy, fill=colours[i % len(colours)], width=2)
-        draw.text((pad + 8, pad // 2 + 6 + 14 * i), f"{name} (steps 0–{last})", fill=colours[i % 4])
+        draw.text((pad + 8, pad // 2 + 6 + 14 * i), f"{name} (steps 0-{last})", fill=colours[i % 4])
     draw.text((4, pad // 2), f"{10**hi:.3g}", fill="black")
     draw.text((4, h - pad - 10), f"{10**lo:.3g}", fill="black")
     draw.text((w // 2 - 60, h - pad + 12), "step (each curve its own axis)", fill="black")
     image.save(path)
+
+
+def curves_from_log(text: str) -> dict[str, list[tuple[int, float]]]:
+    """The (step, smoothed loss) points a training log printed, for a run stopped before the end.
+
+    Both trainings print ``vae  step N/M loss L`` and ``unet step N/M loss L`` lines; when a run
+    is stopped early (or resumed from a VAE) its loss picture is drawn from them.
+    """
+    import re
+
+    curves: dict[str, list[tuple[int, float]]] = {"vae loss": [], "unet loss": []}
+    for match in re.finditer(r"(vae|unet) +step (\d+)/\d+ loss ([0-9.]+)", text):
+        curves[f"{match.group(1)} loss"].append((int(match.group(2)), float(match.group(3))))
+    return curves
 
 
 def _smooth(values: list[float], k: int = 20) -> float:
@@ -384,6 +398,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-minutes", type=float, default=0, help="stop the UNet training after this long"
     )
+    p.add_argument(
+        "--plot-log",
+        metavar="LOG",
+        help="only draw OUT-loss.png from the progress lines of a training log, and stop",
+    )
     p.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps")
     return p.parse_args(argv)
 
@@ -393,6 +412,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if args.plot_log:
+        picture = out.with_name(out.name + "-loss.png")
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        plot_curves(curves_from_log(Path(args.plot_log).read_text(encoding="utf-8")), picture)
+        return picture
     rng = random.Random(args.seed)
 
     def log(msg: str) -> None:
