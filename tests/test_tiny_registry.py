@@ -37,6 +37,7 @@ def test_the_reserved_names_are_registered_by_kind() -> None:
         "tiny-flux",
         "tiny-sd3",
         "tiny-flux2-klein",
+        "shapes-sd",
     ]
     assert list(tiny_models("controlnet")) == ["tiny-controlnet", "tiny-sdxl-controlnet"]
     assert tiny_model("tiny-controlnet", "pipeline") is None
@@ -44,9 +45,22 @@ def test_the_reserved_names_are_registered_by_kind() -> None:
         tiny_model_path("tiny-nothing", "pipeline")
 
 
+def test_shapes_sd_is_a_trained_model_used_where_the_package_ships_it(tmp_path: Path) -> None:
+    import rpg.eval
+
+    shapes = tiny_model("shapes-sd", "pipeline")
+    assert shapes is not None and shapes.trained
+    assert shapes.path() == Path(rpg.eval.__file__).parent / "shapes_sd"
+    assert (shapes.path() / "model_index.json").is_file()
+    copied = shapes.write(tmp_path / "copy")
+    assert (copied / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(RegistryError, match="start with 'tiny-'"):
+        register_tiny_model("my-model", "m:f", description="x")
+
+
 def test_importing_the_registry_loads_no_model_code() -> None:
     code = (
-        "import sys, rpg.backbones.tiny as t; assert len(t.tiny_models()) == 7; "
+        "import sys, rpg.backbones.tiny as t; assert len(t.tiny_models()) == 8; "
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from rpg.plugins import BackboneRegistry, PlannerRegistry
+    from rpg.plugins import BackboneRegistry, PlannerRegistry, ScorerRegistry
 
 hookspec = pluggy.HookspecMarker("rpg")
 hookimpl = pluggy.HookimplMarker("rpg")
@@ -31,4 +31,13 @@ def rpg_register_backbones(registry: BackboneRegistry) -> None:
     """Register backbone classes with ``registry.register(name, backbone_cls, description=...)``.
 
     A backbone class follows :class:`rpg.backbones.base.Backbone`.
+    """
+
+
+@hookspec
+def rpg_register_scorers(registry: ScorerRegistry) -> None:
+    """Register image scorers for ``rpg eval`` with ``registry.register(name, factory, ...)``.
+
+    A factory is called with the user's options (``--scorer-option model=...``) and returns an
+    object that follows :class:`rpg.eval.scorers.Scorer`.
     """

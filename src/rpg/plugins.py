@@ -32,6 +32,7 @@ from rpg.errors import RegistryError
 
 if TYPE_CHECKING:
     from rpg.backbones.base import Backbone
+    from rpg.eval.scorers import Scorer
     from rpg.planners.base import Planner
 
 __all__ = [
@@ -43,17 +44,24 @@ __all__ = [
     "PlannerRegistry",
     "Registry",
     "RegistryEntry",
+    "ScorerFactory",
+    "ScorerRegistry",
     "backbone_registry",
     "get_plugin_manager",
     "planner_registry",
     "reset",
+    "scorer_registry",
 ]
 
 ENTRY_POINT_GROUP = "rpg"
 PROJECT_NAME = "rpg"
 
 #: Modules of rpg itself that implement hooks, loaded before third-party plugins.
-BUILTIN_PLUGINS: tuple[str, ...] = ("rpg.planners.builtin", "rpg.backbones.builtin")
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "rpg.planners.builtin",
+    "rpg.backbones.builtin",
+    "rpg.eval.builtin",
+)
 
 T = TypeVar("T")
 
@@ -62,6 +70,12 @@ class PlannerFactory(Protocol):
     """What a planner is registered as: called with the user's options, returns a planner."""
 
     def __call__(self, **options: Any) -> Planner: ...
+
+
+class ScorerFactory(Protocol):
+    """What a scorer is registered as: called with the user's options, returns a scorer."""
+
+    def __call__(self, **options: Any) -> Scorer: ...
 
 
 @dataclass(frozen=True)
@@ -210,9 +224,16 @@ class BackboneRegistry(Registry["type[Backbone]"]):
         return sorted(self._entries.values(), key=lambda e: (-e.priority, not e.builtin, e.name))
 
 
+class ScorerRegistry(Registry[ScorerFactory]):
+    """Scorer factories for ``rpg eval``: ``factory(**options) -> Scorer``."""
+
+    kind = "scorer"
+
+
 _manager: pluggy.PluginManager | None = None
 _planners: PlannerRegistry | None = None
 _backbones: BackboneRegistry | None = None
+_scorers: ScorerRegistry | None = None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -281,7 +302,17 @@ def backbone_registry() -> BackboneRegistry:
     return _backbones
 
 
+def scorer_registry() -> ScorerRegistry:
+    """All registered scorers for ``rpg eval`` (built-in and from plugins)."""
+    global _scorers
+    if _scorers is None:
+        reg = ScorerRegistry()
+        _fill(reg, "rpg_register_scorers")
+        _scorers = reg
+    return _scorers
+
+
 def reset() -> None:
     """Forget the plugin manager and registries (after installing a plugin at run time)."""
-    global _manager, _planners, _backbones
-    _manager = _planners = _backbones = None
+    global _manager, _planners, _backbones, _scorers
+    _manager = _planners = _backbones = _scorers = None

@@ -143,8 +143,14 @@ class ModelInfo:
 
     @property
     def is_tiny(self) -> bool:
-        """Whether this is a reserved random-weight model (the CLI says so)."""
-        return self.kind == "tiny"
+        """Whether this is a reserved random-weight model (the CLI says so).
+
+        A reserved *trained* model (``shapes-sd``) is not: its images are pictures.
+        """
+        if self.kind != "tiny":
+            return False
+        found = tiny_model(self.reference)
+        return found is None or not found.trained
 
     @cached_property
     def checkpoint_type(self) -> str | None:

@@ -23,7 +23,16 @@ from rpg.cli.output import command_output
 from rpg.progress import close_bars
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("plan", "layout", "generate", "batch", "edit", "ui", "plugins")
+COMMANDS: tuple[str, ...] = (
+    "plan",
+    "layout",
+    "generate",
+    "batch",
+    "edit",
+    "eval",
+    "ui",
+    "plugins",
+)
 
 
 def _add_general_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rpg.plugins import Registry, backbone_registry, planner_registry
+from rpg.plugins import Registry, backbone_registry, planner_registry, scorer_registry
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     registries: tuple[tuple[str, Registry[Any]], ...] = (
         ("planners", planner_registry()),
         ("backbones", backbone_registry()),
+        ("scorers", scorer_registry()),
     )
     for title, registry in registries:
         entries = list(registry)

@@ -19,6 +19,7 @@ A writer is ``writer(path, seed=0) -> Path`` and writes a complete folder at ``p
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from rpg.errors import ModelNotFoundError, RegistryError
 from rpg.paths import cache_dir
 
 __all__ = [
+    "SHAPES_SD",
     "TINY_CONTROLNET",
     "TINY_FLUX",
     "TINY_FLUX2_KLEIN",
@@ -54,6 +56,9 @@ TINY_CONTROLNET = "tiny-controlnet"
 #: Reserved name of a tiny ControlNet for ``tiny-sdxl``.
 TINY_SDXL_CONTROLNET = "tiny-sdxl-controlnet"
 
+#: Reserved name of the small SD 1.x-architecture model *trained* on the shapes world (shipped).
+SHAPES_SD = "shapes-sd"
+
 #: Reserved name of the tiny FLUX.1-architecture model.
 TINY_FLUX = "tiny-flux"
 #: Reserved name of the tiny SD3.5-architecture model.
@@ -77,6 +82,14 @@ class TinyModel:
     #: One line for error messages and ``rpg plugins``.
     description: str
     kind: TinyKind = "pipeline"
+    #: A folder shipped inside a package, ``"package:relative/folder"``: a *trained* model that
+    #: is used where it lies (``shapes-sd``); the writer then copies it.
+    shipped: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the weights are trained (a shipped folder), not random."""
+        return self.shipped is not None
 
     @property
     def marker(self) -> str:
@@ -96,7 +109,12 @@ class TinyModel:
         return Path(self.load_writer()(path, seed=seed))
 
     def path(self) -> Path:
-        """Its folder in rpg's cache, written on first use and reused afterwards."""
+        """Its folder in rpg's cache, written on first use and reused afterwards.
+
+        A shipped model's folder is where the package has it, not a copy.
+        """
+        if self.shipped is not None:
+            return shipped_folder(self.shipped)
         folder = cache_dir(self.name)
         if not (folder / self.marker).is_file():
             self.write(folder, seed=0)
@@ -106,6 +124,32 @@ class TinyModel:
 _REGISTRY: dict[str, TinyModel] = {}
 
 
+def shipped_folder(spec: str) -> Path:
+    """The folder ``"package:relative/folder"`` names inside an installed package."""
+    from importlib.resources import files
+
+    package, _, relative = spec.partition(":")
+    folder = Path(str(files(package).joinpath(relative)))
+    if not folder.is_dir():
+        raise ModelNotFoundError(
+            f"the shipped model folder {relative!r} of {package!r} is missing ({folder}); "
+            "reinstall the package"
+        )
+    return folder
+
+
+def copy_shipped(path: str | os.PathLike[str], seed: int = 0, *, spec: str) -> Path:
+    """Writer of a shipped model: copy its folder to ``path`` (``seed`` is ignored)."""
+    import shutil
+
+    del seed
+    target = Path(path)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(shipped_folder(spec), target)
+    return target
+
+
 def register_tiny_model(
     name: str,
     writer: str | Writer,
@@ -113,18 +157,21 @@ def register_tiny_model(
     description: str,
     kind: TinyKind = "pipeline",
     replace: bool = False,
+    shipped: str | None = None,
 ) -> TinyModel:
     """Reserve ``name`` for a tiny model that ``writer`` writes (see the module docstring).
 
     Registering a taken name is a :class:`~rpg.errors.RegistryError` unless ``replace``.
+    ``shipped`` (``"package:relative/folder"``) marks a trained model shipped in a package,
+    used where it lies; only such models may have names that do not start with ``tiny-``.
     """
-    if not name.startswith("tiny-"):
+    if not name.startswith("tiny-") and shipped is None:
         raise RegistryError(f"tiny model names start with 'tiny-', got {name!r}")
     if name in _REGISTRY and not replace:
         raise RegistryError(f"tiny model {name!r} is already registered")
     if isinstance(writer, str) and ":" not in writer:
         raise RegistryError(f"writer {writer!r} must be a callable or 'module:function'")
-    entry = TinyModel(name, writer, description, kind)
+    entry = TinyModel(name, writer, description, kind, shipped)
     _REGISTRY[name] = entry
     return entry
 
@@ -185,4 +232,13 @@ register_tiny_model(
     "rpg.backbones.tiny.controlnet:write_tiny_sdxl_controlnet",
     description="tiny ControlNet for tiny-sdxl with random weights (offline)",
     kind="controlnet",
+)
+
+_SHAPES_SD_FOLDER = "rpg.eval:shapes_sd"
+register_tiny_model(
+    SHAPES_SD,
+    functools.partial(copy_shipped, spec=_SHAPES_SD_FOLDER),
+    description="small SD 1.x architecture trained on the shapes world (64×64, offline; "
+    "see rpg.eval.shapes)",
+    shipped=_SHAPES_SD_FOLDER,
 )

@@ -1,0 +1,264 @@
+"""``rpg eval``'s engine: a prompt set over seeds, rendered by stock and by rpg, and scored.
+
+Each (prompt, seed, method) is one *item*. A method is the stock pipeline given the whole prompt,
+or rpg with a planner, or rpg with the set's exact plans, optionally with another base ratio or
+without the K/V cache (:class:`EvalMethod`, written ``exact:base=0.6``). Every finished item is a
+line of ``results.jsonl`` (its key hashes everything that changes its pixels) and a PNG under
+``images/``; running the same evaluation again skips finished items, so an interrupted run
+resumes. :func:`rpg.eval.report.write_report` then writes ``summary.csv`` and ``index.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rpg.errors import ConfigurationError
+from rpg.eval.prompts import EvalPrompt
+from rpg.models import GenerationRequest, RegionPlan
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from rpg.eval.scorers import Scorer
+    from rpg.orchestrator import RPG
+
+__all__ = ["RESULTS_NAME", "EvalMethod", "parse_method", "read_results", "run_eval"]
+
+RESULTS_NAME = "results.jsonl"
+
+
+class EvalMethod(BaseModel):
+    """How one column of the report renders: stock, a planner, or the exact plans."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str = Field(description="'stock', 'exact' (the set's plans) or 'rpg' (a planner)")
+    planner: str | None = Field(default=None, description="planner name for kind 'rpg'")
+    base_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="override of the plan's base ratio"
+    )
+    kv_cache: bool = Field(default=True, description="the backbone's K/V cache on or off")
+
+    @property
+    def label(self) -> str:
+        """``stock``, ``rpg:rules``, ``exact``, ``exact:base=0.6``, ``exact:kv=off``."""
+        head = f"rpg:{self.planner}" if self.kind == "rpg" else self.kind
+        extra = []
+        if self.base_ratio is not None:
+            extra.append(f"base={self.base_ratio:g}")
+        if not self.kv_cache:
+            extra.append("kv=off")
+        return head + (":" + ",".join(extra) if extra else "")
+
+
+def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
+    """``stock``, ``rpg``, ``rpg:ollama``, ``exact``, ``exact:base=0.6``, ``rpg:rules:kv=off``."""
+    parts = [p.strip() for p in text.strip().split(":") if p.strip()]
+    if not parts or parts[0] not in ("stock", "rpg", "exact"):
+        raise ConfigurationError(
+            f"method {text!r}: start with stock, rpg or exact (e.g. 'rpg:rules', "
+            "'exact:base=0.6', 'exact:kv=off')"
+        )
+    kind, rest = parts[0], parts[1:]
+    planner = default_planner if kind == "rpg" else None
+    options: dict[str, Any] = {}
+    for part in rest:
+        for opt in part.split(","):
+            key, eq, value = opt.partition("=")
+            if not eq:
+                if kind != "rpg":
+                    raise ConfigurationError(f"method {text!r}: only 'rpg' takes a planner name")
+                planner = key
+            elif key == "base":
+                try:
+                    options["base_ratio"] = float(value)
+                except ValueError:
+                    raise ConfigurationError(f"method {text!r}: base= takes a number") from None
+            elif key == "kv":
+                if value not in ("on", "off"):
+                    raise ConfigurationError(f"method {text!r}: kv= takes on or off")
+                options["kv_cache"] = value == "on"
+            else:
+                raise ConfigurationError(f"method {text!r}: unknown option {key!r} (base, kv)")
+    if kind == "stock" and options:
+        raise ConfigurationError(f"method {text!r}: the stock pipeline takes no options")
+    try:
+        return EvalMethod(kind=kind, planner=planner, **options)
+    except ValueError as exc:
+        raise ConfigurationError(f"method {text!r}: {exc}") from None
+
+
+def item_key(item: EvalPrompt, seed: int, method: EvalMethod, settings: Mapping[str, Any]) -> str:
+    """A hash of everything that decides an item's pixels and scores' inputs."""
+    payload = {
+        "item": item.model_dump(mode="json"),
+        "seed": seed,
+        "method": method.model_dump(mode="json"),
+        "settings": dict(settings),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_results(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The finished records of an evaluation folder (a torn last line is ignored)."""
+    path = Path(out_dir) / RESULTS_NAME
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _render(
+    pipe: RPG,
+    item: EvalPrompt,
+    seed: int,
+    method: EvalMethod,
+    settings: Mapping[str, Any],
+) -> tuple[Image.Image, RegionPlan | None]:
+    import torch
+
+    backbone = pipe.backbone
+    width, height = settings["width"], settings["height"]
+    if method.kind == "stock":
+        backbone.set_scheduler(backbone.default_scheduler)
+        images = backbone.pipe(
+            prompt=item.prompt,
+            num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance_scale"],
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            width=width,
+            height=height,
+        ).images
+        return images[0], None
+    plan = None
+    if method.kind == "exact":
+        if item.plan is None:
+            raise ConfigurationError(
+                f"prompt {item.prompt!r} has no exact plan; use a .jsonl prompt set with plans, "
+                "or the method 'rpg'"
+            )
+        plan = item.plan
+        if method.base_ratio is not None:
+            plan = plan.with_base_ratio(method.base_ratio)
+    request = GenerationRequest(
+        prompt=item.prompt,
+        plan=plan,
+        planner=method.planner,
+        seed=seed,
+        steps=settings["steps"],
+        guidance_scale=settings["guidance_scale"],
+        width=width,
+        height=height,
+        base_ratio=method.base_ratio if method.kind == "rpg" else None,
+    )
+    backbone.cache_kv = method.kv_cache
+    result = pipe.generate(request)
+    return result.images[0], result.plan
+
+
+def run_eval(
+    pipe: RPG,
+    items: Sequence[EvalPrompt],
+    *,
+    seeds: Sequence[int],
+    methods: Sequence[EvalMethod],
+    scorers: Sequence[Scorer],
+    out_dir: str | os.PathLike[str],
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    width: int | None = None,
+    height: int | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Render and score every (prompt, seed, method) not already in ``out_dir``; all records.
+
+    Records are appended to ``results.jsonl`` as each item finishes and its image is written
+    atomically under ``images/``, so a run stopped at any point resumes where it was.
+    """
+    from tqdm import tqdm
+
+    if not items:
+        raise ConfigurationError("the prompt set is empty")
+    if not methods:
+        raise ConfigurationError("no methods to compare; give e.g. --methods stock,rpg,exact")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    native_w, native_h = pipe.backbone.native_size
+    settings = {
+        "model": pipe.model,
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+        "width": width or native_w,
+        "height": height or native_h,
+    }
+    done = {r["key"]: r for r in read_results(out) if (out / r.get("image", "")).is_file()}
+    jobs = [
+        (index, item, seed, method)
+        for index, item in enumerate(items)
+        for seed in seeds
+        for method in methods
+    ]
+    bar = tqdm(total=len(jobs), disable=not progress, unit="image", desc="rpg eval")
+    records: list[dict[str, Any]] = []
+    results = out / RESULTS_NAME
+    if results.is_file() and results.stat().st_size:
+        with results.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # a run killed mid-line: end that line so the next record stands alone
+            with results.open("a", encoding="utf-8") as f:
+                f.write("\n")
+    with results.open("a", encoding="utf-8") as log:
+        for index, item, seed, method in jobs:
+            key = item_key(item, seed, method, settings)
+            if key in done:
+                records.append(done[key])
+                bar.update(1)
+                continue
+            started = time.perf_counter()
+            image, plan = _render(pipe, item, seed, method, settings)
+            seconds = time.perf_counter() - started
+            name = f"images/{key}.png"
+            part = out / (name + ".part")
+            image.save(part, format="PNG")
+            os.replace(part, out / name)
+            scores: dict[str, float] = {}
+            for scorer in scorers:
+                scores.update(scorer.score(image, item, plan))
+            record = {
+                "key": key,
+                "index": index,
+                "prompt": item.prompt,
+                "category": item.category,
+                "objects": list(item.objects),
+                "seed": seed,
+                "method": method.label,
+                "image": name,
+                "plan": plan.model_dump(mode="json") if plan is not None else None,
+                "scores": scores,
+                "seconds": round(seconds, 3),
+                "settings": settings,
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+            bar.update(1)
+    bar.close()
+    return records

@@ -1,0 +1,222 @@
+"""The shapes world: seeded scenes, true captions, held-out pairs, and the exact scorer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rpg.eval.prompts import objects_in_text, shapes_heldout_set, shapes_single_set
+from rpg.eval.shapes import (
+    COLOURS,
+    HELD_OUT_PAIRS,
+    SHAPES,
+    WORDS,
+    Scene,
+    ShapeObject,
+    caption,
+    has_held_out_pair,
+    render,
+    sample_scene,
+    sample_training_example,
+)
+from rpg.eval.shapes_score import match_objects, read_image
+
+
+def test_the_same_seed_gives_the_same_scenes_and_captions() -> None:
+    a = [sample_training_example(random.Random(3)) for _ in range(2)]
+    b = [sample_training_example(random.Random(3)) for _ in range(2)]
+    assert a == b
+    assert render(a[0][0]).tobytes() == render(b[0][0]).tobytes()
+    assert sample_training_example(random.Random(4)) != a[0]
+
+
+def test_scenes_have_one_to_four_distinct_objects_apart_on_a_plain_background() -> None:
+    rng = random.Random(0)
+    counts = set()
+    for _ in range(200):
+        scene = sample_scene(rng)
+        counts.add(len(scene.objects))
+        names = [o.name for o in scene.objects]
+        assert len(set(names)) == len(names)
+        assert all(o.colour != scene.background for o in scene.objects)
+        boxes = [o.box() for o in scene.objects]
+        for i, p in enumerate(boxes):
+            assert p[0] >= 0 and p[2] <= 64 and p[1] >= 0 and p[3] <= 64
+            for q in boxes[i + 1 :]:
+                assert p[2] <= q[0] or q[2] <= p[0] or p[3] <= q[1] or q[3] <= p[1]
+    assert counts == {1, 2, 3, 4}
+
+
+def test_captions_name_every_object_and_say_true_relations() -> None:
+    rng = random.Random(1)
+    templates = set()
+    for _ in range(400):
+        scene, text = sample_training_example(rng)
+        assert sorted(objects_in_text(text)) == sorted(o.name for o in scene.objects)
+        assert set(text.replace(",", " ").split()) <= set(WORDS)
+        if scene.background != "white":
+            assert text.endswith(f"on a {scene.background} background")
+        if " to the left of " in text and len(scene.objects) == 2:
+            left, right = objects_in_text(text)
+            by_name = {o.name: o for o in scene.objects}
+            assert by_name[left].x < by_name[right].x
+        if " above " in text and len(scene.objects) == 2:
+            top, bottom = objects_in_text(text)
+            by_name = {o.name: o for o in scene.objects}
+            assert by_name[top].y < by_name[bottom].y
+        for key in (
+            "to the left of",
+            "to the right of",
+            "above",
+            "below",
+            "next to",
+            "from left to right",
+            "from top to bottom",
+            " and ",
+            "background",
+        ):
+            if key in text:
+                templates.add(key)
+    assert len(templates) == 9, templates
+
+
+def test_held_out_pairs_never_share_a_training_caption() -> None:
+    assert len(HELD_OUT_PAIRS) >= 20
+    rng = random.Random(2)
+    for _ in range(400):
+        scene, text = sample_training_example(rng)
+        assert not has_held_out_pair(scene.objects)
+        names = objects_in_text(text)
+        assert not any(frozenset((a, b)) in HELD_OUT_PAIRS for a in names for b in names)
+
+
+def test_the_heldout_prompt_set_uses_held_out_pairs_and_exact_plans() -> None:
+    items = shapes_heldout_set()
+    assert {len(i.objects) for i in items} == {2, 3, 4}
+    for item in items:
+        assert item.plan is not None and len(item.plan.regions) == len(item.objects)
+        assert sorted(objects_in_text(item.prompt)) == sorted(item.objects)
+        assert has_held_out_pair(
+            [
+                ShapeObject(colour=n.split()[0], shape=n.split()[1], size="small", x=0.5, y=0.5)
+                for n in item.objects
+            ]  # type: ignore[arg-type]
+        )
+        # the exact plan puts every object in its own region, in the prompt's reading order
+        assert [r.prompt.split(" ", 1)[1] for r in item.plan.regions] == list(item.objects)
+    assert len(shapes_single_set()) == len(COLOURS) * len(SHAPES)
+
+
+def test_the_scorer_reads_back_the_generators_own_images() -> None:
+    """At least 99% of objects: right colour, shape, size and position (within 2 px)."""
+    rng = random.Random(7)
+    total = right = 0
+    for _ in range(150):
+        scene = sample_scene(rng)
+        reading = read_image(render(scene))
+        assert reading.background == scene.background
+        for obj in scene.objects:
+            total += 1
+            right += any(
+                d.name == obj.name
+                and d.size == obj.size
+                and abs(d.x - obj.x) <= 2 / 64
+                and abs(d.y - obj.y) <= 2 / 64
+                for d in reading.objects
+            )
+    assert right / total >= 0.99, (right, total)
+
+
+def test_the_scorer_reads_an_upscaled_image_and_ignores_specks() -> None:
+    scene = Scene(objects=(ShapeObject(shape="star", colour="blue", size="large", x=0.3, y=0.6),))
+    image = render(scene).resize((256, 256), Image.Resampling.NEAREST)
+    image.putpixel((250, 5), (220, 30, 30))  # a one-pixel speck of red
+    reading = read_image(image)
+    assert [(d.name, d.size) for d in reading.objects] == [("blue star", "large")]
+
+
+def test_match_objects_checks_binding_and_placement() -> None:
+    scene = Scene(
+        objects=(
+            ShapeObject(shape="circle", colour="red", size="large", x=0.25, y=0.5),
+            ShapeObject(shape="square", colour="blue", size="large", x=0.75, y=0.5),
+        )
+    )
+    reading = read_image(render(scene))
+    left, right = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+    checks = match_objects(reading, ["red circle", "blue square"], [left, right])
+    assert [(c.found, c.placed) for c in checks] == [(True, True), (True, True)]
+    swapped = match_objects(reading, ["red circle", "blue square"], [right, left])
+    assert [(c.found, c.placed) for c in swapped] == [(True, False), (True, False)]
+    wrong = match_objects(reading, ["red square"], None)
+    assert not wrong[0].found and not wrong[0].placed
+    with pytest.raises(ValueError, match="2 expected objects but 1 regions"):
+        match_objects(reading, ["red circle", "blue square"], [left])
+
+
+def test_caption_templates_for_one_object() -> None:
+    scene = Scene(objects=(ShapeObject(shape="star", colour="orange", size="small", x=0.2, y=0.5),))
+    texts = {caption(scene, random.Random(i)) for i in range(60)}
+    assert "an orange star" in texts
+    assert any(t.startswith("an orange star on the left") for t in texts)
+
+
+def test_word_tokenizer_has_one_token_per_world_word(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from rpg.eval.train_shapes import write_word_tokenizer
+
+    write_word_tokenizer(tmp_path)
+    tok = CLIPTokenizer.from_pretrained(tmp_path)
+    for word in WORDS:
+        assert tok.tokenize(word) == [word + "</w>"]
+    assert len(tok.tokenize("a zebra")) > 2  # unknown words still tokenize, letter by letter
+
+
+def test_training_script_one_step_smoke(tmp_path: Path) -> None:
+    """One VAE step and one UNet step write a loadable pipeline folder and a loss picture."""
+    from diffusers import StableDiffusionPipeline
+
+    from rpg.eval.train_shapes import main
+
+    out = main(
+        [
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "1",
+            "--vae-steps",
+            "1",
+            "--batch",
+            "2",
+            "--vae-batch",
+            "2",
+            "--log-every",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
+    assert (tmp_path / "m-loss.png").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.vae_scale_factor == 4
+    assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
+    image = pipe("a red circle", num_inference_steps=1, output_type="pil").images[0]
+    assert image.size == (64, 64)
+
+
+def test_loss_picture_from_a_training_log(tmp_path: Path) -> None:
+    from rpg.eval.train_shapes import curves_from_log, main
+
+    log = (
+        "[09:00:00] vae  step 10/20 loss 0.5000 (1.0 s/step)\n"
+        "[09:00:10] vae  step 20/20 loss 0.2500 (1.0 s/step)\n"
+        "[09:01:00] unet step 10/30 loss 0.9000 lr 1e-3 (4.0 s/step, 1 min left)\n"
+    )
+    assert curves_from_log(log) == {"vae loss": [(10, 0.5), (20, 0.25)], "unet loss": [(10, 0.9)]}
+    (tmp_path / "train.log").write_text(log)
+    picture = main(["--out", str(tmp_path / "m"), "--plot-log", str(tmp_path / "train.log")])
+    assert picture == tmp_path / "m-loss.png" and Image.open(picture).size == (720, 360)
