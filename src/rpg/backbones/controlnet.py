@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
-from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs
+from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs, StockCall
 from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
@@ -419,6 +419,17 @@ class ControlNetBackboneMixin(Backbone):
             request.model_copy(update={"controls": tuple(controls)}), kwargs, embeddable
         )
 
+    def inpaint_backbone_class(self) -> type[Backbone]:
+        """The plain family (SD or SDXL): edits repaint without the source's ControlNet."""
+        for cls in type(self).__mro__[1:]:
+            if (
+                issubclass(cls, Backbone)
+                and not issubclass(cls, ControlNetBackboneMixin)
+                and cls is not Backbone
+            ):
+                return cls
+        raise ConfigurationError(f"{self.name!r} extends no plain backbone to edit with")
+
     def guess_mode(self, pipeline_kwargs: Mapping[str, Any]) -> bool:
         """Whether a call with ``pipeline_kwargs`` runs the ControlNets in guess mode.
 
@@ -437,6 +448,7 @@ class ControlNetBackboneMixin(Backbone):
         guidance: bool,
         cache_kv: bool,
         pipeline_kwargs: Mapping[str, Any],
+        call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
         """One processor for the UNet and the ControlNets, or two in guess mode.
 
@@ -453,6 +465,7 @@ class ControlNetBackboneMixin(Backbone):
                 guidance=guidance,
                 cache_kv=cache_kv,
                 pipeline_kwargs=pipeline_kwargs,
+                call=call,
             )
         stack = ExitStack()
         try:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIELD_FLAGS",
     "UsageError",
+    "check_option_flags",
     "check_output_dir",
     "check_output_file",
     "check_scheduler_flag",
@@ -112,6 +113,53 @@ def validate_request(
         raise ConfigurationError(
             f"{source}: the recorded request is invalid: {validation_message(exc)}"
         ) from None
+
+
+def model_pipeline_class(model: str | None) -> str | None:
+    """The pipeline class a model folder or tiny name holds (``model_index.json``), read without
+    importing torch; ``None`` when that takes more (a single file, a hub id)."""
+    import json
+
+    from rpg.backbones.tiny import tiny_model
+
+    if model is None:
+        return None
+    tiny = tiny_model(model, "pipeline")
+    if tiny is not None:
+        return tiny.pipeline or None
+    index = Path(model).expanduser() / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_option_flags(options: Mapping[str, Any], model: str | None) -> None:
+    """Model-family option flags, before any model loads: each value against the option's
+    declaration, and each option against the family of ``model`` when that is known from its
+    folder or tiny name. Errors are :class:`UsageError` naming the flag."""
+    from rpg.backbones.options import BUILTIN_OPTIONS, cli_option_fields, families_taking
+
+    fields = {f.name: f for f in cli_option_fields()}
+    for name, value in options.items():
+        flag = fields[name].flag
+        model_cls = BUILTIN_OPTIONS[families_taking(name)[0]]
+        try:
+            model_cls.model_validate({name: value})
+        except ValidationError as exc:
+            raise UsageError(validation_message(exc, {name: flag})) from None
+    family = BUILTIN_OPTIONS.get(model_pipeline_class(model) or "")
+    if family is None:
+        return  # not known before loading: the backbone checks after the load
+    foreign = [fields[n].flag for n in options if n not in family.model_fields]
+    if foreign:
+        takes = [fields[n].flag for n in family.model_fields if n in fields]
+        raise UsageError(
+            f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+            f"{model} ({model_pipeline_class(model)}); "
+            + (f"it takes {', '.join(takes)}" if takes else "it takes no family options")
+        )
 
 
 def check_scheduler_flag(name: str | None, *, given: bool, source: str | None = None) -> None:
