@@ -57,7 +57,7 @@ class Flux2KleinBackbone(JointBackbone):
             from diffusers import Flux2KleinPipeline
         except ImportError as err:  # FLUX.2 came with diffusers 0.36
             raise ConfigurationError(
-                "FLUX.2 [klein] needs a diffusers with Flux2KleinPipeline (0.36 or newer); "
+                "FLUX.2 [klein] needs a diffusers with Flux2KleinPipeline (0.37 or newer); "
                 "upgrade diffusers"
             ) from err
         found: type = Flux2KleinPipeline
