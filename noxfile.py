@@ -44,7 +44,8 @@ MIN_TESTS = [
 
 def _see_parent_environment(session: nox.Session) -> None:
     """Let the session's virtualenv import the packages of the environment nox runs in, after
-    its own (a ``.pth`` file in its site-packages)."""
+    its own: a ``.pth`` file in its site-packages adds that environment's site directories
+    with ``site.addsitedir``, so their own ``.pth`` files (editable installs) work too."""
     bin_dir = Path(session.bin)
     venv = bin_dir.parent
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -52,7 +53,8 @@ def _see_parent_environment(session: nox.Session) -> None:
     site = venv / lib / "site-packages"
     parent = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     site.mkdir(parents=True, exist_ok=True)
-    (site / "_rpg_parent_env.pth").write_text("\n".join(dict.fromkeys(parent)) + "\n")
+    lines = [f"import site; site.addsitedir({path!r})" for path in dict.fromkeys(parent)]
+    (site / "_rpg_parent_env.pth").write_text("\n".join(lines) + "\n")
 
 
 def _install(session: nox.Session, *args: str) -> None:
