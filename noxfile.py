@@ -24,9 +24,10 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_T
 
 #: The declared floors of the core dependencies (``pyproject.toml``), installed by ``tests-min``.
 #: PyTorch stays the one you installed: this machine's index has only CPU torch 2.13.
-MINIMUM = ["diffusers==0.37.0", "transformers==4.51.3", "pydantic==2.6.0", "pluggy==1.3.0"]
+MINIMUM = ["diffusers==0.37.0", "transformers==5.0.0", "pydantic==2.6.0", "pluggy==1.3.0"]
 
-#: What ``tests-min`` runs by default: the route, every family's backbone, options, migration.
+#: What ``tests-min`` runs by default: the route, every family's backbone, options. (Not the
+#: migration test: tiny models written by older libraries get other random weights.)
 MIN_TESTS = [
     "tests/test_models.py",
     "tests/test_orchestrator.py",
@@ -37,7 +38,6 @@ MIN_TESTS = [
     "tests/test_encode_once.py",
     "tests/test_edit_families.py",
     "tests/test_family_options.py",
-    "tests/test_migration.py",
     "tests/test_plugins.py",
 ]
 
