@@ -24,7 +24,15 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_T
 
 #: The declared floors of the core dependencies (``pyproject.toml``), installed by ``tests-min``.
 #: PyTorch stays the one you installed: this machine's index has only CPU torch 2.13.
-MINIMUM = ["diffusers==0.37.0", "transformers==5.0.0", "pydantic==2.6.0", "pluggy==1.3.0"]
+MINIMUM = [
+    "diffusers==0.37.0",
+    "transformers==5.0.0",
+    "pydantic==2.6.0",
+    "pluggy==1.3.0",
+    # transformers 5.0 calls the hub-kernels API of its day; the `kernels` that newer
+    # transformers install (0.12+) refuses that call at import time
+    "kernels<0.12",
+]
 
 #: What ``tests-min`` runs by default: the route, every family's backbone, options. (Not the
 #: migration test: tiny models written by older libraries get other random weights.)
