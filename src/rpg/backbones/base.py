@@ -25,18 +25,25 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
+from rpg.backbones.calls import (
+    OUTPUT_TYPES,
+    PreparedInputs,
+    Rendered,
+    StepClock,
+    StockCall,
+    timed_call,
+)
 from rpg.backbones.loading import ModelInfo, resolve_device, resolve_dtype, resolve_model
 from rpg.backbones.options import BackboneOptions, NoOptions, validate_options
+from rpg.backbones.packing import pack_segments, pad_tokens, token_windows
 from rpg.backbones.schedulers import (
     DEFAULT_SCHEDULER,
     check_scheduler,
@@ -68,67 +75,6 @@ log = logging.getLogger(__name__)
 
 #: Keyword options every backbone's ``load`` understands (besides device and dtype).
 LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
-
-
-def token_windows(tokenizer: Any, text: str) -> list[list[int]]:
-    """Token ids of ``text`` as full-length windows ``[BOS, ≤75 tokens, EOS, pad...]``.
-
-    CLIP text encoders see at most ``model_max_length`` (77) positions, so a long prompt is cut
-    into consecutive chunks of 75 content tokens, each wrapped in BOS/EOS and padded like the
-    stock pipeline pads, and encoded as its own window: nothing is truncated. An empty text is
-    one window, exactly what the stock pipeline encodes for ``""``. For a prompt of at most 75
-    tokens the ids equal ``tokenizer(text, padding="max_length", truncation=True)``.
-    """
-    max_length = int(tokenizer.model_max_length)
-    if max_length < 3 or max_length > 100_000:
-        raise ConfigurationError(f"tokenizer has no usable model_max_length ({max_length})")
-    # Long prompts are intended here; mark transformers' once-only "sequence too long" warning
-    # as already shown, since it would claim the windows cause indexing errors.
-    shown = getattr(tokenizer, "deprecation_warnings", None)
-    if isinstance(shown, dict):
-        shown["sequence-length-is-longer-than-the-specified-maximum"] = True
-    content = list(tokenizer(text, add_special_tokens=False).input_ids)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    size = max_length - 2
-    chunks = [content[i : i + size] for i in range(0, len(content), size)] or [[]]
-    return [[bos, *chunk, eos] + [pad] * (size - len(chunk)) for chunk in chunks]
-
-
-def pack_segments(
-    texts: Sequence[str], encode: Callable[[list[str]], list[torch.Tensor]]
-) -> tuple[torch.Tensor, list[Span]]:
-    """Encode ``texts`` and pack them along the token axis; return the tensor and their spans.
-
-    Each distinct text is encoded once (``encode`` returns one ``[1, T_i, D]`` tensor per text)
-    and repeated texts share one span — a span is only an index range, so two regions may read
-    the same tokens. This is the single place where spans are computed from encodings.
-    """
-    unique = list(dict.fromkeys(texts))
-    tensors = encode(unique)
-    if len(tensors) != len(unique):
-        raise RuntimeError(f"encoder returned {len(tensors)} tensors for {len(unique)} texts")
-    spans: dict[str, Span] = {}
-    start = 0
-    for text, tensor in zip(unique, tensors, strict=True):
-        spans[text] = (start, start + int(tensor.shape[1]))
-        start += int(tensor.shape[1])
-    return torch.cat(tensors, dim=1), [spans[t] for t in texts]
-
-
-def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
-    """Lengthen ``embeds`` ``[B, T, D]`` to ``length`` tokens by repeating its own tokens.
-
-    The padding is never read by the regional processor (it lies outside every span); it exists
-    because diffusers concatenates positive and negative embeddings into one batch, which needs
-    one token length. Copies rather than zeros keep the tensor a plausible CLIP sequence for any
-    code that does look at it.
-    """
-    current = embeds.shape[1]
-    if current >= length:
-        return embeds
-    repeats = -(-length // current)
-    return embeds.repeat(1, repeats, 1)[:, :length]
 
 
 class Backbone(ABC):
@@ -677,93 +623,3 @@ class Backbone(ABC):
             denoise_seconds=denoise_seconds,
             decode_seconds=decode_seconds,
         )
-
-
-@dataclass(frozen=True)
-class StockCall:
-    """What one stock pipeline call is made of, for :meth:`Backbone.attention_context`."""
-
-    #: Denoising steps of the call.
-    steps: int
-    #: Images the call makes.
-    num_images: int
-    #: The family's typed options (see :meth:`Backbone.parse_options`).
-    options: Any
-    #: The embeddings exactly as passed to the pipeline (same tensor objects).
-    inputs: Mapping[str, Any]
-
-
-#: What :meth:`Backbone.render` (and ``RPG.generate``) can return: PIL images, float arrays in
-#: [0, 1] (``[H, W, 3]`` each), tensors (``[3, H, W]`` each), or the undecoded latents.
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-@dataclass(frozen=True)
-class PreparedInputs:
-    """What :meth:`Backbone.prepare_inputs` makes of a request's extra pipeline inputs."""
-
-    #: The request with the inputs actually used recorded (e.g. ``controls``).
-    request: GenerationRequest
-    #: Keyword arguments for :meth:`Backbone.render` (and so the stock pipeline call).
-    pipeline_kwargs: dict[str, Any]
-    #: Images a saved PNG embeds so it re-renders without the original files (ControlNet
-    #: control images, one per ``request.controls`` entry; ``None`` where not a PIL image).
-    control_images: list[Any] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """The stock pipeline's output of one :meth:`Backbone.render` call, with its timings."""
-
-    #: One entry per image: PIL images, ``[H, W, 3]`` arrays, ``[3, H, W]`` tensors or
-    #: ``[C, h, w]`` latents, as ``output_type`` asked.
-    images: list[Any]
-    #: The safety checker's verdicts, when the pipeline has one (``None`` otherwise).
-    nsfw_content_detected: list[bool] | None
-    #: Seconds from the call to the end of the last denoising step.
-    denoise_seconds: float
-    #: Seconds from the end of the last step to the pipeline's return (decoding, checks).
-    decode_seconds: float
-
-
-class StepClock:
-    """A ``callback_on_step_end`` that notes when each denoising step ended.
-
-    Chains the caller's own callback (a function or a diffusers ``PipelineCallback`` /
-    ``MultiPipelineCallbacks``), returning what it returns, so it can replace that callback
-    without changing what the pipeline does.
-    """
-
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        self.callback = callback
-        #: ``time.perf_counter()`` at the end of the last step so far (``None`` before one).
-        self.last_step_end: float | None = None
-
-    def __call__(
-        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = (
-            {} if self.callback is None else self.callback(pipe, step, timestep, callback_kwargs)
-        )
-        self.last_step_end = time.perf_counter()
-        return result
-
-
-def timed_call(pipe: Any, **call: Any) -> tuple[Any, float, float]:
-    """Call a stock pipeline; return its output and the seconds spent denoising and decoding.
-
-    ``call`` may hold the caller's ``callback_on_step_end``; it still runs, after every step.
-    Decoding is what follows the last step (VAE, post-processing, safety checker). The output
-    is the pipeline's ``return_dict`` output.
-    """
-    user = call.pop("callback_on_step_end", None)
-    tensor_inputs = getattr(user, "tensor_inputs", None)
-    if tensor_inputs is not None and "callback_on_step_end_tensor_inputs" not in call:
-        # diffusers reads a PipelineCallback's tensor inputs off the object it is given.
-        call["callback_on_step_end_tensor_inputs"] = list(tensor_inputs)
-    clock = StepClock(user)
-    started = time.perf_counter()
-    output = pipe(**call, callback_on_step_end=clock, return_dict=True)
-    ended = time.perf_counter()
-    last = clock.last_step_end if clock.last_step_end is not None else ended
-    return output, last - started, ended - last
