@@ -19,7 +19,7 @@ from PIL import Image
 
 import rpg.backbones.dit as dit_module
 from joint_helpers import NaiveJointProcessor
-from rpg.attention.joint import JointAttentionOptions, JointRegions, joint_attention_names
+from rpg.attention.joint import JointRegions, joint_attention_names
 from rpg.attention.joint import regional_joint as real_regional_joint
 from rpg.cli import main
 from rpg.errors import ConfigurationError, SplitRatioError
@@ -190,13 +190,13 @@ def test_packing_keeps_stock_padding_for_base_and_real_length_for_regions(
 
 def test_no_base_packs_the_whole_prompt_only_when_needed(flux: RPG) -> None:
     plan = RegionPlan.from_split_ratio("1,1", ["a red cat", "a blue dog"])
-    cond = flux.backbone.encode(plan, guidance=False, prompt=PROMPT)
     backbone: Any = flux.backbone
-    same, span = backbone.with_global_span(cond, JointAttentionOptions())
-    assert same is cond and span is None
-    longer, span = backbone.with_global_span(cond, JointAttentionOptions(regional_steps=0.5))
+    cond = backbone.encode(plan, guidance=False, prompt=PROMPT)
+    assert cond.global_span is None
+    longer = backbone.encode(plan, guidance=False, prompt=PROMPT, options={"regional_steps": 0.5})
     total = cond.prompt_embeds.shape[1]
-    assert span == (total, total + 512)
+    assert longer.global_span == (total, total + 512)
+    assert torch.equal(longer.prompt_embeds[:, :total], cond.prompt_embeds)
     whole, _ = backbone.encode_stock(PROMPT)
     assert torch.equal(longer.prompt_embeds[:, total:], whole)
 
@@ -232,7 +232,7 @@ def test_clear_errors(flux: RPG, sd3: RPG, tiny_rpg: Any) -> None:
         sd3.generate(GenerationRequest(prompt="a cat", plan=plan, steps=1, width=72, height=64))
     with pytest.raises(ConfigurationError, match="true_cfg_scale"):
         sd3.generate(_request("a cat", plan, true_cfg_scale=2.0))
-    with pytest.raises(ConfigurationError, match="MM-DiT"):
+    with pytest.raises(ConfigurationError, match="regional_steps does not apply to 'sd'"):
         tiny_rpg.generate(GenerationRequest(prompt="a cat", plan=plan, steps=1,
                                             regional_steps=0.5))  # fmt: skip
 
@@ -262,8 +262,11 @@ def test_cli_generate_and_rerender_from_png(
     assert main([*args, *options, "--out", str(x)]) == 0
     data = read_metadata(x)
     assert data["request"]["model"] == name and data["request"]["scheduler"] == "default"
-    assert data["request"]["image_attention"] == "region"
-    assert data["request"]["regional_steps"] == 0.5 and data["request"]["regional_blocks"] == 2
+    assert data["request"]["options"] == {
+        "image_attention": "region",
+        "regional_steps": 0.5,
+        "regional_blocks": 2,
+    }
     assert len(data["plan"]["rows"][0]["regions"]) == 2
     assert main(["generate", "--from", str(x), "--out", str(y)]) == 0
     with Image.open(x) as a, Image.open(y) as b:

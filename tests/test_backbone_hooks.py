@@ -44,18 +44,19 @@ def test_generate_goes_through_the_backbone_input_hook(tiny_rpg: RPG) -> None:
     plain = tiny_rpg.generate(
         request.model_copy(update={"negative_prompt": "zero noise"}), output_type="np"
     )
-    zero = tiny_rpg.pipe(
-        prompt_embeds=tiny_rpg.backbone.encode(
-            RegionPlan.single(PROMPT), "zero noise"
-        ).prompt_embeds,
-        negative_prompt_embeds=tiny_rpg.backbone.encode(
-            RegionPlan.single(PROMPT), "zero noise"
-        ).negative_prompt_embeds,
-        latents=torch.zeros(1, 4, 8, 8),
-        num_inference_steps=2,
-        guidance_scale=out.request.guidance_scale,
-        output_type="np",
-    ).images
+    with tiny_rpg.backbone.using_scheduler(out.request.scheduler):
+        zero = tiny_rpg.pipe(
+            prompt_embeds=tiny_rpg.backbone.encode(
+                RegionPlan.single(PROMPT), "zero noise"
+            ).prompt_embeds,
+            negative_prompt_embeds=tiny_rpg.backbone.encode(
+                RegionPlan.single(PROMPT), "zero noise"
+            ).negative_prompt_embeds,
+            latents=torch.zeros(1, 4, 8, 8),
+            num_inference_steps=2,
+            guidance_scale=out.request.guidance_scale,
+            output_type="np",
+        ).images
     assert out.request.negative_prompt == "zero noise"  # the hook's request is recorded
     assert not np.array_equal(out.images[0], plain.images[0])
     assert np.abs(out.images[0] - zero[0]).max() <= 1e-5

@@ -281,10 +281,7 @@ REQUEST_VARIANTS: dict[str, Any] = {
     "scheduler": "euler",
     "base_ratio": 0.5,
     "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png"}],
-    "true_cfg_scale": 4.0,
-    "image_attention": "region",
-    "regional_steps": 0.5,
-    "regional_blocks": 2,
+    "options": {"image_attention": "region", "regional_steps": 0.5},
 }
 
 

@@ -146,7 +146,7 @@ def test_huge_size_on_cpu_warns_with_an_estimate_before_the_render(
 
 
 def test_estimate_grows_with_the_square_of_the_pixels(tiny_rpg: Any) -> None:
-    from rpg.cli.checks import _attention_work
+    from rpg.cost import attention_work as _attention_work
 
     unet = tiny_rpg.pipe.unet
     small, large = _attention_work(unet, 64, 64), _attention_work(unet, 128, 128)

@@ -29,7 +29,7 @@ from rpg.metadata import (
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
 from rpg.planners.openai import OpenAIPlanner
-from rpg.planners.structured import RetryPolicy
+from rpg.planners.transport import RetryPolicy
 from servers import OpenAIServer
 
 PROMPT = "a red cat on the left and a blue dog on the right"

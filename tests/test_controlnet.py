@@ -16,7 +16,6 @@ from rpg.attention import RegionalAttnProcessor, region_labels
 from rpg.backbones.controlnet import (
     StableDiffusionControlNetBackbone,
     StableDiffusionXLControlNetBackbone,
-    canny_edges,
     controlnet_backbone_for,
     load_controlnet,
 )
@@ -26,6 +25,7 @@ from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
 from rpg.backbones.tiny.controlnet import write_tiny_controlnet
 from rpg.backbones.tiny.sdxl import write_tiny_sdxl
+from rpg.canny import canny_edges
 from rpg.cli import main
 from rpg.errors import ConfigurationError, ModelNotFoundError
 from rpg.metadata import load_request

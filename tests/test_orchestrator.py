@@ -176,7 +176,10 @@ def test_from_pipeline_wraps_an_existing_pipeline(tiny_rpg: RPG) -> None:
     wrapped = RPG.from_pipeline(stock)
     assert wrapped.backbone.name == "sd"
     result = wrapped.generate(_request(steps=2), output_type="np")
-    ours = tiny_rpg.generate(_request(steps=2), output_type="np")
+    # the wrapped pipeline keeps its own scheduler, and the request records it
+    assert result.request.scheduler == "default"
+    assert type(stock.scheduler) is type(tiny_rpg.backbone.scheduler_named("default"))
+    ours = tiny_rpg.generate(_request(steps=2, scheduler="default"), output_type="np")
     assert np.array_equal(result.images[0], ours.images[0])
     with pytest.raises(RegistryError, match="no registered backbone drives"):
         RPG.from_pipeline(object())

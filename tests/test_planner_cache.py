@@ -24,7 +24,7 @@ from rpg.planners.cache import (
     planner_identity,
 )
 from rpg.planners.openai import OpenAIPlanner
-from rpg.planners.structured import RetryPolicy
+from rpg.planners.transport import RetryPolicy
 from servers import OpenAIServer
 
 SECRET = "sk-cache-test-secret-987654321"

@@ -28,7 +28,7 @@ from rpg.planners.hf import HFPlanner
 from rpg.planners.ollama import OllamaPlanner
 from rpg.planners.openai import OpenAIPlanner
 from rpg.planners.rules import RulesPlanner
-from rpg.planners.structured import RetryPolicy
+from rpg.planners.transport import RetryPolicy
 from servers import OllamaServer, OpenAIServer
 
 PROMPT = "a red apple on the left and a blue mug on the right"

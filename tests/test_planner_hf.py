@@ -13,7 +13,7 @@ from PIL import Image
 from rpg.errors import ConfigurationError, ModelNotFoundError, PlannerError
 from rpg.models import PlanResult
 from rpg.planners.hf import HFPlanner, pick_device
-from rpg.planners.structured import PlanReply
+from rpg.planners.schema import PlanReply
 
 PROMPTS = (
     "A red apple on the left and a blue mug on the right",

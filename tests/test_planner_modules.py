@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rpg.planners import chat, parsing, remote, schema, structured, template, transport
+from rpg.planners import parsing, reasoning, remote, template
 from rpg.planners.chat import ChatPlanner, ChatRequest, ReplyMode
 from rpg.planners.hf import HFPlanner
 from rpg.planners.ollama import OllamaPlanner
@@ -48,12 +48,13 @@ def test_text_without_reasoning_is_returned_unchanged() -> None:
     assert parsing.strip_reasoning(text) is text
 
 
-def test_structured_re_exports_the_split_modules() -> None:
-    assert structured.plan_schema is schema.plan_schema
-    assert structured.parse_plan_reply is parsing.parse_plan_reply
-    assert structured.call_with_retries is transport.call_with_retries
-    assert structured.ChatPlanner is chat.ChatPlanner
-    assert set(structured.__all__) <= set(dir(structured))
+def test_no_compatibility_shim_and_one_home_for_reasoning() -> None:
+    import importlib
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("rpg.planners.structured")
+    assert parsing.strip_reasoning is reasoning.strip_reasoning
+    assert template.strip_reasoning is reasoning.strip_reasoning
 
 
 def test_openai_and_ollama_share_the_remote_chat_base_and_hf_does_not() -> None:

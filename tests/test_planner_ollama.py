@@ -19,7 +19,8 @@ from rpg.planners.ollama import (
     normalize_host,
     server_answers,
 )
-from rpg.planners.structured import RetryPolicy, plan_schema
+from rpg.planners.schema import plan_schema
+from rpg.planners.transport import RetryPolicy
 from servers import OllamaServer, Reply
 
 PLAN: dict[str, Any] = {

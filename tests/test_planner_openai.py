@@ -15,12 +15,8 @@ from rpg.errors import ConfigurationError, ModelNotFoundError, PlannerError
 from rpg.models import PlanResult
 from rpg.planners import template
 from rpg.planners.openai import PLACEHOLDER_KEY, OpenAIPlanner, is_reasoning_model
-from rpg.planners.structured import (
-    PlanReply,
-    RetryPolicy,
-    parse_retry_after,
-    plan_schema,
-)
+from rpg.planners.schema import PlanReply, plan_schema
+from rpg.planners.transport import RetryPolicy, parse_retry_after
 from servers import LlamaCppServer, OpenAIServer
 
 SECRET = "sk-test-secret-value-0123456789"

@@ -21,7 +21,7 @@ from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
 from rpg.planners.openai import OpenAIPlanner
 from rpg.planners.rules import RulesPlanner
-from rpg.planners.structured import RetryPolicy
+from rpg.planners.transport import RetryPolicy
 from rpg.refine import refine
 from servers import OpenAIServer
 

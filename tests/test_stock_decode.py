@@ -185,7 +185,9 @@ def test_a_safety_checker_works_as_in_the_stock_pipeline(models: Path) -> None:
 def test_step_callback_still_runs_and_can_change_latents(models: Path) -> None:
     pipe = _pipeline(models, "sd", torch.float32)
     rpg = RPG.from_pipeline(pipe)
-    request = GenerationRequest(prompt=PROMPT, plan=RegionPlan.single(PROMPT), steps=3, seed=1)
+    request = GenerationRequest(
+        prompt=PROMPT, plan=RegionPlan.single(PROMPT), steps=3, seed=1, scheduler="euler"
+    )
     seen: list[int] = []
 
     def zero_latents(p: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -113,9 +113,9 @@ def test_one_cache_folder_for_models_and_plans(
 
 
 def test_one_image_digest_for_controls_and_plan_cache_keys() -> None:
-    import rpg.planners.structured as structured
+    import rpg.planners.transport as transport
 
-    assert not hasattr(structured, "image_digest")
+    assert not hasattr(transport, "image_digest")
     a = Image.new("RGB", (8, 8), "red")
     b = Image.new("RGB", (8, 8), "blue")
     assert cache_key("p", "m", "x", image=a) == cache_key("p", "m", "x", image=a.copy())

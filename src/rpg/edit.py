@@ -4,18 +4,18 @@
    multimodal planner describes the image as a plan first.
 2. The planner (:meth:`rpg.planners.feedback.MultimodalPlanner.plan_edit`) picks the regions to
    change and writes their new prompts.
-3. The stock inpainting pipeline (``StableDiffusionInpaintPipeline``, or
-   ``StableDiffusionXLInpaintPipeline`` for SDXL), built from the loaded pipeline's own modules
-   (no weights are copied), denoises under the regional attention processor with the edited
-   plan's packed embeddings and a mask over the changed regions' boxes. A regular 4-channel UNet
-   runs in the pipeline's latent-blending mode; a 9-channel inpainting UNet in its native mode.
+3. The family's stock inpainting pipeline (SD, SDXL, FLUX.1 inpaint or fill, SD3, FLUX.2 klein:
+   :meth:`~rpg.backbones.base.Backbone.inpaint_backbone`), built from the loaded pipeline's own
+   modules (no weights are copied), renders through the same route as ``generate``
+   (:mod:`rpg.route`) with the edited plan and a mask over the changed regions' boxes. A
+   regular UNet or transformer runs in the pipeline's latent-blending mode; an inpainting UNet
+   (9 channels) or a FLUX fill transformer in its native mode.
 4. The result is composited with a feathered version of that mask, so every pixel where the
    mask is 0 equals the input image exactly (the VAE round trip would change them otherwise).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import random
@@ -25,16 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from rpg.errors import ConfigurationError
 from rpg.metadata import PNG_KEY, MetadataError, load_request
-from rpg.models import GenerationRequest, RegionPlan
+from rpg.models import GenerationRequest, RegionPlan, whole_image_text
 from rpg.planners.base import Planner
 from rpg.planners.feedback import EditPlan
-from rpg.progress import step_callback
 from rpg.refine import resolve_planner
+from rpg.route import render_request
 
 if TYPE_CHECKING:
     from rpg.backbones.base import Backbone
@@ -121,34 +120,9 @@ def region_mask(
 
 
 def inpaint_pipeline(backbone: Backbone) -> Any:
-    """The stock inpainting pipeline sharing ``backbone``'s modules (same device and dtype).
-
-    Built with the class constructor rather than ``from_pipe``, which would also cast every
-    shared module to one dtype.
-    """
-    import diffusers
-
-    pipe = backbone.pipe
-    is_xl = getattr(pipe, "text_encoder_2", None) is not None
-    cls: Any = (
-        diffusers.StableDiffusionXLInpaintPipeline
-        if is_xl
-        else diffusers.StableDiffusionInpaintPipeline
-    )
-    accepted = inspect.signature(cls.__init__).parameters
-    components = {k: v for k, v in pipe.components.items() if k in accepted}
-    if "requires_safety_checker" in accepted:
-        components["requires_safety_checker"] = components.get("safety_checker") is not None
-    if "force_zeros_for_empty_prompt" in accepted:
-        components["force_zeros_for_empty_prompt"] = bool(
-            getattr(pipe.config, "force_zeros_for_empty_prompt", True)
-        )
-    if "add_watermarker" in accepted:
-        # The inpainting pipeline decodes, so it watermarks exactly when the model's own does.
-        components["add_watermarker"] = getattr(pipe, "watermark", None) is not None
-    inpaint = cls(**components)
-    inpaint.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-    return inpaint
+    """The stock inpainting pipeline sharing ``backbone``'s modules (same device and dtype);
+    see :meth:`~rpg.backbones.base.Backbone.inpaint_backbone`."""
+    return backbone.inpaint_backbone().pipe
 
 
 def _composite(source: Image.Image, painted: Image.Image, mask: Image.Image) -> Image.Image:
@@ -186,19 +160,18 @@ def edit(
     ``feather`` is the width in pixels of the soft mask edge (default: 3% of the shorter side).
     ``pipeline_kwargs`` go to the inpainting pipeline call.
     """
-    from rpg.attention.install import regional
-    from rpg.backbones.base import Backbone, timed_call
-
     if not instruction or not instruction.strip():
         raise ConfigurationError("the edit instruction is empty; say what to change")
     if not 0 < strength <= 1:
         raise ConfigurationError(f"strength must be in (0, 1], got {strength}")
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    # The family's inpainting pipeline first: a family without one is refused before any
+    # planner call or encoding.
+    painter = rpg.backbone.inpaint_backbone()
     source, stored = read_image(image)
     reviewer = resolve_planner(rpg, planner)
-    backbone = rpg.backbone
-    factor = backbone.latent_factor
+    factor = painter.latent_factor
     width, height = source.size
     work_w, work_h = width // factor * factor, height // factor * factor
     if work_w < factor or work_h < factor:
@@ -218,7 +191,7 @@ def edit(
     request = GenerationRequest.model_validate(
         {
             **base.model_dump(),
-            "prompt": prompt or (base.prompt if stored else _describe(new_plan)),
+            "prompt": prompt or (base.prompt if stored else whole_image_text(new_plan)),
             "plan": new_plan.model_dump(),
             "base_ratio": None,
             "planner": None,
@@ -242,54 +215,32 @@ def edit(
     )
     if request.seed is None:
         request = request.model_copy(update={"seed": random.SystemRandom().randrange(2**31)})
-    request = request.model_copy(update={"guidance_scale": backbone.guidance_for(request)})
-    assert request.seed is not None
 
     edge = max(1.0, 0.03 * min(width, height)) if feather is None else feather
     mask = region_mask(new_plan, decision.indices, (width, height), feather=edge)
     work_image = source if (work_w, work_h) == (width, height) else source.resize((work_w, work_h))
     work_mask = mask if (work_w, work_h) == (width, height) else mask.resize((work_w, work_h))
 
-    progress.stage("encode")
-    t = time.perf_counter()
-    backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
-    guidance = backbone.uses_guidance(backbone.guidance_for(request))
-    conditioning = backbone.encode(
-        new_plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
-    )
-    layout = backbone.layout(new_plan, work_w, work_h)
-    # The base class's inputs only: a subclass may add its own (a ControlNet image) that the
-    # inpainting pipeline does not take.
-    inputs = Backbone.pipeline_inputs(backbone, conditioning)
-    if not guidance:
-        inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
-    pipe = inpaint_pipeline(backbone)
-    timings["encode"] = time.perf_counter() - t
-
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    progress.stage("denoise")
-    pipeline_kwargs["callback_on_step_end"] = step_callback(
-        progress, pipeline_kwargs.pop("callback_on_step_end", None)
-    )
-    with regional([pipe.unet], conditioning, layout, guidance=guidance, cache_kv=backbone.cache_kv):
-        # The inpainting pipeline decodes by its own rules (VAE upcast, latent mean/std).
-        output, timings["denoise"], decode_seconds = timed_call(
-            pipe,
-            **inputs,
-            image=work_image,
-            mask_image=work_mask,
-            height=work_h,
-            width=work_w,
-            strength=strength,
-            num_inference_steps=request.steps,
-            guidance_scale=backbone.guidance_for(request),
-            generator=generator,
-            output_type="pil",
+    callback = pipeline_kwargs.pop("callback_on_step_end", None)
+    routed = render_request(
+        painter,
+        request,
+        progress=progress,
+        pipeline_kwargs={
             **pipeline_kwargs,
-        )
+            "image": work_image,
+            "mask_image": work_mask,
+            "strength": strength,
+        },
+        output_type="pil",
+        callback_on_step_end=callback,
+    )
+    timings.update(routed.timings)
+    request = routed.request
+    decode_seconds = timings["decode"]
 
     t = time.perf_counter()
-    (painted,) = output.images
+    (painted,) = routed.rendered.images
     if painted.size != (width, height):
         painted = painted.resize((width, height), Image.Resampling.LANCZOS)
     result = _composite(source, painted, mask)
@@ -304,8 +255,3 @@ def edit(
         request=request,
         timings=timings,
     )
-
-
-def _describe(plan: RegionPlan) -> str:
-    """A prompt for an image that had none: its base prompt, else its region prompts."""
-    return plan.base_prompt or "; ".join(plan.prompts)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -43,6 +43,7 @@ __all__ = [
     "Region",
     "RegionPlan",
     "Row",
+    "whole_image_text",
 ]
 
 #: Base-prompt weight used when a plan has a base prompt and names no ratio.
@@ -382,6 +383,31 @@ class ControlInput(BaseModel):
         return v.strip() or None
 
 
+#: Request fields of rpg 0.1 (commit 0679977) that are family options now (see
+#: :mod:`rpg.backbones.options`): a request or PNG written then still loads, these keys moving
+#: into ``options`` (values at their old defaults dropped).
+LEGACY_REQUEST_OPTIONS: dict[str, Any] = {
+    "true_cfg_scale": 1.0,
+    "image_attention": "global",
+    "regional_steps": 1.0,
+    "regional_blocks": 1,
+}
+
+
+def whole_image_text(plan: RegionPlan, prompt: str | None = None) -> str:
+    """The one text that describes the whole image: the plan's base prompt, else the user's
+    whole ``prompt``, else the region prompts joined in reading order (each once).
+
+    What a model's global conditioning (SDXL's and FLUX/SD3's pooled embedding) and the
+    non-regional calls of MM-DiT models read, and the prompt of a request made from a plan alone.
+    """
+    if plan.base_prompt is not None:
+        return plan.base_prompt
+    if prompt is not None and prompt.strip():
+        return prompt
+    return ", ".join(dict.fromkeys(plan.prompts))
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to render one prompt; serialisable, so an image can be re-rendered."""
 
@@ -444,29 +470,12 @@ class GenerationRequest(BaseModel):
         allow_inf_nan=False,
         description="Overrides the plan's base ratio when set.",
     )
-    true_cfg_scale: float = Field(
-        default=1.0,
-        ge=1,
-        le=100,
-        description="FLUX only: true classifier-free guidance with the negative prompt when "
-        "above 1 (guidance_scale stays FLUX's distilled guidance embedding).",
-    )
-    image_attention: Literal["global", "region"] = Field(
-        default="global",
-        description="FLUX/SD3: what image tokens see of the image in regional joint attention; "
-        "'global' all of it (RPG), 'region' only their own region's cell.",
-    )
-    regional_steps: float = Field(
-        default=1.0,
-        gt=0,
-        le=1,
-        description="FLUX/SD3: fraction of the denoising steps that are regional; later steps "
-        "follow the base (or whole) prompt.",
-    )
-    regional_blocks: int = Field(
-        default=1,
-        ge=1,
-        description="FLUX/SD3: every k-th joint-attention block is regional.",
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Options the model family owns (its backbone's options model, e.g. "
+        "true_cfg_scale for FLUX.1, image_attention / regional_steps / regional_blocks for the "
+        "MM-DiT families), by name; empty uses the family's defaults. The result records them "
+        "as validated against the loaded model.",
     )
     controls: tuple[ControlInput, ...] = Field(
         default=(),
@@ -477,6 +486,23 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _prompt_not_blank(cls, v: str) -> str:
         return _non_blank(v, "the prompt")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        """Requests written by rpg 0.1 (PNGs, batch files) had the MM-DiT options as fields;
+        they move into ``options`` (values at their old defaults are dropped)."""
+        if not isinstance(data, dict) or not any(k in data for k in LEGACY_REQUEST_OPTIONS):
+            return data
+        data = dict(data)
+        options = dict(data.get("options") or {})
+        for key, default in LEGACY_REQUEST_OPTIONS.items():
+            if key in data:
+                value = data.pop(key)
+                if value != default:
+                    options.setdefault(key, value)
+        data["options"] = options
+        return data
 
     @field_validator("width", "height")
     @classmethod

@@ -26,9 +26,16 @@ import torch
 from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
-from rpg.models import GenerationRequest, GenerationResult, PlanResult, RegionPlan
+from rpg.models import (
+    GenerationRequest,
+    GenerationResult,
+    PlanResult,
+    RegionPlan,
+    whole_image_text,
+)
 from rpg.planners.base import DEFAULT_PLANNER, Planner
-from rpg.progress import NoProgress, RenderProgress, step_callback
+from rpg.progress import NoProgress, RenderProgress
+from rpg.route import render_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -376,70 +383,39 @@ class RPG:
             timings["plan"] = 0.0
 
         native_w, native_h = self.backbone.native_size
-        width = request.width or native_w
-        height = request.height or native_h
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
         request = request.model_copy(
             update={
                 "plan": plan,
                 "seed": seed,
-                "width": width,
-                "height": height,
+                "width": request.width or native_w,
+                "height": request.height or native_h,
                 # what is loaded, not what the request asked for (RPG.model: see from_pretrained)
                 "model": self.model or request.model,
-                "guidance_scale": self.backbone.guidance_for(request),
             }
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
         request = GenerationRequest.model_validate(request.model_dump())
-        backbone = self.backbone
-        prepared = backbone.prepare_inputs(request, pipeline_kwargs, width=width, height=height)
-        request = prepared.request
-        if request.scheduler is None:
-            request = request.model_copy(update={"scheduler": backbone.default_scheduler})
-        backbone.set_scheduler(request.scheduler or backbone.default_scheduler)
-        guidance = backbone.request_guidance(request)
-
-        progress.stage("encode")
-        t = time.perf_counter()
-        layout = backbone.layout(plan, width, height)  # first: it refuses a plan too fine
-        conditioning = backbone.encode(
-            plan, request.negative_prompt, guidance=guidance, prompt=request.prompt
-        )
-        timings["encode"] = time.perf_counter() - t
-
-        generators = [
-            torch.Generator(device="cpu").manual_seed(seed + i) for i in range(request.num_images)
-        ]
-        generator: torch.Generator | list[torch.Generator] = (
-            generators[0] if len(generators) == 1 else generators
-        )
-        progress.stage("denoise")
-        callback_on_step_end = step_callback(progress, callback_on_step_end)
-        rendered = backbone.render(
-            conditioning,
-            layout,
-            steps=request.steps,
-            guidance_scale=backbone.guidance_for(request),
-            generator=generator,
-            num_images=request.num_images,
+        routed = render_request(
+            self.backbone,
+            request,
+            progress=progress,
+            pipeline_kwargs=pipeline_kwargs,
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
-            **prepared.pipeline_kwargs,
         )
-        timings["denoise"] = rendered.denoise_seconds
-        timings["decode"] = rendered.decode_seconds
+        timings.update(routed.timings)
         timings["total"] = time.perf_counter() - started
         progress.finish()
 
         return GenerationResult(
-            images=rendered.images,
+            images=routed.rendered.images,
             plan=plan,
-            request=request,
+            request=routed.request,
             plan_result=plan_result,
             timings=timings,
-            control_images=prepared.control_images,
-            nsfw_content_detected=rendered.nsfw_content_detected,
+            control_images=routed.control_images,
+            nsfw_content_detected=routed.rendered.nsfw_content_detected,
         )
 
     def __call__(
@@ -488,7 +464,7 @@ class RPG:
         if prompt is None:
             if plan is None:
                 raise ConfigurationError("give a prompt, a plan, or both")
-            prompt = plan.base_prompt or "; ".join(plan.prompts)
+            prompt = whole_image_text(plan)
         if generator is not None:
             if seed is not None:
                 raise ConfigurationError(

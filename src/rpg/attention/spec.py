@@ -8,7 +8,7 @@ processor combines them at every latent resolution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,11 +45,14 @@ class RegionalConditioning:
     negative_base_span: Span | None = None
     pooled_prompt_embeds: torch.Tensor | None = None
     negative_pooled_prompt_embeds: torch.Tensor | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    #: MM-DiT without a base prompt: the whole prompt packed (stock padding) after the regions,
+    #: read by the calls and blocks that are not regional (``regional_steps``/``_blocks``).
+    global_span: Span | None = None
 
     def __post_init__(self) -> None:
         total = self.prompt_embeds.shape[1]
-        for span in (*self.region_spans, *([self.base_span] if self.base_span else [])):
+        extra = [s for s in (self.base_span, self.global_span) if s is not None]
+        for span in (*self.region_spans, *extra):
             if not 0 <= span[0] < span[1] <= total:
                 raise ValueError(f"token span {span} is outside the {total} packed tokens")
         neg = self.negative_prompt_embeds

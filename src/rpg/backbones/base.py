@@ -25,18 +25,31 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
+from rpg.backbones.calls import (
+    OUTPUT_TYPES,
+    PreparedInputs,
+    Rendered,
+    StepClock,
+    StockCall,
+    timed_call,
+)
 from rpg.backbones.loading import ModelInfo, resolve_device, resolve_dtype, resolve_model
-from rpg.backbones.schedulers import DEFAULT_SCHEDULER, check_scheduler, make_scheduler
+from rpg.backbones.options import BackboneOptions, NoOptions, validate_options
+from rpg.backbones.packing import pack_segments, pad_tokens, token_windows
+from rpg.backbones.schedulers import (
+    DEFAULT_SCHEDULER,
+    check_scheduler,
+    make_scheduler,
+    scheduler_name,
+)
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -51,6 +64,7 @@ __all__ = [
     "PreparedInputs",
     "Rendered",
     "StepClock",
+    "StockCall",
     "pack_segments",
     "pad_tokens",
     "timed_call",
@@ -61,67 +75,6 @@ log = logging.getLogger(__name__)
 
 #: Keyword options every backbone's ``load`` understands (besides device and dtype).
 LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
-
-
-def token_windows(tokenizer: Any, text: str) -> list[list[int]]:
-    """Token ids of ``text`` as full-length windows ``[BOS, ≤75 tokens, EOS, pad...]``.
-
-    CLIP text encoders see at most ``model_max_length`` (77) positions, so a long prompt is cut
-    into consecutive chunks of 75 content tokens, each wrapped in BOS/EOS and padded like the
-    stock pipeline pads, and encoded as its own window: nothing is truncated. An empty text is
-    one window, exactly what the stock pipeline encodes for ``""``. For a prompt of at most 75
-    tokens the ids equal ``tokenizer(text, padding="max_length", truncation=True)``.
-    """
-    max_length = int(tokenizer.model_max_length)
-    if max_length < 3 or max_length > 100_000:
-        raise ConfigurationError(f"tokenizer has no usable model_max_length ({max_length})")
-    # Long prompts are intended here; mark transformers' once-only "sequence too long" warning
-    # as already shown, since it would claim the windows cause indexing errors.
-    shown = getattr(tokenizer, "deprecation_warnings", None)
-    if isinstance(shown, dict):
-        shown["sequence-length-is-longer-than-the-specified-maximum"] = True
-    content = list(tokenizer(text, add_special_tokens=False).input_ids)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    size = max_length - 2
-    chunks = [content[i : i + size] for i in range(0, len(content), size)] or [[]]
-    return [[bos, *chunk, eos] + [pad] * (size - len(chunk)) for chunk in chunks]
-
-
-def pack_segments(
-    texts: Sequence[str], encode: Callable[[list[str]], list[torch.Tensor]]
-) -> tuple[torch.Tensor, list[Span]]:
-    """Encode ``texts`` and pack them along the token axis; return the tensor and their spans.
-
-    Each distinct text is encoded once (``encode`` returns one ``[1, T_i, D]`` tensor per text)
-    and repeated texts share one span — a span is only an index range, so two regions may read
-    the same tokens. This is the single place where spans are computed from encodings.
-    """
-    unique = list(dict.fromkeys(texts))
-    tensors = encode(unique)
-    if len(tensors) != len(unique):
-        raise RuntimeError(f"encoder returned {len(tensors)} tensors for {len(unique)} texts")
-    spans: dict[str, Span] = {}
-    start = 0
-    for text, tensor in zip(unique, tensors, strict=True):
-        spans[text] = (start, start + int(tensor.shape[1]))
-        start += int(tensor.shape[1])
-    return torch.cat(tensors, dim=1), [spans[t] for t in texts]
-
-
-def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
-    """Lengthen ``embeds`` ``[B, T, D]`` to ``length`` tokens by repeating its own tokens.
-
-    The padding is never read by the regional processor (it lies outside every span); it exists
-    because diffusers concatenates positive and negative embeddings into one batch, which needs
-    one token length. Copies rather than zeros keep the tensor a plausible CLIP sequence for any
-    code that does look at it.
-    """
-    current = embeds.shape[1]
-    if current >= length:
-        return embeds
-    repeats = -(-length // current)
-    return embeds.repeat(1, repeats, 1)[:, :length]
 
 
 class Backbone(ABC):
@@ -144,6 +97,11 @@ class Backbone(ABC):
     default_scheduler: ClassVar[str] = DEFAULT_SCHEDULER
     #: The guidance scale a request without one gets (the stock pipeline's own default).
     default_guidance: ClassVar[float] = 7.0
+    #: The options this family owns (``request.options``; see :mod:`rpg.backbones.options`).
+    options_model: ClassVar[type[BackboneOptions]] = NoOptions
+    #: The family's stock inpainting pipeline, by its name in diffusers (``""``: none), which
+    #: ``rpg edit`` renders with (see :meth:`inpaint_backbone`).
+    inpaint_pipeline_name: ClassVar[str] = ""
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         self.pipe = pipe
@@ -153,8 +111,15 @@ class Backbone(ABC):
             raise ConfigurationError(f"{type(pipe).__name__} has no scheduler")
         #: The model's own scheduler config: every named scheduler is built from this one.
         self.scheduler_config: dict[str, Any] = dict(scheduler.config)
+        #: The scheduler object the pipeline came with: what ``"default"`` means.
+        self._own_scheduler = scheduler
         self._schedulers: dict[str, Any] = {}
-        self._scheduler_name: str | None = None
+        #: Whether this backbone drives the family's inpainting pipeline (``rpg edit``).
+        self.inpainting = False
+        #: Whether a request without a scheduler keeps whatever scheduler the pipeline holds
+        #: at call time (a pipeline given to ``RPG.from_pipeline``: it is the user's), rather
+        #: than getting :attr:`default_scheduler`.
+        self.keeps_pipeline_scheduler = False
         #: Project each layer's text context once per call and reuse it at every step
         #: (``regional(..., cache_kv=True)``): same pixels, less time, the keys' and values'
         #: memory for the call. Set ``False`` when memory is tighter than time.
@@ -228,7 +193,60 @@ class Backbone(ABC):
                 f"backbone {cls.name!r} drives {cls.pipeline_class().__name__}, "
                 f"not {type(pipe).__name__}"
             )
-        return cls(pipe)
+        backbone = cls(pipe)
+        backbone.keeps_pipeline_scheduler = True
+        return backbone
+
+    # ----------------------------------------------------------------- editing
+
+    def inpaint_pipeline_class(self) -> type | None:
+        """The stock inpainting pipeline class for this model (``None``: the family or this
+        diffusers has none)."""
+        from rpg.backbones.inpaint import diffusers_class
+
+        return diffusers_class(self.inpaint_pipeline_name)
+
+    def inpaint_refusal(self) -> str | None:
+        """Why this model cannot be edited although diffusers has its inpainting pipeline
+        (``None``: it can)."""
+        return None
+
+    def inpaint_backbone_class(self) -> type[Backbone]:
+        """The backbone class that drives the inpainting pipeline (the family's own)."""
+        return type(self)
+
+    def inpaint_backbone(self) -> Backbone:
+        """This model's stock inpainting pipeline, sharing its modules, as a backbone.
+
+        It encodes, lays out and attends exactly as this one does, so ``edit`` renders through
+        the same route as ``generate``. A family without an inpainting pipeline is a
+        :class:`~rpg.errors.ConfigurationError` here, before any planning or encoding.
+        """
+        import diffusers
+
+        from rpg.backbones.inpaint import build_inpaint_pipeline
+
+        cls = self.inpaint_pipeline_class()
+        why = self.inpaint_refusal()
+        if cls is None or why is not None:
+            wanted = self.inpaint_pipeline_name
+            if why is None:
+                why = (
+                    f"diffusers {diffusers.__version__} has no {wanted}"
+                    if wanted
+                    else "the family has no stock inpainting pipeline"
+                )
+            raise ConfigurationError(
+                f"rpg edit cannot repaint with {self.name!r}: {why}; edit with an SD, SDXL, "
+                "FLUX.1 or SD3 model, or regenerate with a changed plan instead"
+            )
+        painter = self.inpaint_backbone_class()(
+            build_inpaint_pipeline(self.pipe, cls), info=self.info
+        )
+        painter.inpainting = True
+        painter.cache_kv = self.cache_kv
+        painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
+        return painter
 
     # ----------------------------------------------------------------- facts about the model
 
@@ -267,15 +285,48 @@ class Backbone(ABC):
         config = self.pipe.unet.config
         return guidance_scale > 1 and getattr(config, "time_cond_proj_dim", None) is None
 
-    def set_scheduler(self, name: str = DEFAULT_SCHEDULER) -> None:
-        """Use scheduler ``name`` (see :mod:`rpg.backbones.schedulers`) for the next renders."""
+    def request_scheduler(self) -> str:
+        """The scheduler name a request without one records (and renders with).
+
+        A loaded model gets :attr:`default_scheduler`; a wrapped pipeline keeps the one it holds
+        now, under its short name (see :func:`~rpg.backbones.schedulers.scheduler_name`).
+        """
+        if self.keeps_pipeline_scheduler:
+            return scheduler_name(self.pipe.scheduler)
+        return self.default_scheduler
+
+    def scheduler_named(self, name: str) -> Any:
+        """The scheduler object for ``name``: built once from the model's config and reused;
+        ``"default"`` is the scheduler the pipeline came with."""
         key = check_scheduler(name)
-        if key == self._scheduler_name:
-            return
+        if key == "default":
+            return self._own_scheduler
         if key not in self._schedulers:
             self._schedulers[key] = make_scheduler(key, self.scheduler_config)
-        self.pipe.scheduler = self._schedulers[key]
-        self._scheduler_name = key
+        return self._schedulers[key]
+
+    def set_scheduler(self, name: str = DEFAULT_SCHEDULER) -> None:
+        """Use scheduler ``name`` (see :mod:`rpg.backbones.schedulers`) until changed again.
+
+        Renders through ``RPG`` do not need this: they swap the request's scheduler in for the
+        call and put the pipeline's back afterwards (:meth:`using_scheduler`).
+        """
+        self.pipe.scheduler = self.scheduler_named(name)
+
+    @contextmanager
+    def using_scheduler(self, name: str | None) -> Iterator[None]:
+        """Render with scheduler ``name`` inside the block; the pipeline's scheduler is back in
+        place afterwards, also on error. ``None`` leaves the pipeline's scheduler alone."""
+        previous = self.pipe.scheduler
+        if name is not None:
+            wanted = self.scheduler_named(name)
+            if self.keeps_pipeline_scheduler and scheduler_name(previous) == check_scheduler(name):
+                wanted = previous  # the user's own object, with any settings of theirs
+            self.pipe.scheduler = wanted
+        try:
+            yield
+        finally:
+            self.pipe.scheduler = previous
 
     # ----------------------------------------------------------------- encoding
 
@@ -306,6 +357,7 @@ class Backbone(ABC):
         *,
         guidance: bool = True,
         prompt: str | None = None,
+        options: Any = None,
     ) -> RegionalConditioning:
         """Encode ``plan`` into packed embeddings and spans, and the negative half if guided.
 
@@ -315,8 +367,10 @@ class Backbone(ABC):
         the stock pipeline); otherwise ``[negative base | region negatives...]`` packed like the
         positives, where a region without its own uses ``negative_prompt``. The shorter half is
         padded with copies of its own tokens so both have one length. ``prompt`` (the user's
-        whole prompt) goes to :meth:`pooled_embeds`.
+        whole prompt) goes to :meth:`pooled_embeds`. ``options`` (the family's, see
+        :meth:`parse_options`) may change what is packed; the base ignores them.
         """
+        del options
         has_base = plan.base_prompt is not None
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
         embeds, spans = pack_segments(texts, self.encode_texts)
@@ -394,8 +448,11 @@ class Backbone(ABC):
         """Where the plan's regions fall on a ``width × height`` image at this model's latents."""
         return RegionalLayout.from_plan(plan, height, width, latent_factor=self.latent_factor)
 
-    def pipeline_inputs(self, conditioning: RegionalConditioning) -> dict[str, Any]:
-        """The conditioning as stock-pipeline keyword arguments."""
+    def pipeline_inputs(
+        self, conditioning: RegionalConditioning, *, guidance: bool = True, num_images: int = 1
+    ) -> dict[str, Any]:
+        """The conditioning as stock-pipeline keyword arguments for a call of ``num_images``
+        images (the negative half only when ``guidance``)."""
         inputs: dict[str, Any] = {"prompt_embeds": conditioning.prompt_embeds}
         if conditioning.negative_prompt_embeds is not None:
             inputs["negative_prompt_embeds"] = conditioning.negative_prompt_embeds
@@ -403,7 +460,15 @@ class Backbone(ABC):
             inputs["pooled_prompt_embeds"] = conditioning.pooled_prompt_embeds
         if conditioning.negative_pooled_prompt_embeds is not None:
             inputs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_prompt_embeds
+        if not guidance:
+            inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
+        inputs["num_images_per_prompt"] = num_images
         return inputs
+
+    def call_guidance(self, guidance_scale: float, pipeline_kwargs: Mapping[str, Any]) -> bool:
+        """Whether the stock call with these arguments reads the negative embeddings."""
+        del pipeline_kwargs
+        return self.uses_guidance(guidance_scale)
 
     def prepare_inputs(
         self,
@@ -421,7 +486,6 @@ class Backbone(ABC):
         backbone takes no extra inputs, so a request with ``controls`` is an error here rather
         than a render that silently ignores them.
         """
-        self.check_joint_options(request)
         recorded = request.controls
         if recorded:
             wanted = ", ".join(repr(c.controlnet) for c in recorded)
@@ -434,20 +498,18 @@ class Backbone(ABC):
             )
         return PreparedInputs(request, dict(pipeline_kwargs))
 
-    def check_joint_options(self, request: GenerationRequest) -> None:
-        """Refuse options only MM-DiT backbones (FLUX, SD3) understand, rather than ignore them."""
-        defaults = {
-            "regional_steps": 1.0,
-            "regional_blocks": 1,
-            "image_attention": "global",
-            "true_cfg_scale": 1.0,
-        }
-        changed = [k for k, v in defaults.items() if getattr(request, k) != v]
-        if changed:
-            raise ConfigurationError(
-                f"{', '.join(changed)} apply to the MM-DiT backbones (flux, sd3, flux2-klein), "
-                f"not to {self.name!r}; leave them at their defaults"
-            )
+    def parse_options(self, options: Mapping[str, Any] | BackboneOptions | None) -> Any:
+        """``options`` (``request.options``) as this family's typed :attr:`options_model`.
+
+        An option another family owns, a misspelt one or a value out of range is a
+        :class:`~rpg.errors.ConfigurationError` naming it and listing what this family takes.
+        """
+        return validate_options(self.name, self.options_model, options)
+
+    def option_inputs(self, options: Any) -> dict[str, Any]:
+        """Stock-pipeline arguments the family's options imply (FLUX's ``true_cfg_scale``)."""
+        del options
+        return {}
 
     def request_guidance(self, request: GenerationRequest) -> bool:
         """Whether rendering ``request`` needs the negative half (``encode(guidance=...)``)."""
@@ -477,16 +539,19 @@ class Backbone(ABC):
         guidance: bool,
         cache_kv: bool,
         pipeline_kwargs: Mapping[str, Any],
+        call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
         """The regional processors for one pipeline call (see :func:`rpg.attention.regional`).
 
         Every model of :meth:`attention_models` shares one processor; a backbone whose models
         see different batches in some modes (ControlNet's guess mode) overrides this, deciding
-        from ``pipeline_kwargs`` alone, so a backbone holds no per-call state.
+        from ``pipeline_kwargs`` alone, so a backbone holds no per-call state. ``call`` says
+        what else the call is made of (steps, images, the family's options, the embeddings as
+        passed) for backbones whose processors need it (the MM-DiT ones).
         """
         from rpg.attention.install import regional
 
-        del pipeline_kwargs
+        del pipeline_kwargs, call
         return regional(
             self.attention_models(), conditioning, layout, guidance=guidance, cache_kv=cache_kv
         )
@@ -501,6 +566,7 @@ class Backbone(ABC):
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_images: int = 1,
         output_type: str = "pil",
+        options: Any = None,
         **pipeline_kwargs: Any,
     ) -> Rendered:
         """Run the stock pipeline with regional attention, decoding by its own rules.
@@ -508,32 +574,36 @@ class Backbone(ABC):
         The pipeline gets ``output_type`` (``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``) and
         decodes itself: VAE upcasting when ``force_upcast`` is set, ``latents_mean`` /
         ``latents_std``, shift factors, safety checker and watermark all stay the pipeline's.
+        ``options`` are the family's typed options (:meth:`parse_options`; ``None``: defaults).
         ``pipeline_kwargs`` go to the call unchanged (``eta``, ``cross_attention_kwargs``, a
         ControlNet ``image``...). ``callback_on_step_end`` (a function or a diffusers
         ``PipelineCallback``) is chained behind a clock that notes when the last step ended, so
         the call splits into denoise and decode time. The previous attention processors are
-        back in place when this returns or raises.
+        back in place when this returns or raises. Every backbone renders through this one
+        method; the hooks above say what differs.
         """
         if output_type not in OUTPUT_TYPES:
             raise ConfigurationError(
                 f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
             )
-        guidance = self.uses_guidance(guidance_scale)
-        if guidance and conditioning.negative_prompt_embeds is None:
-            raise ConfigurationError(
-                "guidance_scale > 1 needs negative embeddings; encode with guidance=True"
-            )
-        inputs = self.pipeline_inputs(conditioning)
-        if not guidance:
-            inputs = {k: v for k, v in inputs.items() if not k.startswith("negative_")}
+        options = self.parse_options(options)
         size = {"width": layout.width, "height": layout.height}
         pipeline_kwargs = self.call_inputs(pipeline_kwargs, **size)
+        pipeline_kwargs.update(self.option_inputs(options))
+        guidance = self.call_guidance(guidance_scale, pipeline_kwargs)
+        if guidance and conditioning.negative_prompt_embeds is None:
+            raise ConfigurationError(
+                "guidance needs negative embeddings; encode with guidance=True"
+            )
+        inputs = self.pipeline_inputs(conditioning, guidance=guidance, num_images=num_images)
+        call = StockCall(steps=steps, num_images=num_images, options=options, inputs=inputs)
         with self.attention_context(
             conditioning,
             layout,
             guidance=guidance,
             cache_kv=self.cache_kv and steps > 1,
             pipeline_kwargs=pipeline_kwargs,
+            call=call,
         ):
             output, denoise_seconds, decode_seconds = timed_call(
                 self.pipe,
@@ -542,7 +612,6 @@ class Backbone(ABC):
                 width=layout.width,
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
-                num_images_per_prompt=num_images,
                 generator=generator,
                 output_type=output_type,
                 **pipeline_kwargs,
@@ -554,79 +623,3 @@ class Backbone(ABC):
             denoise_seconds=denoise_seconds,
             decode_seconds=decode_seconds,
         )
-
-
-#: What :meth:`Backbone.render` (and ``RPG.generate``) can return: PIL images, float arrays in
-#: [0, 1] (``[H, W, 3]`` each), tensors (``[3, H, W]`` each), or the undecoded latents.
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-@dataclass(frozen=True)
-class PreparedInputs:
-    """What :meth:`Backbone.prepare_inputs` makes of a request's extra pipeline inputs."""
-
-    #: The request with the inputs actually used recorded (e.g. ``controls``).
-    request: GenerationRequest
-    #: Keyword arguments for :meth:`Backbone.render` (and so the stock pipeline call).
-    pipeline_kwargs: dict[str, Any]
-    #: Images a saved PNG embeds so it re-renders without the original files (ControlNet
-    #: control images, one per ``request.controls`` entry; ``None`` where not a PIL image).
-    control_images: list[Any] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """The stock pipeline's output of one :meth:`Backbone.render` call, with its timings."""
-
-    #: One entry per image: PIL images, ``[H, W, 3]`` arrays, ``[3, H, W]`` tensors or
-    #: ``[C, h, w]`` latents, as ``output_type`` asked.
-    images: list[Any]
-    #: The safety checker's verdicts, when the pipeline has one (``None`` otherwise).
-    nsfw_content_detected: list[bool] | None
-    #: Seconds from the call to the end of the last denoising step.
-    denoise_seconds: float
-    #: Seconds from the end of the last step to the pipeline's return (decoding, checks).
-    decode_seconds: float
-
-
-class StepClock:
-    """A ``callback_on_step_end`` that notes when each denoising step ended.
-
-    Chains the caller's own callback (a function or a diffusers ``PipelineCallback`` /
-    ``MultiPipelineCallbacks``), returning what it returns, so it can replace that callback
-    without changing what the pipeline does.
-    """
-
-    def __init__(self, callback: Callable[..., Any] | None = None) -> None:
-        self.callback = callback
-        #: ``time.perf_counter()`` at the end of the last step so far (``None`` before one).
-        self.last_step_end: float | None = None
-
-    def __call__(
-        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = (
-            {} if self.callback is None else self.callback(pipe, step, timestep, callback_kwargs)
-        )
-        self.last_step_end = time.perf_counter()
-        return result
-
-
-def timed_call(pipe: Any, **call: Any) -> tuple[Any, float, float]:
-    """Call a stock pipeline; return its output and the seconds spent denoising and decoding.
-
-    ``call`` may hold the caller's ``callback_on_step_end``; it still runs, after every step.
-    Decoding is what follows the last step (VAE, post-processing, safety checker). The output
-    is the pipeline's ``return_dict`` output.
-    """
-    user = call.pop("callback_on_step_end", None)
-    tensor_inputs = getattr(user, "tensor_inputs", None)
-    if tensor_inputs is not None and "callback_on_step_end_tensor_inputs" not in call:
-        # diffusers reads a PipelineCallback's tensor inputs off the object it is given.
-        call["callback_on_step_end_tensor_inputs"] = list(tensor_inputs)
-    clock = StepClock(user)
-    started = time.perf_counter()
-    output = pipe(**call, callback_on_step_end=clock, return_dict=True)
-    ended = time.perf_counter()
-    last = clock.last_step_end if clock.last_step_end is not None else ended
-    return output, last - started, ended - last

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
-from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs
+from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs, StockCall
 from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
@@ -41,7 +41,6 @@ from rpg.errors import ConfigurationError, ModelNotFoundError
 from rpg.models import MAX_CONTROL_SCALE, ControlInput
 
 if TYPE_CHECKING:
-    from PIL import Image
     from typing_extensions import Self
 
     from rpg.models import GenerationRequest
@@ -51,7 +50,6 @@ __all__ = [
     "ControlNetRef",
     "StableDiffusionControlNetBackbone",
     "StableDiffusionXLControlNetBackbone",
-    "canny_edges",
     "controlnet_backbone_for",
     "load_controlnet",
     "open_control_image",
@@ -419,6 +417,17 @@ class ControlNetBackboneMixin(Backbone):
             request.model_copy(update={"controls": tuple(controls)}), kwargs, embeddable
         )
 
+    def inpaint_backbone_class(self) -> type[Backbone]:
+        """The plain family (SD or SDXL): edits repaint without the source's ControlNet."""
+        for cls in type(self).__mro__[1:]:
+            if (
+                issubclass(cls, Backbone)
+                and not issubclass(cls, ControlNetBackboneMixin)
+                and cls is not Backbone
+            ):
+                return cls
+        raise ConfigurationError(f"{self.name!r} extends no plain backbone to edit with")
+
     def guess_mode(self, pipeline_kwargs: Mapping[str, Any]) -> bool:
         """Whether a call with ``pipeline_kwargs`` runs the ControlNets in guess mode.
 
@@ -437,6 +446,7 @@ class ControlNetBackboneMixin(Backbone):
         guidance: bool,
         cache_kv: bool,
         pipeline_kwargs: Mapping[str, Any],
+        call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
         """One processor for the UNet and the ControlNets, or two in guess mode.
 
@@ -453,6 +463,7 @@ class ControlNetBackboneMixin(Backbone):
                 guidance=guidance,
                 cache_kv=cache_kv,
                 pipeline_kwargs=pipeline_kwargs,
+                call=call,
             )
         stack = ExitStack()
         try:
@@ -551,87 +562,3 @@ def controlnet_backbone_for(backbone: type[Backbone]) -> type[Backbone]:
         f"backbone {backbone.name!r} has no ControlNet support; ControlNet works with: "
         f"{', '.join(sorted(supported)) or 'none'}"
     )
-
-
-# ----------------------------------------------------------------------------- canny edges
-
-
-def _gray(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        arr = image.astype(np.float64)
-        if arr.ndim == 3:
-            arr = arr[..., :3] @ np.array([0.299, 0.587, 0.114])[: arr.shape[-1]]
-        return np.asarray(arr, dtype=np.float64)
-    return np.asarray(image.convert("L"), dtype=np.float64)
-
-
-def _sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = np.pad(gray, 1, mode="edge")
-    h, w = gray.shape
-
-    def s(dy: int, dx: int) -> np.ndarray:
-        return p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-
-    gx = (s(-1, 1) + 2 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2 * s(0, -1) + s(1, -1))
-    gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
-    return gx, gy
-
-
-def _thin(magnitude: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
-    """Non-maximum suppression: keep pixels that beat both neighbours across the edge."""
-    h, w = magnitude.shape
-    p = np.pad(magnitude, 1)
-    angle = (np.degrees(np.arctan2(gy, gx)) + 180.0) % 180.0
-    sector = (((angle + 22.5) // 45) % 4).astype(np.int8)  # 0: E-W, 1: 45°, 2: N-S, 3: 135°
-    offsets = {0: (0, 1), 1: (1, 1), 2: (1, 0), 3: (1, -1)}
-    keep = np.zeros_like(magnitude, dtype=bool)
-    for code, (dy, dx) in offsets.items():
-        a = p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-        b = p[1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
-        keep |= (sector == code) & (magnitude >= a) & (magnitude >= b)
-    return keep & (magnitude > 0)
-
-
-def _dilate(mask: np.ndarray) -> np.ndarray:
-    """``mask`` grown by one pixel in all eight directions."""
-    h, w = mask.shape
-    p = np.pad(mask, 1)
-    out = mask.copy()
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            out |= p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-    return out
-
-
-def canny_edges(
-    image: Image.Image | np.ndarray, low: float = 100, high: float = 200
-) -> Image.Image:
-    """Canny edge map of ``image`` as a black-and-white RGB image, for canny ControlNets.
-
-    Sobel gradients of the 0–255 grey image, non-maximum suppression, then hysteresis: pixels
-    whose gradient magnitude (L2) is at least ``high`` are edges, and pixels of at least ``low``
-    are edges when connected to one. Thresholds are on the scale of OpenCV's ``Canny`` with
-    ``L2gradient=True`` (no pre-blur), so the usual 100/200 work; blur a noisy photo first.
-    Needs only numpy and Pillow.
-    """
-    from PIL import Image as PILImage
-
-    if not 0 <= low <= high:
-        raise ConfigurationError(f"canny thresholds need 0 <= low <= high, got {low}, {high}")
-    gray = _gray(image)
-    if gray.ndim != 2 or min(gray.shape) < 1:
-        raise ConfigurationError(f"canny_edges needs a 2-D image, got shape {gray.shape}")
-    gx, gy = _sobel(gray)
-    magnitude = np.hypot(gx, gy)
-    thin = _thin(magnitude, gx, gy)
-    strong = thin & (magnitude >= high)
-    weak = thin & (magnitude >= low)
-    # Hysteresis: grow the strong edges along weak pixels until nothing changes.
-    edges = strong
-    while True:
-        grown = _dilate(edges) & weak
-        if np.array_equal(grown, edges):
-            break
-        edges = grown
-    out = np.where(edges, 255, 0).astype(np.uint8)
-    return PILImage.fromarray(np.stack([out] * 3, axis=-1), mode="RGB")

@@ -29,16 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from rpg.attention.joint import JointAttentionOptions, JointRegions, regional_joint
+from rpg.attention.joint import JointRegions, regional_joint
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
-from rpg.backbones.base import Backbone, PreparedInputs, Rendered, pad_tokens, timed_call
+from rpg.backbones.base import Backbone, StockCall, pack_segments, pad_tokens
 from rpg.backbones.loading import ModelInfo, load_pipeline
+from rpg.backbones.options import BackboneOptions, FluxOptions, JointOptions
 from rpg.errors import ConfigurationError
+from rpg.models import whole_image_text
 
 if TYPE_CHECKING:
     from rpg.models import GenerationRequest, RegionPlan
@@ -47,15 +48,6 @@ __all__ = ["FluxBackbone", "JointBackbone", "SD3Backbone"]
 
 #: The only scheduler name the DiT backbones take: the pipeline's own flow-matching scheduler.
 DIT_SCHEDULER = "default"
-
-
-def global_text(plan: RegionPlan, prompt: str | None) -> str:
-    """The text that conditions the whole image: base prompt, else whole prompt, else regions."""
-    if plan.base_prompt is not None:
-        return plan.base_prompt
-    if prompt is not None and prompt.strip():
-        return prompt
-    return ", ".join(dict.fromkeys(plan.prompts))
 
 
 class JointBackbone(Backbone):
@@ -68,6 +60,7 @@ class JointBackbone(Backbone):
     #: Whether the pipeline takes a pooled text embedding (FLUX.2 has none).
     has_pooled: ClassVar[bool] = True
     default_scheduler: ClassVar[str] = DIT_SCHEDULER
+    options_model: ClassVar[type[BackboneOptions]] = JointOptions
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         super().__init__(pipe, info=info)
@@ -98,7 +91,7 @@ class JointBackbone(Backbone):
     def attention_models(self) -> list[Any]:
         return [self.pipe.transformer]
 
-    def set_scheduler(self, name: str = DIT_SCHEDULER) -> None:
+    def scheduler_named(self, name: str) -> Any:
         """Only ``"default"``: the pipeline's own flow-matching scheduler (and its shift)."""
         if name.strip().lower() != DIT_SCHEDULER:
             own = type(self.pipe.scheduler).__name__
@@ -106,6 +99,10 @@ class JointBackbone(Backbone):
                 f"scheduler {name!r} does not apply to {self.name}: it denoises with its own "
                 f"flow-matching scheduler ({own}); leave --scheduler out or pass 'default'"
             )
+        return self.pipe.scheduler
+
+    def request_scheduler(self) -> str:
+        return DIT_SCHEDULER
 
     def layout(self, plan: RegionPlan, width: int, height: int) -> RegionalLayout:
         factor = self.latent_factor
@@ -123,6 +120,10 @@ class JointBackbone(Backbone):
         part when the model has none)."""
         raise NotImplementedError
 
+    def encode_pooled(self, text: str) -> torch.Tensor | None:
+        """``[1, P]``: the pooled embedding of ``text`` alone (CLIP only, no T5 pass)."""
+        return self.encode_stock(text)[1]
+
     def encode(
         self,
         plan: RegionPlan,
@@ -130,9 +131,14 @@ class JointBackbone(Backbone):
         *,
         guidance: bool = True,
         prompt: str | None = None,
+        options: Any = None,
     ) -> RegionalConditioning:
         """Pack ``[base | regions]`` (see the module docstring) and the stock negative.
 
+        Every text goes through each text encoder once per call: the stock encodings are
+        remembered for the call, so the base prompt gives both its tokens and the pooled
+        embedding, and the whole prompt (packed as ``global_span`` when ``options`` make some
+        calls non-regional and there is no base prompt) is encoded once for both uses.
         Per-region negative prompts are not supported by MM-DiT CFG here: the negative half is
         the stock forward of one negative prompt.
         """
@@ -141,29 +147,41 @@ class JointBackbone(Backbone):
                 f"{self.name} takes one negative prompt for the whole image; remove the regions' "
                 "own negative prompts"
             )
+        joint = self.parse_options(options)
+        stock: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+        def stock_encoding(text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if text not in stock:
+                stock[text] = self.encode_stock(text)
+            return stock[text]
+
         stock_texts = set()
         if plan.base_prompt is not None:
             stock_texts.add(plan.base_prompt)
         elif len(plan.regions) == 1:
             stock_texts.add(plan.regions[0].prompt)
+        has_base = plan.base_prompt is not None
+        whole = whole_image_text(plan, prompt)
+        global_wanted = not has_base and joint.needs_whole_prompt
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
 
         def encode(unique: list[str]) -> list[torch.Tensor]:
             real = self.encode_texts([t for t in unique if t not in stock_texts])
-            out = []
-            for t in unique:
-                out.append(self.encode_stock(t)[0] if t in stock_texts else real.pop(0))
-            return out
-
-        from rpg.backbones.base import pack_segments
+            return [stock_encoding(t)[0] if t in stock_texts else real.pop(0) for t in unique]
 
         embeds, spans = pack_segments(texts, encode)
-        has_base = plan.base_prompt is not None
-        pooled = self.encode_stock(global_text(plan, prompt))[1] if self.has_pooled else None
+        global_span: Span | None = None
+        if global_wanted:
+            tokens = stock_encoding(whole)[0]
+            global_span = (int(embeds.shape[1]), int(embeds.shape[1] + tokens.shape[1]))
+            embeds = torch.cat([embeds, tokens.to(embeds)], dim=1)
+        pooled = None
+        if self.has_pooled:
+            pooled = stock[whole][1] if whole in stock else self.encode_pooled(whole)
         negative = negative_pooled = None
         negative_span: Span | None = None
         if guidance:
-            negative, negative_pooled = self.encode_stock(negative_prompt)
+            negative, negative_pooled = stock_encoding(negative_prompt)
             negative_span = (0, int(negative.shape[1]))
             length = max(embeds.shape[1], negative.shape[1])
             embeds, negative = pad_tokens(embeds, length), pad_tokens(negative, length)
@@ -175,53 +193,22 @@ class JointBackbone(Backbone):
             negative_span=negative_span,
             pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=negative_pooled,
-            extra={"global_text": global_text(plan, prompt)},
+            global_span=global_span,
         )
-
-    def with_global_span(
-        self, conditioning: RegionalConditioning, options: JointAttentionOptions
-    ) -> tuple[RegionalConditioning, Span | None]:
-        """Append the whole prompt (stock padding) when non-regional calls need it."""
-        needs = options.regional_steps < 1 or options.regional_blocks > 1
-        if conditioning.base_span is not None or not needs:
-            return conditioning, conditioning.base_span
-        text = str(conditioning.extra.get("global_text", ""))
-        whole, _ = self.encode_stock(text)
-        embeds = conditioning.prompt_embeds
-        span = (int(embeds.shape[1]), int(embeds.shape[1] + whole.shape[1]))
-        embeds = torch.cat([embeds, whole.to(embeds)], dim=1)
-        negative = conditioning.negative_prompt_embeds
-        if negative is not None:
-            length = max(embeds.shape[1], negative.shape[1])
-            embeds, negative = pad_tokens(embeds, length), pad_tokens(negative, length)
-        return replace(conditioning, prompt_embeds=embeds, negative_prompt_embeds=negative), span
 
     # ----------------------------------------------------------------- rendering
 
-    def prepare_inputs(
-        self,
-        request: GenerationRequest,
-        pipeline_kwargs: Mapping[str, Any],
-        *,
-        width: int,
-        height: int,
-    ) -> PreparedInputs:
-        """Refuse ControlNet inputs (base rule) and pass the request's joint-attention options."""
-        prepared = super().prepare_inputs(request, pipeline_kwargs, width=width, height=height)
-        prepared.pipeline_kwargs["joint_options"] = JointAttentionOptions(
-            image_attention=request.image_attention,
-            regional_steps=request.regional_steps,
-            regional_blocks=request.regional_blocks,
-        )
-        return prepared
-
-    def check_joint_options(self, request: GenerationRequest) -> None:
-        """Every joint option applies here; ``true_cfg_scale`` only to FLUX."""
-        if request.true_cfg_scale != 1 and not isinstance(self, FluxBackbone):
-            raise ConfigurationError(
-                f"true_cfg_scale is FLUX's; {self.name} uses guidance_scale for "
-                "classifier-free guidance"
-            )
+    def pipeline_inputs(
+        self, conditioning: RegionalConditioning, *, guidance: bool = True, num_images: int = 1
+    ) -> dict[str, Any]:
+        """The embeddings repeated per image (the DiT pipelines do not repeat embeddings they
+        are given), and one image per prompt."""
+        inputs = super().pipeline_inputs(conditioning, guidance=guidance, num_images=num_images)
+        for key, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                inputs[key] = value.repeat_interleave(num_images, dim=0)
+        inputs["num_images_per_prompt"] = 1
+        return inputs
 
     def attention_context(
         self,
@@ -231,96 +218,25 @@ class JointBackbone(Backbone):
         guidance: bool,
         cache_kv: bool,
         pipeline_kwargs: Mapping[str, Any],
+        call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
-        raise NotImplementedError("JointBackbone.render installs regional_joint itself")
-
-    def negative_inputs(self, guidance: bool, pipeline_kwargs: Mapping[str, Any]) -> bool:
-        """Whether the pipeline call gets the negative embeddings."""
-        return guidance
-
-    def render(
-        self,
-        conditioning: RegionalConditioning,
-        layout: RegionalLayout,
-        *,
-        steps: int,
-        guidance_scale: float,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        num_images: int = 1,
-        output_type: str = "pil",
-        joint_options: JointAttentionOptions | None = None,
-        **pipeline_kwargs: Any,
-    ) -> Rendered:
-        """Run the stock pipeline under :func:`~rpg.attention.joint.regional_joint`.
-
-        ``joint_options`` choose the image-attention scope, ``regional_steps`` and
-        ``regional_blocks``; the rest goes to the pipeline (``true_cfg_scale`` for FLUX,
-        ``callback_on_step_end``...). Embeddings are repeated per image here, as the pipelines
-        do not repeat embeddings they are given.
-        """
-        from rpg.backbones.base import OUTPUT_TYPES
-
-        if output_type not in OUTPUT_TYPES:
-            raise ConfigurationError(
-                f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}"
-            )
-        pipeline_kwargs = self.call_inputs(
-            pipeline_kwargs, width=layout.width, height=layout.height
-        )
-        options = joint_options or JointAttentionOptions()
-        conditioning, global_span = self.with_global_span(conditioning, options)
-        guidance = self.negative_inputs(self.uses_guidance(guidance_scale), pipeline_kwargs)
-        if guidance and conditioning.negative_prompt_embeds is None:
-            raise ConfigurationError(
-                "guidance needs negative embeddings; encode with guidance=True"
-            )
-
-        inputs = self.embedding_inputs(conditioning, guidance=guidance, num_images=num_images)
+        """:func:`~rpg.attention.joint.regional_joint` for one call, with the family's options
+        (image-attention scope, ``regional_steps``, ``regional_blocks``)."""
+        del cache_kv, pipeline_kwargs
+        options = call.options if call is not None else self.parse_options(None)
+        steps = call.steps if call is not None else None
         regions = JointRegions.from_conditioning(
-            conditioning, layout, options=options, steps=steps, global_span=global_span
+            conditioning,
+            layout,
+            options=options.attention(),
+            steps=steps,
+            global_span=conditioning.global_span,
         )
-        negative = inputs.get("negative_prompt_embeds")
-        with self.regional_context(
+        negative = call.inputs.get("negative_prompt_embeds") if call is not None else None
+        num_images = call.num_images if call is not None else 1
+        return self.regional_context(
             regions, guidance=guidance, negative=negative, num_images=num_images
-        ):
-            output, denoise_seconds, decode_seconds = timed_call(
-                self.pipe,
-                **inputs,
-                height=layout.height,
-                width=layout.width,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                num_images_per_prompt=1,
-                generator=generator,
-                output_type=output_type,
-                **pipeline_kwargs,
-            )
-        return Rendered(
-            images=list(output.images),
-            nsfw_content_detected=None,
-            denoise_seconds=denoise_seconds,
-            decode_seconds=decode_seconds,
         )
-
-    def embedding_inputs(
-        self, conditioning: RegionalConditioning, *, guidance: bool, num_images: int
-    ) -> dict[str, Any]:
-        """The embeddings as the stock pipeline's keyword arguments, repeated per image."""
-
-        def per_image(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat_interleave(num_images, dim=0)
-
-        inputs: dict[str, Any] = {"prompt_embeds": per_image(conditioning.prompt_embeds)}
-        if conditioning.pooled_prompt_embeds is not None:
-            inputs["pooled_prompt_embeds"] = per_image(conditioning.pooled_prompt_embeds)
-        if guidance:
-            assert conditioning.negative_prompt_embeds is not None  # checked by render
-            inputs["negative_prompt_embeds"] = per_image(conditioning.negative_prompt_embeds)
-            if conditioning.negative_pooled_prompt_embeds is not None:
-                inputs["negative_pooled_prompt_embeds"] = per_image(
-                    conditioning.negative_pooled_prompt_embeds
-                )
-        return inputs
 
     def regional_context(
         self,
@@ -358,6 +274,18 @@ class FluxBackbone(JointBackbone):
     transformer_class_name: ClassVar[str] = "FluxTransformer2DModel"
     stock_t5_length: ClassVar[int] = 512
     default_guidance: ClassVar[float] = 3.5
+    options_model: ClassVar[type[BackboneOptions]] = FluxOptions
+    inpaint_pipeline_name: ClassVar[str] = "FluxInpaintPipeline"
+
+    def inpaint_pipeline_class(self) -> type | None:
+        """``FluxFillPipeline`` for a fill transformer (it reads the masked image as extra
+        input channels), else ``FluxInpaintPipeline``."""
+        from rpg.backbones.inpaint import diffusers_class
+
+        latent = int(self.pipe.vae.config.latent_channels) * 4
+        if int(self.pipe.transformer.config.in_channels) > latent:
+            return diffusers_class("FluxFillPipeline")
+        return diffusers_class(self.inpaint_pipeline_name)
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -379,23 +307,18 @@ class FluxBackbone(JointBackbone):
         return False
 
     def request_guidance(self, request: GenerationRequest) -> bool:
-        return request.true_cfg_scale > 1
+        """The negative half is encoded only for true CFG (``true_cfg_scale`` > 1)."""
+        options: FluxOptions = self.parse_options(request.options)
+        return options.true_cfg_scale > 1
 
-    def negative_inputs(self, guidance: bool, pipeline_kwargs: Mapping[str, Any]) -> bool:
+    def option_inputs(self, options: Any) -> dict[str, Any]:
+        scale = float(options.true_cfg_scale)
+        return {"true_cfg_scale": scale} if scale > 1 else {}
+
+    def call_guidance(self, guidance_scale: float, pipeline_kwargs: Mapping[str, Any]) -> bool:
+        """Negative embeddings go in only with true CFG; ``guidance_scale`` is an embedding."""
+        del guidance_scale
         return float(pipeline_kwargs.get("true_cfg_scale", 1.0)) > 1
-
-    def prepare_inputs(
-        self,
-        request: GenerationRequest,
-        pipeline_kwargs: Mapping[str, Any],
-        *,
-        width: int,
-        height: int,
-    ) -> PreparedInputs:
-        prepared = super().prepare_inputs(request, pipeline_kwargs, width=width, height=height)
-        if request.true_cfg_scale > 1:
-            prepared.pipeline_kwargs["true_cfg_scale"] = request.true_cfg_scale
-        return prepared
 
     def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -404,6 +327,14 @@ class FluxBackbone(JointBackbone):
                 max_sequence_length=self.stock_t5_length,
             )  # fmt: skip
         return embeds, pooled
+
+    def encode_pooled(self, text: str) -> torch.Tensor:
+        """CLIP's pooled embedding of ``text`` as the stock ``encode_prompt`` makes it."""
+        with torch.no_grad():
+            pooled: torch.Tensor = self.pipe._get_clip_prompt_embeds(
+                prompt=text, device=self.device, num_images_per_prompt=1
+            )
+        return pooled
 
     def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
         """Each text through T5 at its real length (end token included, no padding)."""
@@ -439,6 +370,7 @@ class SD3Backbone(JointBackbone):
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ("sd3", "sd35_large", "sd35_medium")
     transformer_class_name: ClassVar[str] = "SD3Transformer2DModel"
+    inpaint_pipeline_name: ClassVar[str] = "StableDiffusion3InpaintPipeline"
     stock_t5_length: ClassVar[int] = 256
 
     @classmethod
@@ -463,6 +395,18 @@ class SD3Backbone(JointBackbone):
                 max_sequence_length=self.stock_t5_length,
             )  # fmt: skip
         return embeds, pooled
+
+    def encode_pooled(self, text: str) -> torch.Tensor:
+        """CLIP-L ⊕ CLIP-G pooled embeddings of ``text``, as the stock ``encode_prompt``."""
+        pooled = []
+        with torch.no_grad():
+            for index in (0, 1):
+                _, part = self.pipe._get_clip_prompt_embeds(
+                    prompt=text, device=self.device, num_images_per_prompt=1,
+                    clip_model_index=index,
+                )  # fmt: skip
+                pooled.append(part)
+        return torch.cat(pooled, dim=-1)
 
     def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
         """Each text as ``[CLIP-L ⊕ CLIP-G (cut after the end token) | T5 (real length)]``."""

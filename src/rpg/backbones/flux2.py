@@ -43,6 +43,7 @@ class Flux2KleinBackbone(JointBackbone):
     description: ClassVar[str] = "FLUX.2 [klein] (Flux2KleinPipeline) with regional joint attention"
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("Flux2KleinPipeline",)
     transformer_class_name: ClassVar[str] = "Flux2Transformer2DModel"
+    inpaint_pipeline_name: ClassVar[str] = "Flux2KleinInpaintPipeline"
     #: The pipeline's ``max_sequence_length``: Qwen3 tokens after the chat template, padded.
     stock_t5_length: ClassVar[int] = 512
     has_pooled: ClassVar[bool] = False
@@ -56,7 +57,7 @@ class Flux2KleinBackbone(JointBackbone):
             from diffusers import Flux2KleinPipeline
         except ImportError as err:  # FLUX.2 came with diffusers 0.36
             raise ConfigurationError(
-                "FLUX.2 [klein] needs a diffusers with Flux2KleinPipeline (0.36 or newer); "
+                "FLUX.2 [klein] needs a diffusers with Flux2KleinPipeline (0.37 or newer); "
                 "upgrade diffusers"
             ) from err
         found: type = Flux2KleinPipeline
@@ -92,6 +93,14 @@ class Flux2KleinBackbone(JointBackbone):
         side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
         return side, side
 
+    def inpaint_refusal(self) -> str | None:
+        """diffusers' klein inpainting pipeline joins the image to repaint to the joint sequence
+        as extra image tokens, which the regional layout does not map (yet)."""
+        return (
+            "Flux2KleinInpaintPipeline adds the image to repaint to the joint sequence as "
+            "reference tokens, which regional joint attention does not map yet"
+        )
+
     def uses_guidance(self, guidance_scale: float) -> bool:
         """CFG as the pipeline runs it: above 1, and not on a step-distilled model."""
         return guidance_scale > 1 and not bool(self.pipe.config.get("is_distilled", False))
@@ -99,11 +108,15 @@ class Flux2KleinBackbone(JointBackbone):
     def call_inputs(
         self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int
     ) -> dict[str, Any]:
-        """Refuse reference images: their tokens would join the image sequence the layout maps."""
-        if pipeline_kwargs.get("image") is not None:
+        """Refuse reference images: their tokens would join the image sequence the layout maps.
+
+        (When inpainting, ``image`` is the image to repaint, and ``image_reference`` the
+        reference.)"""
+        reference = "image_reference" if self.inpainting else "image"
+        if pipeline_kwargs.get(reference) is not None:
             raise ConfigurationError(
                 f"{self.name} renders from text only here; klein's reference images (editing) "
-                "are not supported with regional prompting — leave 'image' out"
+                f"are not supported with regional prompting — leave {reference!r} out"
             )
         return super().call_inputs(pipeline_kwargs, width=width, height=height)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -34,7 +33,8 @@ from typing import Any, Literal
 import torch
 
 from rpg.backbones.tiny import TINY_SD, tiny_model
-from rpg.errors import ConfigurationError, ModelNotFoundError
+from rpg.devices import resolve_device, resolve_dtype
+from rpg.errors import ModelNotFoundError
 
 __all__ = [
     "SINGLE_FILE_SUFFIXES",
@@ -313,68 +313,6 @@ def hub_file(
         f"{what} {name!r} is not in the local Hugging Face cache ({why}); download it first "
         f"('{command}') or allow it (--allow-download, allow_download=True), or {how_to}"
     )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA, else Apple MPS, else CPU; anything else as ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    name = device.strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise ConfigurationError(
-            f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigurationError(f"device {device!r} asked for, but CUDA is not available")
-    return resolved
-
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` → float16 on CUDA and MPS, float32 on CPU; names like ``"bf16"`` accepted.
-
-    float16 on the CPU is slow and partly unsupported, so it falls back to float32 with a
-    warning rather than failing half-way through a render; bfloat16 on the CPU is kept.
-    """
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    else:
-        name = dtype.strip().lower().removeprefix("torch.")
-        if name == "auto":
-            return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-        if name not in _DTYPES:
-            raise ConfigurationError(
-                f"unknown dtype {dtype!r}; use auto, float16, bfloat16 or float32"
-            )
-        resolved = _DTYPES[name]
-    if resolved == torch.float16 and device.type == "cpu":
-        warnings.warn(
-            "float16 is not supported well on the CPU; using float32 (pass --dtype bfloat16 for "
-            "a half-precision CPU run)",
-            stacklevel=2,
-        )
-        return torch.float32
-    return resolved
 
 
 def _dtype_keyword() -> str:

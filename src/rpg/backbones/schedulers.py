@@ -14,7 +14,13 @@ from typing import Any
 
 from rpg.errors import ConfigurationError
 
-__all__ = ["DEFAULT_SCHEDULER", "SCHEDULERS", "check_scheduler", "make_scheduler"]
+__all__ = [
+    "DEFAULT_SCHEDULER",
+    "SCHEDULERS",
+    "check_scheduler",
+    "make_scheduler",
+    "scheduler_name",
+]
 
 #: The default: DPM-Solver++ 2M with Karras sigmas, a good quality/steps trade-off for SD.
 DEFAULT_SCHEDULER = "dpm++2m-karras"
@@ -64,3 +70,20 @@ def make_scheduler(name: str, config: Mapping[str, Any]) -> Any:
             f"scheduler {name!r} needs diffusers.{class_name}, which this diffusers lacks"
         )
     return cls.from_config(dict(config), **overrides)
+
+
+def scheduler_name(scheduler: Any) -> str:
+    """The short name that rebuilds ``scheduler`` from its model's config, else ``"default"``.
+
+    A pipeline someone hands to ``RPG.from_pipeline`` keeps the scheduler it holds; the request
+    records the name of that scheduler when it is one of :data:`SCHEDULERS` (class and
+    overrides match), so the PNG re-renders with it. Anything else is recorded as ``"default"``,
+    the scheduler the model ships with.
+    """
+    config = getattr(scheduler, "config", {})
+    for key, (class_name, overrides, _) in SCHEDULERS.items():
+        if class_name != type(scheduler).__name__:
+            continue
+        if all(config.get(k) == v for k, v in overrides.items()):
+            return key
+    return "default"

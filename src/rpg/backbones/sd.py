@@ -25,6 +25,7 @@ class StableDiffusionBackbone(Backbone):
     description: ClassVar[str] = "Stable Diffusion 1.x / 2.x (StableDiffusionPipeline)"
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ("v1", "v2")
+    inpaint_pipeline_name: ClassVar[str] = "StableDiffusionInpaintPipeline"
 
     @classmethod
     def pipeline_class(cls) -> type:

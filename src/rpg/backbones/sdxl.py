@@ -23,6 +23,7 @@ import torch
 from rpg.backbones.base import Backbone, token_windows
 from rpg.backbones.loading import ModelInfo, load_pipeline
 from rpg.errors import ConfigurationError
+from rpg.models import whole_image_text
 
 if TYPE_CHECKING:
     from rpg.models import RegionPlan
@@ -37,6 +38,7 @@ class StableDiffusionXLBackbone(Backbone):
     description: ClassVar[str] = "Stable Diffusion XL (StableDiffusionXLPipeline)"
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ("xl_base",)
+    inpaint_pipeline_name: ClassVar[str] = "StableDiffusionXLInpaintPipeline"
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         super().__init__(pipe, info=info)
@@ -45,6 +47,7 @@ class StableDiffusionXLBackbone(Backbone):
                 f"{type(pipe).__name__} lacks one of its two text encoders; rpg's SDXL backbone "
                 "needs both (refiner-style models with only text_encoder_2 are not supported)"
             )
+        self._windows_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -75,7 +78,20 @@ class StableDiffusionXLBackbone(Backbone):
         return token_windows(tokenizer, text)
 
     def _encode_windows(self, texts: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per text: ``[k, 77, D1 + D2]`` hidden states and ``[k, P]`` pooled outputs."""
+        """Per text: ``[k, 77, D1 + D2]`` hidden states and ``[k, P]`` pooled outputs (from the
+        call's memory for texts already encoded in this :meth:`encode`)."""
+        memo = self._windows_memo if self._windows_memo is not None else {}
+        for text in dict.fromkeys(texts):
+            if text not in memo:
+                # One text per forward, as the stock encode_prompt runs it: the same numbers
+                # bit for bit (a batch of several texts may round differently).
+                (hidden,), (pooled,) = self._encode_windows_now([text])
+                memo[text] = (hidden, pooled)
+        return [memo[t][0] for t in texts], [memo[t][1] for t in texts]
+
+    def _encode_windows_now(
+        self, texts: list[str]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         pipe = self.pipe
         encoders = ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))
         per_encoder: list[list[list[list[int]]]] = [
@@ -115,17 +131,19 @@ class StableDiffusionXLBackbone(Backbone):
         return out
 
     def pooled_text(self, plan: RegionPlan, prompt: str | None = None) -> str:
-        """The text whose pooled embedding conditions the whole image.
+        """The text whose pooled embedding conditions the whole image
+        (:func:`~rpg.models.whole_image_text`). For a one-region plan of the prompt itself it
+        is the prompt the stock pipeline would pool."""
+        return whole_image_text(plan, prompt)
 
-        The base prompt when the plan has one (it describes the whole canvas); else the user's
-        whole ``prompt``; else the regional prompts joined in reading order. For a one-region
-        plan of the prompt itself, all are the prompt the stock pipeline would pool.
-        """
-        if plan.base_prompt is not None:
-            return plan.base_prompt
-        if prompt is not None and prompt.strip():
-            return prompt
-        return ", ".join(dict.fromkeys(plan.prompts))
+    def encode(self, plan: RegionPlan, negative_prompt: str = "", **kwargs: Any) -> Any:
+        """As the base, with each text's windows remembered for the call, so the base prompt
+        and the negative prompt go through the encoders once for tokens and pooled vector."""
+        self._windows_memo = {}
+        try:
+            return super().encode(plan, negative_prompt, **kwargs)
+        finally:
+            self._windows_memo = None
 
     def _pooled(self, text: str) -> torch.Tensor:
         """``[1, P]``: the stock pipeline's pooled embedding of ``text`` (first window only)."""

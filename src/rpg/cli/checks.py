@@ -15,13 +15,14 @@ import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from rpg.cost import duration as _duration
+from rpg.cost import estimate_step_seconds
 from rpg.errors import ConfigurationError, PlannerError, RegistryError
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIELD_FLAGS",
     "UsageError",
+    "check_option_flags",
     "check_output_dir",
     "check_output_file",
     "check_scheduler_flag",
@@ -119,6 +121,53 @@ def validate_request(
         raise ConfigurationError(
             f"{source}: the recorded request is invalid: {validation_message(exc)}"
         ) from None
+
+
+def model_pipeline_class(model: str | None) -> str | None:
+    """The pipeline class a model folder or tiny name holds (``model_index.json``), read without
+    importing torch; ``None`` when that takes more (a single file, a hub id)."""
+    import json
+
+    from rpg.backbones.tiny import tiny_model
+
+    if model is None:
+        return None
+    tiny = tiny_model(model, "pipeline")
+    if tiny is not None:
+        return tiny.pipeline or None
+    index = Path(model).expanduser() / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_option_flags(options: Mapping[str, Any], model: str | None) -> None:
+    """Model-family option flags, before any model loads: each value against the option's
+    declaration, and each option against the family of ``model`` when that is known from its
+    folder or tiny name. Errors are :class:`UsageError` naming the flag."""
+    from rpg.backbones.options import BUILTIN_OPTIONS, cli_option_fields, families_taking
+
+    fields = {f.name: f for f in cli_option_fields()}
+    for name, value in options.items():
+        flag = fields[name].flag
+        model_cls = BUILTIN_OPTIONS[families_taking(name)[0]]
+        try:
+            model_cls.model_validate({name: value})
+        except ValidationError as exc:
+            raise UsageError(validation_message(exc, {name: flag})) from None
+    family = BUILTIN_OPTIONS.get(model_pipeline_class(model) or "")
+    if family is None:
+        return  # not known before loading: the backbone checks after the load
+    foreign = [fields[n].flag for n in options if n not in family.model_fields]
+    if foreign:
+        takes = [fields[n].flag for n in family.model_fields if n in fields]
+        raise UsageError(
+            f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+            f"{model} ({model_pipeline_class(model)}); "
+            + (f"it takes {', '.join(takes)}" if takes else "it takes no family options")
+        )
 
 
 def check_scheduler_flag(name: str | None, *, given: bool, source: str | None = None) -> None:
@@ -289,79 +338,6 @@ def make_planner(
 
 #: Above this estimate (seconds for the whole render) the command warns before starting.
 SLOW_RENDER_SECONDS = 600.0
-
-
-def _attention_work(unet: Any, width: int, height: int) -> float:
-    """Multiply-adds of the UNet's self-attention in one forward pass of one image.
-
-    Self-attention grows with the square of the latent positions, so at large sizes it is most
-    of a step; this counts ``2 · T² · C`` per layer (scores and weighted sum) for ``T`` positions
-    at the layer's grid and ``C`` inner channels. Convolutions and cross-attention are left out,
-    so the estimate is a lower bound.
-    """
-    from rpg.layout import latent_grids
-
-    grids = latent_grids(height, width, levels=8)
-    depth = len(getattr(unet.config, "block_out_channels", ())) or 1
-    work = 0.0
-    for name, module in unet.named_modules():
-        if type(module).__name__ != "Attention" or getattr(module, "is_cross_attention", True):
-            continue
-        parts = name.split(".")
-        if parts[0] == "down_blocks":
-            level = int(parts[1])
-        elif parts[0] == "up_blocks":
-            level = depth - 1 - int(parts[1])
-        elif parts[0] == "mid_block":
-            level = depth - 1
-        else:
-            continue
-        h, w = grids[min(level, len(grids) - 1)]
-        tokens = h * w
-        channels = int(getattr(module, "inner_dim", 0) or module.to_q.out_features)
-        work += 2.0 * tokens * tokens * channels
-    return work
-
-
-def _cpu_rate() -> float:
-    """Multiply-adds per second this CPU manages in a float32 matrix product (about 50 ms)."""
-    import torch
-
-    a = torch.randn(384, 384)
-    b = torch.randn(384, 384)
-    torch.mm(a, b)  # warm-up
-    rounds = 0
-    started = time.perf_counter()
-    while rounds < 3 or time.perf_counter() - started < 0.05:
-        torch.mm(a, b)
-        rounds += 1
-    seconds = time.perf_counter() - started
-    return float(384**3 * rounds / max(seconds, 1e-9))
-
-
-def estimate_step_seconds(
-    backbone: Any, width: int, height: int, *, images: int = 1
-) -> float | None:
-    """A lower bound on the seconds of one denoising step on the CPU, or ``None`` if unknown.
-
-    Only UNet backbones are estimated (their self-attention is counted, see
-    :func:`_attention_work`); classifier-free guidance doubles the batch.
-    """
-    unet = getattr(getattr(backbone, "pipe", None), "unet", None)
-    if unet is None or not hasattr(unet, "named_modules"):
-        return None
-    work = _attention_work(unet, width, height) * 2 * images
-    if work <= 0:
-        return None
-    return work / _cpu_rate()
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def warn_if_slow(backbone: Any, request: GenerationRequest) -> float | None:

@@ -150,26 +150,41 @@ def add_render_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="dpm++2m-karras (SD/SDXL default), euler-a, euler, ddim, ...; FLUX/SD3: default",
     )
     render.add_argument("--num-images", type=int, help="images to render (default 1)")
-    dit = p.add_argument_group("FLUX and SD3 (regional joint attention)")
-    dit.add_argument(
-        "--true-cfg",
-        type=finite_float,
-        help="FLUX: true CFG scale with --negative (default 1: off)",
-    )
-    dit.add_argument(
-        "--image-attention",
-        choices=("global", "region"),
-        help="what image tokens see of the image: all of it (global, default) or their region",
-    )
-    dit.add_argument(
-        "--regional-steps",
-        type=finite_float,
-        help="fraction of the steps that are regional (default 1)",
-    )
-    dit.add_argument(
-        "--regional-blocks", type=int, help="every k-th attention block is regional (default 1)"
-    )
+    add_option_arguments(p)
     return render
+
+
+def add_option_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per option a model family declares (:mod:`rpg.backbones.options`).
+
+    The flags come from the families' options models, so a family's new option is a new flag
+    without a line here; a value goes to ``request.options`` and is checked against the
+    model's family before it loads (:func:`rpg.cli.checks.check_option_flags`).
+    """
+    from rpg.backbones.options import cli_option_fields, families_taking
+
+    group = p.add_argument_group("model family options (see each family's options)")
+    for f in cli_option_fields():
+        families = ", ".join(families_taking(f.name))
+        kind: Any = {"float": finite_float, "int": int}.get(f.kind, str)
+        group.add_argument(
+            f.flag,
+            dest=f"option_{f.name}",
+            type=kind,
+            choices=f.choices,
+            metavar=None if f.choices else f.kind.upper(),
+            help=f"{f.description} (default {f.default}; {families})",
+        )
+
+
+def option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The family options set on the command line, by option name."""
+    prefix = "option_"
+    return {
+        k.removeprefix(prefix): v
+        for k, v in vars(args).items()
+        if k.startswith(prefix) and v is not None
+    }
 
 
 def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,10 +198,7 @@ def request_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "num_images": args.num_images,
         "base_ratio": args.base_ratio,
         "planner": args.planner,
-        "true_cfg_scale": getattr(args, "true_cfg", None),
-        "image_attention": getattr(args, "image_attention", None),
-        "regional_steps": getattr(args, "regional_steps", None),
-        "regional_blocks": getattr(args, "regional_blocks", None),
+        "options": option_overrides(args) or None,
     }
     if args.size is not None:
         fields["width"], fields["height"] = args.size

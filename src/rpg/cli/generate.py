@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from rpg.cli.checks import (
     UsageError,
+    check_option_flags,
     check_output_file,
     check_scheduler_flag,
     validate_request,
@@ -33,6 +34,7 @@ from rpg.cli.common import (
     check_loading,
     check_render,
     load_rpg,
+    option_overrides,
     prepare_planner,
     request_overrides,
 )
@@ -154,6 +156,8 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
             data.update(prompt=args.prompt, plan=None)
         if args.model is not None:
             data["model"] = args.model
+        if "options" in overrides:  # flags change the recorded options one by one
+            overrides["options"] = {**data.get("options", {}), **overrides["options"]}
         data.update(overrides)
         return validate_request(data, from_flags=flags, source=str(args.from_image))
     if args.prompt is None:
@@ -172,6 +176,7 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
     fails in well under a second). ``None`` when the request has a plan and nothing reviews it.
     """
     check_output_file(args.out)
+    check_option_flags(option_overrides(args), request.model)
     check_scheduler_flag(
         request.scheduler,
         given=args.scheduler is not None,

@@ -75,32 +75,24 @@ def _offline() -> bool:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` as given, else the best available: ``cuda``, then ``mps``, then ``cpu``."""
+    """``device`` as given, else the best available: ``cuda``, then ``mps``, then ``cpu``
+    (:func:`rpg.devices.resolve_device`)."""
     if device and device != "auto":
         return device
-    import torch
+    from rpg.devices import resolve_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    return str(resolve_device("auto"))
 
 
 def _pick_dtype(dtype: str | None, device: str) -> torch.dtype:
+    """The dtype named (:func:`rpg.devices.dtype_named`: ``"bf16"`` works), else bfloat16 on
+    GPUs that have it (LLMs are trained in it), float16 on MPS, float32 on the CPU."""
     import torch
 
+    from rpg.devices import dtype_named
+
     if dtype and dtype != "auto":
-        try:
-            value = getattr(torch, dtype)
-        except AttributeError:
-            value = None
-        if not isinstance(value, torch.dtype):
-            raise ConfigurationError(
-                f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto"
-            )
-        return value
+        return dtype_named(dtype)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.startswith("mps"):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from rpg.errors import PlannerError
 from rpg.models import DEFAULT_BASE_RATIO, PlanResult
+from rpg.planners.reasoning import strip_reasoning
 from rpg.planners.schema import PlanReply
 
 __all__ = [
@@ -32,26 +33,6 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=BaseModel)
-
-_THINK_BLOCK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.IGNORECASE | re.DOTALL)
-_THINK_OPEN = re.compile(r"<think(?:ing)?>", re.IGNORECASE)
-_THINK_CLOSE = re.compile(r"</think(?:ing)?>", re.IGNORECASE)
-
-
-def strip_reasoning(text: str) -> str:
-    """Drop ``<think>…</think>`` blocks, everything before a lone ``</think>``, and open tags.
-
-    Reasoning models (DeepSeek-R1 style) put their chain of thought in such blocks; some chat
-    templates emit the opening tag themselves, so only the closing one reaches us. A block that
-    was never closed (the model ran out of tokens) loses only its tag, since what follows may be
-    the answer. Text without reasoning comes back unchanged.
-    """
-    cleaned = _THINK_BLOCK.sub("\n", text)
-    close = list(_THINK_CLOSE.finditer(cleaned))
-    if close:
-        cleaned = cleaned[close[-1].end() :]
-    cleaned = _THINK_OPEN.sub("\n", cleaned)
-    return cleaned.strip() if cleaned != text else text
 
 
 def first_json_object(text: str) -> Any | None:

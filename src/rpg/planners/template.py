@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rpg.errors import PlannerError
 from rpg.layout import parse_split_ratio, split_prompts
 from rpg.models import Entity, PlanResult, Recaption, RegionPlan
-from rpg.planners.parsing import strip_reasoning
+from rpg.planners.reasoning import strip_reasoning
 
 __all__ = [
     "EXAMPLES",

@@ -85,6 +85,9 @@ class TinyModel:
     #: A folder shipped inside a package, ``"package:relative/folder"``: a *trained* model that
     #: is used where it lies (``shapes-sd``); the writer then copies it.
     shipped: str | None = None
+    #: The diffusers pipeline class it writes (``model_index.json``'s ``_class_name``), so
+    #: checks that run before torch is imported know its family; ``""`` when unknown.
+    pipeline: str = ""
 
     @property
     def trained(self) -> bool:
@@ -158,6 +161,7 @@ def register_tiny_model(
     kind: TinyKind = "pipeline",
     replace: bool = False,
     shipped: str | None = None,
+    pipeline: str = "",
 ) -> TinyModel:
     """Reserve ``name`` for a tiny model that ``writer`` writes (see the module docstring).
 
@@ -171,7 +175,7 @@ def register_tiny_model(
         raise RegistryError(f"tiny model {name!r} is already registered")
     if isinstance(writer, str) and ":" not in writer:
         raise RegistryError(f"writer {writer!r} must be a callable or 'module:function'")
-    entry = TinyModel(name, writer, description, kind, shipped)
+    entry = TinyModel(name, writer, description, kind, shipped, pipeline)
     _REGISTRY[name] = entry
     return entry
 
@@ -200,26 +204,31 @@ register_tiny_model(
     TINY_SD,
     "rpg.backbones.tiny.sd:write_tiny_sd",
     description="tiny Stable Diffusion 1.x architecture with random weights (64×64, offline)",
+    pipeline="StableDiffusionPipeline",
 )
 register_tiny_model(
     TINY_SDXL,
     "rpg.backbones.tiny.sdxl:write_tiny_sdxl",
     description="tiny SDXL architecture with random weights (64×64, offline)",
+    pipeline="StableDiffusionXLPipeline",
 )
 register_tiny_model(
     TINY_FLUX,
     "rpg.backbones.tiny.dit:write_tiny_flux",
     description="tiny FLUX.1 architecture with random weights (64×64, offline)",
+    pipeline="FluxPipeline",
 )
 register_tiny_model(
     TINY_SD3,
     "rpg.backbones.tiny.dit:write_tiny_sd3",
     description="tiny SD3.5 architecture with random weights (64×64, offline)",
+    pipeline="StableDiffusion3Pipeline",
 )
 register_tiny_model(
     TINY_FLUX2_KLEIN,
     "rpg.backbones.tiny.flux2:write_tiny_flux2_klein",
     description="tiny FLUX.2 [klein] architecture with random weights (64×64, offline)",
+    pipeline="Flux2KleinPipeline",
 )
 register_tiny_model(
     TINY_CONTROLNET,
@@ -241,4 +250,5 @@ register_tiny_model(
     description="small SD 1.x architecture trained on the shapes world (64×64, offline; "
     "see rpg.eval.shapes)",
     shipped=_SHAPES_SD_FOLDER,
+    pipeline="StableDiffusionPipeline",
 )

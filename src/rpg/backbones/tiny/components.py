@@ -122,9 +122,11 @@ def four_level_vae(
     layers_per_block: int,
     sample_size: int,
     norm_num_groups: int = 32,
+    latent_channels: int = 4,
     **options: Any,
 ) -> Any:
-    """An ``AutoencoderKL`` with SD's four levels (latent factor 8) and four latent channels.
+    """An ``AutoencoderKL`` with SD's four levels (latent factor 8) and four latent channels
+    (SD3's sixteen with ``latent_channels=16``).
 
     ``options`` go to ``AutoencoderKL`` as well (SDXL's ``scaling_factor=0.13025``).
     """
@@ -137,7 +139,7 @@ def four_level_vae(
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=block_out_channels,
         layers_per_block=layers_per_block,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=norm_num_groups,
         sample_size=sample_size,
         **options,

@@ -89,20 +89,21 @@ def tiny_flux_transformer(*, text_width: int, pooled_width: int, guidance_embeds
 
 def tiny_sd3_transformer(*, text_width: int, pooled_width: int) -> Any:
     """SD3.5's transformer at toy size: three joint blocks of width 16, QK norms, block 0 with
-    the image-only ``attn2``, the last ``context_pre_only``; native 64×64."""
+    the image-only ``attn2``, the last ``context_pre_only``; native 64×64; SD3's 16 latent
+    channels (its inpainting pipeline takes no other width)."""
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
         sample_size=8,
         patch_size=2,
-        in_channels=4,
+        in_channels=16,
         num_layers=3,
         attention_head_dim=8,
         num_attention_heads=2,
         joint_attention_dim=text_width,
         caption_projection_dim=16,
         pooled_projection_dim=pooled_width,
-        out_channels=4,
+        out_channels=16,
         pos_embed_max_size=32,
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
@@ -193,8 +194,8 @@ def write_tiny_sd3(path: str | os.PathLike[str], seed: int = 0) -> Path:
 
     Three joint blocks of width 16 (QK RMS norms, block 0 with SD3.5's extra image-only
     ``attn2``, the last ``context_pre_only``), native 64×64; two CLIP encoders with projection
-    (CLIP-L and CLIP-G roles) and a T5 encoder of width 64; a four-level VAE with SD3's
-    scaling/shift factors; SD3's flow-matching Euler scheduler (shift 3).
+    (CLIP-L and CLIP-G roles) and a T5 encoder of width 64; a four-level VAE with SD3's 16
+    latent channels and scaling/shift factors; SD3's flow-matching Euler scheduler (shift 3).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
@@ -212,6 +213,7 @@ def write_tiny_sd3(path: str | os.PathLike[str], seed: int = 0) -> Path:
                 layers_per_block=1,
                 sample_size=64,
                 norm_num_groups=16,
+                latent_channels=16,
                 scaling_factor=1.5305,
                 shift_factor=0.0609,
                 use_quant_conv=False,
