@@ -280,6 +280,10 @@ class JointBackbone(Backbone):
             conditioning, layout, options=options, steps=steps, global_span=global_span
         )
         negative = inputs.get("negative_prompt_embeds")
+        # regional_steps: the step comes from the pipeline's loop, not from reading a tensor.
+        callback = regions.step_callback(pipeline_kwargs.get("callback_on_step_end"))
+        if callback is not None:
+            pipeline_kwargs["callback_on_step_end"] = callback
         with self.regional_context(
             regions, guidance=guidance, negative=negative, num_images=num_images
         ):
