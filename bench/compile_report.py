@@ -128,7 +128,7 @@ def compile_denoisers(pipe: Any, form: str, backend: Callable[..., Any], fullgra
 def stock_call(rpg_pipe: Any, name: str, args: argparse.Namespace, **call: Any) -> None:
     """The stock pipeline on the whole prompt, same size, steps and seed."""
     rpg_pipe.pipe(
-        PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps,
+        prompt=PROMPT, height=args.size, width=args.size, num_inference_steps=args.steps,
         output_type="latent", generator=torch.Generator().manual_seed(1),
         **extra_inputs(name, args.size), **call,
     )  # fmt: skip
@@ -137,7 +137,10 @@ def stock_call(rpg_pipe: Any, name: str, args: argparse.Namespace, **call: Any) 
 def compile_row(
     root: Path, name: str, args: argparse.Namespace, *, stock: bool = False
 ) -> dict[str, Any]:
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    counters.clear()
     rpg_pipe = load(root, name)
     counter = CompileCounter()
     compile_denoisers(rpg_pipe.pipe, args.form, counter, args.fullgraph)

@@ -133,8 +133,9 @@ class _RunState:
     negative_next: bool = False
 
     def reset(self) -> None:
+        """A new pipeline call (``driven`` stays: the callback that drives it is in place)."""
         self.rows, self.step, self.last_timestep = "positive", 0, None
-        self.regional, self.driven, self.negative_next = True, False, False
+        self.regional, self.negative_next = True, False
 
 
 class _StepCallback:
@@ -147,6 +148,7 @@ class _StepCallback:
     def __init__(self, regions: JointRegions, callback: Any) -> None:
         self.regions = regions
         self.callback = callback
+        regions.state.driven = True  # from the first step on: no timestep is read
         tensor_inputs = getattr(callback, "tensor_inputs", None)
         if tensor_inputs is not None:
             self.tensor_inputs = list(tensor_inputs)
