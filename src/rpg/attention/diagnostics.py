@@ -23,7 +23,7 @@ __all__ = ["CompileCounter", "HostSyncCounter", "graph_breaks"]
 _aten = torch.ops.aten
 #: Ops whose result the host must read from the device before it can go on.
 _SYNC_OPS = {
-    _aten._local_scalar_dense: "item",  # .item(), float(t), int(t), bool(t), .tolist()
+    _aten._local_scalar_dense: "item",  # .item(), float(t), int(t), bool(t)
     _aten.equal: "equal",  # torch.equal
     _aten.is_nonzero: "is_nonzero",  # if tensor:
     _aten.nonzero: "nonzero",  # output shape depends on the values
@@ -37,8 +37,9 @@ def _device(x: Any) -> torch.device | None:
 class HostSyncCounter(TorchDispatchMode):
     """Count host-synchronising ops (and host↔device copies) run while the mode is active.
 
-    ``counts`` maps a kind (``"item"``, ``"equal"``, ``"is_nonzero"``, ``"nonzero"``,
-    ``"device_to_host"``) to its number; ``host_to_device`` counts copies the other way (not a
+    ``counts`` maps a kind (``"item"`` — also ``float(t)``, ``int(t)``, ``if t:`` —,
+    ``"equal"``, ``"is_nonzero"``, ``"nonzero"``, ``"tolist"``, ``"device_to_host"``) to its
+    number; ``host_to_device`` counts copies the other way (not a
     sync, but a per-step upload that should have been made once before the loop).
     :meth:`watch` turns the mode on for every forward of a module only.
     """
@@ -47,6 +48,27 @@ class HostSyncCounter(TorchDispatchMode):
         super().__init__()
         self.counts: Counter[str] = Counter()
         self.host_to_device = 0
+        #: Forwards watched by :meth:`watch`.
+        self.calls = 0
+
+    def __enter__(self) -> HostSyncCounter:
+        # On the CPU, .tolist() reads memory without dispatching an op (on a GPU it copies to
+        # the host first); count it at the Python level while the mode is on.
+        original = torch.Tensor.tolist
+        counts = self.counts
+
+        def tolist(tensor: torch.Tensor) -> Any:
+            counts["tolist"] += 1
+            return original(tensor)
+
+        self._tolist = original
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        torch.Tensor.tolist = self._tolist  # type: ignore[method-assign]
 
     @property
     def syncs(self) -> int:
@@ -85,6 +107,7 @@ class HostSyncCounter(TorchDispatchMode):
         def enter(*_: Any, **__: Any) -> None:
             depth[0] += 1
             if depth[0] == 1:
+                self.calls += 1
                 self.__enter__()
 
         def leave(*_: Any, **__: Any) -> None:
