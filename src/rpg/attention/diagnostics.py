@@ -62,7 +62,7 @@ class HostSyncCounter(TorchDispatchMode):
             return original(tensor)
 
         self._tolist = original
-        torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign,assignment]
         super().__enter__()
         return self
 
