@@ -31,13 +31,13 @@ def write_models(root: Path) -> Path:
     return root
 
 
-def load(root: Path, name: str) -> RPG:
+def load(root: Path, name: str, *, device: str = "cpu", dtype: str = "float32") -> RPG:
     if name == "tiny-sd-controlnet":
         rpg = RPG.from_pretrained(
-            root / "tiny-sd", device="cpu", dtype="float32", controlnet=root / "cn-sd"
+            root / "tiny-sd", device=device, dtype=dtype, controlnet=root / "cn-sd"
         )
     else:
-        rpg = RPG.from_pretrained(root / name, device="cpu", dtype="float32")
+        rpg = RPG.from_pretrained(root / name, device=device, dtype=dtype)
     rpg.pipe.set_progress_bar_config(disable=True)
     return rpg
 
