@@ -178,6 +178,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, default=None, help="DiT blocks per kind")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-eager", dest="eager", action="store_false")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a code-path check")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
     args = parser.parse_args(argv)
@@ -211,7 +212,7 @@ def run_arch(arch: str, args: argparse.Namespace, device: torch.device) -> list[
         with _fresh_dynamo():
             if compiled:
                 for m in models:
-                    m.compile()
+                    m.compile(backend=args.compile_backend)
             for case in cases:
                 seconds, peak = measure(case, device, args.repeats)
                 rows.append(Row(arch, case.name, compiled, seconds, peak))

@@ -738,6 +738,13 @@ def _timestep(value: Any) -> float | None:
     return None
 
 
+def _weights_device(model: Any) -> torch.device | None:
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return torch.device(p.device)
+    return None
+
+
 @contextmanager
 def regional_joint(
     transformer: Any,
@@ -821,7 +828,8 @@ def regional_joint(
     state.reset()
     handle = None
     try:
-        regions.prepare()
+        # where the conditioning was made; else where the weights are (not under offloading)
+        regions.prepare(regions.device or _weights_device(transformer))
         transformer.set_attn_processor({k: installed.get(k, v) for k, v in previous.items()})
         handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
         yield processors
