@@ -128,3 +128,10 @@ def bench(session: nox.Session) -> None:
     env = {**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
     env = {k: v for k, v in env.items() if v}
     session.run("python", "bench/overhead.py", *session.posargs, env=env, external=True)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU suite (``pytest -m gpu``): skipped, with the reason, on a machine without CUDA."""
+    args = session.posargs or ["-q", "-rs", "tests/test_gpu.py"]
+    session.run("python", "-m", "pytest", "-m", "gpu", *args, env=OFFLINE, external=True)

@@ -37,6 +37,12 @@ work (gathers, copies), so it complements the timings rather than replacing them
     python bench/overhead.py --full --device cuda --repeats 5
     python bench/overhead.py --arch sdxl --device cuda    # SDXL's UNet at 512×512
     python bench/overhead.py --arch flux --flops          # FLUX / SD3: see overhead_dit.py
+    python bench/overhead.py --compile --threads 2        # compiled UNet: rpg vs stock
+
+``--compile`` compiles the UNet once (``unet.compile()``, inductor unless ``--compile-backend``)
+before the warm-up round, which compiles one graph per configuration (the stock one and every
+regional one); the timed rounds then compare compiled rpg with the compiled stock pipeline. It
+defaults to 4 and 8 regions, the key/value cache on (as the backbones run), no naive rows.
 """
 
 from __future__ import annotations
@@ -449,7 +455,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also count each configuration's FLOPs in one more --steps call (exact, noise-free)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the UNet (unet.compile()) and compare compiled rpg with compiled stock; "
+        "defaults to --regions 4,8 --kv-cache on --no-naive",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    if "--compile" in args_list:
+        parser.set_defaults(regions="4,8", kv_cache="on", no_naive=True)
     args = parser.parse_args(argv)
     args.size = SIZES[args.arch][0 if args.full else 1]
     if args.repeats < 0:
@@ -466,6 +481,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"building {args.arch} with random weights on {device} ({dtype_name}) ...", flush=True)
     bench = ARCHITECTURES[args.arch](device, dtype)
+
+    if args.compile:
+        # one graph per configuration: stock plus every regional one, each compiled once
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        for model in bench.models:
+            model.compile(backend=args.compile_backend)
+        print(f"compiled the UNet ({args.compile_backend}); warm-up compiles each config")
 
     counts = [int(c) for c in args.regions.split(",")]
     configs = [Config("stock", 0, False, "stock")]
@@ -586,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.arch} {args.size}x{args.size}, {args.steps} steps, CFG on, {device} "
         f"{dtype_name}, median of {args.repeats} (denoise{' + decode' if args.decode else ''})"
+        + (f", UNet compiled ({args.compile_backend})" if args.compile else "")
     )
     print(
         f"{'config':<20}{'seconds':>9}{'× stock':>9}{'cpu s':>9}{'cpu ×':>8}"
@@ -616,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(device),
         "dtype": dtype_name,
         "decode_timed": args.decode,
+        "compiled": args.compile_backend if args.compile else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),

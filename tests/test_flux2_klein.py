@@ -118,8 +118,9 @@ def test_processors_match_naive_reference(model: Any, seed: int, scope: str, bas
 
 
 def test_negative_forward_is_stock_over_the_negative_prompt(model: Any) -> None:
-    """klein's CFG: the forward whose embeddings equal the negative ones attends stock, over the
-    negative prompt's own tokens only (its padding to the packed length is never a key)."""
+    """klein's CFG: the second forward of a step (the pipeline runs the negative after the
+    positive) attends stock, over the negative prompt's own tokens only (its padding to the
+    packed length is never a key)."""
     case = random_case(random.Random(7), H, W, base=True)
     n_neg = 5
     inputs = _inputs(case.text_length, 7)
@@ -128,8 +129,12 @@ def test_negative_forward_is_stock_over_the_negative_prompt(model: Any) -> None:
     inputs["encoder_hidden_states"] = negative.clone()  # a copy, as the pipeline makes one
     regions = _regions(case, "global", negative_span=(0, n_neg))
     with regional_flux2(model, regions, negative_prompt_embeds=negative), torch.no_grad():
+        model(**inputs)  # the positive forward of the step comes first
+        assert regions.state.rows == "positive"
         ours = model(**inputs).sample
         assert regions.state.rows == "negative"
+        model(**inputs)  # the next step's positive forward
+        assert regions.state.rows == "positive"
     stock_inputs = {**inputs, "encoder_hidden_states": negative[:, :n_neg],
                     "txt_ids": inputs["txt_ids"][:n_neg]}  # fmt: skip
     with torch.no_grad():

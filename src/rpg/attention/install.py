@@ -4,6 +4,14 @@ The processors go in through diffusers' own ``set_attn_processor`` with a full n
 dict (self-attention layers get back the very object they had), and the previous processors are
 put back the same way on exit, also when the body raises. No ``forward`` is patched, so
 everything else diffusers does (LoRA, hooks, offloading) keeps working.
+
+A compiled model is served as it is: ``torch.compile(unet)`` (an ``OptimizedModule``) is unwrapped
+to the module it compiles, and ``unet.compile()`` or ``compile_repeated_blocks()`` change nothing
+that ``set_attn_processor`` sees. Before the denoising loop, the processor's region indices are
+built on the device of the conditioning (where the pipeline runs, also when offloading) and,
+when a model is compiled and the key/value cache is on, every layer's keys and values are
+projected into fixed slots (:meth:`RegionalAttnProcessor.prefill`); nothing in a call then needs
+the host.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
+import torch
+
 from rpg.attention.processor import RegionalAttnProcessor
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
 
-__all__ = ["AttentionModel", "cross_attention_names", "regional"]
+__all__ = ["AttentionModel", "cross_attention_names", "is_compiled", "regional", "unwrap_compiled"]
 
 _SUFFIX = ".processor"
 
@@ -32,8 +42,29 @@ class AttentionModel(Protocol):
     def named_modules(self) -> Iterator[tuple[str, Any]]: ...
 
 
+def unwrap_compiled(model: Any) -> Any:
+    """The module a ``torch.compile(module)`` wrapper compiles (``model`` itself otherwise).
+
+    The wrapper's ``named_modules`` prefix every name with ``_orig_mod.`` while its
+    ``attn_processors`` (forwarded to the module) do not; the module has both the same way.
+    Processors set on the module are what the wrapper's compiled forward runs.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    return model if inner is None or not isinstance(model, torch.nn.Module) else inner
+
+
+def is_compiled(model: Any) -> bool:
+    """Whether ``model`` or one of its submodules runs compiled (any of the three forms)."""
+    if getattr(model, "_orig_mod", None) is not None:  # torch.compile(model)
+        return True
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    # module.compile() and diffusers' compile_repeated_blocks() set _compiled_call_impl
+    return any(getattr(m, "_compiled_call_impl", None) is not None for m in modules)
+
+
 def cross_attention_names(model: AttentionModel) -> list[str]:
     """Keys of ``model.attn_processors`` that belong to cross-attention layers."""
+    model = unwrap_compiled(model)
     modules = dict(model.named_modules())
     names = []
     processors = model.attn_processors
@@ -58,6 +89,13 @@ def cross_attention_names(model: AttentionModel) -> list[str]:
     return names
 
 
+def _levels(model: Any) -> int:
+    """How many latent resolutions ``model`` has (its block levels; 6 when it does not say)."""
+    config = getattr(model, "config", None)
+    channels = getattr(config, "block_out_channels", None)
+    return len(channels) if channels else 6
+
+
 @contextmanager
 def regional(
     model: AttentionModel | Sequence[AttentionModel],
@@ -80,6 +118,8 @@ def regional(
     block, as one pipeline call does.
     """
     models = [model] if isinstance(model, AttentionModel) else list(model)
+    compiled = any(is_compiled(m) for m in models)
+    models = [unwrap_compiled(m) for m in models]
     for m in models:
         if not isinstance(m, AttentionModel):
             raise TypeError(
@@ -96,6 +136,15 @@ def regional(
                 raise ValueError(f"{type(m).__name__} has no cross-attention layers")
             saved.append((m, previous))
             m.set_attn_processor({k: processor if k in cross else v for k, v in previous.items()})
+        device = conditioning.prompt_embeds.device
+        # a UNet (or ControlNet) halves its grid once per block level, rounding up
+        levels = max(_levels(m) for m in models)
+        processor.prepare(device, levels=levels)
+        if cache_kv and compiled:
+            for m in models:
+                named = dict(m.named_modules())
+                for key in cross_attention_names(m):
+                    processor.prefill(named[key[: -len(_SUFFIX)]], conditioning, device)
         yield processor
     finally:
         processor.clear_cache()

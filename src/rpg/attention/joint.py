@@ -32,6 +32,14 @@ merged exactly through their log-sum-exps (:mod:`rpg.attention.lse`); the image-
 attention is paid once, as in the stock block. That needs kernels returning the log-sum-exp
 (diffusers' default backend, CPU or CUDA, no autograd); otherwise the two attentions are computed
 separately, which gives the same result at the cost of one more image-to-image attention.
+
+Under ``torch.compile`` (the transformer compiled whole, or its repeated blocks) a call reads
+nothing from the device and no Python state that changes from one step to the next: the region
+index is built before the loop (:meth:`JointRegions.prepare`), which half of a CFG pair a call is
+comes from the batch size (SD3), the identity of the embeddings (FLUX) or the order of calls
+(FLUX.2), and the step for ``regional_steps`` from the pipeline's step-end callback
+(:meth:`JointRegions.step_callback`), as one flag that flips once, so a run compiles at most
+one more graph, at the step where the image stops being regional.
 """
 
 from __future__ import annotations
@@ -116,6 +124,43 @@ class _RunState:
     rows: Rows = "positive"
     step: int = 0
     last_timestep: float | None = None
+    #: Whether this step is regional (``regional_steps``); the only step fact processors read.
+    regional: bool = True
+    #: The step is told by the pipeline's step-end callback (:meth:`JointRegions.step_callback`)
+    #: rather than read from the timestep.
+    driven: bool = False
+    #: FLUX.2 CFG: the next forward is the negative one (the pipeline alternates them).
+    negative_next: bool = False
+
+    def reset(self) -> None:
+        """A new pipeline call (``driven`` stays: the callback that drives it is in place)."""
+        self.rows, self.step, self.last_timestep = "positive", 0, None
+        self.regional, self.negative_next = True, False
+
+
+class _StepCallback:
+    """A ``callback_on_step_end`` that tells :class:`JointRegions` the next step, then chains.
+
+    Keeps the caller's ``tensor_inputs`` (a diffusers ``PipelineCallback``), so the pipeline
+    hands over the same tensors it would have without rpg.
+    """
+
+    def __init__(self, regions: JointRegions, callback: Any) -> None:
+        self.regions = regions
+        self.callback = callback
+        regions.state.driven = True  # from the first step on: no timestep is read
+        tensor_inputs = getattr(callback, "tensor_inputs", None)
+        if tensor_inputs is not None:
+            self.tensor_inputs = list(tensor_inputs)
+
+    def __call__(
+        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.regions.set_step(step + 1)
+        if self.callback is None:
+            return {}
+        result: dict[str, Any] = self.callback(pipe, step, timestep, callback_kwargs)
+        return result
 
 
 @dataclass
@@ -136,6 +181,8 @@ class JointRegions:
     options: JointAttentionOptions = field(default_factory=JointAttentionOptions)
     steps: int | None = None
     text_length: int | None = None
+    #: Where the pipeline runs (the conditioning's device): region indices are built there.
+    device: torch.device | None = None
     state: _RunState = field(default_factory=_RunState)
     _indices: dict[tuple[int, int, torch.device], RegionIndex] = field(default_factory=dict)
 
@@ -178,6 +225,7 @@ class JointRegions:
             options=options or JointAttentionOptions(),
             steps=steps,
             text_length=int(conditioning.prompt_embeds.shape[1]),
+            device=conditioning.prompt_embeds.device,
         )
 
     def index_for(self, n_image: int, device: torch.device) -> RegionIndex:
@@ -196,10 +244,47 @@ class JointRegions:
             found = self._indices[key] = region_index(self.layout, h, w, device)
         return found
 
+    def prepare(self, device: torch.device | str | None = None) -> None:
+        """Build the patch grid's region index on ``device`` (default :attr:`device`) now.
+
+        ``regional_joint`` calls it before the loop, so that no call builds one (building reads
+        index tensors on the host, a graph break in compiled code).
+        """
+        device = device if device is not None else self.device
+        if device is None:
+            return
+        factor = self.layout.latent_factor
+        h, w = self.layout.height // factor, self.layout.width // factor
+        self.index_for(h * w, torch.device(device))
+
     def step_is_regional(self) -> bool:
+        """Whether the step being run is regional (a flag set between steps, never per call)."""
+        return self.state.regional
+
+    def set_step(self, step: int) -> None:
+        """The pipeline is about to run step ``step`` (0-based): update the regional flag."""
+        self.state.driven = True
+        self.state.step = step
+        self._update_regional()
+
+    def _update_regional(self) -> None:
         if self.options.regional_steps >= 1 or self.steps is None:
-            return True
-        return self.state.step < self.options.regional_step_count(self.steps)
+            regional = True
+        else:
+            regional = self.state.step < self.options.regional_step_count(self.steps)
+        if regional != self.state.regional:  # a write compiled code would see: only on change
+            self.state.regional = regional
+
+    def step_callback(self, callback: Any = None) -> Any:
+        """A ``callback_on_step_end`` that tells these regions the step, chaining ``callback``.
+
+        The step then comes from the pipeline's loop rather than from reading the timestep on
+        the host in every forward, which a compiled transformer cannot do. Only needed with
+        ``regional_steps < 1``; ``callback`` is returned unchanged otherwise.
+        """
+        if self.options.regional_steps >= 1:
+            return callback
+        return _StepCallback(self, callback)
 
 
 # ---------------------------------------------------------------------------------------- core
@@ -645,10 +730,18 @@ def _is_flux(model: Any) -> bool:
 
 
 def _timestep(value: Any) -> float | None:
+    """The call's timestep on the host (a device sync: eager fallback for ``regional_steps``)."""
     if isinstance(value, torch.Tensor) and value.numel() and value.device.type != "meta":
         return float(value.reshape(-1)[0])
     if isinstance(value, int | float):
         return float(value)
+    return None
+
+
+def _weights_device(model: Any) -> torch.device | None:
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return torch.device(p.device)
     return None
 
 
@@ -676,9 +769,17 @@ def regional_joint(
     * ``negative_prompt_embeds`` (FLUX true CFG, a separate forward per half): the call that
       receives this very tensor as ``encoder_hidden_states`` is the negative one.
 
-    The step counter advances whenever the timestep changes (a pipeline's timesteps decrease;
-    an increase starts a new run).
+    The regional flag of ``regional_steps`` follows :meth:`JointRegions.step_callback` when the
+    pipeline call has it (``JointBackbone.render`` passes it); otherwise, eager only, the step
+    counter advances whenever the timestep changes (a pipeline's timesteps decrease; an increase
+    starts a new run), which reads the timestep on the host in each forward.
+
+    ``transformer`` may be compiled (``torch.compile(transformer)`` is unwrapped to the module it
+    compiles); the region index is built before the loop on the conditioning's device.
     """
+    from rpg.attention.install import unwrap_compiled
+
+    transformer = unwrap_compiled(transformer)
     names = joint_attention_names(transformer)
     if not names:
         raise ValueError(f"{type(transformer).__name__} has no joint attention layers")
@@ -696,12 +797,15 @@ def regional_joint(
         processors.append(proc)
     state = regions.state
 
+    stepped_by_timestep = regions.options.regional_steps < 1 and regions.steps is not None
+
     def before(module: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         del module
         context = kwargs.get("encoder_hidden_states")
         if context is None and len(args) > 1:
             context = args[1]
         if negative_prompt_embeds is not None and context is negative_prompt_embeds:
+            # identity, not values: compiled code tells it from the inputs' aliasing, no sync
             state.rows = "negative"
         elif (
             guidance_batch is not None
@@ -711,17 +815,21 @@ def regional_joint(
             state.rows = "negative+positive"
         else:
             state.rows = "positive"
-        t = _timestep(kwargs.get("timestep"))
-        if t is not None:
-            if state.last_timestep is None or t > state.last_timestep:
-                state.step = 0
-            elif t < state.last_timestep:
-                state.step += 1
-            state.last_timestep = t
+        if stepped_by_timestep and not torch.compiler.is_compiling() and not state.driven:
+            t = _timestep(kwargs.get("timestep"))
+            if t is not None:
+                if state.last_timestep is None or t > state.last_timestep:
+                    state.step = 0
+                elif t < state.last_timestep:
+                    state.step += 1
+                state.last_timestep = t
+                regions._update_regional()
 
-    state.rows, state.step, state.last_timestep = "positive", 0, None
+    state.reset()
     handle = None
     try:
+        # where the conditioning was made; else where the weights are (not under offloading)
+        regions.prepare(regions.device or _weights_device(transformer))
         transformer.set_attn_processor({k: installed.get(k, v) for k, v in previous.items()})
         handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
         yield processors

@@ -130,18 +130,25 @@ def flux2_processor_classes(model: Any, names: Sequence[str]) -> list[type[_Join
 
 
 def packed_text_ids(
-    length: int, spans: Sequence[Span], *, like: torch.Tensor | None = None
+    length: int,
+    spans: Sequence[Span],
+    *,
+    like: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``[length, 4]`` FLUX.2 text ids with each span's tokens numbered from 0.
 
-    Positions outside every span (padding nobody reads) keep the stock numbering.
+    Positions outside every span (padding nobody reads) keep the stock numbering. The ids are
+    made where ``like`` is (or on ``device``), with its dtype: nothing is built on the host and
+    copied over.
     """
-    ids = torch.zeros(length, 4, dtype=torch.long)
-    ids[:, 3] = torch.arange(length)
-    for s0, s1 in set(spans):
-        ids[s0:s1, 3] = torch.arange(s1 - s0)
     if like is not None:
-        ids = ids.to(device=like.device, dtype=like.dtype)
+        device, dtype = like.device, like.dtype
+    ids = torch.zeros(length, 4, dtype=dtype or torch.long, device=device)
+    ids[:, 3] = torch.arange(length, device=device)
+    for s0, s1 in sorted(set(spans)):
+        ids[s0:s1, 3] = torch.arange(s1 - s0, device=device)
     return ids
 
 
@@ -157,33 +164,51 @@ def regional_flux2(
     Installs :class:`Flux2RegionalAttnProcessor` and :class:`Flux2SingleRegionalAttnProcessor`
     (restored on exit, also on error) and adds a forward pre-hook that
 
-    * marks a call as negative when its ``encoder_hidden_states`` equal ``negative_prompt_embeds``
-      (the klein pipeline's CFG runs the negative prompt in a forward of its own, on a copy of
-      the embeddings it was given, so identity cannot tell);
-    * gives every positive call the packed text ids of :func:`packed_text_ids`.
+    * knows the negative forward of klein's CFG by the order of calls: with
+      ``negative_prompt_embeds`` given, forwards alternate positive, negative, as the klein
+      pipeline runs them in every step (its negative forward gets a copy of the embeddings, so
+      identity cannot tell, and comparing values would wait on the device at every call);
+    * gives every positive call the packed text ids of :func:`packed_text_ids`, made once on
+      the device of the pipeline's own ids and reused at every step.
     """
+    from rpg.attention.install import unwrap_compiled
+
+    transformer = unwrap_compiled(transformer)
     if not is_flux2(transformer):
         raise TypeError(f"regional_flux2 needs a Flux2Transformer2DModel, got {type(transformer)}")
     spans = [s for s in (regions.base_span, regions.global_span) if s is not None]
     spans += list(regions.region_spans)
     state = regions.state
+    made: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
+    if regions.text_length is not None and regions.device is not None:
+        # Made before the loop, so compiled code reads them and builds nothing.
+        ids = packed_text_ids(regions.text_length, spans, device=regions.device)
+        made[(regions.text_length, ids.device, ids.dtype)] = ids
+
+    def text_ids(length: int, like: torch.Tensor) -> torch.Tensor:
+        key = (length, like.device, like.dtype)
+        found = made.get(key)
+        if found is None:
+            found = packed_text_ids(length, spans, like=like)
+            if not torch.compiler.is_compiling():
+                made[key] = found
+        return found
 
     def before(module: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         del module
         context = kwargs.get("encoder_hidden_states")
         if context is None and len(args) > 1:
             context = args[1]
-        if (
-            negative_prompt_embeds is not None
-            and isinstance(context, torch.Tensor)
-            and context.shape == negative_prompt_embeds.shape
-            and torch.equal(context, negative_prompt_embeds.to(context))
-        ):
-            state.rows = "negative"
-            return None
+        if negative_prompt_embeds is not None:
+            # A flag that flips per call: compiled code sees two values, so two graphs at most.
+            negative = state.negative_next
+            state.negative_next = not negative
+            if negative:
+                state.rows = "negative"
+                return None
         ids = kwargs.get("txt_ids")
         if isinstance(context, torch.Tensor) and isinstance(ids, torch.Tensor):
-            kwargs["txt_ids"] = packed_text_ids(int(context.shape[1]), spans, like=ids)
+            kwargs["txt_ids"] = text_ids(int(context.shape[1]), ids)
             return args, kwargs
         return None
 

@@ -12,15 +12,24 @@ PyTorch's public ``scaled_dot_product_attention`` does not return the log-sum-ex
 kernels do, through the ATen ops used here (CPU flash, CUDA flash and memory-efficient). Where
 none applies (other devices, an op that refuses the shapes) an exact chunked reference is used;
 on the ``meta`` device that reference is what FLOP counters see (two matmuls, as SDPA counts).
+
+The CUDA branches run in CI without a GPU: under ``FakeTensorMode`` the CPU wheel accepts
+``device="cuda"`` tensors and the fused ops return outputs with their CUDA shapes, so the tests
+check the calls against the ops' schemas (argument order, output shapes and dtypes, the padded
+log-sum-exp of the memory-efficient kernel trimmed to the query length).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 
 import torch
 
 __all__ = ["attention_with_lse", "merge_weight"]
+
+log = logging.getLogger(__name__)
 
 #: Queries per chunk of the reference path, so its score matrix stays small.
 _CHUNK = 1024
@@ -39,31 +48,70 @@ def _reference(
     return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
 
 
-def _fused(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    aten = torch.ops.aten
-    try:
-        if q.device.type == "cpu":
-            out, lse = aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, scale=scale
-            )
-            return out, lse
-        if q.device.type == "cuda":
-            if q.dtype in (torch.float16, torch.bfloat16):
-                try:
-                    flash = aten._scaled_dot_product_flash_attention(
-                        q, k, v, 0.0, False, False, scale=scale
-                    )
-                    return flash[0], flash[1]
-                except RuntimeError:
-                    pass
-            eff = aten._scaled_dot_product_efficient_attention(
-                q, k, v, None, True, 0.0, False, scale=scale
-            )
-            return eff[0], eff[1][..., : q.shape[-2]]
-    except (RuntimeError, NotImplementedError):
-        return None
+Fused = tuple[torch.Tensor, torch.Tensor]
+
+
+def _cpu_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Fused:
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, scale=scale
+    )[:2]
+    return out, lse
+
+
+def _cuda_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Fused:
+    # (query, key, value, dropout_p, is_causal, return_debug_mask, *, scale) ->
+    # (output [B, H, L, Dv], logsumexp [B, H, L] float32, ...)
+    found = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, False, False, scale=scale
+    )
+    return found[0], found[1]
+
+
+def _cuda_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Fused:
+    # (query, key, value, attn_bias, compute_log_sumexp, dropout_p, is_causal, *, scale) ->
+    # (output [B, H, L, Dv], log_sumexp [B, H, L rounded up to a multiple of 32] float32, ...)
+    found = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, None, True, 0.0, False, scale=scale
+    )
+    # the padding rows hold no log-sum-exp (narrow: a view, as slicing, but traceable on fakes)
+    return found[0], found[1].narrow(-1, 0, q.shape[-2])
+
+
+#: The fused kernels returning the log-sum-exp, per device, in the order they are tried.
+KERNELS: dict[str, list[tuple[str, Callable[..., Fused]]]] = {
+    "cpu": [("cpu_flash", _cpu_flash)],
+    "cuda": [("cuda_flash", _cuda_flash), ("cuda_efficient", _cuda_efficient)],
+}
+#: Kernels that refused a (dtype, head dims) once: not tried again for those in this process.
+_refused: set[tuple[str, torch.dtype, int, int]] = set()
+
+
+def _usable(name: str, q: torch.Tensor, v: torch.Tensor) -> bool:
+    if name == "cuda_flash" and q.dtype not in (torch.float16, torch.bfloat16):
+        return False  # the CUDA flash kernel is half precision only
+    return (name, q.dtype, q.shape[-1], v.shape[-1]) not in _refused
+
+
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> Fused | None:
+    """The first fused kernel of ``q``'s device that accepts the inputs, else ``None``.
+
+    A kernel that raises is noted (with one debug log line) and not tried again for the same
+    dtype and head sizes, so a refusal costs one failed launch per process, never an error:
+    the caller falls back to the next kernel, then to the exact reference.
+    """
+    for name, kernel in KERNELS.get(q.device.type, ()):
+        if not _usable(name, q, v):
+            continue
+        try:
+            return kernel(q, k, v, scale)
+        except (RuntimeError, NotImplementedError) as err:
+            _refused.add((name, q.dtype, q.shape[-1], v.shape[-1]))
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.debug(
+                "attention with log-sum-exp: kernel %s refused %s q%s k%s v%s (%s); "
+                "falling back for this dtype and head size from now on",
+                name, q.dtype, tuple(q.shape), tuple(k.shape), tuple(v.shape), first,
+            )  # fmt: skip
     return None
 
 

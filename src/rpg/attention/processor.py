@@ -16,6 +16,13 @@ projects it once per pipeline call and reuses the keys and values at every later
 results are the same tensors the projection would produce again, so outputs are bit-identical;
 the price is the memory of every layer's keys and values for the call.
 
+Under ``torch.compile`` nothing in the call reads a tensor's value or changes Python state that
+the compiled code depends on: region indices are built before the loop (:meth:`prepare`), the
+counters are not touched, and the cache is read from fixed slots filled before the loop
+(:meth:`prefill`, done by ``regional`` when it finds a compiled model), one per layer and batch
+half, instead of being filled on the first step. A slot whose shape or dtype does not match the
+call's context is ignored and the layer projects as usual.
+
 Context rows that are copies of one another (several images per prompt, known from the
 conditioning's shapes: :attr:`~rpg.attention.spec.RegionalConditioning.shared_rows`) are
 projected once and expanded as views, so neither the projection nor the cache grows with the
@@ -33,7 +40,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
-from rpg.layout import latent_grid_for_tokens
+from rpg.layout import latent_grid_for_tokens, latent_grids
 
 __all__ = ["RegionalAttnProcessor"]
 
@@ -149,6 +156,9 @@ class RegionalAttnProcessor:
         self._plain_processor = AttnProcessor2_0()
         self.cache_kv = cache_kv
         self._projected: dict[tuple[int, int, int, int, int], _Projected] = {}
+        #: Keys and values projected before the loop, per (layer, batch half): read by compiled
+        #: code, which cannot fill or check a cache at run time (see :meth:`prefill`).
+        self._slots: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         #: Key/value projections computed, and answered from the cache, by this processor.
         self.projections = 0
         self.cache_hits = 0
@@ -156,14 +166,57 @@ class RegionalAttnProcessor:
     def clear_cache(self) -> None:
         """Drop every cached key and value (and the context tensors they were made from)."""
         self._projected.clear()
+        self._slots.clear()
 
     @property
     def cache_bytes(self) -> int:
         """Memory held by cached keys and values."""
-        return sum(
-            p.key.numel() * p.key.element_size() + p.value.numel() * p.value.element_size()
-            for p in self._projected.values()
-        )
+        pairs = [(p.key, p.value) for p in self._projected.values()] + list(self._slots.values())
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in pairs)
+
+    def prepare(self, device: torch.device | str, levels: int = 6) -> None:
+        """Build the region index of every latent grid a UNet sees at this size, on ``device``.
+
+        Done before the denoising loop (``regional`` does it on the conditioning's device) so
+        that no call builds one: building reads index tensors on the host, which compiled code
+        cannot do without a graph break. A grid not built here is still built on first use.
+        """
+        device = torch.device(device)
+        size = (self.layout.height, self.layout.width)
+        for h, w in latent_grids(*size, factor=self.layout.latent_factor, levels=levels):
+            self.index_for(h, w, device)
+
+    def prefill(
+        self, attn: Attention, conditioning: RegionalConditioning, device: torch.device | str
+    ) -> None:
+        """Project ``attn``'s keys and values of both batch halves now, into fixed slots.
+
+        Compiled code reads these slots instead of the run-time cache (whose checks read tensor
+        pointers and versions, which a compiled graph cannot). Only for conditionings with one
+        row per half (:attr:`~RegionalConditioning.shared_rows`), the rows every image repeats.
+        The projection runs on ``attn``'s weights where they are (the CPU under model
+        offloading; the execution device when they are offloaded to ``meta``, where the
+        offloading hooks bring them in) and the slots are kept on ``device``.
+        """
+        if not conditioning.shared_rows:
+            return
+        weight = getattr(attn.to_k, "weight", None)
+        device = torch.device(device)
+        where = weight.device if isinstance(weight, torch.Tensor) else device
+        if where.type == "meta":
+            where = device
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) else None
+        halves: dict[str, tuple[torch.Tensor, Span | None]] = {
+            "positive": (conditioning.prompt_embeds, None)
+        }
+        if self.guidance and conditioning.negative_prompt_embeds is not None:
+            span = self.negative_span if self.negative_region_spans is None else None
+            halves["negative"] = (conditioning.negative_prompt_embeds, span)
+        with torch.no_grad():
+            for kind, (embeds, span) in halves.items():
+                part = embeds[:1].to(device=where, dtype=dtype)
+                key, value = self._project(attn, part, span or (0, part.shape[1]))
+                self._slots[(id(attn), kind)] = (key.to(device), value.to(device))
 
     def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex:
         """The cached :class:`RegionIndex` of an ``h × w`` grid on ``device``."""
@@ -288,18 +341,52 @@ class RegionalAttnProcessor:
         ``context`` is the layer's raw ``encoder_hidden_states``: the cache is keyed on it, so
         ``norm_cross`` runs inside, on a miss only.
         """
+        copies = (rows.stop or context.shape[0]) - (rows.start or 0)
+        if torch.compiler.is_compiling():
+            # No run-time cache in compiled code: read a slot filled before the loop, if any.
+            kind = "negative" if self.guidance and (rows.start or 0) == 0 else "positive"
+            found = self._slots.get((id(attn), kind))
+            if (
+                found is not None
+                and found[0].shape[2] == span[1] - span[0]
+                and found[0].dtype == context.dtype
+            ):
+                key, value = found
+            else:
+                part = context[rows]
+                if copies > 1 and self.shared_rows:
+                    part = part[:1]
+                key, value = self._project(attn, part, span)
+            if key.shape[0] != copies:
+                key = key.expand(copies, -1, -1, -1)
+                value = value.expand(copies, -1, -1, -1)
+            return key, value
         if self.cache_kv:
             slot = (id(attn), rows.start or 0, rows.stop, span[0], span[1])
             fingerprint = _fingerprint(attn, context)
-            found = self._projected.get(slot)
-            if found is not None and found.fingerprint == fingerprint:
+            cached = self._projected.get(slot)
+            if cached is not None and cached.fingerprint == fingerprint:
                 self.cache_hits += 1
-                return found.key, found.value
+                return cached.key, cached.value
         part = context[rows]
         # Several images per prompt repeat the same context rows: project one, view it n times.
-        copies = part.shape[0]
         if copies > 1 and self.shared_rows:
             part = part[:1]
+        key, value = self._project(attn, part, span)
+        if key.shape[0] != copies:
+            key = key.expand(copies, -1, -1, -1)
+            value = value.expand(copies, -1, -1, -1)
+        self.projections += 1
+        # With autograd on, a cached tensor would tie every step to the first step's graph.
+        if self.cache_kv and not key.requires_grad:
+            self._projected[slot] = _Projected(context, fingerprint, key, value)
+        return key, value
+
+    @staticmethod
+    def _project(
+        attn: Attention, part: torch.Tensor, span: Span
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attn``'s keys and values of the tokens ``span`` of the context rows ``part``."""
         if attn.norm_cross:
             # Normalise whole rows, as the stock layer does: a group norm's statistics span tokens.
             part = attn.norm_encoder_hidden_states(part)
@@ -308,13 +395,6 @@ class RegionalAttnProcessor:
         value = _heads(attn.to_v(part), attn.heads)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        if key.shape[0] != copies:
-            key = key.expand(copies, -1, -1, -1)
-            value = value.expand(copies, -1, -1, -1)
-        self.projections += 1
-        # With autograd on, a cached tensor would tie every step to the first step's graph.
-        if self.cache_kv and not key.requires_grad:
-            self._projected[slot] = _Projected(context, fingerprint, key, value)
         return key, value
 
     def _regional(

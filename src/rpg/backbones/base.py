@@ -605,6 +605,10 @@ class Backbone(ABC):
             pipeline_kwargs=pipeline_kwargs,
             call=call,
         ):
+            for wrap in call.step_callbacks:
+                pipeline_kwargs["callback_on_step_end"] = wrap(
+                    pipeline_kwargs.get("callback_on_step_end")
+                )
             output, denoise_seconds, decode_seconds = timed_call(
                 self.pipe,
                 **inputs,

@@ -26,6 +26,9 @@ class StockCall:
     options: Any
     #: The embeddings exactly as passed to the pipeline (same tensor objects).
     inputs: Mapping[str, Any]
+    #: Filled by an attention context that needs the pipeline's step (rather than reading it
+    #: from a tensor): each wraps the call's ``callback_on_step_end`` and returns the wrapper.
+    step_callbacks: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
 #: What :meth:`Backbone.render` (and ``RPG.generate``) can return: PIL images, float arrays in

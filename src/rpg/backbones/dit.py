@@ -234,6 +234,9 @@ class JointBackbone(Backbone):
         )
         negative = call.inputs.get("negative_prompt_embeds") if call is not None else None
         num_images = call.num_images if call is not None else 1
+        if call is not None:
+            # regional_steps: the step comes from the pipeline's loop, not from a tensor read.
+            call.step_callbacks.append(regions.step_callback)
         return self.regional_context(
             regions, guidance=guidance, negative=negative, num_images=num_images
         )

@@ -1,0 +1,85 @@
+"""Tiny pipelines of every backbone and the calls the compile and host-sync tests make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from rpg import RPG, GenerationRequest, RegionPlan
+
+SIZE = 64
+STEPS = 2
+PROMPT = "a red cat on the left and a blue dog on the right"
+MODELS = ("tiny-sd", "tiny-sdxl", "tiny-sd-controlnet", "tiny-flux", "tiny-sd3", "tiny-flux2-klein")
+
+
+def write_models(root: Path) -> Path:
+    """Every tiny backbone (and a ControlNet for tiny-sd) under ``root``."""
+    from rpg.backbones.tiny import tiny_model
+    from rpg.backbones.tiny.controlnet import write_tiny_controlnet
+
+    for name in MODELS:
+        if name == "tiny-sd-controlnet":
+            write_tiny_controlnet(root / "cn-sd", sdxl=False, seed=0)
+            continue
+        found = tiny_model(name)
+        assert found is not None
+        found.write(root / name)
+    return root
+
+
+def load(root: Path, name: str, *, device: str = "cpu", dtype: str = "float32") -> RPG:
+    if name == "tiny-sd-controlnet":
+        rpg = RPG.from_pretrained(
+            root / "tiny-sd", device=device, dtype=dtype, controlnet=root / "cn-sd"
+        )
+    else:
+        rpg = RPG.from_pretrained(root / name, device=device, dtype=dtype)
+    rpg.pipe.set_progress_bar_config(disable=True)
+    return rpg
+
+
+def denoiser_names(pipe: Any) -> list[str]:
+    names = ["transformer"] if hasattr(pipe, "transformer") else ["unet"]
+    if getattr(pipe, "controlnet", None) is not None:
+        names.append("controlnet")
+    return names
+
+
+def call_inputs(name: str) -> dict[str, Any]:
+    """What a render of ``name`` needs besides the request (a ControlNet image)."""
+    if name != "tiny-sd-controlnet":
+        return {}
+    image = Image.new("RGB", (SIZE, SIZE))
+    image.paste((255, 255, 255), (16, 16, 48, 48))
+    return {"image": image}
+
+
+def request(*, base: bool = True, **fields: Any) -> GenerationRequest:
+    plan = RegionPlan.from_split_ratio(
+        "1,1",
+        ["a red cat", "a blue dog"],
+        base_prompt=PROMPT if base else None,
+        base_ratio=0.3 if base else 0.0,
+    )
+    fields = {"steps": STEPS, "seed": 1, "width": SIZE, "height": SIZE, **fields}
+    return GenerationRequest(prompt=PROMPT, plan=plan, **fields)
+
+
+def render(rpg: RPG, name: str, req: GenerationRequest, **call: Any) -> torch.Tensor:
+    """The render's latents (decoding adds nothing the denoiser did)."""
+    out = rpg.generate(req, output_type="latent", **call_inputs(name), **call)
+    image: torch.Tensor = out.images[0]
+    return image
+
+
+def stock(rpg: RPG, name: str, **call: Any) -> Any:
+    """The stock pipeline on the whole prompt, same size, steps and seed."""
+    return rpg.pipe(
+        prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+        output_type="latent", generator=torch.Generator().manual_seed(1),
+        **call_inputs(name), **call,
+    )  # fmt: skip
