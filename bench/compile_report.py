@@ -107,11 +107,19 @@ def request(args: argparse.Namespace) -> GenerationRequest:
         seed=1,
         width=args.size,
         height=args.size,
-        image_attention=args.image_attention,
-        regional_steps=args.regional_steps,
-        regional_blocks=args.regional_blocks,
-        **({"true_cfg_scale": args.true_cfg} if args.true_cfg != 1 else {}),
+        options=family_options(args),
     )
+
+
+def family_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The MM-DiT options that differ from their defaults (a UNet family takes none)."""
+    options = {
+        "image_attention": (args.image_attention, "global"),
+        "regional_steps": (args.regional_steps, 1.0),
+        "regional_blocks": (args.regional_blocks, 1),
+        "true_cfg_scale": (args.true_cfg, 1.0),
+    }
+    return {k: v for k, (v, default) in options.items() if v != default}
 
 
 def compile_denoisers(pipe: Any, form: str, backend: Callable[..., Any], fullgraph: bool) -> None:

@@ -77,9 +77,10 @@ def render(rpg: RPG, name: str, req: GenerationRequest, **call: Any) -> torch.Te
 
 
 def stock(rpg: RPG, name: str, **call: Any) -> Any:
-    """The stock pipeline on the whole prompt, same size, steps and seed."""
-    return rpg.pipe(
-        prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-        output_type="latent", generator=torch.Generator().manual_seed(1),
-        **call_inputs(name), **call,
-    )  # fmt: skip
+    """The stock pipeline on the whole prompt, same size, steps, seed and scheduler."""
+    with rpg.backbone.using_scheduler(rpg.backbone.request_scheduler()):
+        return rpg.pipe(
+            prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+            output_type="latent", generator=torch.Generator().manual_seed(1),
+            **call_inputs(name), **call,
+        )  # fmt: skip
