@@ -352,7 +352,8 @@ def test_cli_several_controlnets_and_clear_errors(
     scales = ["--control-scale", "0.5", "--control-scale", "1.0"]
     assert main([*base, *two, *images, *scales, "--out", str(tmp_path / "two.png")]) == 0
 
-    assert main([*base, *two, "--control-image", str(edges), "--out", str(tmp_path / "x.png")]) == 1
-    assert "got 1 control image for 2 ControlNets" in capsys.readouterr().err
-    assert main([*base, "--control-image", str(edges), "--out", str(tmp_path / "y.png")]) == 1
-    assert "--controlnet" in capsys.readouterr().err
+    # usage errors, found before any model loads (exit 2)
+    assert main([*base, *two, "--control-image", str(edges), "--out", str(tmp_path / "x.png")]) == 2
+    assert "--control-image given once for 2 ControlNets" in capsys.readouterr().err
+    assert main([*base, "--control-image", str(edges), "--out", str(tmp_path / "y.png")]) == 2
+    assert "--control-image needs --controlnet" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def _flux_inputs(batch: int, n_text: int, seed: int) -> dict[str, Any]:
 def _sd3_inputs(batch: int, n_text: int, seed: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "hidden_states": torch.randn(batch, 4, HEIGHT // 8, WIDTH // 8, generator=g),
+        "hidden_states": torch.randn(batch, 16, HEIGHT // 8, WIDTH // 8, generator=g),
         "encoder_hidden_states": torch.randn(batch, n_text, TEXT_DIM, generator=g),
         "pooled_projections": torch.randn(batch, POOLED_DIM, generator=g),
         "timestep": torch.full((batch,), 700.0),

@@ -169,14 +169,18 @@ def check_control_flags(
         )
     if count and images and len(images) != count:
         raise UsageError(
-            f"--control-image given {len(images)} times for {count} ControlNet"
+            f"--control-image given {_times(len(images))} for {count} ControlNet"
             f"{'s' if count != 1 else ''}; give one per --controlnet, in the same order"
         )
     if count and scales and len(scales) not in (1, count):
         raise UsageError(
-            f"--control-scale given {len(scales)} times for {count} ControlNet"
+            f"--control-scale given {_times(len(scales))} for {count} ControlNet"
             f"{'s' if count != 1 else ''}; give one for all, or one per --controlnet"
         )
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
 
 
 def _writable_folder_problem(folder: Path) -> str | None:
