@@ -180,6 +180,33 @@ def test_cancel_stops_a_running_render_between_steps(client: TestClient) -> None
     assert after["state"] == "done"
 
 
+def test_cancel_stops_a_running_render_within_the_step(client: TestClient, tiny_rpg: Any) -> None:
+    """Cancel pressed mid-step: no further attention layer runs, the step never ends."""
+    unet = tiny_rpg.pipe.unet
+    layers = [m for m in unet.modules() if hasattr(m, "processor")]
+    calls: list[int] = []
+    job_id: list[str] = []
+
+    def press_cancel_on_fifth_layer(module: Any, args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            client.post(f"/api/jobs/{job_id[0]}/cancel", json={})
+
+    handles = [layer.register_forward_pre_hook(press_cancel_on_fifth_layer) for layer in layers]
+    try:
+        job = client.post("/api/generate", json={"request": settings(steps=50)}).json()
+        job_id.append(job["id"])
+        stopped = wait(client, job)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert stopped["state"] == "cancelled"
+    # the stop check runs before the next layer: nothing ran after the 5th, and since a
+    # step of the tiny UNet has more than 5 attention layers, no step ended
+    assert len(calls) == 5 < len(layers)
+    assert stopped["step"] == 0
+
+
 def test_queue_runs_in_order_cancels_queued_jobs_and_survives_failures() -> None:
     queue = JobQueue(str)
     release = threading.Event()

@@ -56,6 +56,7 @@ from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
+from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
     MAX_UPLOAD_BYTES,
@@ -310,7 +311,8 @@ class _App:
     def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
         job.total = request.steps
         self._plan_first(request, job)
-        result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
+        with stop_checks(self.pipe, job.cancel_requested):
+            result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
         return {"images": self._save(job, result), "view": plan_view(result.plan)}
 
     def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
@@ -328,13 +330,14 @@ class _App:
                 critiques.append(f"round {done.index}: {done.critique}")
             job.message = f"round {done.index} rendered"
 
-        out = self.pipe.refine(
-            request,
-            rounds=rounds,
-            planner=TimedReviewer(reviewer, self.planning),
-            on_round=on_round,
-            callback_on_step_end=job.step_callback,
-        )
+        with stop_checks(self.pipe, job.cancel_requested):
+            out = self.pipe.refine(
+                request,
+                rounds=rounds,
+                planner=TimedReviewer(reviewer, self.planning),
+                on_round=on_round,
+                callback_on_step_end=job.step_callback,
+            )
         return {"images": images, "view": plan_view(out.plan), "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:

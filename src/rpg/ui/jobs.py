@@ -3,8 +3,9 @@
 A loaded pipeline is not safe to call from two threads at once, so every render goes through
 :class:`JobQueue`, which runs one job at a time in submission order. Each job records its state,
 its progress in denoising steps and its error, so any tab can poll it; a failure ends that job
-only. Cancelling a queued job removes it; cancelling a running one stops it at the next denoising
-step (see :meth:`Job.step_callback`).
+only. Cancelling a queued job removes it; cancelling a running one stops it before the next
+attention layer (the app renders under :func:`rpg.stopping.stop_checks` with the job's
+``cancel_requested`` event) or, at the latest, at the end of the step (:meth:`Job.step_callback`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rpg.errors import RPGError
+from rpg.stopping import Stopped
 
 __all__ = ["Job", "JobCancelled", "JobQueue", "JobState", "new_job_id"]
 
@@ -161,7 +163,7 @@ class JobQueue:
     def _execute(self, job: Job) -> None:
         try:
             job.result = job.work(job)
-        except JobCancelled:
+        except (JobCancelled, Stopped):
             job.state, job.message = "cancelled", f"cancelled at step {job.step}/{job.total}"
         except Exception as exc:
             if not isinstance(exc, (RPGError, ValueError)):
