@@ -96,7 +96,9 @@ def test_run_eval_scores_resumes_and_reports(tiny_rpg: Any, tmp_path: Path) -> N
         progress=False,
         on_record=rendered.append,
     )
+    scheduler = tiny_rpg.pipe.scheduler
     records = run_eval(tiny_rpg, items, **kwargs)
+    assert tiny_rpg.pipe.scheduler is scheduler  # the stock renders left the pipeline as found
     assert len(records) == len(rendered) == 6
     assert {r["method"] for r in records} == {"stock", "rpg:rules", "exact:base=0"}
     for r in records:

@@ -29,13 +29,14 @@ _OUTLINE = [(255, 0, 255), (0, 200, 200), (255, 140, 0), (120, 120, 120)]
 
 
 def _stock(pipe: RPG, prompt: str, seed: int, steps: int, guidance: float) -> Image.Image:
-    pipe.backbone.set_scheduler(pipe.backbone.default_scheduler)
-    out = pipe.backbone.pipe(
-        prompt=prompt,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
-    )
+    backbone = pipe.backbone
+    with backbone.using_scheduler(backbone.request_scheduler()):  # for this call only
+        out = backbone.pipe(
+            prompt=prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+        )
     image: Image.Image = out.images[0]
     return image
 

@@ -134,15 +134,16 @@ def _render(
     backbone = pipe.backbone
     width, height = settings["width"], settings["height"]
     if method.kind == "stock":
-        backbone.set_scheduler(backbone.default_scheduler)
-        images = backbone.pipe(
-            prompt=item.prompt,
-            num_inference_steps=settings["steps"],
-            guidance_scale=settings["guidance_scale"],
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            width=width,
-            height=height,
-        ).images
+        # the scheduler rpg's requests get, for this call only: the pipeline is left as found
+        with backbone.using_scheduler(backbone.request_scheduler()):
+            images = backbone.pipe(
+                prompt=item.prompt,
+                num_inference_steps=settings["steps"],
+                guidance_scale=settings["guidance_scale"],
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                width=width,
+                height=height,
+            ).images
         return images[0], None
     plan = None
     if method.kind == "exact":
