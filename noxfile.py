@@ -96,7 +96,9 @@ def docs(session: nox.Session) -> None:
     too. ``-E`` re-reads every page, so a warning in a page that did not change still fails.
     """
     _see_parent_environment(session)
-    _install(session, "--no-deps", "./examples/rpg-example-planner")
+    # rpg itself too, so the pages' `rpg` commands run this environment's Python, which sees
+    # the example plugin (the parent environment's `rpg` would not)
+    _install(session, "--no-deps", "-e", ".", "./examples/rpg-example-planner")
     session.run(
         "python", "-m", "sphinx", "-E", "-W", "--keep-going", "-q", "-b", "html",
         "docs", "docs/_build/html", env=OFFLINE,

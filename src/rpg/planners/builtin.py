@@ -65,7 +65,7 @@ def rpg_register_planners(registry: PlannerRegistry) -> None:
         _openai,
         description="OpenAI API or any OpenAI-compatible server (--base-url); needs a key",
     )
-    registry.register("ollama", _ollama, description="a model served by Ollama (--host)")
+    registry.register("ollama", _ollama, description="a model served by Ollama (--ollama-host)")
     registry.register(
         "hf", _hf, description="a local transformers/GGUF model, schema-constrained decoding"
     )
