@@ -156,12 +156,12 @@ def test_every_scheduler_renders(tiny_rpg: Any, name: str) -> None:
 
 def test_schedulers_are_built_from_the_original_config(tiny_rpg: Any) -> None:
     backbone = tiny_rpg.backbone
-    backbone.set_scheduler("dpm++2m-karras")
-    assert backbone.pipe.scheduler.config.use_karras_sigmas is True
-    backbone.set_scheduler("euler")
-    assert type(backbone.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
-    assert not backbone.pipe.scheduler.config.use_karras_sigmas
-    assert backbone.pipe.scheduler.config.beta_schedule == "scaled_linear"
+    with backbone.using_scheduler("dpm++2m-karras"):  # the shared pipeline is left as found
+        assert backbone.pipe.scheduler.config.use_karras_sigmas is True
+    with backbone.using_scheduler("euler"):
+        assert type(backbone.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+        assert not backbone.pipe.scheduler.config.use_karras_sigmas
+        assert backbone.pipe.scheduler.config.beta_schedule == "scaled_linear"
     default = make_scheduler("default", backbone.scheduler_config)
     assert type(default).__name__ == "PNDMScheduler"
 
