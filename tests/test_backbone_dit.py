@@ -27,6 +27,7 @@ from rpg.layout import check_cell_sizes
 from rpg.metadata import load_request, read_metadata
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
+from tiny_helpers import torch_threads, write_tiny_models
 
 W, H = 80, 144
 PROMPT = "A red cat on the left and a blue dog on the right"
@@ -34,22 +35,15 @@ PROMPT = "A red cat on the left and a blue dog on the right"
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def dit_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both tiny DiT models written once, where ``--model tiny-flux``/``tiny-sd3`` find them."""
-    from rpg.backbones.tiny import tiny_model
-
     root = tmp_path_factory.mktemp("rpg-dit-cache")
-    for name in ("tiny-flux", "tiny-sd3"):
-        found = tiny_model(name)
-        assert found is not None
-        found.write(root / name)
+    write_tiny_models(root, ("tiny-flux", "tiny-sd3"))
     return root
 
 

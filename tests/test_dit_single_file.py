@@ -35,6 +35,7 @@ from single_file import (
     save_transformer_single_file,
     sd3_to_original_state_dict,
 )
+from tiny_helpers import torch_threads
 
 PROMPT = "a cat on the left and a dog on the right"
 FAMILIES = ["flux", "sd3"]
@@ -43,10 +44,8 @@ TRANSFORMERS = {"flux": FluxTransformer2DModel, "sd3": SD3Transformer2DModel}
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

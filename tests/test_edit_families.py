@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rpg.edit import edit
@@ -16,6 +15,7 @@ from rpg.errors import ConfigurationError
 from rpg.models import PlanResult, RegionPlan
 from rpg.orchestrator import RPG
 from rpg.planners.feedback import EditPlan, RegionChange, Review
+from tiny_helpers import torch_threads, write_tiny_models
 
 PLAN = RegionPlan.from_split_ratio("1,1", ["a red cat", "a blue dog"], base_prompt="pets")
 
@@ -43,21 +43,14 @@ class FakeVisionPlanner:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rpg.backbones.tiny import tiny_model
-
     root = tmp_path_factory.mktemp("rpg-edit-cache")
-    for name in ("tiny-flux", "tiny-sd3", "tiny-flux2-klein"):
-        found = tiny_model(name)
-        assert found is not None
-        found.write(root / name)
+    write_tiny_models(root, ("tiny-flux", "tiny-sd3", "tiny-flux2-klein"))
     return root
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
+from tiny_helpers import torch_threads, write_tiny_models
 
 NAMES = ("tiny-sd", "tiny-sdxl", "tiny-flux", "tiny-sd3", "tiny-flux2-klein")
 PROMPT = "a red cat and a blue dog in a garden"
@@ -27,23 +26,16 @@ JOINT = {"tiny-flux", "tiny-sd3", "tiny-flux2-klein"}
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RPG]:
-    from rpg.backbones.tiny import tiny_model
-
-    root = tmp_path_factory.mktemp("rpg-encode-cache")
+    folders = write_tiny_models(tmp_path_factory.mktemp("rpg-encode-cache"), NAMES)
     out = {}
-    for name in NAMES:
-        found = tiny_model(name)
-        assert found is not None
-        found.write(root / name)
-        pipe = RPG.from_pretrained(Path(root / name), device="cpu", dtype="float32")
+    for name, folder in folders.items():
+        pipe = RPG.from_pretrained(folder, device="cpu", dtype="float32")
         pipe.pipe.set_progress_bar_config(disable=True)
         out[name] = pipe
     return out

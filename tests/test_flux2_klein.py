@@ -40,6 +40,7 @@ from rpg.errors import ConfigurationError
 from rpg.metadata import read_metadata
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
+from tiny_helpers import torch_threads
 
 H, W = 80, 144  # 5 × 9 patches: odd on both axes
 NAME = "tiny-flux2-klein"
@@ -47,10 +48,8 @@ NAME = "tiny-flux2-klein"
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 # ------------------------------------------------------------------------------ block level

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rpg.cli import main
 from rpg.metadata import load_request, read_metadata
+from tiny_helpers import torch_threads
 
 DATA = Path(__file__).parent / "data" / "v0679977"
 
@@ -25,10 +25,8 @@ DATA = Path(__file__).parent / "data" / "v0679977"
 @pytest.fixture(autouse=True, scope="module")
 def _two_threads() -> Iterator[None]:
     """The files were written with 2 threads; CPU matmuls round by thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 def test_old_fields_move_into_the_family_options() -> None:

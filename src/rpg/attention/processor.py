@@ -352,15 +352,11 @@ class RegionalAttnProcessor:
                 and found[0].dtype == context.dtype
             ):
                 key, value = found
-            else:
-                part = context[rows]
-                if copies > 1 and self.shared_rows:
-                    part = part[:1]
-                key, value = self._project(attn, part, span)
-            if key.shape[0] != copies:
-                key = key.expand(copies, -1, -1, -1)
-                value = value.expand(copies, -1, -1, -1)
-            return key, value
+                if key.shape[0] != copies:
+                    key = key.expand(copies, -1, -1, -1)
+                    value = value.expand(copies, -1, -1, -1)
+                return key, value
+            return self._project_rows(attn, context, rows, span, copies)
         if self.cache_kv:
             slot = (id(attn), rows.start or 0, rows.stop, span[0], span[1])
             fingerprint = _fingerprint(attn, context)
@@ -368,6 +364,17 @@ class RegionalAttnProcessor:
             if cached is not None and cached.fingerprint == fingerprint:
                 self.cache_hits += 1
                 return cached.key, cached.value
+        key, value = self._project_rows(attn, context, rows, span, copies)
+        self.projections += 1
+        # With autograd on, a cached tensor would tie every step to the first step's graph.
+        if self.cache_kv and not key.requires_grad:
+            self._projected[slot] = _Projected(context, fingerprint, key, value)
+        return key, value
+
+    def _project_rows(
+        self, attn: Attention, context: torch.Tensor, rows: slice, span: Span, copies: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context[rows, span]``, ``copies`` rows deep."""
         part = context[rows]
         # Several images per prompt repeat the same context rows: project one, view it n times.
         if copies > 1 and self.shared_rows:
@@ -376,10 +383,6 @@ class RegionalAttnProcessor:
         if key.shape[0] != copies:
             key = key.expand(copies, -1, -1, -1)
             value = value.expand(copies, -1, -1, -1)
-        self.projections += 1
-        # With autograd on, a cached tensor would tie every step to the first step's graph.
-        if self.cache_kv and not key.requires_grad:
-            self._projected[slot] = _Projected(context, fingerprint, key, value)
         return key, value
 
     @staticmethod

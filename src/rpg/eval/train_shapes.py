@@ -91,22 +91,9 @@ def word_tokenizer_files() -> tuple[dict[str, int], list[str]]:
 
 def write_word_tokenizer(folder: Path) -> None:
     """Write the word-level CLIP tokenizer (vocab, merges and configs) to ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = word_tokenizer_files()
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": MAX_LENGTH,
-        "bos_token": _BOS,
-        "eos_token": _EOS,
-        "unk_token": _EOS,
-        "pad_token": _EOS,
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    special = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": _EOS}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
+    from rpg.backbones.tiny.components import write_tokenizer
+
+    write_tokenizer(folder, word_tokenizer_files())
 
 
 def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) -> dict[str, Any]:

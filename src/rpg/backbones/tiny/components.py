@@ -71,14 +71,17 @@ def byte_level_vocab() -> tuple[dict[str, int], list[str]]:
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
-def write_tokenizer(folder: Path) -> None:
-    """Write the byte-level CLIP tokenizer of :func:`byte_level_vocab` into ``folder``.
+def write_tokenizer(
+    folder: Path, vocab_and_merges: tuple[dict[str, int], list[str]] | None = None
+) -> None:
+    """Write a CLIP tokenizer into ``folder``: by default the byte-level one of
+    :func:`byte_level_vocab`, else the given vocabulary and merges (the shapes world's words).
 
     ``vocab.json``, ``merges.txt`` and the tokenizer configs (``model_max_length=77``), ready for
     ``CLIPTokenizer.from_pretrained(folder)``.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = byte_level_vocab()
+    vocab, merges = vocab_and_merges or byte_level_vocab()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text(
         "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
