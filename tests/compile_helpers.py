@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import torch
 from PIL import Image
 
 from rpg import RPG, GenerationRequest, RegionPlan
+from rpg.attention.diagnostics import HostSyncCounter
 
 SIZE = 64
 STEPS = 2
@@ -84,3 +87,13 @@ def stock(rpg: RPG, name: str, **call: Any) -> Any:
             output_type="latent", generator=torch.Generator().manual_seed(1),
             **call_inputs(name), **call,
         )  # fmt: skip
+
+
+def count_host_syncs(pipe: Any, run: Callable[[], Any]) -> HostSyncCounter:
+    """One counter over every forward of the pipeline's denoisers during ``run()``."""
+    counter = HostSyncCounter()
+    with ExitStack() as watching:
+        for name in denoiser_names(pipe):
+            watching.enter_context(counter.watch(getattr(pipe, name)))
+        run()
+    return counter

@@ -21,6 +21,7 @@ from compile_helpers import (
     SIZE,
     STEPS,
     call_inputs,
+    count_host_syncs,
     denoiser_names,
     load,
     render,
@@ -28,7 +29,7 @@ from compile_helpers import (
     write_models,
 )
 from rpg import GenerationRequest, RegionPlan
-from rpg.attention.diagnostics import HostSyncCounter, graph_breaks
+from rpg.attention.diagnostics import graph_breaks
 
 pytestmark = [
     pytest.mark.gpu,
@@ -128,16 +129,7 @@ def test_no_device_to_host_copies_per_step(models: Path, name: str) -> None:
         lambda: render(rpg, name, request()),
         lambda: _stock_latents(rpg, name, PROMPT, None),
     ):
-        counter = HostSyncCounter()
-        watches = [counter.watch(getattr(rpg.pipe, a)) for a in denoiser_names(rpg.pipe)]
-        for w in watches:
-            w.__enter__()
-        try:
-            run()
-        finally:
-            for w in reversed(watches):
-                w.__exit__(None, None, None)
-        counters.append(counter)
+        counters.append(count_host_syncs(rpg.pipe, run))
     ours, theirs = counters
     for kind in set(ours.counts) | set(theirs.counts):
         assert ours.counts[kind] <= theirs.counts[kind], (kind, ours.counts, theirs.counts)

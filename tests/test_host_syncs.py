@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from compile_helpers import denoiser_names, load, render, request, stock, write_models
+from compile_helpers import count_host_syncs, load, render, request, stock, write_models
 from rpg.attention.diagnostics import HostSyncCounter
 
 
@@ -41,16 +41,7 @@ def test_the_counter_sees_each_kind_of_sync() -> None:
 
 
 def _count(pipe: Any, run: Any) -> HostSyncCounter:
-    """One counter over every forward of the pipeline's denoisers during ``run()``."""
-    counter = HostSyncCounter()
-    watches = [counter.watch(getattr(pipe, a)) for a in denoiser_names(pipe)]
-    for w in watches:
-        w.__enter__()
-    try:
-        run()
-    finally:
-        for w in reversed(watches):
-            w.__exit__(None, None, None)
+    counter = count_host_syncs(pipe, run)
     assert counter.calls > 0
     return counter
 

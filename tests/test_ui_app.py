@@ -21,6 +21,7 @@ from rpg.models import PlanResult, Recaption, RegionPlan
 from rpg.planners.feedback import EditPlan, Review
 from rpg.ui import build_app
 from rpg.ui.jobs import JobCancelled, JobQueue
+from ui_helpers import wait
 
 PROMPT = "A red cat on the left and a blue dog on the right"
 #: The app answers loopback names only; TestClient would send Host: testserver.
@@ -34,15 +35,6 @@ def client(tiny_rpg: Any, tmp_path: Path) -> TestClient:
     return TestClient(
         build_app(tiny_rpg, output_dir=tmp_path / "out", planner="rules"), base_url=LOCAL
     )
-
-
-def wait(client: TestClient, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while job["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, f"job still {job['state']}: {job}"
-        time.sleep(0.05)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
 
 
 def settings(**overrides: Any) -> dict[str, Any]:

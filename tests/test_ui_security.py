@@ -25,6 +25,7 @@ from rpg.ui import build_app
 from rpg.ui.bodies import MAX_JSON_BYTES, MAX_TEXT_CHARS
 from rpg.ui.guard import OriginPolicy
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout
+from ui_helpers import wait
 
 PROMPT = "A red cat on the left and a blue dog on the right"
 PLAN = RegionPlan.from_split_ratio("1,1", ["a cat", "a dog"]).model_dump(mode="json")
@@ -49,15 +50,6 @@ def app(tiny_rpg: Any, out: Path) -> Any:
 @pytest.fixture
 def client(app: Any) -> TestClient:
     return TestClient(app, base_url="http://127.0.0.1:7860")
-
-
-def wait(client: TestClient, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while job["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, f"job still {job['state']}: {job}"
-        time.sleep(0.05)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
 
 
 # ----------------------------------------------------------------------------- origins, hosts
