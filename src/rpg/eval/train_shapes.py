@@ -96,7 +96,14 @@ def write_word_tokenizer(folder: Path) -> None:
     write_tokenizer(folder, word_tokenizer_files())
 
 
-def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) -> dict[str, Any]:
+def build_components(
+    tok_dir: Path,
+    *,
+    seed: int,
+    unet_channels: Sequence[int],
+    vae_channels: Sequence[int] = (16, 32, 32),
+    latent_channels: int = 4,
+) -> dict[str, Any]:
     """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights)."""
     from diffusers import (
         AutoencoderKL,
@@ -128,8 +135,8 @@ def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) 
     levels = len(unet_channels)
     unet = UNet2DConditionModel(
         sample_size=16,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=tuple(unet_channels),
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
@@ -143,9 +150,9 @@ def build_components(tok_dir: Path, *, seed: int, unet_channels: Sequence[int]) 
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        block_out_channels=tuple(vae_channels),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         # few groups: with one channel per group, GroupNorm erases the colour of a flat image
         norm_num_groups=4,
         sample_size=64,
@@ -226,7 +233,13 @@ def _smooth(values: list[float], k: int = 20) -> float:
 
 
 def train_vae(vae: Any, rng: random.Random, args: argparse.Namespace, log: Any) -> list[float]:
-    """Reconstruction (L1 + MSE) of the posterior mean; flat colours need only a few minutes."""
+    """Reconstruction (L1 + MSE) of the posterior mean, until ``--vae-steps`` or ``--vae-target``.
+
+    Every ``--vae-check-every`` steps the round trip is scored (:mod:`rpg.eval.vae_fidelity`):
+    the UNet can never draw what the VAE cannot decode.
+    """
+    from rpg.eval.vae_fidelity import reconstruction_binding
+
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     losses: list[float] = []
     start = time.monotonic()
@@ -244,6 +257,12 @@ def train_vae(vae: Any, rng: random.Random, args: argparse.Namespace, log: Any) 
         if step % args.log_every == 0 or step == args.vae_steps:
             rate = (time.monotonic() - start) / step
             log(f"vae  step {step}/{args.vae_steps} loss {_smooth(losses):.4f} ({rate:.2f} s/step)")
+        if args.vae_check_every and (step % args.vae_check_every == 0 or step == args.vae_steps):
+            kept = reconstruction_binding(vae, scenes=32)
+            log(f"vae  step {step}/{args.vae_steps} reconstruction binding {kept:.3f}")
+            if args.vae_target and kept >= args.vae_target:
+                log(f"vae  reached --vae-target {args.vae_target}; on to the UNet")
+                break
     return losses
 
 
@@ -379,6 +398,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-from", help="start the VAE from this AutoencoderKL folder")
+    p.add_argument("--vae-channels", default="16,32,32", help="VAE block widths (3 levels)")
+    p.add_argument("--latent-channels", type=int, default=4)
+    p.add_argument(
+        "--vae-check-every",
+        type=int,
+        default=0,
+        help="score the VAE round trip every N steps (0: never; see rpg.eval.vae_fidelity)",
+    )
+    p.add_argument(
+        "--vae-target",
+        type=float,
+        default=0.0,
+        help="stop the VAE training once the round trip keeps this fraction of objects",
+    )
     p.add_argument("--unet-channels", default="32,64,64")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=25)
@@ -414,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             Path(tmp) / "tok",
             seed=args.seed,
             unet_channels=[int(c) for c in args.unet_channels.split(",")],
+            vae_channels=[int(c) for c in args.vae_channels.split(",")],
+            latent_channels=args.latent_channels,
         )
     sizes = {
         k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")
