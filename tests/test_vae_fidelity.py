@@ -80,6 +80,8 @@ def test_training_stops_the_vae_once_the_round_trip_reaches_the_target(
             "1",
             "--threads",
             "1",
+            "--checkpoint-every",
+            "5",
             "--latent-channels",
             "8",
             "--vae-channels",
@@ -91,6 +93,7 @@ def test_training_stops_the_vae_once_the_round_trip_reaches_the_target(
     assert "vae  step 2/50 reconstruction binding 0.995" in out
     assert "reached --vae-target 0.99" in out
     assert "vae  step 3/50" not in out
+    assert (tmp_path / "m-vae-best" / "config.json").is_file()  # the best round trip, kept
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "m")
