@@ -72,13 +72,14 @@ def _spans(
 
 
 # ------------------------------------------------------------------------------- UNet (cross)
-def _naive_unet(attn, x, ctx, plan: RegionPlan, grid, spans, base_span, background_span):
+def _naive_unet(attn, x, ctx, plan: RegionPlan, grid, spans, base_span, background_span, mask):
     h, w = grid
     weights, background = plan.layer_weights(h, w)
     betas = plan.base_weights()
 
     def stock(span: Span) -> torch.Tensor:
-        return STOCK(attn, x, ctx[:, span[0] : span[1]])
+        m = None if mask is None else mask[..., span[0] : span[1]]
+        return STOCK(attn, x, ctx[:, span[0] : span[1]], attention_mask=m)
 
     base = None if base_span is None else stock(base_span)
     out = torch.zeros_like(x)
@@ -118,16 +119,25 @@ def test_unet_processor_matches_naive_canvas_reference(seed: int) -> None:
     )
     h, w = height // 8, width // 8
     x = torch.randn(batch, h * w, 16)
+    mask = None
+    if seed % 4 == 1:  # an additive key mask as UNets pass encoder_attention_mask
+        mask = torch.where(torch.rand(batch, 1, total) < 0.7, 0.0, -10000.0)
     proc = RegionalAttnProcessor(cond, layout, guidance=guidance)
-    background = base_span or global_span or (0, 0)
+    bg = base_span or global_span or (0, 0)
     with torch.no_grad():
-        got = proc(attn, x, embeds)
+        got = proc(attn, x, embeds, attention_mask=mask)
         if guidance:
-            neg = STOCK(attn, x[:1], embeds[:1, 0:1])
-            pos = _naive_unet(attn, x[1:], embeds[1:], plan, (h, w), spans, base_span, background)
+            neg = STOCK(
+                attn,
+                x[:1],
+                embeds[:1, 0:1],
+                attention_mask=mask[:1, :, 0:1] if mask is not None else None,
+            )
+            pos_mask = None if mask is None else mask[1:]
+            pos = _naive_unet(attn, x[1:], embeds[1:], plan, (h, w), spans, base_span, bg, pos_mask)
             want = torch.cat([neg, pos])
         else:
-            want = _naive_unet(attn, x, embeds, plan, (h, w), spans, base_span, background)
+            want = _naive_unet(attn, x, embeds, plan, (h, w), spans, base_span, bg, mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
