@@ -16,6 +16,8 @@ API (paths relative to where the app is mounted):
 ``POST /api/plan/check``           ``{plan}`` → plan view (after a drag or a field edit)
 ``POST /api/plan/edit``            ``{plan, edit, row, col}`` → plan view (split, merge, ...)
 ``POST /api/plan/text``            ``{split_ratio, prompts, base_prompt, base_ratio, plan}``
+``POST /api/plan/layer``           ``{plan, edit, layer, box, mask}`` → plan view (canvas mode)
+``POST /api/mask``                 raw PNG bytes → ``{mask}``, a layer mask for ``set_mask``
 ``POST /api/generate``             ``{request, plan}`` → queued job
 ``POST /api/refine``               ``{request, plan, rounds}`` → queued job
 ``GET  /api/jobs/{id}``            state, step/total, queue position, error, images
@@ -55,13 +57,15 @@ from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_schedu
 from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
-from rpg.models import GenerationRequest, RegionPlan
+from rpg.models import GenerationRequest, LayerMask, RegionPlan
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
+    MAX_MASK_UPLOAD_BYTES,
     MAX_UPLOAD_BYTES,
     CancelBody,
     EditBody,
+    LayerEditBody,
     PlanBody,
     PlanCheckBody,
     PlanTextBody,
@@ -70,7 +74,14 @@ from rpg.ui.bodies import (
     TextTooLong,
     check_text_sizes,
 )
-from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
+from rpg.ui.edits import (
+    PlanEditError,
+    add_layer,
+    apply_edit,
+    apply_layer_edit,
+    plan_from_text,
+    plan_view,
+)
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
@@ -86,6 +97,10 @@ STATIC = Path(__file__).parent / "static"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.png$")
 _PNG_TYPES: tuple[str, ...] = ("image/png", "application/octet-stream")
 _REOPEN_TOO_LARGE = "the file is larger than {limit}, the most a PNG to reopen may have"
+_MASK_TOO_LARGE = "the file is larger than {limit}, the most a mask image may have"
+#: Masks are kept at most this many pixels on their long side: finer than any latent or patch
+#: grid they are resampled to (128 at 1024 px), and small enough to travel in the plan.
+MAX_MASK_SIDE = 512
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -271,6 +286,26 @@ class _App:
             return _fail(exc, "text")
         return JSONResponse(plan_view(plan))
 
+    async def layer(self, request: Request) -> Response:
+        body = await _body(request, LayerEditBody, "layer")
+        try:
+            if body.plan is None and body.edit == "add_layer" and body.box is not None:
+                plan = add_layer(None, body.box, base_prompt=body.base_prompt)
+            else:
+                plan = apply_layer_edit(
+                    _need_plan(body.plan), body.edit, body.layer, box=body.box, mask=body.mask
+                )
+            return JSONResponse(plan_view(plan))
+        except (PlanEditError, ValueError) as exc:
+            return _fail(exc, "layer")
+
+    async def mask(self, request: Request) -> Response:
+        body = await read_body(request, MAX_MASK_UPLOAD_BYTES, _MASK_TOO_LARGE)
+        filename = Path(unquote(request.headers.get("x-filename") or "mask.png")).name
+        if not body:
+            raise UserError("the mask file is empty", "mask")
+        return JSONResponse({"mask": _read_mask(body, filename).model_dump(mode="json")})
+
     # ------------------------------------------------------------------ rendering
 
     def _request(self, body: RenderBody) -> GenerationRequest:
@@ -416,6 +451,45 @@ class _App:
         return JSONResponse({"request": fields, "view": view, "filename": filename})
 
 
+def _read_mask(data: bytes, filename: str) -> LayerMask:
+    """A layer mask from an uploaded image: grayscale, white paints the layer, black does not.
+
+    A transparent pixel paints nothing whatever its colour (a mask painted on a transparent
+    background in an image editor means what it shows). Images larger than
+    :data:`MAX_MASK_SIDE` are shrunk by area averaging, as every grid the mask is resampled to
+    would average them anyway.
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()
+                image = opened.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as exc:
+        raise UserError(
+            f"{filename} is not a readable image ({format_error(exc)}); upload a PNG whose "
+            "white parts are the layer and black parts are not",
+            "mask",
+        ) from None
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba).convert("L")
+    if max(image.size) > MAX_MASK_SIDE:
+        scale = MAX_MASK_SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BOX)
+    try:
+        return LayerMask.from_image(image)
+    except (ValidationError, ValueError) as exc:
+        raise UserError(f"{filename}: {format_error(exc)}", "mask") from None
+
+
 async def _user_error(request: Request, exc: Exception) -> Response:
     return _fail(exc, getattr(exc, "field", None))
 
@@ -488,6 +562,8 @@ def build_app(
         Route("/api/plan/check", handlers.check, methods=["POST"]),
         Route("/api/plan/edit", handlers.edit, methods=["POST"]),
         Route("/api/plan/text", handlers.text, methods=["POST"]),
+        Route("/api/plan/layer", handlers.layer, methods=["POST"]),
+        Route("/api/mask", handlers.mask, methods=["POST"]),
         Route("/api/generate", handlers.generate, methods=["POST"]),
         Route("/api/refine", handlers.refine, methods=["POST"]),
         Route("/api/jobs/{job_id}", handlers.job),
@@ -512,7 +588,10 @@ def build_app(
                 Guard,
                 policy=policy,
                 default_limit=MAX_JSON_BYTES,
-                raw_routes=[("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE)],
+                raw_routes=[
+                    ("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE),
+                    ("/api/mask", MAX_MASK_UPLOAD_BYTES, _PNG_TYPES, _MASK_TOO_LARGE),
+                ],
             )
         ],
     )
