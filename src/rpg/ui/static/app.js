@@ -378,8 +378,9 @@ async function layerEdit(name, extra) {
     }
     return true;
   } catch (e) {
-    showError(state.view ? "edit-error" : "layer-error", e.message);
-    if (name === "to_grid" || name === "to_canvas") showError("layer-error", e.message);
+    // Mode switches and a first box answer under the canvas; layer tools next to their buttons.
+    const mode = !state.view || name === "to_grid" || name === "to_canvas";
+    showError(mode ? "layer-error" : "edit-error", e.message);
     return false;
   }
 }
