@@ -380,7 +380,7 @@ def to_grid(plan: RegionPlan) -> RegionPlan:
             "the layers do not stack in rows from the top edge to the bottom edge (a gap, an "
             "overlap or a box across two rows); only layers that tile the canvas become a grid"
         )
-    rows = []
+    rows: list[dict[str, Any]] = []
     for band in ordered:
         band.sort(key=lambda item: item[1][0])
         if not _tiles([(box[0], box[2]) for _, box in band]):
