@@ -172,3 +172,18 @@ def test_mask_uploads_keep_the_origin_guard(client: TestClient) -> None:
     foreign = TestClient(client.app, base_url="http://evil.example")
     assert foreign.post("/api/mask", content=png(image), headers=PNG).status_code == 403
     assert foreign.post("/api/plan/layer", json={"edit": "to_grid"}).status_code == 403
+
+
+def test_checks_warn_about_layers_that_paint_nothing_at_the_render_size(
+    client: TestClient,
+) -> None:
+    view = layer_edit(client, edit="add_layer", box=[0, 0, 1, 1]).json()
+    small = layer_edit(client, plan=view["plan"], edit="add_layer", box=[0.5, 0.5, 0.52, 0.52])
+    # tiny-sd renders 64x64 by default: an 8x8 latent, where this layer is under one cell.
+    (warning,) = small.json()["warnings"]
+    assert "layer 2 of 2" in warning and "smaller than one 8x8-pixel cell" in warning
+    plan = small.json()["plan"]
+    large = client.post("/api/plan/check", json={"plan": plan, "width": 2048, "height": 2048})
+    assert large.json()["warnings"] == []
+    bad = client.post("/api/plan/check", json={"plan": plan, "width": 4})
+    assert bad.status_code == 422 and "width" in bad.json()["error"]

@@ -195,3 +195,19 @@ def test_a_mask_png_is_not_held_to_the_prompt_length_limit() -> None:
         check_text_sizes(body)
     with pytest.raises(TextTooLong):
         check_text_sizes({"request": {"png": "x" * (MAX_TEXT_CHARS + 1)}})
+
+
+def test_the_view_warns_about_layers_that_paint_nothing_at_the_size() -> None:
+    plan = canvas((0, 0, 1, 1), (0.5, 0.5, 0.52, 0.52), (0, 0, 1, 1))
+    view = plan_view(plan, (64, 64), 8)
+    assert len(view["warnings"]) == 2, view["warnings"]
+    first, second = view["warnings"]
+    assert first.startswith("layer 1 of 3 ('thing 1') paints nothing on a 64x64 image")
+    assert "the layers above it cover it completely" in first
+    assert second.startswith("layer 2 of 3")
+    uncovered = delete_layer(plan, 2)
+    (small,) = plan_view(uncovered, (64, 64), 8)["warnings"]
+    assert "smaller than one 8x8-pixel cell" in small
+    assert plan_view(uncovered, (4096, 4096), 8)["warnings"] == []  # 0.02 of 512 cells: 10
+    assert plan_view(uncovered)["warnings"] == []  # no size, no judgement
+    assert plan_view(TWO_ROWS, (64, 64))["warnings"] == []

@@ -260,9 +260,17 @@ class _App:
             return _fail(exc, "prompt")
         return JSONResponse(out)
 
+    def _view(
+        self, plan: RegionPlan, width: int | None = None, height: int | None = None
+    ) -> dict[str, Any]:
+        """The plan view, warning about layers that paint nothing at the size to render."""
+        native_w, native_h = self.pipe.backbone.native_size
+        size = (width or native_w, height or native_h)
+        return plan_view(plan, size, self.pipe.backbone.latent_factor)
+
     async def check(self, request: Request) -> Response:
         body = await _body(request, PlanCheckBody, "plan")
-        return JSONResponse(plan_view(_need_plan(body.plan)))
+        return JSONResponse(self._view(_need_plan(body.plan), body.width, body.height))
 
     async def edit(self, request: Request) -> Response:
         body = await _body(request, EditBody, "edit")
@@ -295,7 +303,7 @@ class _App:
                 plan = apply_layer_edit(
                     _need_plan(body.plan), body.edit, body.layer, box=body.box, mask=body.mask
                 )
-            return JSONResponse(plan_view(plan))
+            return JSONResponse(self._view(plan, body.width, body.height))
         except (PlanEditError, ValueError) as exc:
             return _fail(exc, "layer")
 
@@ -348,7 +356,8 @@ class _App:
         self._plan_first(request, job)
         with stop_checks(self.pipe, job.cancel_requested):
             result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
-        return {"images": self._save(job, result), "view": plan_view(result.plan)}
+        view = self._view(result.plan, request.width, request.height)
+        return {"images": self._save(job, result), "view": view}
 
     def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
         from rpg.planners.feedback import as_multimodal
@@ -447,7 +456,7 @@ class _App:
             except ValidationError as exc:
                 raise UserError(f"{filename}: {format_error(exc)}", "reopen") from None
         fields = req.model_dump(mode="json", exclude={"plan"})
-        view = plan_view(req.plan) if req.plan is not None else None
+        view = self._view(req.plan, req.width, req.height) if req.plan is not None else None
         return JSONResponse({"request": fields, "view": view, "filename": filename})
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rpg.layout import MAX_SIDE
 from rpg.models import MAX_PROMPT_CHARS, LayerMask, RegionPlan
 
 __all__ = [
@@ -89,7 +90,14 @@ class PlanBody(_Body):
     planner: str | None = Field(None, description="registered planner name; default: the app's")
 
 
-class PlanCheckBody(_Body):
+class _Size(_Body):
+    """The image size the page will render, for the warnings about layers that paint nothing."""
+
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="image width in pixels")
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="image height in pixels")
+
+
+class PlanCheckBody(_Size):
     """``POST /api/plan/check``: validate a plan edited on the canvas."""
 
     plan: RegionPlan | None = Field(None, description="the plan to check")
@@ -104,7 +112,7 @@ class EditBody(_Body):
     col: int = Field(0, ge=0, description="region index in the row, left to right, from 0")
 
 
-class LayerEditBody(_Body):
+class LayerEditBody(_Size):
     """``POST /api/plan/layer``: apply one of :data:`rpg.ui.edits.LAYER_EDITS` to a layer."""
 
     plan: RegionPlan | None = Field(

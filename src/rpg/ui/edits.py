@@ -14,6 +14,7 @@ the order in which they are painted.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from rpg.cli import format_error
 from rpg.errors import RPGError
-from rpg.models import DEFAULT_BASE_RATIO, LayerMask, RegionPlan
+from rpg.models import DEFAULT_BASE_RATIO, LayerMask, LayerWarning, RegionPlan
 
 __all__ = [
     "EDITS",
@@ -37,6 +38,7 @@ __all__ = [
     "delete_layer",
     "delete_region",
     "delete_row",
+    "layer_warnings",
     "lower_layer",
     "merge_right",
     "merge_row_down",
@@ -515,16 +517,33 @@ def plan_from_text(
     return plan
 
 
-def plan_view(plan: RegionPlan) -> dict[str, Any]:
+def layer_warnings(plan: RegionPlan, width: int, height: int, factor: int) -> list[str]:
+    """The plan's warnings for layers that paint nothing on a ``width × height`` image.
+
+    ``factor`` is the model's pixels per latent cell or image token; the messages are the
+    :class:`~rpg.models.LayerWarning` texts rendering would print.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LayerWarning)
+        plan.warn_unpainted(height, width, factor=factor)
+    return [str(w.message) for w in caught if issubclass(w.category, LayerWarning)]
+
+
+def plan_view(
+    plan: RegionPlan, size: tuple[int, int] | None = None, factor: int = 8
+) -> dict[str, Any]:
     """What the editor draws: the plan, its kind, its text form and each region's or layer's box.
 
     A grid plan lists ``regions`` (with their ``(row, col)`` address); a canvas plan lists
     ``layers`` bottom to top (with their box, or ``mask: true`` and the box around the mask).
+    With the image ``size`` ``(width, height)``, ``warnings`` names the layers that would paint
+    nothing there (covered by the layers above, or smaller than one ``factor``-pixel cell).
     """
     common = {
         "plan": plan.model_dump(mode="json"),
         "base_prompt": plan.base_prompt or "",
         "base_ratio": plan.base_ratio,
+        "warnings": layer_warnings(plan, *size, factor) if size and plan.is_canvas else [],
     }
     if plan.is_canvas:
         layers = []

@@ -35,6 +35,17 @@ function showError(id, message) {
   el.hidden = !message;
 }
 
+function showWarning(message) {
+  $("layer-warning").textContent = message || "";
+  $("layer-warning").hidden = !message;
+}
+
+// The image size the page will render (the server warns about layers that paint nothing there).
+function renderSize() {
+  const num = (id) => { const v = parseInt($(id).value, 10); return Number.isFinite(v) && v >= 8 ? v : null; };
+  return { width: num("width"), height: num("height") };
+}
+
 function debounce(fn, ms) {
   let t = null;
   return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
@@ -99,6 +110,7 @@ function setView(view, from) {
   }
   drawCanvas();
   drawInspector();
+  showWarning((view.warnings || []).join("\n"));
   if (from !== "text") {
     setField("split-ratio", view.split_ratio);
     setField("prompts", view.prompts);
@@ -361,7 +373,7 @@ function canvasPointerDown(event) {
 
 // One canvas edit (rpg.ui.edits.LAYER_EDITS) on the server; the selection follows the layer.
 async function layerEdit(name, extra) {
-  const body = { plan: state.view ? state.view.plan : null, edit: name, layer: state.sel.layer, ...extra };
+  const body = { plan: state.view ? state.view.plan : null, edit: name, layer: state.sel.layer, ...renderSize(), ...extra };
   if (!state.view) body.base_prompt = $("base-prompt").value;
   try {
     const view = await api("api/plan/layer", body);
@@ -443,7 +455,7 @@ function startDrag(event, divider, kind, row, col) {
 
 async function checkPlan(plan, errorId, from) {
   try {
-    setView(await api("api/plan/check", { plan }), from);
+    setView(await api("api/plan/check", { plan, ...renderSize() }), from);
     showError(errorId, "");
     return true;
   } catch (e) {
@@ -523,7 +535,7 @@ async function editCanvasBase() {
   if (ratio !== "") plan.base_ratio = Number.isFinite(Number(ratio)) ? Number(ratio) : ratio;
   const ids = ["base-prompt", "base-ratio"];
   try {
-    setView(await api("api/plan/check", { plan }), "text");
+    setView(await api("api/plan/check", { plan, ...renderSize() }), "text");
     showError("text-error", "");
     markInvalid(ids, false);
   } catch (e) {
@@ -758,7 +770,9 @@ $("draw-btn").addEventListener("click", () => setTool(state.tool === "draw" ? "s
 $("mask-file").addEventListener("change", (e) => { const file = e.target.files[0]; e.target.value = ""; uploadMask(file); });
 const runText = debounce(editText, 400);
 for (const id of ["split-ratio", "prompts", "base-prompt", "base-ratio"]) $(id).addEventListener("input", runText);
-for (const id of ["width", "height"]) $(id).addEventListener("input", sizeCanvas);
+// A canvas plan is checked again at a new size: a small layer may paint nothing there.
+const recheckSize = debounce(() => { if (isCanvas()) checkPlan(state.view.plan, "edit-error"); }, 400);
+for (const id of ["width", "height"]) $(id).addEventListener("input", () => { sizeCanvas(); recheckSize(); });
 $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); });
 $("generate-btn").addEventListener("click", () => submit("api/generate", {}));
 $("refine-btn").addEventListener("click", () => submit("api/refine", { rounds: Number($("refine-rounds").value) || 1 }));
