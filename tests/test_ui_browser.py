@@ -516,6 +516,8 @@ def test_canvas_draw_move_resize_reorder_mask_generate_reopen(page: Any, tmp_pat
     assert masked[0]["box"] is None and masked[0]["prompt"] == "a yellow balloon"
     expect(page.locator("#canvas .layer.masked")).to_have_count(1)
     expect(page.locator("#layer-list li", has_text="a yellow balloon")).to_contain_text("mask")
+    page.fill("#soft-edge", "0.05")
+    wait_for_layers(page, "layers[0].mask.soft_edge === 0.05")
 
     # These layers do not tile the canvas: back to a grid is refused, with the reason.
     page.click("#mode-grid")

@@ -481,6 +481,8 @@ function drawInspector() {
     const where = n === 1 ? "" : i === n - 1 ? ", top" : i === 0 ? ", bottom" : "";
     $("selected-label").textContent = `Layer ${i + 1} of ${n}${where}${region.mask ? ", shaped by a mask" : ""}`;
     $("region-prompt-label").textContent = "Layer prompt";
+    $("soft-edge-box").hidden = !region.mask;
+    if (region.mask) setField("soft-edge", region.mask.soft_edge ? region.mask.soft_edge : "");
     const list = $("layer-list");
     list.replaceChildren();
     for (const l of [...state.view.layers].reverse()) {
@@ -509,6 +511,7 @@ async function editRegionField(id) {
   if (id === "region-prompt") region.prompt = value;
   if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
   if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
+  if (id === "soft-edge" && region.mask) region.mask.soft_edge = value.trim() === "" ? 0 : Number(value);
   const ok = await checkPlan(plan, "edit-error");
   markInvalid([id], !ok);
 }
@@ -751,7 +754,7 @@ async function reopen(file) {
 $("plan-btn").addEventListener("click", plan);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
 $("planner").addEventListener("change", refreshRefine);
-for (const id of ["region-prompt", "region-negative", "region-weight"]) {
+for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edge"]) {
   const run = debounce(() => editRegionField(id), 350);
   $(id).addEventListener("input", run);
 }
