@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,26 @@ def test_checks_warn_about_layers_that_paint_nothing_at_the_render_size(
     assert large.json()["warnings"] == []
     bad = client.post("/api/plan/check", json={"plan": plan, "width": 4})
     assert bad.status_code == 422 and "width" in bad.json()["error"]
+
+
+def test_a_detailed_mask_is_shrunk_until_eight_of_them_fit_a_plan(client: TestClient) -> None:
+    from rpg.ui.app import MAX_MASK_CHARS, MIN_MASK_SIDE
+
+    # Noise compresses badly: at 512 px it is hundreds of KiB.
+    rng = random.Random(0)
+    pixels = bytes(rng.randrange(256) for _ in range(MAX_MASK_SIDE * MAX_MASK_SIDE))
+    noisy = Image.frombytes("L", (MAX_MASK_SIDE, MAX_MASK_SIDE), pixels)
+    answer = client.post("/api/mask", content=png(noisy), headers=PNG)
+    assert answer.status_code == 200, answer.json()
+    mask = answer.json()["mask"]
+    assert len(mask["png"]) <= MAX_MASK_CHARS
+    side = mask_pixels(mask).size[0]
+    assert MIN_MASK_SIDE <= side < MAX_MASK_SIDE
+    # Eight of them still fit in one plan.
+    plan = layer_edit(client, edit="add_layer", box=[0, 0, 1, 1]).json()["plan"]
+    for _ in range(7):
+        plan = layer_edit(client, plan=plan, edit="add_layer", box=[0, 0, 1, 1]).json()["plan"]
+    for i in range(8):
+        answer = layer_edit(client, plan=plan, edit="set_mask", layer=i, mask=mask)
+        assert answer.status_code == 200, answer.json()
+        plan = answer.json()["plan"]

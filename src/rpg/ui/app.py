@@ -57,7 +57,7 @@ from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_schedu
 from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
-from rpg.models import GenerationRequest, LayerMask, RegionPlan
+from rpg.models import MAX_PLAN_JSON_BYTES, GenerationRequest, LayerMask, RegionPlan
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
@@ -101,6 +101,11 @@ _MASK_TOO_LARGE = "the file is larger than {limit}, the most a mask image may ha
 #: Masks are kept at most this many pixels on their long side: finer than any latent or patch
 #: grid they are resampled to (128 at 1024 px), and small enough to travel in the plan.
 MAX_MASK_SIDE = 512
+#: Longest base64 text of one mask: eight detailed masks still fit a plan
+#: (:data:`rpg.models.MAX_PLAN_JSON_BYTES`). A simple shape at 512 px takes a few KiB.
+MAX_MASK_CHARS = MAX_PLAN_JSON_BYTES // 8
+#: Smallest side a detailed mask is shrunk to (any 8-bit picture this size fits the limit).
+MIN_MASK_SIDE = 64
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -466,7 +471,9 @@ def _read_mask(data: bytes, filename: str) -> LayerMask:
     A transparent pixel paints nothing whatever its colour (a mask painted on a transparent
     background in an image editor means what it shows). Images larger than
     :data:`MAX_MASK_SIDE` are shrunk by area averaging, as every grid the mask is resampled to
-    would average them anyway.
+    would average them anyway, and so are masks too detailed to fit
+    :data:`MAX_MASK_CHARS` (halving down to :data:`MIN_MASK_SIDE`), so that a plan with
+    several masks stays within the size a PNG's metadata can carry.
     """
     import io
     import warnings
@@ -489,14 +496,20 @@ def _read_mask(data: bytes, filename: str) -> LayerMask:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba).convert("L")
-    if max(image.size) > MAX_MASK_SIDE:
-        scale = MAX_MASK_SIDE / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BOX)
-    try:
-        return LayerMask.from_image(image)
-    except (ValidationError, ValueError) as exc:
-        raise UserError(f"{filename}: {format_error(exc)}", "mask") from None
+    side = MAX_MASK_SIDE
+    while True:
+        if max(image.size) > side:
+            scale = side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BOX)
+        try:
+            mask = LayerMask.from_image(image)
+        except (ValidationError, ValueError) as exc:
+            raise UserError(f"{filename}: {format_error(exc)}", "mask") from None
+        # Even noise fits at MIN_MASK_SIDE (64² bytes of pixels, under 6 KiB as base64).
+        if len(mask.png) <= MAX_MASK_CHARS or max(image.size) <= MIN_MASK_SIDE:
+            return mask
+        side = max(MIN_MASK_SIDE, max(image.size) // 2)
 
 
 async def _user_error(request: Request, exc: Exception) -> Response:
