@@ -20,6 +20,7 @@ from rpg.models import LayerMask, RegionPlan
 from rpg.ui import build_app
 from rpg.ui.app import MAX_MASK_SIDE
 from rpg.ui.bodies import MAX_MASK_UPLOAD_BYTES
+from ui_helpers import wait
 
 LOCAL = "http://localhost"
 PNG = {"content-type": "image/png", "x-filename": "mask.png"}
@@ -211,3 +212,24 @@ def test_a_detailed_mask_is_shrunk_until_eight_of_them_fit_a_plan(client: TestCl
         answer = layer_edit(client, plan=plan, edit="set_mask", layer=i, mask=mask)
         assert answer.status_code == 200, answer.json()
         plan = answer.json()["plan"]
+
+
+def test_a_canvas_plan_renders_and_its_png_reopens_with_the_same_layers(
+    client: TestClient,
+) -> None:
+    disc = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(disc).ellipse((4, 12, 20, 28), fill=255)
+    mask = client.post("/api/mask", content=png(disc), headers=PNG).json()["mask"]
+    plan = layer_edit(client, edit="add_layer", box=[0.5, 0, 1, 0.5], base_prompt="a sky").json()
+    plan = layer_edit(client, plan=plan["plan"], edit="add_layer", box=[0, 0, 0.6, 0.6]).json()
+    plan = layer_edit(client, plan=plan["plan"], edit="set_mask", layer=1, mask=mask).json()
+    request = {"prompt": "a sun and a cloud in a sky", "steps": 2, "seed": 4, "planner": "rules"}
+    body = {"request": request, "plan": plan["plan"]}
+    job = wait(client, client.post("/api/generate", json=body).json())
+    assert job["state"] == "done", job
+    assert job["view"]["kind"] == "canvas"
+    image = client.get(job["images"][0]["url"])
+    reopened = client.post("/api/reopen", content=image.content, headers=PNG).json()
+    assert reopened["view"]["kind"] == "canvas"
+    assert reopened["view"]["plan"] == plan["plan"]
+    assert reopened["view"]["layers"] == plan["layers"]
