@@ -560,6 +560,14 @@ def test_a_grid_plan_converts_to_layers_and_back(page: Any) -> None:
     expect(layers.nth(1)).to_contain_text("blue mug")
     thirds = page_layers(page)
     assert close(thirds[1]["box"], [1 / 3, 0, 2 / 3, 1], 1e-6), thirds
+    # Typing, then selecting another layer before the edit is sent: the text goes to the layer
+    # it was typed for.
+    page.fill("#region-prompt", "a green teapot")
+    page.locator("#layer-list li").first.click()  # the top layer, 3
+    edited = wait_for_layers(page, "layers[0].prompt === 'a green teapot'")
+    assert edited[2]["prompt"] == thirds[2]["prompt"]
+    expect(page.locator("#region-prompt")).to_have_value(thirds[2]["prompt"])
     page.click("#mode-grid")
     expect(page.locator("#canvas .region")).to_have_count(3)
     expect(page.locator("#split-ratio")).to_have_value("1,1,1")
+    expect(page.locator("#canvas .region").first).to_contain_text("a green teapot")

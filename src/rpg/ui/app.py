@@ -248,7 +248,7 @@ class _App:
             "entities": [e.model_dump(mode="json") for e in result.recaption.entities],
             "planner": result.planner,
             "seconds": result.seconds,
-            "view": plan_view(result.plan),
+            "view": self._view(result.plan),
         }
 
     async def plan(self, request: Request) -> Response:
@@ -387,7 +387,8 @@ class _App:
                 on_round=on_round,
                 callback_on_step_end=job.step_callback,
             )
-        return {"images": images, "view": plan_view(out.plan), "critiques": critiques}
+        view = self._view(out.plan, request.width, request.height)
+        return {"images": images, "view": view, "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:
         req = self._request(await _body(request, RenderBody, "request"))

@@ -503,11 +503,13 @@ function drawInspector() {
   setField("region-weight", region.base_weight === null || region.base_weight === undefined ? "" : region.base_weight);
 }
 
-async function editRegionField(id) {
+// sel and value are those of the keystroke: a selection changed before the debounced edit
+// runs does not send the text to another region or layer.
+async function editRegionField(id, sel, value) {
   if (!state.view) return;
   const plan = clone(state.view.plan);
-  const region = isCanvas() ? plan.layers[state.sel.layer] : plan.rows[state.sel.row].regions[state.sel.col];
-  const value = $(id).value;
+  const region = isCanvas() ? plan.layers[sel.layer] : (plan.rows[sel.row] || { regions: [] }).regions[sel.col];
+  if (!region) return;
   if (id === "region-prompt") region.prompt = value;
   if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
   if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
@@ -755,8 +757,8 @@ $("plan-btn").addEventListener("click", plan);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
 $("planner").addEventListener("change", refreshRefine);
 for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edge"]) {
-  const run = debounce(() => editRegionField(id), 350);
-  $(id).addEventListener("input", run);
+  const run = debounce((sel, value) => editRegionField(id, sel, value), 350);
+  $(id).addEventListener("input", () => run({ ...state.sel }, $(id).value));
 }
 for (const b of document.querySelectorAll("[data-edit]")) b.addEventListener("click", () => applyEdit(b.dataset.edit));
 for (const b of document.querySelectorAll("[data-layer-edit]")) b.addEventListener("click", () => layerEdit(b.dataset.layerEdit));
