@@ -498,7 +498,17 @@ def test_canvas_draw_move_resize_reorder_mask_generate_reopen(page: Any, tmp_pat
     assert close(resized[0]["box"], [0.2, 0.15, 0.6, 0.45]), resized[0]
     shot(page, tmp_path, "11-canvas-moved")
 
-    # Reorder: the kite goes up, over the balloon.
+    # The keyboard moves the selected box too (Shift: 5% a press).
+    page.locator("#canvas").focus()
+    page.keyboard.press("Shift+ArrowDown")
+    nudged = wait_for_layers(page, "Math.abs(layers[0].box[1] - 0.2) < 0.001")
+    assert close(nudged[0]["box"], [0.2, 0.2, 0.6, 0.5], 0.001), nudged[0]
+
+    # Reorder: the kite goes up, over the balloon (Page Up), down again, and up by the button.
+    page.keyboard.press("PageUp")
+    wait_for_layers(page, "layers[1].prompt === 'a red kite'")
+    page.click('[data-layer-edit="lower_layer"]')
+    wait_for_layers(page, "layers[0].prompt === 'a red kite'")
     page.click('[data-layer-edit="raise_layer"]')
     order = wait_for_layers(page, "layers[1].prompt === 'a red kite'")
     assert [layer["prompt"] for layer in order] == ["a yellow balloon", "a red kite"]
@@ -571,3 +581,10 @@ def test_a_grid_plan_converts_to_layers_and_back(page: Any) -> None:
     expect(page.locator("#canvas .region")).to_have_count(3)
     expect(page.locator("#split-ratio")).to_have_value("1,1,1")
     expect(page.locator("#canvas .region").first).to_contain_text("a green teapot")
+    # Delete on the canvas removes the selected layer (the first one after a conversion).
+    page.click("#mode-canvas")
+    expect(page.locator("#canvas .layer")).to_have_count(3)
+    page.locator("#canvas").focus()
+    page.keyboard.press("Delete")
+    left = wait_for_layers(page, "layers.length === 2")
+    assert [layer["prompt"] for layer in left] == [p["prompt"] for p in thirds[1:]]

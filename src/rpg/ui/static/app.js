@@ -367,8 +367,28 @@ function canvasPointerDown(event) {
   } else {
     const index = Number(layer.dataset.layer);
     selectLayer(index);
+    $("canvas").focus({ preventScroll: true });
     moveOrResize(event, index, null);
   }
+}
+
+// The keyboard does what the pointer does to the selected layer.
+function canvasKeyDown(event) {
+  if (!isCanvas() || event.target !== $("canvas")) return;
+  const l = state.view.layers[state.sel.layer];
+  const arrows = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  const edits = { Delete: "delete_layer", Backspace: "delete_layer", PageUp: "raise_layer", PageDown: "lower_layer" };
+  if (event.key in arrows && l && !l.mask) {
+    const step = event.shiftKey ? 0.05 : 0.01;
+    const [x0, y0, x1, y1] = l.box;
+    const dx = clamp(arrows[event.key][0] * step, -x0, 1 - x1), dy = clamp(arrows[event.key][1] * step, -y0, 1 - y1);
+    layerEdit("set_box", { layer: state.sel.layer, box: [x0 + dx, y0 + dy, x1 + dx, y1 + dy].map(round4) });
+  } else if (event.key in edits) {
+    layerEdit(edits[event.key]);
+  } else {
+    return;
+  }
+  event.preventDefault();
 }
 
 // One canvas edit (rpg.ui.edits.LAYER_EDITS) on the server; the selection follows the layer.
@@ -763,6 +783,7 @@ for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edg
 for (const b of document.querySelectorAll("[data-edit]")) b.addEventListener("click", () => applyEdit(b.dataset.edit));
 for (const b of document.querySelectorAll("[data-layer-edit]")) b.addEventListener("click", () => layerEdit(b.dataset.layerEdit));
 $("canvas").addEventListener("pointerdown", canvasPointerDown);
+$("canvas").addEventListener("keydown", canvasKeyDown);
 $("mode-canvas").addEventListener("click", () => {
   if (state.view && !isCanvas()) layerEdit("to_canvas");
   else if (!state.view) { setMode("canvas"); drawCanvas(); }
