@@ -375,6 +375,10 @@ function canvasPointerDown(event) {
 // The keyboard does what the pointer does to the selected layer.
 function canvasKeyDown(event) {
   if (!isCanvas() || event.target !== $("canvas")) return;
+  if (state.layerBusy && /^(Arrow|Page|Delete|Backspace)/.test(event.key)) {
+    event.preventDefault();  // a held key repeats faster than edits return: each from the last
+    return;
+  }
   const l = state.view.layers[state.sel.layer];
   const arrows = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
   const edits = { Delete: "delete_layer", Backspace: "delete_layer", PageUp: "raise_layer", PageDown: "lower_layer" };
@@ -395,6 +399,7 @@ function canvasKeyDown(event) {
 async function layerEdit(name, extra) {
   const body = { plan: state.view ? state.view.plan : null, edit: name, layer: state.sel.layer, ...renderSize(), ...extra };
   if (!state.view) body.base_prompt = $("base-prompt").value;
+  state.layerBusy = true;
   try {
     const view = await api("api/plan/layer", body);
     if (name === "add_layer") state.sel.layer = view.layers.length - 1;
@@ -414,6 +419,8 @@ async function layerEdit(name, extra) {
     const mode = !state.view || name === "to_grid" || name === "to_canvas";
     showError(mode ? "layer-error" : "edit-error", e.message);
     return false;
+  } finally {
+    state.layerBusy = false;
   }
 }
 
