@@ -150,3 +150,14 @@ def test_generate_with_a_mask_image(
     assert "--mask-image needs --prompts" in capsys.readouterr().err
     assert main(["generate", PROMPT, "--prompts", "a BREAK b", "--out", str(out)]) != 0
     assert "--prompts goes with --mask-image" in capsys.readouterr().err
+
+
+def test_a_large_mask_picture_is_reduced_by_area(tmp_path: Path) -> None:
+    image = Image.new("RGB", (2000, 1000), (0, 0, 0))
+    ImageDraw.Draw(image).rectangle((0, 0, 1001, 999), fill=(255, 0, 0))  # left half + 2 px
+    plan = plan_from_mask_image(image, "left", max_side=500)
+    mask = plan.layers[0].mask
+    assert mask is not None and mask.size == (500, 250)
+    cover = mask.coverage(1, 2)  # area average of the reduced mask = the picture's own
+    assert cover[0, 0] == 1.0 and cover[0, 1] == pytest.approx(2 / 1000, abs=1 / 255)
+    assert len(plan.model_dump_json()) < 10_000

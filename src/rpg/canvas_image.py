@@ -20,7 +20,10 @@ from PIL import Image
 from rpg.layout import split_prompts
 from rpg.models import DEFAULT_BASE_RATIO, MAX_LAYERS, Layer, LayerMask, RegionPlan
 
-__all__ = ["colour_layers", "plan_from_mask_image"]
+__all__ = ["MASK_SIDE", "colour_layers", "plan_from_mask_image"]
+
+#: Longest side of the masks made from a picture (larger pictures are area-averaged down).
+MASK_SIDE = 512
 
 
 def colour_layers(image: Image.Image) -> list[tuple[tuple[int, int, int], np.ndarray]]:
@@ -40,6 +43,16 @@ def colour_layers(image: Image.Image) -> list[tuple[tuple[int, int, int], np.nda
     return found
 
 
+def _reduced(mask: np.ndarray, max_side: int) -> Image.Image | np.ndarray:
+    """``mask`` (bool) as it is, or area-averaged to at most ``max_side`` pixels a side."""
+    h, w = mask.shape
+    if max(h, w) <= max_side:
+        return mask
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize(size, Image.Resampling.BOX)
+
+
 def _hex(colour: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
 
@@ -51,13 +64,16 @@ def plan_from_mask_image(
     base_prompt: str | None = None,
     base_ratio: float = DEFAULT_BASE_RATIO,
     soft_edge: float = 0.0,
+    max_side: int = MASK_SIDE,
 ) -> RegionPlan:
     """A canvas plan with one mask layer per colour of ``image`` (a picture or its path).
 
     ``prompts`` is a list or one ``BREAK``-separated string, one prompt per non-black colour in
     reading order of first appearance. A colour count that differs from the prompt count is a
     clear error listing the colours found (anti-aliased edges and JPEG files add colours: paint
-    with flat colours and save PNG).
+    with flat colours and save PNG). A picture larger than ``max_side`` is reduced for the masks
+    by area averaging (edge pixels become grey levels holding their exact coverage), which keeps
+    the plan small and changes nothing at the latent grids of images up to 8× that side.
     """
     if isinstance(image, Image.Image):
         picture = image
@@ -96,7 +112,10 @@ def plan_from_mask_image(
         )
     return RegionPlan(
         layers=[
-            Layer(prompt=prompt, mask=LayerMask.from_image(mask, soft_edge=soft_edge))
+            Layer(
+                prompt=prompt,
+                mask=LayerMask.from_image(_reduced(mask, max_side), soft_edge=soft_edge),
+            )
             for prompt, (_, mask) in zip(items, layers, strict=True)
         ],
         base_prompt=base_prompt,
