@@ -193,8 +193,10 @@ def test_a_mask_png_is_not_held_to_the_prompt_length_limit() -> None:
     body["plan"]["layers"][0]["prompt"] = "p" * (MAX_TEXT_CHARS + 1)
     with pytest.raises(TextTooLong, match=r"plan\.layers\.0\.prompt is"):
         check_text_sizes(body)
-    with pytest.raises(TextTooLong):
-        check_text_sizes({"request": {"png": "x" * (MAX_TEXT_CHARS + 1)}})
+    long = "x" * (MAX_TEXT_CHARS + 1)
+    for elsewhere in ({"png": long}, {"nomask": {"png": long}}, {"mask": {"pngs": long}}):
+        with pytest.raises(TextTooLong):
+            check_text_sizes({"request": elsewhere})
 
 
 def test_the_view_warns_about_layers_that_paint_nothing_at_the_size() -> None:

@@ -69,7 +69,8 @@ def check_text_sizes(data: Any, where: str = "", depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise ValueError(f"{where or 'the body'} is nested more than {MAX_DEPTH} levels deep")
     if isinstance(data, str):
-        if len(data) > MAX_TEXT_CHARS and not where.endswith("mask.png"):
+        is_mask = where == "mask.png" or where.endswith(".mask.png")
+        if len(data) > MAX_TEXT_CHARS and not is_mask:
             raise TextTooLong(where or "the body", len(data))
     elif isinstance(data, dict):
         for key, value in data.items():
