@@ -14,6 +14,7 @@ from rpg.ui.edits import (
     NEW_LAYER_PROMPT,
     PlanEditError,
     add_layer,
+    apply_edit,
     apply_layer_edit,
     clear_layer_mask,
     delete_layer,
@@ -56,11 +57,13 @@ def test_drawing_a_box_starts_a_canvas_plan_and_later_boxes_go_on_top() -> None:
     assert add_layer(None, (0, 0, 1, 1)).base_prompt is None  # background: the whole prompt
 
 
-def test_a_grid_plan_must_be_converted_before_layer_edits() -> None:
+def test_grid_and_layer_edits_refuse_the_other_kind_of_plan() -> None:
     with pytest.raises(PlanEditError, match="grid of rows and regions; convert it to layers"):
         add_layer(TWO_ROWS, (0, 0, 0.5, 0.5))
     with pytest.raises(PlanEditError, match="convert it to layers"):
         raise_layer(TWO_ROWS, 0)
+    with pytest.raises(PlanEditError, match="this plan is a canvas of layers; rows and regions"):
+        apply_edit(to_canvas(TWO_ROWS), "split_region", 0, 0)
 
 
 def test_moving_and_resizing_set_the_box_and_bad_boxes_are_refused_in_one_line() -> None:

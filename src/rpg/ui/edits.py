@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from rpg.cli import format_error
 from rpg.errors import RPGError
+from rpg.layout import Box
 from rpg.models import DEFAULT_BASE_RATIO, LayerMask, LayerWarning, RegionPlan
 
 __all__ = [
@@ -74,6 +75,11 @@ def _rebuild(plan: RegionPlan, rows: list[dict[str, Any]]) -> RegionPlan:
 
 
 def _check(plan: RegionPlan, row: int, col: int | None = None) -> None:
+    if plan.is_canvas:
+        raise PlanEditError(
+            "this plan is a canvas of layers; rows and regions are edits of a grid plan (use the "
+            "layer tools, or turn the layers into a grid first)"
+        )
     if not 0 <= row < len(plan.rows):
         raise PlanEditError(f"there is no row {row + 1}; the plan has {len(plan.rows)}")
     if col is not None and not 0 <= col < len(plan.rows[row].regions):
@@ -202,8 +208,6 @@ def delete_row(plan: RegionPlan, row: int) -> RegionPlan:
 
 #: The prompt of a layer just drawn, until the user types its own.
 NEW_LAYER_PROMPT = "new layer"
-
-Box = tuple[float, float, float, float]
 
 
 def _layers(plan: RegionPlan) -> list[dict[str, Any]]:
