@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from rpg.metadata import load_request
 
@@ -414,3 +414,177 @@ def test_a_page_on_another_origin_cannot_render_while_the_editor_still_works(
     own.context.close()
     after = sorted(p.name for p in images.glob("*.png")) if images.exists() else []
     assert after == before  # nothing was rendered for the other page
+
+
+# ----------------------------------------------------------------------------- canvas mode
+
+
+def canvas_xy(page: Any, fx: float, fy: float) -> tuple[float, float]:
+    """Page coordinates of the point ``(fx, fy)`` (fractions) of the layout canvas."""
+    box = page.locator("#canvas").bounding_box()
+    return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+
+def drag_on_canvas(page: Any, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*canvas_xy(page, *start))
+    page.mouse.down()
+    page.mouse.move(*canvas_xy(page, *end), steps=8)
+    page.mouse.up()
+
+
+def page_layers(page: Any) -> list[dict[str, Any]]:
+    """The layers of the plan the page holds (what it sends to generate)."""
+    return list(page.evaluate("() => state.view ? state.view.plan.layers : []"))
+
+
+def wait_for_layers(page: Any, test: str) -> list[dict[str, Any]]:
+    """Wait until ``test`` (JS, over ``layers``) holds for the page's plan; its layers."""
+    page.wait_for_function(
+        f"() => {{ const layers = state.view ? state.view.plan.layers : []; return {test}; }}"
+    )
+    return page_layers(page)
+
+
+def close(box: Any, want: list[float], tolerance: float = 0.015) -> bool:
+    return box is not None and all(abs(a - b) <= tolerance for a, b in zip(box, want, strict=True))
+
+
+def test_canvas_draw_move_resize_reorder_mask_generate_reopen(page: Any, tmp_path: Path) -> None:
+    page.fill("#prompt", "a red kite and a yellow balloon in a blue sky")
+    page.fill("#base-prompt", "a blue sky")
+    page.click("#mode-canvas")
+    expect(page.locator("#mode-canvas")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#canvas-hint")).to_be_visible()
+    expect(page.locator("#split-ratio")).not_to_be_editable()
+
+    # Draw a box: the plan has one layer with that box, and the page asks for its prompt.
+    drag_on_canvas(page, (0.1, 0.1), (0.4, 0.5))
+    layers = page.locator("#canvas .layer")
+    expect(layers).to_have_count(1)
+    (kite,) = page_layers(page)
+    assert close(kite["box"], [0.1, 0.1, 0.4, 0.5]), kite
+    assert page.evaluate("state.view.plan.base_prompt") == "a blue sky"
+    expect(page.locator("#region-prompt")).to_be_focused()
+    page.keyboard.type("a red kite")
+    expect(layers.nth(0)).to_contain_text("a red kite")
+    wait_for_layers(page, "layers[0].prompt === 'a red kite'")
+
+    # A second box on top of it, overlapping it: a drag that starts on the kite would move it,
+    # so "Draw a box" first.
+    page.click("#draw-btn")
+    expect(page.locator("#draw-btn")).to_have_attribute("aria-pressed", "true")
+    drag_on_canvas(page, (0.3, 0.35), (0.8, 0.9))
+    expect(layers).to_have_count(2)
+    page.keyboard.type("a yellow balloon")
+    drawn = wait_for_layers(page, "layers.length === 2 && layers[1].prompt === 'a yellow balloon'")
+    assert close(drawn[0]["box"], [0.1, 0.1, 0.4, 0.5]), drawn  # the kite did not move
+    expect(page.locator("#draw-btn")).to_have_attribute("aria-pressed", "false")
+    shot(page, tmp_path, "10-canvas-drawn")
+
+    # Drag the kite by a visible part of it (its top left): its box moves, its size stays.
+    drag_on_canvas(page, (0.15, 0.15), (0.25, 0.2))
+    moved = wait_for_layers(page, "Math.abs(layers[0].box[0] - 0.2) < 0.015")
+    assert close(moved[0]["box"], [0.2, 0.15, 0.5, 0.55]), moved[0]
+    assert close(moved[1]["box"], [0.3, 0.35, 0.8, 0.9]), moved[1]  # the balloon stayed
+    # Resize the kite (selected by the drag) by its bottom right handle.
+    handle = page.locator('.handle[data-handle="se"]')
+    expect(handle).to_have_count(1)
+    box = handle.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(*canvas_xy(page, 0.6, 0.45), steps=6)
+    page.mouse.up()
+    resized = wait_for_layers(page, "Math.abs(layers[0].box[2] - 0.6) < 0.015")
+    assert close(resized[0]["box"], [0.2, 0.15, 0.6, 0.45]), resized[0]
+    shot(page, tmp_path, "11-canvas-moved")
+
+    # The keyboard moves the selected box too (Shift: 5% a press).
+    page.locator("#canvas").focus()
+    page.keyboard.press("Shift+ArrowDown")
+    nudged = wait_for_layers(page, "Math.abs(layers[0].box[1] - 0.2) < 0.001")
+    assert close(nudged[0]["box"], [0.2, 0.2, 0.6, 0.5], 0.001), nudged[0]
+
+    # Reorder: the kite goes up, over the balloon (Page Up), down again, and up by the button.
+    page.keyboard.press("PageUp")
+    wait_for_layers(page, "layers[1].prompt === 'a red kite'")
+    page.click('[data-layer-edit="lower_layer"]')
+    wait_for_layers(page, "layers[0].prompt === 'a red kite'")
+    page.click('[data-layer-edit="raise_layer"]')
+    order = wait_for_layers(page, "layers[1].prompt === 'a red kite'")
+    assert [layer["prompt"] for layer in order] == ["a yellow balloon", "a red kite"]
+    expect(page.locator("#layer-list li").first).to_contain_text("a red kite")  # top first
+    expect(page.locator("#selected-label")).to_contain_text("Layer 2 of 2, top")
+
+    # A mask image shapes the balloon (now the bottom layer).
+    page.locator("#layer-list li", has_text="a yellow balloon").click()
+    mask = tmp_path / "balloon-mask.png"
+    image = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(image).ellipse((24, 24, 56, 60), fill=255)
+    image.save(mask)
+    page.set_input_files("#mask-file", str(mask))
+    masked = wait_for_layers(page, "layers[0].mask !== null")
+    assert masked[0]["box"] is None and masked[0]["prompt"] == "a yellow balloon"
+    expect(page.locator("#canvas .layer.masked")).to_have_count(1)
+    expect(page.locator("#layer-list li", has_text="a yellow balloon")).to_contain_text("mask")
+    page.fill("#soft-edge", "0.05")
+    wait_for_layers(page, "layers[0].mask.soft_edge === 0.05")
+
+    # These layers do not tile the canvas: back to a grid is refused, with the reason.
+    page.click("#mode-grid")
+    expect(page.locator("#layer-error")).to_contain_text("shaped by a mask")
+    expect(page.locator("#mode-canvas")).to_have_attribute("aria-pressed", "true")
+    shot(page, tmp_path, "12-canvas-masked")
+
+    # Generate: the PNG carries the canvas plan, masks included.
+    plan = page.evaluate("state.view.plan")
+    page.fill("#seed", "3")
+    generate(page, 2)
+    expect(page.locator("#gallery figure")).to_have_count(1, timeout=120_000)
+    expect(page.locator("#gen-error")).to_be_hidden()
+    with page.expect_download() as info:
+        page.click("#gallery a.download")
+    png = tmp_path / "canvas.png"
+    info.value.save_as(png)
+    request = load_request(png)
+    assert request.plan is not None and request.plan.is_canvas
+    assert request.plan.model_dump(mode="json") == plan
+
+    # Reopen it in a fresh page: canvas mode with the same layers.
+    page.reload()
+    expect(page.locator("#planner option[value=rules]")).to_be_attached()
+    drop_file(page, "#dropzone", png)
+    expect(layers).to_have_count(2)
+    expect(page.locator("#mode-canvas")).to_have_attribute("aria-pressed", "true")
+    assert page.evaluate("state.view.plan") == plan
+    expect(page.locator("#reopen-status")).to_contain_text("2 layers")
+    shot(page, tmp_path, "13-canvas-reopened")
+
+
+def test_a_grid_plan_converts_to_layers_and_back(page: Any) -> None:
+    page.fill("#prompt", PROMPT)
+    page.click("#plan-btn")
+    expect(page.locator("#canvas .region")).to_have_count(3)
+    page.click("#mode-canvas")
+    layers = page.locator("#canvas .layer")
+    expect(layers).to_have_count(3)
+    expect(layers.nth(1)).to_contain_text("blue mug")
+    thirds = page_layers(page)
+    assert close(thirds[1]["box"], [1 / 3, 0, 2 / 3, 1], 1e-6), thirds
+    # Typing, then selecting another layer before the edit is sent: the text goes to the layer
+    # it was typed for.
+    page.fill("#region-prompt", "a green teapot")
+    page.locator("#layer-list li").first.click()  # the top layer, 3
+    edited = wait_for_layers(page, "layers[0].prompt === 'a green teapot'")
+    assert edited[2]["prompt"] == thirds[2]["prompt"]
+    expect(page.locator("#region-prompt")).to_have_value(thirds[2]["prompt"])
+    page.click("#mode-grid")
+    expect(page.locator("#canvas .region")).to_have_count(3)
+    expect(page.locator("#split-ratio")).to_have_value("1,1,1")
+    expect(page.locator("#canvas .region").first).to_contain_text("a green teapot")
+    # Delete on the canvas removes the selected layer (the first one after a conversion).
+    page.click("#mode-canvas")
+    expect(page.locator("#canvas .layer")).to_have_count(3)
+    page.locator("#canvas").focus()
+    page.keyboard.press("Delete")
+    left = wait_for_layers(page, "layers.length === 2")
+    assert [layer["prompt"] for layer in left] == [p["prompt"] for p in thirds[1:]]

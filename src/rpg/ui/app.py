@@ -16,6 +16,8 @@ API (paths relative to where the app is mounted):
 ``POST /api/plan/check``           ``{plan}`` → plan view (after a drag or a field edit)
 ``POST /api/plan/edit``            ``{plan, edit, row, col}`` → plan view (split, merge, ...)
 ``POST /api/plan/text``            ``{split_ratio, prompts, base_prompt, base_ratio, plan}``
+``POST /api/plan/layer``           ``{plan, edit, layer, box, mask}`` → plan view (canvas mode)
+``POST /api/mask``                 raw PNG bytes → ``{mask}``, a layer mask for ``set_mask``
 ``POST /api/generate``             ``{request, plan}`` → queued job
 ``POST /api/refine``               ``{request, plan, rounds}`` → queued job
 ``GET  /api/jobs/{id}``            state, step/total, queue position, error, images
@@ -55,13 +57,15 @@ from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_schedu
 from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
-from rpg.models import GenerationRequest, RegionPlan
+from rpg.models import MAX_PLAN_JSON_BYTES, GenerationRequest, LayerMask, RegionPlan
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
+    MAX_MASK_UPLOAD_BYTES,
     MAX_UPLOAD_BYTES,
     CancelBody,
     EditBody,
+    LayerEditBody,
     PlanBody,
     PlanCheckBody,
     PlanTextBody,
@@ -70,7 +74,14 @@ from rpg.ui.bodies import (
     TextTooLong,
     check_text_sizes,
 )
-from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
+from rpg.ui.edits import (
+    PlanEditError,
+    add_layer,
+    apply_edit,
+    apply_layer_edit,
+    plan_from_text,
+    plan_view,
+)
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
@@ -86,6 +97,15 @@ STATIC = Path(__file__).parent / "static"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.png$")
 _PNG_TYPES: tuple[str, ...] = ("image/png", "application/octet-stream")
 _REOPEN_TOO_LARGE = "the file is larger than {limit}, the most a PNG to reopen may have"
+_MASK_TOO_LARGE = "the file is larger than {limit}, the most a mask image may have"
+#: Masks are kept at most this many pixels on their long side: finer than any latent or patch
+#: grid they are resampled to (128 at 1024 px), and small enough to travel in the plan.
+MAX_MASK_SIDE = 512
+#: Longest base64 text of one mask: eight detailed masks still fit a plan
+#: (:data:`rpg.models.MAX_PLAN_JSON_BYTES`). A simple shape at 512 px takes a few KiB.
+MAX_MASK_CHARS = MAX_PLAN_JSON_BYTES // 8
+#: Smallest side a detailed mask is shrunk to (any 8-bit picture this size fits the limit).
+MIN_MASK_SIDE = 64
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -228,7 +248,7 @@ class _App:
             "entities": [e.model_dump(mode="json") for e in result.recaption.entities],
             "planner": result.planner,
             "seconds": result.seconds,
-            "view": plan_view(result.plan),
+            "view": self._view(result.plan),
         }
 
     async def plan(self, request: Request) -> Response:
@@ -245,9 +265,17 @@ class _App:
             return _fail(exc, "prompt")
         return JSONResponse(out)
 
+    def _view(
+        self, plan: RegionPlan, width: int | None = None, height: int | None = None
+    ) -> dict[str, Any]:
+        """The plan view, warning about layers that paint nothing at the size to render."""
+        native_w, native_h = self.pipe.backbone.native_size
+        size = (width or native_w, height or native_h)
+        return plan_view(plan, size, self.pipe.backbone.latent_factor)
+
     async def check(self, request: Request) -> Response:
         body = await _body(request, PlanCheckBody, "plan")
-        return JSONResponse(plan_view(_need_plan(body.plan)))
+        return JSONResponse(self._view(_need_plan(body.plan), body.width, body.height))
 
     async def edit(self, request: Request) -> Response:
         body = await _body(request, EditBody, "edit")
@@ -270,6 +298,26 @@ class _App:
         except PlanEditError as exc:
             return _fail(exc, "text")
         return JSONResponse(plan_view(plan))
+
+    async def layer(self, request: Request) -> Response:
+        body = await _body(request, LayerEditBody, "layer")
+        try:
+            if body.plan is None and body.edit == "add_layer" and body.box is not None:
+                plan = add_layer(None, body.box, base_prompt=body.base_prompt)
+            else:
+                plan = apply_layer_edit(
+                    _need_plan(body.plan), body.edit, body.layer, box=body.box, mask=body.mask
+                )
+            return JSONResponse(self._view(plan, body.width, body.height))
+        except (PlanEditError, ValueError) as exc:
+            return _fail(exc, "layer")
+
+    async def mask(self, request: Request) -> Response:
+        body = await read_body(request, MAX_MASK_UPLOAD_BYTES, _MASK_TOO_LARGE)
+        filename = Path(unquote(request.headers.get("x-filename") or "mask.png")).name
+        if not body:
+            raise UserError("the mask file is empty", "mask")
+        return JSONResponse({"mask": _read_mask(body, filename).model_dump(mode="json")})
 
     # ------------------------------------------------------------------ rendering
 
@@ -313,7 +361,8 @@ class _App:
         self._plan_first(request, job)
         with stop_checks(self.pipe, job.cancel_requested):
             result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
-        return {"images": self._save(job, result), "view": plan_view(result.plan)}
+        view = self._view(result.plan, request.width, request.height)
+        return {"images": self._save(job, result), "view": view}
 
     def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
         from rpg.planners.feedback import as_multimodal
@@ -338,7 +387,8 @@ class _App:
                 on_round=on_round,
                 callback_on_step_end=job.step_callback,
             )
-        return {"images": images, "view": plan_view(out.plan), "critiques": critiques}
+        view = self._view(out.plan, request.width, request.height)
+        return {"images": images, "view": view, "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:
         req = self._request(await _body(request, RenderBody, "request"))
@@ -412,8 +462,55 @@ class _App:
             except ValidationError as exc:
                 raise UserError(f"{filename}: {format_error(exc)}", "reopen") from None
         fields = req.model_dump(mode="json", exclude={"plan"})
-        view = plan_view(req.plan) if req.plan is not None else None
+        view = self._view(req.plan, req.width, req.height) if req.plan is not None else None
         return JSONResponse({"request": fields, "view": view, "filename": filename})
+
+
+def _read_mask(data: bytes, filename: str) -> LayerMask:
+    """A layer mask from an uploaded image: grayscale, white paints the layer, black does not.
+
+    A transparent pixel paints nothing whatever its colour (a mask painted on a transparent
+    background in an image editor means what it shows). Images larger than
+    :data:`MAX_MASK_SIDE` are shrunk by area averaging, as every grid the mask is resampled to
+    would average them anyway, and so are masks too detailed to fit
+    :data:`MAX_MASK_CHARS` (halving down to :data:`MIN_MASK_SIDE`), so that a plan with
+    several masks stays within the size a PNG's metadata can carry.
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()
+                image = opened.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning) as exc:
+        raise UserError(
+            f"{filename} is not a readable image ({format_error(exc)}); upload a PNG whose "
+            "white parts are the layer and black parts are not",
+            "mask",
+        ) from None
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba).convert("L")
+    side = MAX_MASK_SIDE
+    while True:
+        if max(image.size) > side:
+            scale = side / max(image.size)
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BOX)
+        try:
+            mask = LayerMask.from_image(image)
+        except (ValidationError, ValueError) as exc:
+            raise UserError(f"{filename}: {format_error(exc)}", "mask") from None
+        # Even noise fits at MIN_MASK_SIDE (64² bytes of pixels, under 6 KiB as base64).
+        if len(mask.png) <= MAX_MASK_CHARS or max(image.size) <= MIN_MASK_SIDE:
+            return mask
+        side = max(MIN_MASK_SIDE, max(image.size) // 2)
 
 
 async def _user_error(request: Request, exc: Exception) -> Response:
@@ -488,6 +585,8 @@ def build_app(
         Route("/api/plan/check", handlers.check, methods=["POST"]),
         Route("/api/plan/edit", handlers.edit, methods=["POST"]),
         Route("/api/plan/text", handlers.text, methods=["POST"]),
+        Route("/api/plan/layer", handlers.layer, methods=["POST"]),
+        Route("/api/mask", handlers.mask, methods=["POST"]),
         Route("/api/generate", handlers.generate, methods=["POST"]),
         Route("/api/refine", handlers.refine, methods=["POST"]),
         Route("/api/jobs/{job_id}", handlers.job),
@@ -512,7 +611,10 @@ def build_app(
                 Guard,
                 policy=policy,
                 default_limit=MAX_JSON_BYTES,
-                raw_routes=[("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE)],
+                raw_routes=[
+                    ("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE),
+                    ("/api/mask", MAX_MASK_UPLOAD_BYTES, _PNG_TYPES, _MASK_TOO_LARGE),
+                ],
             )
         ],
     )

@@ -13,14 +13,17 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rpg.models import MAX_PROMPT_CHARS, RegionPlan
+from rpg.layout import MAX_SIDE
+from rpg.models import MAX_PROMPT_CHARS, LayerMask, RegionPlan
 
 __all__ = [
     "MAX_JSON_BYTES",
+    "MAX_MASK_UPLOAD_BYTES",
     "MAX_REFINE_ROUNDS",
     "MAX_TEXT_CHARS",
     "MAX_UPLOAD_BYTES",
     "EditBody",
+    "LayerEditBody",
     "PlanBody",
     "PlanCheckBody",
     "PlanTextBody",
@@ -36,6 +39,8 @@ MAX_JSON_BYTES = 1 << 20
 MAX_UPLOAD_BYTES = 64 << 20
 #: Longest text in any field: a prompt, a region prompt, a negative prompt, a name.
 MAX_TEXT_CHARS = MAX_PROMPT_CHARS
+#: Largest mask image ``/api/mask`` accepts (it is stored in the plan far smaller: grayscale).
+MAX_MASK_UPLOAD_BYTES = 16 << 20
 #: Most review-and-re-render rounds one Refine may ask for.
 MAX_REFINE_ROUNDS = 10
 #: Deepest nesting of JSON arrays and objects a body may have.
@@ -57,12 +62,15 @@ def check_text_sizes(data: Any, where: str = "", depth: int = 0) -> None:
     """Refuse any string longer than :data:`MAX_TEXT_CHARS` and nesting deeper than 32.
 
     Walks the whole body, so a limit applies to every prompt wherever it sits (request, plan,
-    region, layer) without listing the fields.
+    region, layer) without listing the fields. A layer mask's PNG (``...mask.png``, base64) is
+    no prompt: the plan model bounds its size (the plan's JSON limit), and the body limit
+    bounds everything.
     """
     if depth > MAX_DEPTH:
         raise ValueError(f"{where or 'the body'} is nested more than {MAX_DEPTH} levels deep")
     if isinstance(data, str):
-        if len(data) > MAX_TEXT_CHARS:
+        is_mask = where == "mask.png" or where.endswith(".mask.png")
+        if len(data) > MAX_TEXT_CHARS and not is_mask:
             raise TextTooLong(where or "the body", len(data))
     elif isinstance(data, dict):
         for key, value in data.items():
@@ -83,7 +91,14 @@ class PlanBody(_Body):
     planner: str | None = Field(None, description="registered planner name; default: the app's")
 
 
-class PlanCheckBody(_Body):
+class _Size(_Body):
+    """The image size the page will render, for the warnings about layers that paint nothing."""
+
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="image width in pixels")
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="image height in pixels")
+
+
+class PlanCheckBody(_Size):
     """``POST /api/plan/check``: validate a plan edited on the canvas."""
 
     plan: RegionPlan | None = Field(None, description="the plan to check")
@@ -96,6 +111,23 @@ class EditBody(_Body):
     edit: str = Field(description="the edit's name, a key of rpg.ui.edits.EDITS")
     row: int = Field(0, ge=0, description="row index, top to bottom, from 0")
     col: int = Field(0, ge=0, description="region index in the row, left to right, from 0")
+
+
+class LayerEditBody(_Size):
+    """``POST /api/plan/layer``: apply one of :data:`rpg.ui.edits.LAYER_EDITS` to a layer."""
+
+    plan: RegionPlan | None = Field(
+        None, description="the plan to edit; none: add_layer starts a canvas plan"
+    )
+    edit: str = Field(description="the edit's name, a key of rpg.ui.edits.LAYER_EDITS")
+    layer: int = Field(0, ge=0, description="layer index, from 0 at the bottom")
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="x0, y0, x1, y1 in fractions of the canvas (add_layer, set_box)"
+    )
+    mask: LayerMask | None = Field(None, description="the layer's new mask (set_mask)")
+    base_prompt: str | None = Field(
+        None, description="background prompt of a new canvas plan (add_layer without a plan)"
+    )
 
 
 class PlanTextBody(_Body):

@@ -1,10 +1,12 @@
 // rpg plan editor. Every plan change is made and validated by the server (rpg.ui.edits on
 // rpg.RegionPlan); this file only draws, reads the fields and sends intentions. A failed change
 // shows its message next to the field and keeps the last valid plan.
+// Two kinds of plan: a grid (rows of regions, split by dragging dividers) and a canvas (layers,
+// bottom to top, each a box drawn, moved and resized on the canvas, or a mask image).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { config: null, view: null, sel: { row: 0, col: 0 }, job: null, poll: null };
+const state = { config: null, view: null, sel: { row: 0, col: 0, layer: 0 }, mode: "grid", tool: "select", job: null, poll: null };
 
 class ApiError extends Error {
   // field: the part of the page the error belongs to; fields: the request fields it names.
@@ -33,12 +35,26 @@ function showError(id, message) {
   el.hidden = !message;
 }
 
+function showWarning(message) {
+  $("layer-warning").textContent = message || "";
+  $("layer-warning").hidden = !message;
+}
+
+// The image size the page will render (the server warns about layers that paint nothing there).
+function renderSize() {
+  const num = (id) => { const v = parseInt($(id).value, 10); return Number.isFinite(v) && v >= 8 ? v : null; };
+  return { width: num("width"), height: num("height") };
+}
+
 function debounce(fn, ms) {
   let t = null;
   return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
 }
 
 const round2 = (x) => Math.round(x * 100) / 100;
+const round4 = (x) => Math.round(x * 10000) / 10000;
+const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
+const isCanvas = () => Boolean(state.view && state.view.kind === "canvas");
 const clone = (x) => JSON.parse(JSON.stringify(x));
 
 // ------------------------------------------------------------------ setup
@@ -84,11 +100,17 @@ async function refreshRefine() {
 
 function setView(view, from) {
   state.view = view;
-  const rows = view.plan.rows;
-  state.sel.row = Math.min(state.sel.row, rows.length - 1);
-  state.sel.col = Math.min(state.sel.col, rows[state.sel.row].regions.length - 1);
+  setMode(view.kind);
+  if (view.kind === "canvas") {
+    state.sel.layer = clamp(state.sel.layer, 0, view.layers.length - 1);
+  } else {
+    const rows = view.plan.rows;
+    state.sel.row = Math.min(state.sel.row, rows.length - 1);
+    state.sel.col = Math.min(state.sel.col, rows[state.sel.row].regions.length - 1);
+  }
   drawCanvas();
   drawInspector();
+  showWarning((view.warnings || []).join("\n"));
   if (from !== "text") {
     setField("split-ratio", view.split_ratio);
     setField("prompts", view.prompts);
@@ -97,6 +119,27 @@ function setView(view, from) {
     markInvalid(["split-ratio", "prompts", "base-prompt", "base-ratio"], false);
     showError("text-error", "");
   }
+}
+
+// Grid or canvas: which tools and fields the page shows. The plan's kind decides once there is
+// a plan; before, the mode buttons do (a drag on an empty canvas then starts a canvas plan).
+function setMode(mode) {
+  state.mode = mode;
+  const canvas = mode === "canvas";
+  $("mode-grid").setAttribute("aria-pressed", String(!canvas));
+  $("mode-canvas").setAttribute("aria-pressed", String(canvas));
+  $("draw-btn").hidden = !canvas;
+  $("canvas-hint").hidden = !canvas;
+  $("text-note").hidden = !canvas;
+  $("split-ratio").readOnly = canvas;
+  $("prompts").readOnly = canvas;
+  if (!canvas) setTool("select");
+}
+
+function setTool(tool) {
+  state.tool = tool;
+  $("draw-btn").setAttribute("aria-pressed", String(tool === "draw"));
+  $("canvas").classList.toggle("drawing", tool === "draw");
 }
 
 function setField(id, value) {
@@ -111,6 +154,19 @@ function drawCanvas() {
   const canvas = $("canvas");
   canvas.replaceChildren();
   const view = state.view;
+  if (!view) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = state.mode === "canvas"
+      ? "Drag on the canvas to draw the first box."
+      : "Press Plan, reopen an image, or type a split ratio below.";
+    canvas.append(empty);
+    return;
+  }
+  if (view.kind === "canvas") {
+    drawLayers();
+    return;
+  }
   for (const r of view.regions) {
     const [x0, y0, x1, y1] = r.box;
     const el = document.createElement("div");
@@ -127,7 +183,7 @@ function drawCanvas() {
     idx.textContent = r.index + 1;
     label.append(idx, document.createTextNode(r.prompt));
     el.append(label);
-    el.addEventListener("click", () => { state.sel = { row: r.row, col: r.col }; drawCanvas(); drawInspector(); });
+    el.addEventListener("click", () => { state.sel = { ...state.sel, row: r.row, col: r.col }; drawCanvas(); drawInspector(); });
     canvas.append(el);
   }
   // Row dividers between rows; column dividers between the regions of each row.
@@ -155,6 +211,230 @@ function drawCanvas() {
     canvas.append(d);
   }
 }
+
+// ------------------------------------------------------------------ canvas mode: layers
+
+function place(el, box) {
+  const [x0, y0, x1, y1] = box;
+  Object.assign(el.style, { left: `${x0 * 100}%`, top: `${y0 * 100}%`, width: `${(x1 - x0) * 100}%`, height: `${(y1 - y0) * 100}%` });
+}
+
+const HANDLES = { nw: [0, 1], n: [null, 1], ne: [2, 1], e: [2, null], se: [2, 3], s: [null, 3], sw: [0, 3], w: [0, null] };
+
+function drawLayers() {
+  const canvas = $("canvas");
+  const view = state.view;
+  for (const l of view.layers) {
+    const layer = view.plan.layers[l.index];
+    const el = document.createElement("div");
+    el.className = "layer";
+    el.dataset.layer = l.index;
+    el.style.zIndex = String(l.index + 1);
+    el.style.background = `hsla(${(l.index * 67) % 360}, 70%, 65%, .55)`;
+    if (l.index === state.sel.layer) el.classList.add("selected");
+    const label = document.createElement("span");
+    label.className = "layer-label";
+    const idx = document.createElement("span");
+    idx.className = "region-index";
+    idx.textContent = l.index + 1;
+    label.append(idx, document.createTextNode(l.mask ? `${l.prompt} (mask)` : l.prompt));
+    if (l.mask) {
+      // The mask image itself shapes the layer's colour; its label sits at the mask's bounds.
+      el.classList.add("masked");
+      const url = `url("data:image/png;base64,${layer.mask.png}")`;
+      el.style.maskImage = url;
+      el.style.webkitMaskImage = url;
+      Object.assign(label.style, { left: `${l.box[0] * 100}%`, top: `${l.box[1] * 100}%` });
+      canvas.append(el, label);
+    } else {
+      place(el, l.box);
+      label.style.position = "static";
+      el.append(label);
+      canvas.append(el);
+    }
+  }
+  drawHandles();
+}
+
+function drawHandles() {
+  const canvas = $("canvas");
+  for (const h of canvas.querySelectorAll(".handle")) h.remove();
+  const l = state.view.layers[state.sel.layer];
+  if (!l || l.mask) return;
+  for (const [name, [xi, yi]] of Object.entries(HANDLES)) {
+    const h = document.createElement("div");
+    h.className = "handle";
+    h.dataset.handle = name;
+    const x = xi === null ? (l.box[0] + l.box[2]) / 2 : l.box[xi];
+    const y = yi === null ? (l.box[1] + l.box[3]) / 2 : l.box[yi];
+    Object.assign(h.style, { left: `${x * 100}%`, top: `${y * 100}%` });
+    h.title = "drag to resize this box";
+    canvas.append(h);
+  }
+}
+
+function selectLayer(index) {
+  state.sel.layer = index;
+  for (const el of $("canvas").querySelectorAll(".layer")) el.classList.toggle("selected", Number(el.dataset.layer) === index);
+  drawHandles();
+  drawInspector();
+}
+
+// A drag on the canvas, in canvas fractions: onMove(start, point) while it moves, onUp(moved,
+// start, point) at the end. Small jitters are not moves, so a click only selects.
+function canvasDrag(event, onMove, onUp) {
+  event.preventDefault();
+  const canvas = $("canvas");
+  const rect = canvas.getBoundingClientRect();
+  const at = (e) => [clamp((e.clientX - rect.left) / rect.width, 0, 1), clamp((e.clientY - rect.top) / rect.height, 0, 1)];
+  const start = at(event);
+  let moved = false;
+  canvas.setPointerCapture(event.pointerId);
+  const move = (e) => {
+    if (Math.abs(e.clientX - event.clientX) + Math.abs(e.clientY - event.clientY) > 3) moved = true;
+    if (moved) onMove(start, at(e));
+  };
+  const end = (e, cancelled) => {
+    canvas.removeEventListener("pointermove", move);
+    canvas.removeEventListener("pointerup", up);
+    canvas.removeEventListener("pointercancel", cancel);
+    onUp(moved && !cancelled, start, at(e));
+  };
+  const up = (e) => end(e, false);
+  const cancel = (e) => end(e, true);
+  canvas.addEventListener("pointermove", move);
+  canvas.addEventListener("pointerup", up);
+  canvas.addEventListener("pointercancel", cancel);
+}
+
+const MIN_SIDE = 0.02;  // the smallest box side a drag makes, as a fraction of the canvas
+
+function drawBox(event) {
+  const rubber = document.createElement("div");
+  rubber.className = "rubber";
+  const boxOf = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])].map(round4);
+  canvasDrag(event, (start, p) => {
+    if (!rubber.isConnected) $("canvas").append(rubber);
+    place(rubber, boxOf(start, p));
+  }, (moved, start, p) => {
+    rubber.remove();
+    if (!moved) return;
+    const box = boxOf(start, p);
+    if (box[2] - box[0] < MIN_SIDE || box[3] - box[1] < MIN_SIDE) {
+      showError("layer-error", "that box is too thin to paint anything; drag a larger one");
+      return;
+    }
+    setTool("select");
+    layerEdit("add_layer", { box });
+  });
+}
+
+function moveOrResize(event, index, handle) {
+  const l = state.view.layers[index];
+  const el = $("canvas").querySelector(`.layer[data-layer="${index}"]`);
+  const [x0, y0, x1, y1] = l.box;
+  let box = l.box;
+  canvasDrag(event, (start, p) => {
+    const dx = p[0] - start[0], dy = p[1] - start[1];
+    if (!handle) {
+      const mx = clamp(dx, -x0, 1 - x1), my = clamp(dy, -y0, 1 - y1);
+      box = [x0 + mx, y0 + my, x1 + mx, y1 + my];
+    } else {
+      let [a, b, c, d] = [x0, y0, x1, y1];
+      if (handle.includes("w")) a = Math.min(p[0], c - MIN_SIDE);
+      if (handle.includes("e")) c = Math.max(p[0], a + MIN_SIDE);
+      if (handle.includes("n")) b = Math.min(p[1], d - MIN_SIDE);
+      if (handle.includes("s")) d = Math.max(p[1], b + MIN_SIDE);
+      box = [clamp(a, 0, 1), clamp(b, 0, 1), clamp(c, 0, 1), clamp(d, 0, 1)];
+    }
+    box = box.map(round4);
+    place(el, box);
+    for (const h of $("canvas").querySelectorAll(".handle")) h.hidden = true;
+  }, (moved) => {
+    if (moved) layerEdit("set_box", { layer: index, box });
+    else drawHandles();
+  });
+}
+
+function canvasPointerDown(event) {
+  if (state.mode !== "canvas" || event.button !== 0) return;
+  const handle = event.target.closest(".handle");
+  const layer = event.target.closest(".layer");
+  if (state.tool === "draw" || !state.view || (!handle && !layer)) {
+    drawBox(event);
+  } else if (handle) {
+    moveOrResize(event, state.sel.layer, handle.dataset.handle);
+  } else {
+    const index = Number(layer.dataset.layer);
+    selectLayer(index);
+    $("canvas").focus({ preventScroll: true });
+    moveOrResize(event, index, null);
+  }
+}
+
+// The keyboard does what the pointer does to the selected layer.
+function canvasKeyDown(event) {
+  if (!isCanvas() || event.target !== $("canvas")) return;
+  if (state.layerBusy && /^(Arrow|Page|Delete|Backspace)/.test(event.key)) {
+    event.preventDefault();  // a held key repeats faster than edits return: each from the last
+    return;
+  }
+  const l = state.view.layers[state.sel.layer];
+  const arrows = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  const edits = { Delete: "delete_layer", Backspace: "delete_layer", PageUp: "raise_layer", PageDown: "lower_layer" };
+  if (event.key in arrows && l && !l.mask) {
+    const step = event.shiftKey ? 0.05 : 0.01;
+    const [x0, y0, x1, y1] = l.box;
+    const dx = clamp(arrows[event.key][0] * step, -x0, 1 - x1), dy = clamp(arrows[event.key][1] * step, -y0, 1 - y1);
+    layerEdit("set_box", { layer: state.sel.layer, box: [x0 + dx, y0 + dy, x1 + dx, y1 + dy].map(round4) });
+  } else if (event.key in edits) {
+    layerEdit(edits[event.key]);
+  } else {
+    return;
+  }
+  event.preventDefault();
+}
+
+// One canvas edit (rpg.ui.edits.LAYER_EDITS) on the server; the selection follows the layer.
+async function layerEdit(name, extra) {
+  const body = { plan: state.view ? state.view.plan : null, edit: name, layer: state.sel.layer, ...renderSize(), ...extra };
+  if (!state.view) body.base_prompt = $("base-prompt").value;
+  state.layerBusy = true;
+  try {
+    const view = await api("api/plan/layer", body);
+    if (name === "add_layer") state.sel.layer = view.layers.length - 1;
+    if (name === "raise_layer") state.sel.layer += 1;
+    if (name === "lower_layer") state.sel.layer -= 1;
+    if (name === "to_canvas" || name === "to_grid") state.sel = { row: 0, col: 0, layer: 0 };
+    setView(view);
+    showError("layer-error", "");
+    showError("edit-error", "");
+    if (name === "add_layer") {
+      $("region-prompt").focus();
+      $("region-prompt").select();
+    }
+    return true;
+  } catch (e) {
+    // Mode switches and a first box answer under the canvas; layer tools next to their buttons.
+    const mode = !state.view || name === "to_grid" || name === "to_canvas";
+    showError(mode ? "layer-error" : "edit-error", e.message);
+    return false;
+  } finally {
+    state.layerBusy = false;
+  }
+}
+
+async function uploadMask(file) {
+  if (!file || !isCanvas()) return;
+  try {
+    const out = await api("api/mask", file, { "content-type": "image/png", "x-filename": encodeURIComponent(file.name) });
+    await layerEdit("set_mask", { mask: out.mask });
+  } catch (e) {
+    showError("edit-error", e.message);
+  }
+}
+
+// ------------------------------------------------------------------ grid mode: dividers
 
 function startDrag(event, divider, kind, row, col) {
   event.preventDefault();
@@ -202,7 +482,7 @@ function startDrag(event, divider, kind, row, col) {
 
 async function checkPlan(plan, errorId, from) {
   try {
-    setView(await api("api/plan/check", { plan }), from);
+    setView(await api("api/plan/check", { plan, ...renderSize() }), from);
     showError(errorId, "");
     return true;
   } catch (e) {
@@ -212,28 +492,55 @@ async function checkPlan(plan, errorId, from) {
 }
 
 function selectedRegion() {
+  if (isCanvas()) return state.view.plan.layers[state.sel.layer];
   return state.view.plan.rows[state.sel.row].regions[state.sel.col];
 }
 
 function drawInspector() {
   $("inspector").hidden = !state.view;
   if (!state.view) return;
+  const canvas = isCanvas();
+  $("layer-tools").hidden = !canvas;
+  $("grid-tools").hidden = canvas;
   const region = selectedRegion();
-  const n = state.view.plan.rows.length;
-  $("selected-label").textContent = `Region ${state.view.regions.find((r) => r.row === state.sel.row && r.col === state.sel.col).index + 1} (row ${state.sel.row + 1} of ${n})`;
+  if (canvas) {
+    const n = state.view.layers.length, i = state.sel.layer;
+    const where = n === 1 ? "" : i === n - 1 ? ", top" : i === 0 ? ", bottom" : "";
+    $("selected-label").textContent = `Layer ${i + 1} of ${n}${where}${region.mask ? ", shaped by a mask" : ""}`;
+    $("region-prompt-label").textContent = "Layer prompt";
+    $("soft-edge-box").hidden = !region.mask;
+    if (region.mask) setField("soft-edge", region.mask.soft_edge ? region.mask.soft_edge : "");
+    const list = $("layer-list");
+    list.replaceChildren();
+    for (const l of [...state.view.layers].reverse()) {
+      const li = document.createElement("li");
+      li.dataset.layer = l.index;
+      li.textContent = `${l.index + 1}. ${l.prompt}${l.mask ? " (mask)" : ""}`;
+      if (l.index === i) li.classList.add("selected");
+      li.addEventListener("click", () => selectLayer(l.index));
+      list.append(li);
+    }
+  } else {
+    const n = state.view.plan.rows.length;
+    $("selected-label").textContent = `Region ${state.view.regions.find((r) => r.row === state.sel.row && r.col === state.sel.col).index + 1} (row ${state.sel.row + 1} of ${n})`;
+    $("region-prompt-label").textContent = "Region prompt";
+  }
   setField("region-prompt", region.prompt);
   setField("region-negative", region.negative_prompt || "");
   setField("region-weight", region.base_weight === null || region.base_weight === undefined ? "" : region.base_weight);
 }
 
-async function editRegionField(id) {
+// sel and value are those of the keystroke: a selection changed before the debounced edit
+// runs does not send the text to another region or layer.
+async function editRegionField(id, sel, value) {
   if (!state.view) return;
   const plan = clone(state.view.plan);
-  const region = plan.rows[state.sel.row].regions[state.sel.col];
-  const value = $(id).value;
+  const region = isCanvas() ? plan.layers[sel.layer] : (plan.rows[sel.row] || { regions: [] }).regions[sel.col];
+  if (!region) return;
   if (id === "region-prompt") region.prompt = value;
   if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
   if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
+  if (id === "soft-edge" && region.mask) region.mask.soft_edge = value.trim() === "" ? 0 : Number(value);
   const ok = await checkPlan(plan, "edit-error");
   markInvalid([id], !ok);
 }
@@ -242,7 +549,7 @@ async function applyEdit(name) {
   if (!state.view) return;
   try {
     const view = await api("api/plan/edit", { plan: state.view.plan, edit: name, row: state.sel.row, col: state.sel.col });
-    if (name === "add_row") state.sel = { row: state.sel.row + 1, col: 0 };
+    if (name === "add_row") state.sel = { ...state.sel, row: state.sel.row + 1, col: 0 };
     if (name === "add_region") state.sel.col = view.plan.rows[state.sel.row].regions.length - 1;
     setView(view);
     showError("edit-error", "");
@@ -251,7 +558,30 @@ async function applyEdit(name) {
   }
 }
 
+// In canvas mode only the base prompt and ratio are text; they are fields of the plan.
+async function editCanvasBase() {
+  const plan = clone(state.view.plan);
+  const base = $("base-prompt").value;
+  const ratio = $("base-ratio").value.trim();
+  plan.base_prompt = base.trim() ? base : null;
+  if (ratio !== "") plan.base_ratio = Number.isFinite(Number(ratio)) ? Number(ratio) : ratio;
+  const ids = ["base-prompt", "base-ratio"];
+  try {
+    setView(await api("api/plan/check", { plan, ...renderSize() }), "text");
+    showError("text-error", "");
+    markInvalid(ids, false);
+  } catch (e) {
+    showError("text-error", `${e.message} (the layout above is still the last valid plan)`);
+    markInvalid(ids, false);
+    markInvalid(e.message.includes("base_ratio") ? ["base-ratio"] : ids, true);
+  }
+}
+
 async function editText() {
+  if (state.mode === "canvas") {
+    if (isCanvas()) await editCanvasBase();
+    return;
+  }
   const body = {
     split_ratio: $("split-ratio").value,
     prompts: $("prompts").value,
@@ -287,6 +617,11 @@ function fieldsNamedIn(error, ids) {
 
 // ------------------------------------------------------------------ planning
 
+function describe(view) {
+  const [n, what] = view.kind === "canvas" ? [view.layers.length, "layer"] : [view.regions.length, "region"];
+  return `${n} ${what}${n === 1 ? "" : "s"}`;
+}
+
 async function plan() {
   showError("plan-error", "");
   $("plan-btn").disabled = true;
@@ -302,9 +637,9 @@ async function plan() {
       list.append(li);
     }
     if (!out.entities.length) list.append(Object.assign(document.createElement("li"), { textContent: "(none named)" }));
-    $("plan-meta").textContent = `${out.view.regions.length} region${out.view.regions.length === 1 ? "" : "s"} by ${out.planner} in ${out.seconds.toFixed(2)} s`;
+    $("plan-meta").textContent = `${describe(out.view)} by ${out.planner} in ${out.seconds.toFixed(2)} s`;
     $("plan-info").hidden = false;
-    state.sel = { row: 0, col: 0 };
+    state.sel = { row: 0, col: 0, layer: 0 };
     setView(out.view);
   } catch (e) {
     showError("plan-error", e.message);
@@ -434,9 +769,9 @@ async function reopen(file) {
     if ([...$("scheduler").options].some((o) => o.value === r.scheduler)) $("scheduler").value = r.scheduler;
     if (r.planner && [...$("planner").options].some((o) => o.value === r.planner)) $("planner").value = r.planner;
     sizeCanvas();
-    state.sel = { row: 0, col: 0 };
+    state.sel = { row: 0, col: 0, layer: 0 };
     if (out.view) setView(out.view);
-    $("reopen-status").textContent = `loaded ${out.filename}: seed ${r.seed}, ${out.view ? out.view.regions.length : 0} regions`;
+    $("reopen-status").textContent = `loaded ${out.filename}: seed ${r.seed}, ${out.view ? describe(out.view) : "no plan"}`;
     $("reopen-status").hidden = false;
   } catch (e) {
     showError("reopen-error", e.message);
@@ -448,14 +783,29 @@ async function reopen(file) {
 $("plan-btn").addEventListener("click", plan);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
 $("planner").addEventListener("change", refreshRefine);
-for (const id of ["region-prompt", "region-negative", "region-weight"]) {
-  const run = debounce(() => editRegionField(id), 350);
-  $(id).addEventListener("input", run);
+for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edge"]) {
+  const run = debounce((sel, value) => editRegionField(id, sel, value), 350);
+  $(id).addEventListener("input", () => run({ ...state.sel }, $(id).value));
 }
 for (const b of document.querySelectorAll("[data-edit]")) b.addEventListener("click", () => applyEdit(b.dataset.edit));
+for (const b of document.querySelectorAll("[data-layer-edit]")) b.addEventListener("click", () => layerEdit(b.dataset.layerEdit));
+$("canvas").addEventListener("pointerdown", canvasPointerDown);
+$("canvas").addEventListener("keydown", canvasKeyDown);
+$("mode-canvas").addEventListener("click", () => {
+  if (state.view && !isCanvas()) layerEdit("to_canvas");
+  else if (!state.view) { setMode("canvas"); drawCanvas(); }
+});
+$("mode-grid").addEventListener("click", () => {
+  if (isCanvas()) layerEdit("to_grid");
+  else if (!state.view) { setMode("grid"); drawCanvas(); }
+});
+$("draw-btn").addEventListener("click", () => setTool(state.tool === "draw" ? "select" : "draw"));
+$("mask-file").addEventListener("change", (e) => { const file = e.target.files[0]; e.target.value = ""; uploadMask(file); });
 const runText = debounce(editText, 400);
 for (const id of ["split-ratio", "prompts", "base-prompt", "base-ratio"]) $(id).addEventListener("input", runText);
-for (const id of ["width", "height"]) $(id).addEventListener("input", sizeCanvas);
+// A canvas plan is checked again at a new size: a small layer may paint nothing there.
+const recheckSize = debounce(() => { if (isCanvas()) checkPlan(state.view.plan, "edit-error"); }, 400);
+for (const id of ["width", "height"]) $(id).addEventListener("input", () => { sizeCanvas(); recheckSize(); });
 $("random-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 31); });
 $("generate-btn").addEventListener("click", () => submit("api/generate", {}));
 $("refine-btn").addEventListener("click", () => submit("api/refine", { rounds: Number($("refine-rounds").value) || 1 }));
