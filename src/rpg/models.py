@@ -26,6 +26,7 @@ from rpg.layout import (
     parse_split_ratio,
     split_prompts,
 )
+from rpg.lora_spec import LoraInput, coerce_loras
 
 __all__ = [
     "DEFAULT_BASE_RATIO",
@@ -38,6 +39,7 @@ __all__ = [
     "Entity",
     "GenerationRequest",
     "GenerationResult",
+    "LoraInput",
     "PlanResult",
     "Recaption",
     "Region",
@@ -140,6 +142,18 @@ class Region(BaseModel):
         description="How much of the base prompt is blended into this region (0 to 1); null uses "
         "the plan's base_ratio.",
     )
+    # --- LoRA (rpg.lora): left out of the JSON when empty, so plans read as before.
+    loras: tuple[LoraInput, ...] = Field(
+        default=(),
+        exclude_if=lambda v: not v,
+        description="LoRA adapters that act on this region's prompt only: the keys and values "
+        "its text gives in cross-attention (see rpg.lora). Empty for none.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _coerce_loras(cls, v: Any) -> Any:
+        return coerce_loras(v)
 
     @field_validator("prompt")
     @classmethod
@@ -481,6 +495,19 @@ class GenerationRequest(BaseModel):
         default=(),
         description="ControlNet inputs, one per ControlNet in order; empty for a plain render.",
     )
+    # --- LoRA (rpg.lora): left out of the JSON when empty, so requests read as before.
+    loras: tuple[LoraInput, ...] = Field(
+        default=(),
+        exclude_if=lambda v: not v,
+        description="LoRA adapters for the whole image, in order, each with its scale and the "
+        "SHA-256 of its file (recorded at render time); empty renders with the pipeline as it "
+        "is. Per-region LoRAs live on the plan's regions.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _coerce_loras(cls, v: Any) -> Any:
+        return coerce_loras(v)
 
     @field_validator("prompt")
     @classmethod
