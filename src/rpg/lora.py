@@ -360,6 +360,7 @@ def applied_loras(
             region_adapters.append(tuple(pairs))
         if global_names:
             pipe.set_adapters(global_names, [s.scale for s, _ in global_specs])
+            pipe.enable_lora()  # the user may have disabled theirs; ours must act
         else:
             pipe.disable_lora()  # region adapters act through the processor only
         yield AppliedLoras(recorded, tuple(region_adapters) if any(region_adapters) else None)
