@@ -158,7 +158,7 @@ def test_a_folder_with_the_diffusers_file_name_is_found(
     assert result.request.loras[0].sha256 == file_sha256(sd_lora)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelNotFoundError, match="has no pytorch_lora_weights.safetensors"):
+    with pytest.raises(ModelNotFoundError, match=r"has no pytorch_lora_weights\.safetensors"):
         tiny_rpg.generate(_request(empty, steps=1), output_type="latent")
 
 
