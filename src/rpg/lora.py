@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,8 +53,10 @@ __all__ = [
     "DEFAULT_WEIGHT_NAME",
     "RegionAdapters",
     "applied_loras",
+    "check_lora_files",
     "file_sha256",
     "region_lora_refusal",
+    "request_loras",
     "resolve_lora",
 ]
 
@@ -61,6 +64,8 @@ __all__ = [
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _SUFFIXES = (".safetensors", ".bin")
 _PREFIX = "rpg-lora-"
+# A hub id's 'org/name' part, spelled as rpg.backbones.loading spells model ids.
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 #: Per region, the (adapter name, scale) pairs that act on that region's text only.
 RegionAdapters = tuple[tuple[tuple[str, float], ...], ...]
@@ -93,8 +98,6 @@ def resolve_lora(
 
     Local files and folders are recorded as absolute paths; hub ids as given.
     """
-    from rpg.backbones.loading import hub_file, is_repo_id
-
     path = Path(name).expanduser()
     if path.is_file():
         return str(path.resolve()), path.resolve()
@@ -110,13 +113,15 @@ def resolve_lora(
     local_looking = (
         name.startswith((".", "~", os.sep))
         or (path.suffix in _SUFFIXES and len(parts) <= 2)
-        or not is_repo_id(repo)
+        or not _REPO_ID.match(repo)
     )
     if local_looking:
         raise ModelNotFoundError(
             f"LoRA {name!r}: no such file or folder; pass a .safetensors file, a folder with "
             f"{DEFAULT_WEIGHT_NAME}, or a hub id ('org/name') in the local Hugging Face cache"
         )
+    from rpg.backbones.loading import hub_file  # imports torch: only for hub ids
+
     filename = "/".join(parts[2:]) or DEFAULT_WEIGHT_NAME
     file = hub_file(
         repo,
@@ -128,6 +133,25 @@ def resolve_lora(
         how_to="pass a local .safetensors file",
     )
     return name, file
+
+
+def check_lora_files(specs: Sequence[LoraInput]) -> None:
+    """Fail fast, before any model loads: every local LoRA exists and has its recorded hash.
+
+    Hub ids are looked up in the cache when the render loads them; nothing here imports torch.
+    """
+    for spec in specs:
+        path = Path(spec.name).expanduser()
+        parts = spec.name.split("/")
+        hub = not path.exists() and _REPO_ID.match("/".join(parts[:2])) is not None
+        if hub and not (path.suffix in _SUFFIXES and len(parts) <= 2):
+            continue
+        _checked(spec)
+
+
+def request_loras(request: GenerationRequest) -> list[LoraInput]:
+    """Every LoRA a request names: the whole image's, then each region's."""
+    return [*request.loras, *(s for r in _plan_regions(request) for s in r.loras)]
 
 
 def _checked(spec: LoraInput, **options: Any) -> tuple[LoraInput, Path]:
@@ -252,9 +276,8 @@ def _check_region_adapter(pipe: Any, adapter: str, shown: str) -> None:
                         "LoRA weights only (give it to the whole image instead)"
                     )
                 continue
-            kind = ".".join(p for p in name.split(".") if not p.isdigit())
-            kind = kind.rsplit(".", 2)[-2:]
-            wrong[f"{component}: {'.'.join(kind)}"] = None
+            generic = [p for p in name.split(".") if not p.isdigit()]
+            wrong[f"{component}: {'.'.join(generic[-2:])}"] = None
     if wrong:
         listed = sorted(wrong)
         more = f" and {len(listed) - 8} more" if len(listed) > 8 else ""
@@ -350,13 +373,13 @@ def applied_loras(
         for specs in region_specs:
             pairs = []
             for spec, file in specs:
-                adapter = by_file.get(file)
-                if adapter is None:
-                    adapter = by_file[file] = f"{_PREFIX}region-{len(by_file)}"
-                    ours.append(adapter)
-                    pipe.load_lora_weights(str(file), adapter_name=adapter)
-                    _check_region_adapter(pipe, adapter, spec.name)
-                pairs.append((adapter, spec.scale))
+                found = by_file.get(file)
+                if found is None:
+                    found = by_file[file] = f"{_PREFIX}region-{len(by_file)}"
+                    ours.append(found)
+                    pipe.load_lora_weights(str(file), adapter_name=found)
+                    _check_region_adapter(pipe, found, spec.name)
+                pairs.append((found, spec.scale))
             region_adapters.append(tuple(pairs))
         if global_names:
             pipe.set_adapters(global_names, [s.scale for s, _ in global_specs])
