@@ -304,3 +304,39 @@ def test_flux_global_lora_equals_the_stock_pipeline(tmp_path_factory: Any) -> No
     assert (ours - stock).abs().max().item() <= 1e-5
     assert (ours - plain.images[0]).abs().max().item() > 1e-3
     assert _lora_free(flux.pipe)
+
+
+def test_compiled_prefill_projects_under_the_calls_lora_scale(tiny_rpg: RPG, sd_lora: Path) -> None:
+    """A compiled model reads keys and values projected before the loop: they must be what its
+    forward computes under ``cross_attention_kwargs={"scale": s}``, and the scales come back."""
+    from diffusers.utils import scale_lora_layers
+
+    from rpg.attention import RegionalConditioning, RegionalLayout
+
+    pipe, unet = tiny_rpg.pipe, tiny_rpg.pipe.unet
+    dim = unet.config.cross_attention_dim
+    torch.manual_seed(0)
+    cond = RegionalConditioning(
+        prompt_embeds=torch.randn(1, 10, dim), region_spans=((0, 5), (5, 10)),
+        negative_prompt_embeds=torch.randn(1, 10, dim), negative_span=(0, 10),
+    )  # fmt: skip
+    layout = RegionalLayout(rows=((1.0, (1.0, 1.0)),), base_weights=(0.0, 0.0), height=64, width=64)
+    name = cross_attention_names(unet)[0].removesuffix(".processor")
+    attn = dict(unet.named_modules())[name]
+    pipe.load_lora_weights(str(sd_lora), adapter_name="t")
+    unet._compiled_call_impl = unet._call_impl  # marks it compiled; nothing is compiled here
+    try:
+        before = dict(attn.to_k.scaling)
+        with regional(unet, cond, layout, guidance=True, cache_kv=True, lora_scale=0.25) as proc:
+            slot_key, _ = proc._slots[(id(attn), "positive")]
+        assert attn.to_k.scaling == before
+        with torch.no_grad():
+            scale_lora_layers(unet, 0.25)
+            want, _ = proc._project(attn, cond.prompt_embeds, (0, 10))
+            attn.to_k.scaling.update(before)
+            unscaled, _ = proc._project(attn, cond.prompt_embeds, (0, 10))
+    finally:
+        del unet._compiled_call_impl
+        pipe.unload_lora_weights()
+    assert torch.equal(slot_key, want)
+    assert not torch.allclose(slot_key, unscaled, atol=1e-4)

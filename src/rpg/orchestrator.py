@@ -458,7 +458,7 @@ class RPG:
         ``s + i`` so that every render can be repeated from its request.
 
         ``loras``: LoRA adapters for the whole image, as ``(name, scale)`` pairs,
-        ``"NAME:SCALE"`` strings or :class:`~rpg.models.LoraInput` (see :mod:`rpg.lora`); they
+        ``"NAME:SCALE"`` strings or :class:`~rpg.lora_spec.LoraInput` (see :mod:`rpg.lora`); they
         are loaded for this call only and the result's request records them with their files'
         SHA-256.
 

@@ -23,6 +23,12 @@ counters are not touched, and the cache is read from fixed slots filled before t
 half, instead of being filled on the first step. A slot whose shape or dtype does not match the
 call's context is ignored and the layer projects as usual.
 
+A region may carry LoRA adapters of its own (``RegionalConditioning.region_loras``, see
+:mod:`rpg.lora`): its keys and values are then projected with their low-rank updates added,
+from its own span only, on every call (small: one prompt's tokens, low rank), while every other
+region and the base term read the shared projection. With a shared negative prompt and region
+LoRAs, the negative half follows the regional formula too, that prompt in every region's place.
+
 Context rows that are copies of one another (several images per prompt, known from the
 conditioning's shapes: :attr:`~rpg.attention.spec.RegionalConditioning.shared_rows`) are
 projected once and expanded as views, so neither the projection nor the cache grows with the
