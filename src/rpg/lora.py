@@ -224,7 +224,10 @@ class _Snapshot:
             if not config:
                 continue
             if not self.had_adapters.get(name, False):
-                recurse_remove_peft_layers(model)  # what unload_lora_weights does, one model
+                if hasattr(model, "unload_lora"):  # diffusers models (offloading-aware)
+                    model.unload_lora()
+                    continue
+                recurse_remove_peft_layers(model)  # what unload_lora_weights does to encoders
                 del model.peft_config
                 if hasattr(model, "_hf_peft_config_loaded"):
                     model._hf_peft_config_loaded = None
