@@ -20,12 +20,12 @@ from rpg.errors import (
     SplitRatioError,
 )
 from rpg.hookspecs import hookimpl
+from rpg.lora_spec import LoraInput
 from rpg.models import (
     ControlInput,
     Entity,
     GenerationRequest,
     GenerationResult,
-    LoraInput,
     PlanResult,
     Recaption,
     Region,

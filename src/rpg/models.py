@@ -39,7 +39,6 @@ __all__ = [
     "Entity",
     "GenerationRequest",
     "GenerationResult",
-    "LoraInput",
     "PlanResult",
     "Recaption",
     "Region",
