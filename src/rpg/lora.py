@@ -343,7 +343,7 @@ def applied_loras(
     except ImportError:
         raise ConfigurationError(
             "rendering with LoRAs needs the 'peft' package (diffusers loads LoRAs through it): "
-            "pip install peft"
+            "pip install 'rpg-diffusion[lora]' (or pip install peft)"
         ) from None
 
     options = {"allow_download": allow_download, "cache_dir": cache_dir}
