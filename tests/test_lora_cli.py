@@ -103,3 +103,39 @@ def test_batch_lines_take_loras_and_the_flag_is_their_default(
     scales = sorted(tuple(lo.scale for lo in r.loras) for r in requests)
     assert scales == [(), (0.5,), (0.9,)]
     assert all(lo.sha256 == file_sha256(lora_file) for r in requests for lo in r.loras)
+
+
+def test_the_editor_api_renders_with_whole_image_and_region_loras(
+    tiny_rpg, lora_file: Path, tmp_path: Path
+) -> None:
+    """What the editor's LoRA fields send: ``"NAME:SCALE"`` strings in the request and on a
+    region of the plan; the PNG records both with the file's hash, and reopens with them."""
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from lora_helpers import CROSS_KV
+    from rpg.ui import build_app
+    from ui_helpers import wait
+
+    kv = write_lora(tiny_rpg.pipe, tmp_path / "kv.safetensors", targets=CROSS_KV, seed=8)
+    client = TestClient(
+        build_app(tiny_rpg, output_dir=tmp_path / "out", planner="rules"),
+        base_url="http://localhost",
+    )
+    plan = {
+        "rows": [{"regions": [{"prompt": "a cat", "loras": [f"{kv}:0.7"]}, {"prompt": "a dog"}]}]
+    }
+    checked = client.post("/api/plan/check", json={"plan": plan})
+    assert checked.status_code == 200, checked.text
+    request = {"prompt": "pets", "steps": 2, "seed": 3, "loras": [f"{lora_file}:0.5"]}
+    job = wait(client, client.post("/api/generate", json={"request": request, "plan": plan}).json())
+    assert job["state"] == "done", job
+    png = client.get(job["images"][0]["url"]).content
+    reopened = client.post(
+        "/api/reopen", content=png, headers={"content-type": "image/png", "x-filename": "a.png"}
+    ).json()
+    assert reopened["request"]["loras"][0]["sha256"] == file_sha256(lora_file)
+    region = reopened["view"]["plan"]["rows"][0]["regions"][0]
+    assert region["loras"][0]["scale"] == 0.7 and region["loras"][0]["sha256"] == file_sha256(kv)
+    bad = client.post("/api/generate", json={"request": {**request, "loras": ["x:99"]}})
+    assert bad.status_code == 422

@@ -215,6 +215,15 @@ function selectedRegion() {
   return state.view.plan.rows[state.sel.row].regions[state.sel.col];
 }
 
+// LoRAs as the request takes them: "NAME:SCALE" strings (see rpg.lora_spec.parse_lora).
+function loraList(text) {
+  return text.split(/[\n,]/).map((s) => s.trim()).filter((s) => s);
+}
+
+function loraText(loras, sep) {
+  return (loras || []).map((l) => `${l.name}:${l.scale}`).join(sep);
+}
+
 function drawInspector() {
   $("inspector").hidden = !state.view;
   if (!state.view) return;
@@ -224,6 +233,7 @@ function drawInspector() {
   setField("region-prompt", region.prompt);
   setField("region-negative", region.negative_prompt || "");
   setField("region-weight", region.base_weight === null || region.base_weight === undefined ? "" : region.base_weight);
+  setField("region-loras", loraText(region.loras, ", "));
 }
 
 async function editRegionField(id) {
@@ -234,6 +244,7 @@ async function editRegionField(id) {
   if (id === "region-prompt") region.prompt = value;
   if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
   if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
+  if (id === "region-loras") region.loras = loraList(value);
   const ok = await checkPlan(plan, "edit-error");
   markInvalid([id], !ok);
 }
@@ -331,6 +342,7 @@ function requestFields() {
     num_images: num("num-images"),
     scheduler: $("scheduler").value,
     negative_prompt: $("negative").value,
+    loras: loraList($("loras").value),
   };
 }
 
@@ -428,6 +440,7 @@ async function reopen(file) {
     const r = out.request;
     $("prompt").value = r.prompt;
     $("negative").value = r.negative_prompt || "";
+    $("loras").value = loraText(r.loras, "\n");
     for (const [id, key] of [["seed", "seed"], ["steps", "steps"], ["width", "width"], ["height", "height"], ["guidance", "guidance_scale"], ["num-images", "num_images"]]) {
       if (r[key] !== null && r[key] !== undefined) $(id).value = r[key];
     }
@@ -448,7 +461,7 @@ async function reopen(file) {
 $("plan-btn").addEventListener("click", plan);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
 $("planner").addEventListener("change", refreshRefine);
-for (const id of ["region-prompt", "region-negative", "region-weight"]) {
+for (const id of ["region-prompt", "region-negative", "region-weight", "region-loras"]) {
   const run = debounce(() => editRegionField(id), 350);
   $(id).addEventListener("input", run);
 }
