@@ -20,6 +20,7 @@ from rpg.errors import (
     SplitRatioError,
 )
 from rpg.hookspecs import hookimpl
+from rpg.lora_spec import LoraInput
 from rpg.models import (
     ControlInput,
     Entity,
@@ -49,6 +50,7 @@ __all__ = [
     "GenerationResult",
     "Layer",
     "LayerMask",
+    "LoraInput",
     "ModelNotFoundError",
     "PlanResult",
     "Planner",

@@ -38,6 +38,7 @@ from rpg.layout import (
     parse_split_ratio,
     split_prompts,
 )
+from rpg.lora_spec import LoraInput, coerce_loras
 
 if TYPE_CHECKING:
     import numpy as np
@@ -164,6 +165,18 @@ class Region(BaseModel):
         description="How much of the base prompt is blended into this region (0 to 1); null uses "
         "the plan's base_ratio.",
     )
+    # --- LoRA (rpg.lora): left out of the JSON when empty, so plans read as before.
+    loras: tuple[LoraInput, ...] = Field(
+        default=(),
+        exclude_if=lambda v: not v,
+        description="LoRA adapters that act on this region's prompt only: the keys and values "
+        "its text gives in cross-attention (see rpg.lora). Empty for none.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _coerce_loras(cls, v: Any) -> Any:
+        return coerce_loras(v)
 
     @field_validator("prompt")
     @classmethod
@@ -409,6 +422,18 @@ class Layer(BaseModel):
         default=None,
         description="Where the layer paints, as a grayscale picture; null when a box is given.",
     )
+    # --- LoRA (rpg.lora): left out of the JSON when empty, so plans read as before.
+    loras: tuple[LoraInput, ...] = Field(
+        default=(),
+        exclude_if=lambda v: not v,
+        description="LoRA adapters that act on this layer's prompt only: the keys and values "
+        "its text gives in cross-attention (see rpg.lora). Empty for none.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _coerce_loras(cls, v: Any) -> Any:
+        return coerce_loras(v)
 
     @field_validator("prompt")
     @classmethod
@@ -564,7 +589,10 @@ class RegionPlan(BaseModel):
         if self.layers:
             return [
                 Region(
-                    prompt=x.prompt, negative_prompt=x.negative_prompt, base_weight=x.base_weight
+                    prompt=x.prompt,
+                    negative_prompt=x.negative_prompt,
+                    base_weight=x.base_weight,
+                    loras=x.loras,
                 )
                 for x in self.layers
             ]
@@ -627,6 +655,7 @@ class RegionPlan(BaseModel):
                 negative_prompt=r.negative_prompt,
                 base_weight=r.base_weight,
                 box=box,
+                loras=r.loras,
             )
             for r, box in zip(self.regions, self.boxes(), strict=True)
         ]
@@ -938,6 +967,19 @@ class GenerationRequest(BaseModel):
         default=(),
         description="ControlNet inputs, one per ControlNet in order; empty for a plain render.",
     )
+    # --- LoRA (rpg.lora): left out of the JSON when empty, so requests read as before.
+    loras: tuple[LoraInput, ...] = Field(
+        default=(),
+        exclude_if=lambda v: not v,
+        description="LoRA adapters for the whole image, in order, each with its scale and the "
+        "SHA-256 of its file (recorded at render time); empty renders with the pipeline as it "
+        "is. Per-region LoRAs live on the plan's regions.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _coerce_loras(cls, v: Any) -> Any:
+        return coerce_loras(v)
 
     @field_validator("prompt")
     @classmethod

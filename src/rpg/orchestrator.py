@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +29,7 @@ from rpg.errors import ConfigurationError, RegistryError
 from rpg.models import (
     GenerationRequest,
     GenerationResult,
+    LoraInput,
     PlanResult,
     RegionPlan,
     whole_image_text,
@@ -351,6 +352,10 @@ class RPG:
         to the stock pipeline call; extra inputs a backbone understands (ControlNet images) go
         through :meth:`~rpg.backbones.base.Backbone.prepare_inputs` first.
 
+        LoRA: ``request.loras`` (whole image) and the plan's ``Region.loras`` (one region's text)
+        are loaded with diffusers' ``load_lora_weights`` for this call and removed afterwards;
+        the result's request records each file's SHA-256 (see :mod:`rpg.lora`).
+
         ControlNet: control images come from ``image=`` (one per ControlNet), else from the paths
         in ``request.controls``; scales from ``controlnet_conditioning_scale=``, else from
         ``request.controls``, else 1. The result's request records what was used (ControlNet
@@ -433,6 +438,7 @@ class RPG:
         seed: int | None = None,
         scheduler: str | None = None,
         base_ratio: float | None = None,
+        loras: Sequence[LoraInput | tuple[str, float] | str] | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[..., Any] | None = None,
         **pipeline_kwargs: Any,
@@ -450,6 +456,11 @@ class RPG:
         ``s, s+1, ...``, one per image): it stands for the seed ``s``, which the result's
         request records, because rpg draws image ``i`` from a new CPU generator seeded
         ``s + i`` so that every render can be repeated from its request.
+
+        ``loras``: LoRA adapters for the whole image, as ``(name, scale)`` pairs,
+        ``"NAME:SCALE"`` strings or :class:`~rpg.lora_spec.LoraInput` (see :mod:`rpg.lora`); they
+        are loaded for this call only and the result's request records them with their files'
+        SHA-256.
 
         Returns the :class:`~rpg.models.GenerationResult`: ``.images``, ``.plan`` and
         ``.request`` (the request this call implies; ``rpg.generate(result.request)`` renders
@@ -483,6 +494,7 @@ class RPG:
             "seed": seed,
             "scheduler": scheduler,
             "base_ratio": base_ratio,
+            "loras": loras,
         }
         request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
         return self.generate(

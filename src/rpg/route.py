@@ -10,6 +10,7 @@ call only, and the attention processors are the user's again afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -63,8 +64,34 @@ def render_request(
 
     Steps: the backbone turns the request's extra inputs into pipeline arguments
     (:meth:`~rpg.backbones.base.Backbone.prepare_inputs`), encodes the plan once, and renders
-    with the stock pipeline inside its attention context, under the request's scheduler.
+    with the stock pipeline inside its attention context, under the request's scheduler. The
+    request's LoRAs (whole image and per region) are loaded for the call and removed after
+    (:func:`rpg.lora.applied_loras`); the result's request records their files' hashes.
     """
+    from rpg.lora import applied_loras
+
+    with applied_loras(backbone, request) as loras:
+        return _render(
+            backbone,
+            loras.request,
+            progress=progress,
+            pipeline_kwargs=pipeline_kwargs,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            region_loras=loras.region_adapters,
+        )
+
+
+def _render(
+    backbone: Backbone,
+    request: GenerationRequest,
+    *,
+    progress: RenderProgress,
+    pipeline_kwargs: Mapping[str, Any] | None,
+    output_type: str,
+    callback_on_step_end: Callable[..., Any] | None,
+    region_loras: tuple[tuple[tuple[str, float], ...], ...] | None,
+) -> RouteResult:
     plan, seed = request.plan, request.seed
     width, height = request.width, request.height
     if plan is None or seed is None or width is None or height is None:
@@ -83,6 +110,8 @@ def render_request(
     conditioning = backbone.encode(
         plan, request.negative_prompt, guidance=guidance, prompt=request.prompt, options=options
     )
+    if region_loras is not None:
+        conditioning = dataclasses.replace(conditioning, region_loras=region_loras)
     timings["encode"] = time.perf_counter() - t
 
     generators = [

@@ -89,6 +89,23 @@ def cross_attention_names(model: AttentionModel) -> list[str]:
     return names
 
 
+@contextmanager
+def _lora_scaled(model: Any, scale: float | None) -> Iterator[None]:
+    """Multiply the active LoRA scales of ``model``'s peft layers by ``scale`` for the block, as
+    a UNet's forward does with ``cross_attention_kwargs["scale"]``; the exact scales are put
+    back afterwards."""
+    layers = [] if scale is None or scale == 1 else list(model.modules())
+    layers = [m for m in layers if hasattr(m, "scale_layer") and isinstance(m.scaling, dict)]
+    saved = [dict(m.scaling) for m in layers]
+    try:
+        for m in layers:
+            m.scale_layer(scale)
+        yield
+    finally:
+        for m, scaling in zip(layers, saved, strict=True):
+            m.scaling.update(scaling)
+
+
 def _levels(model: Any) -> int:
     """How many latent resolutions ``model`` has (its block levels; 6 when it does not say)."""
     config = getattr(model, "config", None)
@@ -104,6 +121,7 @@ def regional(
     *,
     guidance: bool,
     cache_kv: bool = False,
+    lora_scale: float | None = None,
 ) -> Iterator[RegionalAttnProcessor]:
     """Use :class:`RegionalAttnProcessor` on every cross-attention layer inside the block.
 
@@ -116,6 +134,12 @@ def regional(
     when the cache is freed). A changed context tensor or in-place weight update is noticed and
     re-projected, but adapter *scales* are not part of the check: keep them fixed inside one
     block, as one pipeline call does.
+
+    Eager calls notice adapter and scale changes themselves (the cache's fingerprint includes
+    the LoRA state of ``to_k``/``to_v``). For a compiled model, whose keys and values are
+    projected before the loop, ``lora_scale`` is the ``cross_attention_kwargs["scale"]`` the
+    pipeline call will pass: the model applies it to its LoRA layers inside its forward, so the
+    slots are projected under it too.
     """
     models = [model] if isinstance(model, AttentionModel) else list(model)
     compiled = any(is_compiled(m) for m in models)
@@ -143,8 +167,9 @@ def regional(
         if cache_kv and compiled:
             for m in models:
                 named = dict(m.named_modules())
-                for key in cross_attention_names(m):
-                    processor.prefill(named[key[: -len(_SUFFIX)]], conditioning, device)
+                with _lora_scaled(m, lora_scale):
+                    for key in cross_attention_names(m):
+                        processor.prefill(named[key[: -len(_SUFFIX)]], conditioning, device)
         yield processor
     finally:
         processor.clear_cache()

@@ -30,6 +30,12 @@ counters are not touched, and the cache is read from fixed slots filled before t
 half, instead of being filled on the first step. A slot whose shape or dtype does not match the
 call's context is ignored and the layer projects as usual.
 
+A region may carry LoRA adapters of its own (``RegionalConditioning.region_loras``, see
+:mod:`rpg.lora`): its keys and values are then projected with their low-rank updates added,
+from its own span only, on every call (small: one prompt's tokens, low rank), while every other
+region and the base term read the shared projection. With a shared negative prompt and region
+LoRAs, the negative half follows the regional formula too, that prompt in every region's place.
+
 Context rows that are copies of one another (several images per prompt, known from the
 conditioning's shapes: :attr:`~rpg.attention.spec.RegionalConditioning.shared_rows`) are
 projected once and expanded as views, so neither the projection nor the cache grows with the
@@ -38,6 +44,7 @@ number of images, and no call waits on the device to find that out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +86,48 @@ def _version(tensor: torch.Tensor) -> int | None:
     return None if tensor.is_inference() else tensor._version
 
 
+def _adapter_state(layer: Any) -> tuple[Any, ...]:
+    """What a LoRA-wrapped (peft) projection adds to its base weight, as host-side facts.
+
+    Which adapters are active, whether adapters are disabled or merged, each active adapter's
+    scaling (``set_adapters`` weights, and the ``cross_attention_kwargs`` scale a UNet applies
+    inside its forward) and its weights' identity and version. Plain ``nn.Linear``: empty.
+    Reads no tensor values, so it costs no device synchronisation.
+    """
+    lora_a = getattr(layer, "lora_A", None)
+    if lora_a is None:
+        return ()
+    active = tuple(getattr(layer, "active_adapters", ()))
+    lora_b = getattr(layer, "lora_B", {})
+    scaling = getattr(layer, "scaling", {})
+    weights = tuple(
+        (
+            name,
+            scaling.get(name),
+            *(
+                (m.weight.data_ptr(), _version(m.weight))
+                for m in (lora_a[name], lora_b[name])
+                if isinstance(getattr(m, "weight", None), torch.Tensor)
+            ),
+        )
+        for name in active
+        if name in lora_a and name in lora_b
+    )
+    return (
+        active,
+        bool(getattr(layer, "disable_adapters", False)),
+        tuple(getattr(layer, "merged_adapters", ())),
+        weights,
+    )
+
+
 def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
     """What must be unchanged for projected keys and values to still be right.
 
-    The same memory, shape and layout, no in-place write since (``_version``), and the same
-    ``to_k``/``to_v`` weights (an in-place update such as fusing a LoRA bumps their version).
+    The same memory, shape and layout, no in-place write since (``_version``), the same
+    ``to_k``/``to_v`` weights (an in-place update such as fusing a LoRA bumps their version),
+    and the same LoRA adapters on them with the same scales (:func:`_adapter_state`): switching
+    adapters or changing a scale between calls re-projects.
     """
     weights = tuple(
         (w.data_ptr(), _version(w))
@@ -98,7 +142,30 @@ def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
         context.device,
         _version(context),
         weights,
+        _adapter_state(attn.to_k),
+        _adapter_state(attn.to_v),
     )
+
+
+def _lora_delta(layer: Any, x: torch.Tensor, adapters: tuple[tuple[str, float], ...]) -> Any:
+    """``Σ_a s_a · B_a(A_a(x)) · scaling_a`` of ``layer``'s (inactive) LoRA adapters, or ``None``.
+
+    The low-rank update a peft LoRA layer adds to its base output, computed for the named
+    adapters only whether or not they are active: how a region's own LoRA reaches its tokens'
+    keys and values (:mod:`rpg.lora`). Adapters the layer does not hold add nothing.
+    """
+    lora_a = getattr(layer, "lora_A", None)
+    if lora_a is None:
+        return None
+    delta = None
+    for name, scale in adapters:
+        if name not in lora_a:
+            continue
+        down = lora_a[name]
+        part = layer.lora_dropout[name](x.to(down.weight.dtype))
+        term = layer.lora_B[name](down(part)) * (layer.scaling[name] * scale)
+        delta = term if delta is None else delta + term
+    return None if delta is None else delta.to(x.dtype)
 
 
 class RegionalAttnProcessor:
@@ -161,6 +228,10 @@ class RegionalAttnProcessor:
                 self.negative_region_spans += (neg_background or (0, 0),)
         # Decided once, from shapes: comparing context rows per call would wait on the device.
         self.shared_rows = conditioning.shared_rows
+        #: Per region, the LoRA adapters acting on its text only (see :mod:`rpg.lora`).
+        self.region_loras = conditioning.region_loras
+        if self.region_loras is not None and not any(self.region_loras):
+            self.region_loras = None
         uses_base = any(b > 0 for b in layout.base_weights)
         if uses_base and self.base_span is None:
             raise ValueError(
@@ -324,7 +395,22 @@ class RegionalAttnProcessor:
         positive = slice(batch // 2, batch) if self.guidance else slice(0, batch)
         if self.guidance:
             negative = slice(0, batch // 2)
-            if self.negative_region_spans is None:
+            if self.negative_region_spans is None and self.region_loras is not None:
+                # Region LoRAs change what each region reads of the shared negative prompt too:
+                # the regional formula with that prompt in every region's place and as the base.
+                span = self.negative_span or (0, context.shape[1])
+                self._regional(
+                    attn,
+                    query,
+                    context,
+                    mask,
+                    index,
+                    out,
+                    negative,
+                    (span,) * len(self.region_spans),
+                    span,
+                )
+            elif self.negative_region_spans is None:
                 span = self.negative_span or (0, context.shape[1])
                 key, value = self._keys_values(attn, context, negative, span)
                 part = F.scaled_dot_product_attention(
@@ -410,6 +496,39 @@ class RegionalAttnProcessor:
             value = value.expand(copies, -1, -1, -1)
         return key, value
 
+    def _region_keys_values(
+        self,
+        attn: Attention,
+        context: torch.Tensor,
+        rows: slice,
+        span: Span,
+        adapters: tuple[tuple[str, float], ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``context[rows, span]`` with a region's own LoRAs added.
+
+        Projected on every call, not cached: the span is one prompt's tokens and the update is
+        low-rank, so this is small next to the layer's attention.
+        """
+        copies = (rows.stop or context.shape[0]) - (rows.start or 0)
+        part = context[rows]
+        if copies > 1 and self.shared_rows:
+            part = part[:1]
+        if attn.norm_cross:
+            part = attn.norm_encoder_hidden_states(part)
+        part = part[:, span[0] : span[1]]
+        projected = []
+        for layer in (attn.to_k, attn.to_v):
+            y = layer(part)
+            delta = _lora_delta(layer, part, adapters)
+            projected.append(_heads(y if delta is None else y + delta, attn.heads))
+        key, value = projected
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if key.shape[0] != copies:
+            key = key.expand(copies, -1, -1, -1)
+            value = value.expand(copies, -1, -1, -1)
+        return key, value
+
     @staticmethod
     def _project(
         attn: Attention, part: torch.Tensor, span: Span
@@ -441,17 +560,24 @@ class RegionalAttnProcessor:
         q = query[rows]
         key, value = self._keys_values(attn, context, rows, (0, context.shape[1]))
         target = out[rows]
+        # the last painter of a canvas, the background, reads no region's LoRA
+        loras = tuple(self.region_loras or ())
+        loras += ((),) * (len(spans) - len(loras))
+
+        def keys_values(painter: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+            if loras[painter]:
+                return self._region_keys_values(attn, context, rows, span, loras[painter])
+            return key[:, :, span[0] : span[1]], value[:, :, span[0] : span[1]]
+
         if index.soft:
-            self._painted(q, key, value, mask, index, target, rows, spans, base_span)
+            self._painted(q, key, value, keys_values, mask, index, target, rows, spans, base_span)
             return
-        for (start, end), (k0, k1) in zip(index.bounds, spans, strict=True):
+        for painter, ((start, end), (k0, k1)) in enumerate(zip(index.bounds, spans, strict=True)):
             if start == end:
                 continue
+            k, v = keys_values(painter, (k0, k1))
             part = F.scaled_dot_product_attention(
-                q[:, :, start:end],
-                key[:, :, k0:k1],
-                value[:, :, k0:k1],
-                attn_mask=_cut(mask, rows, (start, end), (k0, k1)),
+                q[:, :, start:end], k, v, attn_mask=_cut(mask, rows, (start, end), (k0, k1))
             )
             target[:, start:end].copy_(part.transpose(1, 2))
         if index.base_weights is None or base_span is None:
@@ -471,6 +597,7 @@ class RegionalAttnProcessor:
         q: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
+        keys_values: Callable[[int, Span], tuple[torch.Tensor, torch.Tensor]],
         mask: torch.Tensor | None,
         index: RegionIndex,
         target: torch.Tensor,
@@ -490,10 +617,11 @@ class RegionalAttnProcessor:
                 continue  # all of its share goes through the base term
             k0, k1 = spans[painter.region]
             queries = q.index_select(2, painter.index)
+            k, v = keys_values(painter.region, (k0, k1))
             part = F.scaled_dot_product_attention(
                 queries,
-                key[:, :, k0:k1],
-                value[:, :, k0:k1],
+                k,
+                v,
                 attn_mask=_cut_index(mask, rows, painter.index, (k0, k1)),
             ).transpose(1, 2)
             weight = painter.weight.to(part.dtype)

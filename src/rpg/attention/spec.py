@@ -48,9 +48,15 @@ class RegionalConditioning:
     #: MM-DiT without a base prompt: the whole prompt packed (stock padding) after the regions,
     #: read by the calls and blocks that are not regional (``regional_steps``/``_blocks``).
     global_span: Span | None = None
+    #: Per region, ``(adapter name, scale)`` pairs of LoRAs that act on that region's text only
+    #: (the keys and values its tokens give in cross-attention; see :mod:`rpg.lora`). ``None``:
+    #: no region has its own LoRA.
+    region_loras: tuple[tuple[tuple[str, float], ...], ...] | None = None
 
     def __post_init__(self) -> None:
         total = self.prompt_embeds.shape[1]
+        if self.region_loras is not None and len(self.region_loras) != len(self.region_spans):
+            raise ValueError("region_loras must have one entry per region")
         extra = [s for s in (self.base_span, self.global_span) if s is not None]
         for span in (*self.region_spans, *extra):
             if not 0 <= span[0] < span[1] <= total:

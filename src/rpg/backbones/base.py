@@ -65,6 +65,7 @@ __all__ = [
     "Rendered",
     "StepClock",
     "StockCall",
+    "lora_call_scale",
     "pack_segments",
     "pad_tokens",
     "timed_call",
@@ -75,6 +76,13 @@ log = logging.getLogger(__name__)
 
 #: Keyword options every backbone's ``load`` understands (besides device and dtype).
 LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
+
+
+def lora_call_scale(pipeline_kwargs: Mapping[str, Any]) -> float | None:
+    """The LoRA scale a call passes in ``cross_attention_kwargs`` (``None``: none given)."""
+    extra = pipeline_kwargs.get("cross_attention_kwargs") or {}
+    scale = extra.get("scale") if isinstance(extra, Mapping) else None
+    return None if scale is None else float(scale)
 
 
 class Backbone(ABC):
@@ -562,9 +570,14 @@ class Backbone(ABC):
         """
         from rpg.attention.install import regional
 
-        del pipeline_kwargs, call
+        del call
         return regional(
-            self.attention_models(), conditioning, layout, guidance=guidance, cache_kv=cache_kv
+            self.attention_models(),
+            conditioning,
+            layout,
+            guidance=guidance,
+            cache_kv=cache_kv,
+            lora_scale=lora_call_scale(pipeline_kwargs),
         )
 
     def render(

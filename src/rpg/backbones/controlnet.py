@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
-from rpg.backbones.base import LOAD_OPTIONS, Backbone, PreparedInputs, StockCall
+from rpg.backbones.base import (
+    LOAD_OPTIONS,
+    Backbone,
+    PreparedInputs,
+    StockCall,
+    lora_call_scale,
+)
 from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
@@ -467,11 +473,26 @@ class ControlNetBackboneMixin(Backbone):
             )
         stack = ExitStack()
         try:
+            scale = lora_call_scale(pipeline_kwargs)
             stack.enter_context(
-                regional([self.pipe.unet], conditioning, layout, guidance=True, cache_kv=cache_kv)
+                regional(
+                    [self.pipe.unet],
+                    conditioning,
+                    layout,
+                    guidance=True,
+                    cache_kv=cache_kv,
+                    lora_scale=scale,
+                )
             )
             stack.enter_context(
-                regional(self.controlnets, conditioning, layout, guidance=False, cache_kv=cache_kv)
+                regional(
+                    self.controlnets,
+                    conditioning,
+                    layout,
+                    guidance=False,
+                    cache_kv=cache_kv,
+                    lora_scale=scale,
+                )
             )
         except BaseException:
             stack.close()

@@ -20,6 +20,7 @@ from rpg.cli.common import (
     prepare_planner,
     request_overrides,
 )
+from rpg.cli.lora_flags import add_lora_arguments, check_lora_flags, lora_overrides
 from rpg.errors import ConfigurationError
 from rpg.planners.base import DEFAULT_PLANNER
 from rpg.stopping import stop_on_sigint
@@ -45,6 +46,10 @@ finished when a run with exactly the same settings wrote its files.
 ControlNet: give lines "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png",
 "scale": 0.7}] (control image paths are relative to the current folder). The ControlNets are
 loaded once, so every line of a batch must name the same ControlNets, or none.
+
+LoRA: give lines "loras": ["style.safetensors:0.8"] (or [{"name": ..., "scale": ...}]), and
+regions their own "loras" in a plan; --lora sets the LoRAs of lines that name none. LoRAs are
+loaded per image, so lines may differ. Paths are relative to the current folder.
 """
 
 
@@ -168,6 +173,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--seeds", type=parse_seeds, help="render every line with each seed")
     add_model_arguments(p)
+    add_lora_arguments(p, batch=True)
     add_planner_arguments(p)
     add_render_arguments(p)
     ray = p.add_argument_group("ray (pip install 'rpg-diffusion[ray]')")
@@ -241,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.requests.is_file():
         raise ConfigurationError(f"{args.requests}: requests file not found")
     check_output_dir(args.out)
-    defaults = request_overrides(args)
+    defaults = {**request_overrides(args), **lora_overrides(args)}
     model = args.model or DEFAULT_MODEL
     # The options are the defaults of every line: check them like one request, by flag.
     validate_request({"prompt": "-", "model": model, **defaults}, from_flags=set(defaults))
@@ -260,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         listed = expand_requests(lines, defaults=defaults, seeds=args.seeds)
         model = batch_model(listed, args.model)
         controlnet = batch_controlnets(listed)
+        for item in listed:  # LoRA files are there (and unchanged) before the model loads
+            if item.request is not None:
+                check_lora_flags(item.request)
         check_loading(args, model, controlnet)
         # every request records the model the batch loads, and is keyed by it; lines without
         # a seed draw one, the same one again when the batch resumes in OUT

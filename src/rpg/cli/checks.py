@@ -62,6 +62,7 @@ FIELD_FLAGS: dict[str, str] = {
     "scheduler": "--scheduler",
     "base_ratio": "--base-ratio",
     "controls": "--control-scale",
+    "loras": "--lora",
 }
 
 #: The file formats rpg writes images in: PNG only, because the plan and the request live in a

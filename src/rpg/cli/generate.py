@@ -38,6 +38,7 @@ from rpg.cli.common import (
     prepare_planner,
     request_overrides,
 )
+from rpg.cli.lora_flags import add_lora_arguments, check_lora_flags, lora_overrides
 from rpg.cli.preflight import check_control_flags, finite_float
 from rpg.cli.refining import add_refine_argument, generate_refined
 from rpg.errors import ConfigurationError
@@ -69,6 +70,8 @@ _EXAMPLES = """examples:
       --control-image edges.png --control-scale 0.7   # SDXL detected, ControlNet added
   rpg generate --from cn.png --control-scale 0.5 --out cn-05.png
       # same ControlNet and (embedded) control image, weaker control
+  rpg generate "..." --lora ./style.safetensors:0.8 --out styled.png
+  rpg generate --from styled.png --lora ./style.safetensors:0.4 --out half.png
 """
 
 
@@ -118,6 +121,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="ControlNet conditioning scale: one for all or one per --controlnet (default 1; "
         "with --from, the recorded scales)",
     )
+    add_lora_arguments(p)
     plan = add_planner_arguments(p)
     plan.add_argument(
         "--mask-image",
@@ -153,7 +157,7 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
     A bad value is a :class:`~rpg.cli.checks.UsageError` naming its flag; a bad value recorded
     in the ``--from`` image is an error naming that file.
     """
-    overrides = request_overrides(args)
+    overrides = {**request_overrides(args), **lora_overrides(args)}
     if args.mask_image is not None:
         from rpg.cli.plan import mask_image_plan
 
@@ -214,6 +218,7 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
     for path in args.control_image or []:
         if not path.is_file():
             raise ConfigurationError(f"{path}: control image not found")
+    check_lora_flags(request)
     controlnet = args.controlnet or [c.controlnet for c in request.controls]
     check_loading(args, model, controlnet)
     if args.refine and request.num_images != 1:

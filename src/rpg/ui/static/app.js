@@ -496,6 +496,15 @@ function selectedRegion() {
   return state.view.plan.rows[state.sel.row].regions[state.sel.col];
 }
 
+// LoRAs as the request takes them: "NAME:SCALE" strings (see rpg.lora_spec.parse_lora).
+function loraList(text) {
+  return text.split(/[\n,]/).map((s) => s.trim()).filter((s) => s);
+}
+
+function loraText(loras, sep) {
+  return (loras || []).map((l) => `${l.name}:${l.scale}`).join(sep);
+}
+
 function drawInspector() {
   $("inspector").hidden = !state.view;
   if (!state.view) return;
@@ -528,6 +537,7 @@ function drawInspector() {
   setField("region-prompt", region.prompt);
   setField("region-negative", region.negative_prompt || "");
   setField("region-weight", region.base_weight === null || region.base_weight === undefined ? "" : region.base_weight);
+  setField("region-loras", loraText(region.loras, ", "));
 }
 
 // sel and value are those of the keystroke: a selection changed before the debounced edit
@@ -541,6 +551,7 @@ async function editRegionField(id, sel, value) {
   if (id === "region-negative") region.negative_prompt = value.trim() ? value : null;
   if (id === "region-weight") region.base_weight = value.trim() === "" ? null : Number(value);
   if (id === "soft-edge" && region.mask) region.mask.soft_edge = value.trim() === "" ? 0 : Number(value);
+  if (id === "region-loras") region.loras = loraList(value);
   const ok = await checkPlan(plan, "edit-error");
   markInvalid([id], !ok);
 }
@@ -666,6 +677,7 @@ function requestFields() {
     num_images: num("num-images"),
     scheduler: $("scheduler").value,
     negative_prompt: $("negative").value,
+    loras: loraList($("loras").value),
   };
 }
 
@@ -763,6 +775,7 @@ async function reopen(file) {
     const r = out.request;
     $("prompt").value = r.prompt;
     $("negative").value = r.negative_prompt || "";
+    $("loras").value = loraText(r.loras, "\n");
     for (const [id, key] of [["seed", "seed"], ["steps", "steps"], ["width", "width"], ["height", "height"], ["guidance", "guidance_scale"], ["num-images", "num_images"]]) {
       if (r[key] !== null && r[key] !== undefined) $(id).value = r[key];
     }
@@ -783,7 +796,7 @@ async function reopen(file) {
 $("plan-btn").addEventListener("click", plan);
 $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) plan(); });
 $("planner").addEventListener("change", refreshRefine);
-for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edge"]) {
+for (const id of ["region-prompt", "region-negative", "region-weight", "soft-edge", "region-loras"]) {
   const run = debounce((sel, value) => editRegionField(id, sel, value), 350);
   $(id).addEventListener("input", () => run({ ...state.sel }, $(id).value));
 }
