@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (attention/joint.py is being reworked on another branch), the batch engine switch, and
 #: GenerationResult.save. The list may only shrink: a new circle fails this test.
 KNOWN_CIRCLES = [
-    ["rpg.batch", "rpg.batch_ray"],
     ["rpg.metadata", "rpg.models"],
 ]
 

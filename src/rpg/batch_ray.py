@@ -5,20 +5,20 @@ and writes the records that stream back:
 
 1. **Read.** ``ray.data.read_binary_files`` reads the JSONL file (a list of items passed from
    Python becomes ``ray.data.from_items``); a ``flat_map`` splits it into numbered lines and
-   parses and expands each with :func:`rpg.batch.parse_line` and :func:`rpg.batch.expand_line`,
-   so every item keeps its line number, key and error message exactly as the local engine makes
-   them. Bad lines become items that carry their error.
+   parses and expands each with :func:`rpg.batch_requests.parse_line` and
+   :func:`rpg.batch_requests.expand_line`, so every item keeps its line number, key and error
+   message exactly as the local engine makes them. Bad lines become items that carry their error.
 2. **Key.** A ``map`` fills in the shared ``--plan`` (and, for the CLI, the model the batch
    loads) and computes each item's resume key; the result is materialised with one item per
    block, so the render actors can share it item by item. The driver fetches the keys alone to
    count what is finished (in the manifest, files present) or a duplicate, which is skipped.
 3. **Plan.** A single planner actor (``flat_map`` on an actor pool of one) drops the finished
    and duplicate items and plans each distinct (planner, planner options, prompt) once with a
-   :class:`~rpg.batch.PlanBook`; every item of that prompt gets the same plan. A planner error
-   becomes the item's failure record.
+   :class:`~rpg.batch_render.PlanBook`; every item of that prompt gets the same plan. A planner
+   error becomes the item's failure record.
 4. **Render.** A ``map`` on an actor pool of ``workers`` render actors, each holding one model
    (:meth:`ModelSpec.load`), one GPU each when the cluster has GPUs (CPU actors otherwise),
-   renders each item with :func:`rpg.batch.render_item`: the PNGs are written with the atomic
+   renders each item with :func:`rpg.batch_render.render_item`: the PNGs are written with the atomic
    rename into the output folder, and the record comes back.
 5. **Record.** The driver iterates the results as they stream in and appends each record to
    ``manifest.jsonl`` (it is the only writer), with the same progress bar as the local engine.
@@ -45,23 +45,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rpg.batch import (
-    BatchItem,
+from rpg.batch_manifest import (
     BatchProgress,
     BatchReport,
-    DrawnSeeds,
     Manifest,
-    PlanBook,
-    PlannerSource,
-    expand_line,
-    failure_record,
-    parse_line,
-    plan_item,
-    planner_source,
     record_all,
     remove_partial_files,
+)
+from rpg.batch_render import (
+    PlanBook,
+    PlannerSource,
+    failure_record,
+    plan_item,
+    planner_source,
     render_item,
 )
+from rpg.batch_requests import BatchItem, DrawnSeeds, expand_line, parse_line
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class ModelSpec:
         return pipe
 
     def planners(self) -> PlannerSource:
-        """Planners for a :class:`~rpg.batch.PlanBook`, as an RPG of this spec has."""
+        """Planners for a :class:`~rpg.batch_render.PlanBook`, as an RPG of this spec has."""
         made: dict[str, Planner] = {}
 
         def get_planner(name: str | None) -> Planner:
