@@ -56,6 +56,7 @@ from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
 from rpg.models import GenerationRequest, RegionPlan
+from rpg.pydantic_errors import problems
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
@@ -71,6 +72,7 @@ from rpg.ui.bodies import (
     check_text_sizes,
 )
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
+from rpg.ui.family_options import check_options, option_controls
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
@@ -106,10 +108,9 @@ class InvalidBody(UserError):
     def __init__(self, exc: ValidationError, field: str | None, prefix: str = "") -> None:
         parts = []
         fields = []
-        for error in exc.errors():
-            path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "") or "the body"
-            text = str(error["msg"]).removeprefix("Value error, ")
-            parts.append(f"{path}: {text[:1].lower()}{text[1:]}")
+        for problem in problems(exc, lower=True):
+            path = problem.where("the body", prefix=(prefix,))
+            parts.append(f"{path}: {problem.message}")
             fields.append(path)
         super().__init__("; ".join(parts), field)
         self.fields = list(dict.fromkeys(fields))
@@ -213,6 +214,7 @@ class _App:
                 "uses_guidance": self.pipe.backbone.uses_guidance(
                     self.pipe.backbone.default_guidance
                 ),
+                "options": option_controls(self.pipe.backbone),
             }
         )
 
@@ -286,6 +288,10 @@ class _App:
                 check_scheduler(request.scheduler)
             except RPGError as exc:
                 raise UserError(format_error(exc), "request") from None
+        try:
+            check_options(self.pipe.backbone, request.options)
+        except RPGError as exc:
+            raise UserError(format_error(exc), "request") from None
         return request
 
     def _save(self, job: Job, result: Any, prefix: str = "") -> list[dict[str, Any]]:

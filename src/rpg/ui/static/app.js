@@ -58,6 +58,7 @@ async function init() {
   $("guidance").value = c.guidance_scale;
   $("width").value = c.width;
   $("height").value = c.height;
+  familyOptions.render(c.options);
   sizeCanvas();
   refreshRefine();
 }
@@ -331,6 +332,7 @@ function requestFields() {
     num_images: num("num-images"),
     scheduler: $("scheduler").value,
     negative_prompt: $("negative").value,
+    options: familyOptions.values(),
   };
 }
 
@@ -433,6 +435,7 @@ async function reopen(file) {
     }
     if ([...$("scheduler").options].some((o) => o.value === r.scheduler)) $("scheduler").value = r.scheduler;
     if (r.planner && [...$("planner").options].some((o) => o.value === r.planner)) $("planner").value = r.planner;
+    familyOptions.fill(r.options);
     sizeCanvas();
     state.sel = { row: 0, col: 0 };
     if (out.view) setView(out.view);
