@@ -46,7 +46,11 @@ def test_a_family_without_options_offers_none_and_refuses_foreign_ones(
     tiny_rpg: Any, tmp_path: Path
 ) -> None:
     client = _client(tiny_rpg, tmp_path)
-    assert client.get("/api/config").json()["options"] == []
+    config = client.get("/api/config").json()
+    assert config["options"] == []
+    names = [s["name"] for s in config["schedulers"]]
+    assert names[0] == config["scheduler"] == "dpm++2m-karras"
+    assert {"euler", "default"} <= set(names)
     body = {"request": {"prompt": "a cat", "steps": 2, "options": {"regional_steps": 0.5}}}
     out = client.post("/api/generate", json=body)
     assert out.status_code == 422, out.text
@@ -55,7 +59,11 @@ def test_a_family_without_options_offers_none_and_refuses_foreign_ones(
 
 
 def test_flux_offers_its_declared_options_with_their_bounds(flux: RPG, tmp_path: Path) -> None:
-    controls = {c["name"]: c for c in _client(flux, tmp_path).get("/api/config").json()["options"]}
+    config = _client(flux, tmp_path).get("/api/config").json()
+    # FLUX renders with its own flow-matching scheduler only: the page offers nothing else
+    assert [s["name"] for s in config["schedulers"]] == ["default"]
+    assert config["scheduler"] == "default"
+    controls = {c["name"]: c for c in config["options"]}
     assert list(controls) == [f.name for f in option_fields(FluxOptions)]
     assert controls["image_attention"]["choices"] == ["global", "region"]
     assert controls["image_attention"]["default"] == "global"

@@ -51,7 +51,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
+from rpg.backbones.schedulers import check_scheduler
 from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
@@ -72,7 +72,7 @@ from rpg.ui.bodies import (
     check_text_sizes,
 )
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
-from rpg.ui.family_options import check_options, option_controls
+from rpg.ui.family_options import check_options, option_controls, scheduler_choices
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
@@ -203,10 +203,8 @@ class _App:
                 "model": self.pipe.model,
                 "width": width,
                 "height": height,
-                "schedulers": [
-                    {"name": name, "description": desc} for name, (_, _, desc) in SCHEDULERS.items()
-                ],
-                "scheduler": DEFAULT_SCHEDULER,
+                "schedulers": scheduler_choices(self.pipe.backbone),
+                "scheduler": self.pipe.backbone.request_scheduler(),
                 "planners": _planner_info(),
                 "planner": self.default_planner,
                 "steps": fields["steps"].default,

@@ -14,8 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from rpg.backbones.options import option_fields
+from rpg.backbones.schedulers import SCHEDULERS
+from rpg.errors import ConfigurationError
 
-__all__ = ["check_options", "option_controls"]
+__all__ = ["check_options", "option_controls", "scheduler_choices"]
 
 
 def option_controls(backbone: Any) -> list[dict[str, Any]]:
@@ -54,3 +56,19 @@ def check_options(backbone: Any, options: dict[str, Any]) -> None:
     queued: a :class:`~rpg.errors.ConfigurationError` naming each option and what the family
     takes (:meth:`~rpg.backbones.base.Backbone.parse_options`)."""
     backbone.parse_options(options)
+
+
+def scheduler_choices(backbone: Any) -> list[dict[str, str]]:
+    """The schedulers ``backbone`` renders with (``name``, ``description``), its own default
+    first: every known one for the UNet families, only ``"default"`` (the pipeline's own
+    flow-matching scheduler) for FLUX, SD3 and klein. Asked of the backbone, which builds each
+    scheduler once and keeps it."""
+    usable = []
+    for name, (_, _, description) in SCHEDULERS.items():
+        try:
+            backbone.scheduler_named(name)
+        except ConfigurationError:
+            continue
+        usable.append({"name": name, "description": description})
+    first = backbone.request_scheduler()
+    return sorted(usable, key=lambda s: s["name"] != first)
