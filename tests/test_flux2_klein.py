@@ -176,6 +176,20 @@ def test_processors_restored_and_hooks_removed(model: Any) -> None:
     assert not model._forward_pre_hooks
 
 
+def test_regional_joint_alone_refuses_flux2_and_names_regional_flux2(model: Any) -> None:
+    """FLUX.2 needs its own processors and text ids: regional_joint says where they are."""
+    from rpg.attention.joint import regional_joint
+
+    case = random_case(random.Random(2), H, W, base=False)
+    before = dict(model.attn_processors)
+    with (
+        pytest.raises(TypeError, match="regional_flux2"),
+        regional_joint(model, _regions(case, "global")),
+    ):
+        pass
+    assert model.attn_processors == before
+
+
 # ------------------------------------------------------------------------------ pipeline level
 
 

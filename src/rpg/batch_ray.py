@@ -5,21 +5,21 @@ and writes the records that stream back:
 
 1. **Read.** ``ray.data.read_binary_files`` reads the JSONL file (a list of items passed from
    Python becomes ``ray.data.from_items``); a ``flat_map`` splits it into numbered lines and
-   parses and expands each with :func:`rpg.batch.parse_line` and :func:`rpg.batch.expand_line`,
-   so every item keeps its line number, key and error message exactly as the local engine makes
-   them. Bad lines become items that carry their error.
+   parses and expands each with :func:`rpg.batch_requests.parse_line` and
+   :func:`rpg.batch_requests.expand_line`, so every item keeps its line number, key and error
+   message exactly as the local engine makes them. Bad lines become items that carry their error.
 2. **Key.** A ``map`` fills in the shared ``--plan`` (and, for the CLI, the model the batch
    loads) and computes each item's resume key; the result is materialised with one item per
    block, so the render actors can share it item by item. The driver fetches the keys alone to
    count what is finished (in the manifest, files present) or a duplicate, which is skipped.
 3. **Plan.** A single planner actor (``flat_map`` on an actor pool of one) drops the finished
    and duplicate items and plans each distinct (planner, planner options, prompt) once with a
-   :class:`~rpg.batch.PlanBook`; every item of that prompt gets the same plan. A planner error
-   becomes the item's failure record.
+   :class:`~rpg.batch_render.PlanBook`; every item of that prompt gets the same plan. A planner
+   error becomes the item's failure record.
 4. **Render.** A ``map`` on an actor pool of ``workers`` render actors, each holding one model
    (:meth:`ModelSpec.load`), one GPU each when the cluster has GPUs (CPU actors otherwise),
-   renders each item with :func:`rpg.batch.render_item`: the PNGs are written with the atomic
-   rename into the output folder, and the record comes back.
+   renders each item with :func:`rpg.batch_render.render_item`: the PNGs are written with the
+   atomic rename into the output folder, and the record comes back.
 5. **Record.** The driver iterates the results as they stream in and appends each record to
    ``manifest.jsonl`` (it is the only writer), with the same progress bar as the local engine.
 
@@ -29,6 +29,9 @@ actors hold. A render actor that dies is restarted by Ray, and its item is retri
 when Ray knows it was lost; an item that still fails (or that Ray cannot tell whether it ran) is
 dropped by Ray Data (``max_errored_blocks=-1``) and recorded by the driver as failed, and the
 batch goes on.
+
+This module is the driver; what runs on the workers (the model spec, the operators and the rows
+between them) is :mod:`rpg.batch_ray_workers`.
 """
 
 from __future__ import annotations
@@ -37,37 +40,34 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rpg.batch import (
-    BatchItem,
+from rpg.batch_manifest import (
     BatchProgress,
     BatchReport,
-    DrawnSeeds,
     Manifest,
-    PlanBook,
-    PlannerSource,
-    expand_line,
-    failure_record,
-    parse_line,
-    plan_item,
-    planner_source,
     record_all,
     remove_partial_files,
-    render_item,
 )
+from rpg.batch_ray_workers import (
+    ModelSpec,
+    PlannerActor,
+    RenderActor,
+    item_row,
+    key_row,
+    split_file,
+    unpack_item,
+)
+from rpg.batch_render import failure_record
+from rpg.batch_requests import BatchItem, DrawnSeeds
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from rpg.models import RegionPlan
-    from rpg.orchestrator import RPG
-    from rpg.planners.base import Planner
 
 __all__ = ["ModelSpec", "run_ray_batch"]
 
@@ -77,159 +77,6 @@ _FORWARDED_ENV = ("RPG_", "HF_", "TRANSFORMERS_", "HUGGINGFACE_", "OPENAI_", "OL
 
 #: What the driver is told about items that name a model or ControlNets, to check the batch.
 BatchCheck = Callable[[Sequence[BatchItem]], "ModelSpec"]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What every render worker loads, and the planner the planner actor plans with.
-
-    The fields are those of :meth:`rpg.orchestrator.RPG.from_pretrained`. ``model`` must be
-    loadable on every worker (a hub id in each node's cache, or a path they all see).
-    """
-
-    model: str
-    device: str = "auto"
-    dtype: str = "auto"
-    config: str | None = None
-    allow_download: bool = False
-    controlnet: tuple[str, ...] = ()
-    kv_cache: bool = True
-    planner: str = "auto"
-    planner_options: Mapping[str, Any] = field(default_factory=dict)
-
-    def load(self) -> RPG:
-        """Load the model (in a worker): no progress bars, one per item is shown by the driver."""
-        from rpg.orchestrator import RPG
-
-        options: dict[str, Any] = {"allow_download": self.allow_download}
-        if self.config is not None:
-            options["config"] = self.config
-        if self.controlnet:
-            options["controlnet"] = list(self.controlnet)
-        pipe = RPG.from_pretrained(
-            self.model,
-            planner=self.planner,
-            planner_options=dict(self.planner_options),
-            device=self.device,
-            dtype=self.dtype,
-            **options,
-        )
-        pipe.backbone.cache_kv = self.kv_cache
-        pipe.pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def planners(self) -> PlannerSource:
-        """Planners for a :class:`~rpg.batch.PlanBook`, as an RPG of this spec has."""
-        made: dict[str, Planner] = {}
-
-        def get_planner(name: str | None) -> Planner:
-            name = name or self.planner
-            if name not in made:
-                from rpg import create_planner
-
-                options = self.planner_options if name == self.planner else {}
-                made[name] = create_planner(name, **options)
-            return made[name]
-
-        return planner_source(get_planner, self.planner)
-
-
-# ----------------------------------------------------------------------------- the operators
-# Rows between operators hold plain columns; an item travels pickled (``item``), a record as
-# JSON (``record``), and an empty value stands for none (Arrow keeps one type per column).
-
-
-def _pack(item: BatchItem) -> bytes:
-    return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _unpack(data: bytes) -> BatchItem:
-    item = pickle.loads(data)
-    if not isinstance(item, BatchItem):
-        raise TypeError(f"expected a BatchItem in the pipeline, got {type(item).__name__}")
-    return item
-
-
-def _item_row(index: int, item: BatchItem) -> dict[str, Any]:
-    """An item as read: its line, position, and what the batch check looks at."""
-    request = item.request
-    return {
-        "line": item.line,
-        "index": index,
-        "item": _pack(item),
-        "valid": request is not None,
-        "model_named": request is not None and request.model is not None,
-        "controlled": request is not None and bool(request.controls),
-    }
-
-
-def _split_file(
-    row: dict[str, Any],
-    *,
-    defaults: Mapping[str, Any],
-    seeds: Sequence[int] | None,
-    drawn: DrawnSeeds | None = None,
-) -> Iterator[dict[str, Any]]:
-    """One requests file into its items, numbered by line as :func:`rpg.batch.read_requests`.
-
-    ``drawn`` gives lines without a seed one (random, or the one an earlier run recorded).
-    """
-    text = bytes(row["bytes"]).decode("utf-8")
-    for number, line in enumerate(text.splitlines(), start=1):
-        value = parse_line(number, line)
-        if value is None:
-            continue
-        for index, item in enumerate(expand_line(number, value, defaults, seeds, drawn=drawn)):
-            yield _item_row(index, item)
-
-
-def _key_row(row: dict[str, Any], *, model: str | None, plan: RegionPlan | None) -> dict[str, Any]:
-    """Fill in what the batch shares (the loaded model, ``--plan``) and compute the item's key."""
-    item = _unpack(row["item"])
-    request = item.request
-    if request is not None:
-        if model is not None and request.model is None:
-            item = replace(item, request=request.model_copy(update={"model": model}))
-        if plan is not None and request.plan is None:
-            item = item.with_plan(plan)
-    return {"line": row["line"], "index": row["index"], "key": item.key, "item": _pack(item)}
-
-
-class _Planner:
-    """The planner actor: drops finished and duplicate items, plans each prompt once."""
-
-    def __init__(self, spec: ModelSpec, todo: Mapping[str, tuple[int, int]]) -> None:
-        self.book = PlanBook(spec.planners())
-        self.todo = dict(todo)  # key -> (line, index) of the one item with that key to render
-
-    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        key = row["key"]
-        if self.todo.get(key) != (row["line"], row["index"]):
-            return  # finished in an earlier run, or a duplicate of the item that renders
-        del self.todo[key]
-        item = _unpack(row["item"])
-        made = self.book.made
-        planned = plan_item(self.book, item)
-        if isinstance(planned, dict):
-            out = {"item": b"", "record": json.dumps(planned)}
-        else:
-            out = {"item": _pack(planned), "record": ""}
-        yield {"key": key, "plans": self.book.made - made, **out}
-
-
-class _Renderer:
-    """A render actor: one loaded model; renders items into the output folder."""
-
-    def __init__(self, spec: ModelSpec, out_dir: str) -> None:
-        self.pipe = spec.load()
-        self.out_dir = out_dir
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        record = row["record"]
-        if not record:
-            item = _unpack(row["item"])
-            record = json.dumps(render_item(self.pipe, item, self.out_dir, key=row["key"]))
-        return {"key": row["key"], "plans": row["plans"], "record": record}
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -313,7 +160,7 @@ def _read_items(
             path = os.fspath(Path(path).resolve())
         files = ray.data.read_binary_files([path], num_cpus=0)
         return files.flat_map(
-            _split_file,
+            split_file,
             fn_kwargs={"defaults": dict(defaults or {}), "seeds": seeds, "drawn": drawn},
             num_cpus=0,
         )
@@ -325,7 +172,7 @@ def _read_items(
     for position, item in enumerate(requests):  # the position tells equal items apart
         if not isinstance(item, BatchItem):
             raise TypeError(f"expected BatchItems or a requests file, got {type(item).__name__}")
-        rows.append(_item_row(position, item))
+        rows.append(item_row(position, item))
     return ray.data.from_items(rows)
 
 
@@ -333,11 +180,11 @@ def _checked_items(ray: Any, items: Any) -> list[BatchItem]:
     """What a batch check needs: the items that name a model or ControlNets and, when some name
     ControlNets, a few that name none (for the message that refuses the mix)."""
     col = ray.data.expressions.col
-    named = [_unpack(r["item"]) for r in items.filter(expr=col("model_named") | col("controlled"))
-             .iter_rows()]  # fmt: skip
+    wanted = items.filter(expr=col("model_named") | col("controlled"))
+    named = [unpack_item(r["item"]) for r in wanted.iter_rows()]
     if any(item.request is not None and item.request.controls for item in named):
         plain = items.filter(expr=col("valid") & ~col("controlled") & ~col("model_named"))
-        named += [_unpack(r["item"]) for r in plain.limit(6).iter_rows()]
+        named += [unpack_item(r["item"]) for r in plain.limit(6).iter_rows()]
     return sorted(named, key=lambda item: item.line)
 
 
@@ -371,7 +218,7 @@ def _records(
                     "its render worker died while rendering it (Ray restarts the worker; "
                     "run the batch again to retry the item)"
                 )
-                yield failure_record(_unpack(row["item"]), message)
+                yield failure_record(unpack_item(row["item"]), message)
 
 
 def run_ray_batch(
@@ -450,7 +297,7 @@ def _run(
         spec = check(_checked_items(ray, items))
         model = spec.model
     keyed = (
-        items.map(_key_row, fn_kwargs={"model": model, "plan": plan}, num_cpus=0)
+        items.map(key_row, fn_kwargs={"model": model, "plan": plan}, num_cpus=0)
         # one item per block: a render actor takes one item at a time, so all of them share
         .repartition(target_num_rows_per_block=1)
         .materialize()
@@ -467,7 +314,7 @@ def _run(
     count, resources = _actor_resources(ray, workers, num_gpus)
     count = min(count, len(todo))
     planned = keyed.flat_map(
-        _Planner,
+        PlannerActor,
         fn_constructor_args=(spec, todo),
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0,
@@ -477,7 +324,7 @@ def _run(
         # remote args, is deprecated (to go in Ray 2.64, hence the pin in the ray extra)
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
         results = planned.map(
-            _Renderer,
+            RenderActor,
             fn_constructor_args=(spec, os.fspath(out)),
             compute=ray.data.ActorPoolStrategy(size=count),
             max_task_retries=1,  # a worker that died: restarted, and its item retried once

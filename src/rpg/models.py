@@ -1067,7 +1067,7 @@ class GenerationResult:
         """
         from PIL import Image
 
-        from rpg.metadata import save_png
+        from rpg.metadata_write import save_png
 
         target = Path(path)
         if target.suffix.lower() != ".png":

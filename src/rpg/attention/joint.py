@@ -45,7 +45,7 @@ one more graph, at the step where the image stops being regional.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,6 +58,7 @@ from diffusers.models.attention_dispatch import (
 )
 from diffusers.models.embeddings import apply_rotary_emb
 
+from rpg.attention.flux2_layers import is_flux2, is_flux2_single_stream
 from rpg.attention.lse import attention_with_lse, merge_weight
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
@@ -822,24 +823,27 @@ def joint_attention_names(model: Any) -> list[str]:
         if module is None:
             raise TypeError(f"cannot find the attention module of processor {key!r}")
         joint = isinstance(module, FluxAttention) or getattr(module, "added_kv_proj_dim", None)
-        if joint or _is_flux2_single_stream(module):
+        if joint or is_flux2_single_stream(module):
             names.append(key)
     return names
 
 
-def _is_flux2_single_stream(module: Any) -> bool:
-    """FLUX.2's single-stream attention sees the joint sequence as its input (no added kv)."""
-    from rpg.attention.joint_flux2 import is_flux2_single_stream
-
-    return is_flux2_single_stream(module)
+#: The regional processor class of each joint layer (by name) of a transformer.
+ProcessorClasses = Callable[[Any, list[str]], list[type["_JointAttention"]]]
 
 
-def _processor_classes(transformer: Any, names: list[str]) -> list[type[_JointAttention]]:
-    """The regional processor class for each of ``names`` (FLUX.2's are in ``joint_flux2``)."""
-    from rpg.attention.joint_flux2 import flux2_processor_classes, is_flux2
-
+def _processor_classes(
+    transformer: Any, names: list[str], chosen: ProcessorClasses | None
+) -> list[type[_JointAttention]]:
+    """The regional processor class for each of ``names``: ``chosen``'s (FLUX.2's come from
+    :func:`rpg.attention.joint_flux2.regional_flux2`), else FLUX.1's or SD3's."""
+    if chosen is not None:
+        return chosen(transformer, names)
     if is_flux2(transformer):
-        return flux2_processor_classes(transformer, names)
+        raise TypeError(
+            "regional_joint needs FLUX.2's processors for a Flux2Transformer2DModel; use "
+            "rpg.attention.joint_flux2.regional_flux2, which also numbers the packed text ids"
+        )
     cls = FluxRegionalAttnProcessor if _is_flux(transformer) else SD3RegionalAttnProcessor
     return [cls] * len(names)
 
@@ -873,12 +877,13 @@ def regional_joint(
     *,
     guidance_batch: int | None = None,
     negative_prompt_embeds: torch.Tensor | None = None,
+    processor_classes: ProcessorClasses | None = None,
 ) -> Iterator[list[_JointAttention]]:
     """Use regional joint-attention processors on every joint layer of ``transformer``.
 
-    ``transformer`` is a ``FluxTransformer2DModel``, a ``Flux2Transformer2DModel`` (see
-    :func:`rpg.attention.joint_flux2.regional_flux2` for its text ids) or an
-    ``SD3Transformer2DModel``. The
+    ``transformer`` is a ``FluxTransformer2DModel`` or an ``SD3Transformer2DModel``; a
+    ``Flux2Transformer2DModel`` goes through :func:`rpg.attention.joint_flux2.regional_flux2`,
+    which passes its ``processor_classes`` (one class per layer name) and text ids. The
     processors go in through ``set_attn_processor`` (keeping each replaced processor's attention
     backend) and the previous ones are restored on exit, also on error. A forward pre-hook on the
     transformer (removed on exit) tells the processors which rows of a call are negative and which
@@ -904,7 +909,7 @@ def regional_joint(
     names = joint_attention_names(transformer)
     if not names:
         raise ValueError(f"{type(transformer).__name__} has no joint attention layers")
-    classes = _processor_classes(transformer, names)
+    classes = _processor_classes(transformer, names, processor_classes)
     previous = dict(transformer.attn_processors)
     every = regions.options.regional_blocks
     installed: dict[str, Any] = {}

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from rpg.attention.flux2_layers import is_flux2, is_flux2_single_stream
 from rpg.attention.joint import (
     FluxRegionalAttnProcessor,
     JointRegions,
@@ -44,24 +45,6 @@ __all__ = [
     "packed_text_ids",
     "regional_flux2",
 ]
-
-
-def is_flux2(model: Any) -> bool:
-    """Whether ``model`` is a FLUX.2 transformer (``False`` with a diffusers without FLUX.2)."""
-    try:
-        from diffusers.models.transformers.transformer_flux2 import Flux2Transformer2DModel
-    except ImportError:
-        return False
-    return isinstance(model, Flux2Transformer2DModel)
-
-
-def is_flux2_single_stream(module: Any) -> bool:
-    """Whether ``module`` is FLUX.2's single-stream (parallel) attention layer."""
-    try:
-        from diffusers.models.transformers.transformer_flux2 import Flux2ParallelSelfAttention
-    except ImportError:
-        return False
-    return isinstance(module, Flux2ParallelSelfAttention)
 
 
 class Flux2RegionalAttnProcessor(FluxRegionalAttnProcessor):
@@ -212,7 +195,9 @@ def regional_flux2(
             return args, kwargs
         return None
 
-    with regional_joint(transformer, regions) as processors:
+    with regional_joint(
+        transformer, regions, processor_classes=flux2_processor_classes
+    ) as processors:
         # Runs after regional_joint's own pre-hook, which has set the step and "positive" rows.
         handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
         try:

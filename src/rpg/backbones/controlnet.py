@@ -16,19 +16,19 @@ same weight). With one full-canvas region this is the stock pipeline exactly.
 In guess mode (``guess_mode=True``, or ControlNets with ``global_pool_conditions``) the stock
 pipelines run the ControlNet on the conditional half of the batch only, so the ControlNet gets a
 processor of its own that treats its batch as all-positive.
+
+Loading ControlNets and the names requests record for them are in
+:mod:`rpg.backbones.controlnet_loading`; control images and scales (checked, recorded) in
+:mod:`rpg.backbones.control_inputs`. This module is the backbones.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, ExitStack
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
@@ -39,12 +39,22 @@ from rpg.backbones.base import (
     StockCall,
     lora_call_scale,
 )
-from rpg.backbones.loading import SINGLE_FILE_SUFFIXES, ModelInfo, hf_offline
+from rpg.backbones.control_inputs import (
+    as_list,
+    check_control,
+    open_control_image,
+    resolve_controls,
+)
+from rpg.backbones.controlnet_loading import (
+    ControlNetRef,
+    load_controlnet,
+    net_name,
+    reference_name,
+)
+from rpg.backbones.loading import ModelInfo
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.backbones.sdxl import StableDiffusionXLBackbone
-from rpg.backbones.tiny import tiny_model
-from rpg.errors import ConfigurationError, ModelNotFoundError
-from rpg.models import MAX_CONTROL_SCALE, ControlInput
+from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,151 +70,6 @@ __all__ = [
     "load_controlnet",
     "open_control_image",
 ]
-
-#: What ``controlnet=`` accepts: a reserved tiny name, a folder, a file, a cached hub id, a model.
-ControlNetRef = Any
-
-# Aspect ratios of a control image and the render may differ by this much (rounding to 8 px).
-_ASPECT_TOLERANCE = 0.02
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_controlnet(
-    reference: ControlNetRef,
-    *,
-    dtype: torch.dtype | None = None,
-    config: str | os.PathLike[str] | None = None,
-    allow_download: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Any:
-    """Load one ``ControlNetModel`` from a reference, offline unless ``allow_download``.
-
-    ``reference``: a ``ControlNetModel`` (returned as is), ``"tiny-controlnet"`` /
-    ``"tiny-sdxl-controlnet"`` (random weights, written once into rpg's cache), a diffusers
-    folder with ``config.json``, a single ``.safetensors``/``.ckpt`` file (offline it needs
-    ``config=`` a diffusers ControlNet folder of the same architecture), or a hub id in the local
-    Hugging Face cache.
-    """
-    from diffusers import ControlNetModel
-
-    if isinstance(reference, ControlNetModel):
-        model: Any = reference
-        return model if dtype is None else model.to(dtype=dtype)
-    if not isinstance(reference, (str, os.PathLike)):
-        raise ConfigurationError(
-            f"controlnet must be a name, folder, file or ControlNetModel, not "
-            f"{type(reference).__name__}"
-        )
-    ref = os.fspath(reference).strip()
-    local_only = hf_offline() or not allow_download
-    common: dict[str, Any] = {"local_files_only": local_only}
-    if dtype is not None:
-        common["torch_dtype"] = dtype
-    if cache_dir is not None:
-        common["cache_dir"] = os.fspath(cache_dir)
-    tiny = tiny_model(ref, "controlnet")
-    path = tiny.path() if tiny is not None else Path(ref).expanduser()
-    how = (
-        "pass a diffusers ControlNet folder (with config.json), a .safetensors file (with "
-        "config=FOLDER offline), a hub id already in the Hugging Face cache, or "
-        "'tiny-controlnet' / 'tiny-sdxl-controlnet' (random weights)"
-    )
-    try:
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelNotFoundError(f"controlnet {ref!r}: folder has no config.json; {how}")
-            return ControlNetModel.from_pretrained(str(path), **common)
-        if path.is_file():
-            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-                raise ModelNotFoundError(f"controlnet {ref!r} is not a checkpoint file; {how}")
-            if config is not None:
-                common["config"] = os.fspath(config)
-            return ControlNetModel.from_single_file(str(path), **common)
-        if "/" in ref and not path.suffix and not ref.startswith((".", "/", "~")):
-            return ControlNetModel.from_pretrained(ref, **common)
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ModelNotFoundError):
-            raise
-        raise ModelNotFoundError(f"cannot load controlnet {ref!r}: {exc}; {how}") from exc
-    raise ModelNotFoundError(f"controlnet {ref!r}: no such file or folder; {how}")
-
-
-# ----------------------------------------------------------------------------- control images
-
-
-def open_control_image(item: Any) -> Any:
-    """A control image given as a path, opened as RGB; anything else is returned unchanged."""
-    if isinstance(item, (str, os.PathLike)):
-        from PIL import Image as PILImage
-
-        path = Path(item)
-        try:
-            with PILImage.open(path) as img:
-                return img.convert("RGB")
-        except FileNotFoundError:
-            raise ConfigurationError(f"control image not found: {path}") from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read control image {path}: {exc}") from None
-    return item
-
-
-def _image_size(item: Any) -> tuple[int, int]:
-    """``(width, height)`` of a PIL image, an ``[H, W, C]`` array or a ``[.., C, H, W]`` tensor."""
-    if isinstance(item, torch.Tensor):
-        return int(item.shape[-1]), int(item.shape[-2])
-    if isinstance(item, np.ndarray):
-        if item.ndim == 4:
-            item = item[0]
-        return int(item.shape[1]), int(item.shape[0])
-    size = getattr(item, "size", None)
-    if isinstance(size, tuple) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    raise ConfigurationError(
-        f"a control image must be a PIL image, a numpy array, a torch tensor or a file path, "
-        f"not {type(item).__name__}"
-    )
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _net_name(net: Any) -> str:
-    """Where a loaded ControlNet came from (diffusers' ``_name_or_path``), for the record."""
-    name = str(getattr(getattr(net, "config", None), "_name_or_path", "") or "").strip()
-    return name or f"unnamed {type(net).__name__}"
-
-
-def _ref_name(ref: ControlNetRef) -> str:
-    """A ``controlnet=`` reference as it will be recorded: names and paths as given."""
-    if isinstance(ref, (str, os.PathLike)):
-        return os.fspath(ref).strip()
-    return _net_name(ref)
-
-
-def _same_name(name: str) -> str:
-    """A ControlNet name normalised for comparison (``./a/b`` and ``a/b`` are the same)."""
-    expanded = os.path.expanduser(name)
-    return os.path.realpath(expanded) if os.path.exists(expanded) else os.path.normpath(expanded)
-
-
-def _recorded_image(index: int, control: ControlInput) -> str:
-    """The path of a recorded control image, or a :class:`ConfigurationError` saying what to do."""
-    what = f"control image {index + 1} (for ControlNet {control.controlnet!r})"
-    how = (
-        "pass the control image again (image=..., CLI: --control-image FILE); a PNG saved by rpg "
-        "embeds its control images, so 'rpg generate --from IMAGE.png' needs no file"
-    )
-    if control.image is None:
-        raise ConfigurationError(f"{what} has no recorded path; {how}")
-    if not os.path.isfile(os.path.expanduser(control.image)):
-        raise ConfigurationError(f"{what} not found: {control.image}; {how}")
-    return os.path.expanduser(control.image)
-
-
-# ----------------------------------------------------------------------------- backbones
 
 
 class ControlNetBackboneMixin(Backbone):
@@ -224,7 +89,7 @@ class ControlNetBackboneMixin(Backbone):
             raise ConfigurationError(f"{type(pipe).__name__} has no ControlNet")
         #: What each ControlNet was loaded from, recorded in requests (``controls``) so that
         #: ``rpg generate --from`` can load them again; :meth:`load` keeps the names as given.
-        self.controlnet_names: list[str] = [_net_name(net) for net in self.controlnets]
+        self.controlnet_names: list[str] = [net_name(net) for net in self.controlnets]
         expected = pipe.unet.config.cross_attention_dim
         for i, net in enumerate(self.controlnets):
             got = net.config.cross_attention_dim
@@ -255,8 +120,8 @@ class ControlNetBackboneMixin(Backbone):
         """
         refs = options.get("controlnet")
         backbone = super().load(source, device=device, dtype=dtype, **options)
-        if refs is not None and _as_list(refs):
-            backbone.controlnet_names = [_ref_name(ref) for ref in _as_list(refs)]
+        if refs is not None and as_list(refs):
+            backbone.controlnet_names = [reference_name(ref) for ref in as_list(refs)]
         return backbone
 
     @classmethod
@@ -278,7 +143,7 @@ class ControlNetBackboneMixin(Backbone):
                 allow_download=bool(info.options.get("allow_download", False)),
                 cache_dir=info.options.get("cache_dir"),
             )
-            for ref in _as_list(refs)
+            for ref in as_list(refs)
         ]
         controlnet = nets[0] if len(nets) == 1 else nets
         return super().load_pipeline(info, dtype=dtype, controlnet=controlnet, **options)
@@ -297,53 +162,9 @@ class ControlNetBackboneMixin(Backbone):
     def check_control(
         self, image: Any, scale: Any, width: int, height: int
     ) -> tuple[list[Any], list[float]]:
-        """Validate control images and scales against the ControlNets and the image size.
-
-        One image per ControlNet, each with the render's aspect ratio (the pipeline resizes it
-        to the render size; a different shape would be distorted); one scale for all or one per
-        ControlNet, each finite and non-negative. Paths are opened as RGB images.
-        """
-        n = len(self.controlnets)
-        if image is None:
-            raise ConfigurationError(
-                f"this model has {n} ControlNet{'s' if n > 1 else ''}; pass one control image "
-                "per ControlNet (image=..., CLI: --control-image FILE)"
-            )
-        images = _as_list(image)
-        if len(images) != n:
-            raise ConfigurationError(
-                f"got {len(images)} control image{'s' if len(images) != 1 else ''} for {n} "
-                f"ControlNet{'s' if n != 1 else ''}; give exactly one image per ControlNet, in "
-                "the order the ControlNets were given"
-            )
-        images = [open_control_image(item) for item in images]
-        for i, item in enumerate(images):
-            w, h = _image_size(item)
-            if w <= 0 or h <= 0:
-                raise ConfigurationError(f"control image {i + 1} is empty ({w}x{h})")
-            if abs(math.log((w / h) / (width / height))) > _ASPECT_TOLERANCE:
-                raise ConfigurationError(
-                    f"control image {i + 1} is {w}x{h} but the image to generate is "
-                    f"{width}x{height}: the aspect ratios differ, so the control would be "
-                    f"distorted; resize or crop the control image, or generate at its size "
-                    f"(--size {w // 8 * 8}x{h // 8 * 8})"
-                )
-        scales = [float(s) for s in _as_list(scale)]
-        if len(scales) == 1:
-            scales = scales * n
-        if len(scales) != n:
-            raise ConfigurationError(
-                f"got {len(scales)} control scales for {n} ControlNets; give one scale for all "
-                "or one per ControlNet"
-            )
-        for s in scales:
-            if not math.isfinite(s) or s < 0:
-                raise ConfigurationError(f"control scale must be a non-negative number, got {s}")
-            if s > MAX_CONTROL_SCALE:
-                raise ConfigurationError(
-                    f"control scale must be at most {MAX_CONTROL_SCALE:g}, got {s:g}"
-                )
-        return images, scales
+        """Validate control images and scales against this model's ControlNets and the image
+        size (:func:`rpg.backbones.control_inputs.check_control`)."""
+        return check_control(image, scale, len(self.controlnets), width, height)
 
     def prepare_inputs(
         self,
@@ -353,74 +174,10 @@ class ControlNetBackboneMixin(Backbone):
         width: int,
         height: int,
     ) -> PreparedInputs:
-        """Resolve control images and scales and record them in the request's ``controls``.
-
-        Images come from ``image=`` (one per ControlNet), else from the paths recorded in
-        ``request.controls``; scales from ``controlnet_conditioning_scale=``, else from the
-        request, else 1. Returns the request with ``controls`` filled in (ControlNet names, image
-        paths, scales, pixel hashes), the pipeline kwargs with the opened images and scales, and
-        the images to embed (PIL images; ``None`` for arrays and tensors).
-        """
-        from PIL import Image as PILImage
-
-        from rpg.metadata import image_sha256
-
-        names = self.controlnet_names
-        recorded = list(request.controls)
-        n = len(names)
-        if recorded and len(recorded) != n:
-            raise ConfigurationError(
-                f"the request has {len(recorded)} ControlNet inputs but this RPG has {n} "
-                f"ControlNet{'s' if n != 1 else ''} ({', '.join(names)}); load the ControlNets "
-                "the request names, or give one control image per loaded ControlNet"
-            )
-        if recorded and [_same_name(c.controlnet) for c in recorded] != [
-            _same_name(x) for x in names
-        ]:
-            warnings.warn(
-                f"the request names ControlNet(s) {[c.controlnet for c in recorded]} but this RPG "
-                f"has {names}; rendering with the loaded ones and recording those",
-                stacklevel=3,
-            )
-        kwargs = dict(pipeline_kwargs)
-        given = kwargs.pop("image", None)
-        scale = kwargs.pop("controlnet_conditioning_scale", None)
-        from_request = given is None and bool(recorded)
-        if from_request:
-            given = [_recorded_image(i, control) for i, control in enumerate(recorded)]
-        if scale is None:
-            scale = [c.scale for c in recorded] if recorded else 1.0
-        images, scales = self.check_control(given, scale, width, height)
-        sources = given if isinstance(given, (list, tuple)) else [given]
-
-        controls: list[ControlInput] = []
-        embeddable: list[Any] = []
-        for i, (image, source, value) in enumerate(zip(images, sources, scales, strict=True)):
-            pil = image if isinstance(image, PILImage.Image) else None
-            digest = image_sha256(pil) if pil is not None else None
-            before = recorded[i] if recorded else None
-            if from_request and before is not None:
-                path: str | None = before.image  # as recorded, not as expanded to open it
-            elif isinstance(source, (str, os.PathLike)):
-                path = os.fspath(source)
-            elif before is not None and digest is not None and digest == before.sha256:
-                path = before.image  # the same pixels as recorded: keep the recorded path
-            else:
-                path = None
-            if from_request and before is not None and before.sha256 not in (None, digest):
-                warnings.warn(
-                    f"control image {i + 1} ({path}) has changed since the request was recorded "
-                    "(its sha256 differs), so the render will differ",
-                    stacklevel=3,
-                )
-            controls.append(
-                ControlInput(controlnet=names[i], image=path, scale=value, sha256=digest)
-            )
-            embeddable.append(pil)
-        kwargs["image"] = images
-        kwargs["controlnet_conditioning_scale"] = scales
-        return PreparedInputs(
-            request.model_copy(update={"controls": tuple(controls)}), kwargs, embeddable
+        """Resolve control images and scales for this model's ControlNets and record them in the
+        request's ``controls`` (:func:`rpg.backbones.control_inputs.resolve_controls`)."""
+        return resolve_controls(
+            request, pipeline_kwargs, self.controlnet_names, width=width, height=height
         )
 
     def inpaint_backbone_class(self) -> type[Backbone]:

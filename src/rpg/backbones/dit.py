@@ -88,6 +88,15 @@ class JointBackbone(Backbone):
         """Pixels per image token: the VAE's factor times the 2×2 patch."""
         return int(self.pipe.vae_scale_factor) * 2
 
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """The pipeline's default size: ``default_sample_size`` latents (FLUX: 1024×1024; SD3
+        reads it from the transformer config); 64×64 for the tiny models."""
+        if self.info is not None and self.info.is_tiny:
+            return 64, 64
+        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
+        return side, side
+
     def attention_models(self) -> list[Any]:
         return [self.pipe.transformer]
 
@@ -297,14 +306,6 @@ class FluxBackbone(JointBackbone):
 
         return FluxPipeline
 
-    @property
-    def native_size(self) -> tuple[int, int]:
-        """1024×1024 (the pipeline's default); 64×64 for the tiny model."""
-        if self.info is not None and self.info.is_tiny:
-            return 64, 64
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
     def uses_guidance(self, guidance_scale: float) -> bool:
         """FLUX's ``guidance_scale`` is an embedding, never a CFG batch."""
         del guidance_scale
@@ -382,11 +383,6 @@ class SD3Backbone(JointBackbone):
         from diffusers import StableDiffusion3Pipeline
 
         return StableDiffusion3Pipeline
-
-    @property
-    def native_size(self) -> tuple[int, int]:
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
 
     def uses_guidance(self, guidance_scale: float) -> bool:
         return guidance_scale > 1

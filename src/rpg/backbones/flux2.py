@@ -85,14 +85,6 @@ class Flux2KleinBackbone(JointBackbone):
             )
         return super().load_pipeline(info, dtype=dtype, **options)
 
-    @property
-    def native_size(self) -> tuple[int, int]:
-        """1024×1024 (the pipeline's default); 64×64 for the tiny model."""
-        if self.info is not None and self.info.is_tiny:
-            return 64, 64
-        side = int(self.pipe.default_sample_size) * int(self.pipe.vae_scale_factor)
-        return side, side
-
     def inpaint_refusal(self) -> str | None:
         """diffusers' klein inpainting pipeline joins the image to repaint to the joint sequence
         as extra image tokens, which the regional layout does not map (yet)."""

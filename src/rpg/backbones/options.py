@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rpg.errors import ConfigurationError
+from rpg.pydantic_errors import problems
 
 __all__ = [
     "BUILTIN_OPTIONS",
@@ -166,13 +167,13 @@ def options_error(
     fields = option_fields(model)
     by_name = {f.name: f for f in fields}
     parts = []
-    for e in err.errors():
-        name = str(e["loc"][0]) if e["loc"] else "options"
+    for problem in problems(err):
+        name = problem.field or "options"
         shown = by_name[name].flag if flags and name in by_name else name
-        if e["type"] == "extra_forbidden":
+        if problem.type == "extra_forbidden":
             parts.append(f"{shown} does not apply to {family!r}")
         else:
-            parts.append(f"{shown}: {e['msg']}")
+            parts.append(f"{shown}: {problem.message}")
     takes = ", ".join((f.flag if flags else f.name) for f in fields) or "no options of its own"
     return ConfigurationError(f"{'; '.join(parts)} ({family!r} takes {takes})")
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from rpg.cost import duration as _duration
 from rpg.cost import estimate_step_seconds
 from rpg.errors import ConfigurationError, PlannerError, RegistryError
+from rpg.pydantic_errors import problems
 
 if TYPE_CHECKING:
     from rpg.models import GenerationRequest
@@ -80,18 +81,15 @@ class UsageError(ConfigurationError):
 def validation_message(exc: ValidationError, flags: Mapping[str, str] | None = None) -> str:
     """One line for a pydantic error; fields in ``flags`` are named by their flag."""
     parts = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        msg = msg[:1].lower() + msg[1:]
-        field = loc[0] if loc else ""
+    for problem in problems(exc, lower=True):
+        field, msg = problem.field, problem.message
         if flags is not None and field in flags:
             flag = flags[field]
             if flag.startswith("--size") and field in ("width", "height"):
                 msg = f"{field} {msg}"
             parts.append(f"{flag}: {msg}")
         else:
-            parts.append(f"{'.'.join(loc) or exc.title}: {msg}")
+            parts.append(f"{problem.where(exc.title)}: {msg}")
     return "; ".join(parts)
 
 
@@ -115,7 +113,7 @@ def validate_request(
     try:
         return GenerationRequest.model_validate(dict(data))
     except ValidationError as exc:
-        fields = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        fields = {p.field for p in problems(exc) if p.loc}
         flagged = {f: FIELD_FLAGS[f] for f in fields if f in from_flags and f in FIELD_FLAGS}
         if flagged or source is None:
             raise UsageError(validation_message(exc, {**FIELD_FLAGS, **flagged})) from None

@@ -21,6 +21,7 @@ from rpg.errors import PlannerError
 from rpg.models import DEFAULT_BASE_RATIO, PlanResult
 from rpg.planners.reasoning import strip_reasoning
 from rpg.planners.schema import PlanReply
+from rpg.pydantic_errors import one_line
 
 __all__ = [
     "describe_validation_error",
@@ -50,12 +51,7 @@ def first_json_object(text: str) -> Any | None:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """A one-line summary of a pydantic error (first six problems), for the model to act on."""
-    parts = []
-    for err in exc.errors()[:6]:
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    more = len(exc.errors()) - 6
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return one_line(exc, fallback="reply", limit=6)
 
 
 def reply_json(text: str) -> tuple[str, dict[str, Any] | None]:

@@ -53,11 +53,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
+from rpg.backbones.schedulers import check_scheduler
 from rpg.cli import format_error
 from rpg.errors import RPGError
 from rpg.metadata import MetadataError, load_request
 from rpg.models import MAX_PLAN_JSON_BYTES, GenerationRequest, LayerMask, RegionPlan
+from rpg.pydantic_errors import problems
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
     MAX_JSON_BYTES,
@@ -82,6 +83,7 @@ from rpg.ui.edits import (
     plan_from_text,
     plan_view,
 )
+from rpg.ui.family_options import check_options, option_controls, scheduler_choices
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
@@ -126,10 +128,9 @@ class InvalidBody(UserError):
     def __init__(self, exc: ValidationError, field: str | None, prefix: str = "") -> None:
         parts = []
         fields = []
-        for error in exc.errors():
-            path = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "") or "the body"
-            text = str(error["msg"]).removeprefix("Value error, ")
-            parts.append(f"{path}: {text[:1].lower()}{text[1:]}")
+        for problem in problems(exc, lower=True):
+            path = problem.where("the body", prefix=(prefix,))
+            parts.append(f"{path}: {problem.message}")
             fields.append(path)
         super().__init__("; ".join(parts), field)
         self.fields = list(dict.fromkeys(fields))
@@ -222,10 +223,8 @@ class _App:
                 "model": self.pipe.model,
                 "width": width,
                 "height": height,
-                "schedulers": [
-                    {"name": name, "description": desc} for name, (_, _, desc) in SCHEDULERS.items()
-                ],
-                "scheduler": DEFAULT_SCHEDULER,
+                "schedulers": scheduler_choices(self.pipe.backbone),
+                "scheduler": self.pipe.backbone.request_scheduler(),
                 "planners": _planner_info(),
                 "planner": self.default_planner,
                 "steps": fields["steps"].default,
@@ -233,6 +232,7 @@ class _App:
                 "uses_guidance": self.pipe.backbone.uses_guidance(
                     self.pipe.backbone.default_guidance
                 ),
+                "options": option_controls(self.pipe.backbone),
             }
         )
 
@@ -334,6 +334,10 @@ class _App:
                 check_scheduler(request.scheduler)
             except RPGError as exc:
                 raise UserError(format_error(exc), "request") from None
+        try:
+            check_options(self.pipe.backbone, request.options)
+        except RPGError as exc:
+            raise UserError(format_error(exc), "request") from None
         return request
 
     def _save(self, job: Job, result: Any, prefix: str = "") -> list[dict[str, Any]]:

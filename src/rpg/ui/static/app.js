@@ -74,6 +74,7 @@ async function init() {
   $("guidance").value = c.guidance_scale;
   $("width").value = c.width;
   $("height").value = c.height;
+  familyOptions.render(c.options);
   sizeCanvas();
   refreshRefine();
 }
@@ -678,6 +679,7 @@ function requestFields() {
     scheduler: $("scheduler").value,
     negative_prompt: $("negative").value,
     loras: loraList($("loras").value),
+    options: familyOptions.values(),
   };
 }
 
@@ -781,6 +783,7 @@ async function reopen(file) {
     }
     if ([...$("scheduler").options].some((o) => o.value === r.scheduler)) $("scheduler").value = r.scheduler;
     if (r.planner && [...$("planner").options].some((o) => o.value === r.planner)) $("planner").value = r.planner;
+    familyOptions.fill(r.options);
     sizeCanvas();
     state.sel = { row: 0, col: 0, layer: 0 };
     if (out.view) setView(out.view);
