@@ -14,6 +14,11 @@ the parts of a large image: Pillow refuses to open a PNG with a compressed text 
 1 MiB). The images are kept out of the ``rpg`` JSON so that it stays small and readable by any
 PNG tool. Each embedded image is checked against ``controls[i].sha256`` (see
 :func:`image_sha256`) when read back.
+
+An img2img render embeds its init image the same way, under ``rpg-init`` (``rpg-init.1``, ...),
+checked against the request's ``init_image_sha256`` (:func:`read_init_image`). A hires-fix
+render needs nothing more: ``hires`` is a request field and the second pass starts from the
+first pass's picture, which the re-render makes again.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from rpg.models import GenerationRequest, RegionPlan
 
 __all__ = [
     "CONTROL_KEY_PREFIX",
+    "INIT_KEY",
     "MAX_TEXT_CHUNK_BYTES",
     "MAX_TEXT_TOTAL_BYTES",
     "PNG_KEY",
@@ -44,6 +50,7 @@ __all__ = [
     "image_sha256",
     "load_request",
     "read_control_images",
+    "read_init_image",
     "read_metadata",
     "save_png",
 ]
@@ -60,6 +67,8 @@ _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Key prefix of the text chunks holding embedded control images (``rpg-control-0``, ...).
 CONTROL_KEY_PREFIX = "rpg-control-"
+#: Key of the text chunk(s) holding an img2img render's init image (``rpg-init``, ``.1``, ...).
+INIT_KEY = "rpg-init"
 _VERSION = 1
 # base64 characters per text chunk: below Pillow's 1 MiB limit on a decompressed text chunk.
 _PART_CHARS = 512 * 1024
@@ -144,6 +153,33 @@ def _add_control_images(
             info.add_itxt(key, part, zip=True)
 
 
+def _add_parts(info: PngImagePlugin.PngInfo, key: str, text: str) -> None:
+    parts = [text[k : k + _PART_CHARS] for k in range(0, len(text), _PART_CHARS)]
+    for k, part in enumerate(parts):
+        info.add_itxt(key + (f".{k}" if k else ""), part, zip=True)
+
+
+def _add_init_image(
+    info: PngImagePlugin.PngInfo, request: GenerationRequest, image: Image.Image
+) -> None:
+    if request.init_image_sha256 is None:
+        raise ValueError("the request records no init image; pass result.init_image with it")
+    if image_sha256(image) != request.init_image_sha256:
+        raise ValueError(
+            "the init image does not match the sha256 recorded in the request; pass the image "
+            "the request was rendered with (result.init_image)"
+        )
+    text = _encode_control(image)
+    if len(text) > _MAX_EMBED_CHARS:
+        warnings.warn(
+            f"the init image is too large to embed in the PNG; re-rendering it will need the "
+            f"file ({request.init_image or 'pass --init-image'})",
+            stacklevel=3,
+        )
+        return
+    _add_parts(info, INIT_KEY, text)
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike[str],
@@ -152,14 +188,16 @@ def save_png(
     *,
     index: int | None = None,
     control_images: Sequence[Image.Image | None] | None = None,
+    init_image: Image.Image | None = None,
 ) -> Path:
     """Save ``image`` as PNG at ``path`` with the request and plan in the ``rpg`` text chunk.
 
     ``plan`` defaults to ``request.plan``. With ``index``, the request stored is
     :func:`image_request` of that index, so the file re-renders to itself. ``control_images``
     (``result.control_images``: one per ``request.controls`` entry, ``None`` to skip one) are
-    embedded, each checked against its recorded ``sha256``. The file is always PNG, whatever its
-    suffix (temporary names such as ``x.png.part`` work).
+    embedded, each checked against its recorded ``sha256``; so is ``init_image``
+    (``result.init_image``, checked against ``init_image_sha256``). The file is always PNG,
+    whatever its suffix (temporary names such as ``x.png.part`` work).
     """
     if index is not None:
         request = image_request(request, index)
@@ -184,6 +222,8 @@ def save_png(
     info.add_itxt(PNG_KEY, text, zip=True)
     if control_images:
         _add_control_images(info, request, control_images)
+    if init_image is not None:
+        _add_init_image(info, request, init_image)
     target = Path(path)
     image.save(target, format="PNG", pnginfo=info)
     return target
@@ -284,6 +324,35 @@ def load_request(path: str | os.PathLike[str]) -> GenerationRequest:
         plan = RegionPlan.model_validate(data["plan"])
         request = request.model_copy(update={"plan": plan})
     return request
+
+
+def read_init_image(path: str | os.PathLike[str]) -> Image.Image | None:
+    """The init image embedded in an rpg PNG (RGB, matching ``init_image_sha256``), or ``None``
+    when the render had none or it was too large to embed."""
+    p = Path(path)
+    text, fmt = _read_text(p)
+    data = _parse_metadata(p, text, fmt)
+    request = GenerationRequest.model_validate(data["request"])
+    if INIT_KEY not in text:
+        return None
+    image = _decode_embedded(p, text, INIT_KEY, "the embedded init image")
+    if request.init_image_sha256 is not None and image_sha256(image) != request.init_image_sha256:
+        raise MetadataError(
+            f"{p}: the embedded init image does not match its recorded sha256; the file is "
+            "damaged — pass --init-image to render over a picture again"
+        )
+    return image
+
+
+def _decode_embedded(p: Path, text: dict[str, str], key: str, what: str) -> Image.Image:
+    parts = [text[key]]
+    while f"{key}.{len(parts)}" in text:
+        parts.append(text[f"{key}.{len(parts)}"])
+    try:
+        with Image.open(io.BytesIO(base64.b64decode("".join(parts), validate=True))) as img:
+            return img.convert("RGB")
+    except (binascii.Error, OSError, ValueError) as exc:
+        raise MetadataError(f"{p}: {what} is unreadable: {exc}") from None
 
 
 def read_control_images(path: str | os.PathLike[str]) -> list[Image.Image | None]:

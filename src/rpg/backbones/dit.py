@@ -279,6 +279,14 @@ class FluxBackbone(JointBackbone):
     default_guidance: ClassVar[float] = 3.5
     options_model: ClassVar[type[BackboneOptions]] = FluxOptions
     inpaint_pipeline_name: ClassVar[str] = "FluxInpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "FluxImg2ImgPipeline"
+
+    def img2img_refusal(self) -> str | None:
+        """A fill transformer reads the masked image as extra channels: no plain img2img."""
+        latent = int(self.pipe.vae.config.latent_channels) * 4
+        if int(self.pipe.transformer.config.in_channels) > latent:
+            return "a FLUX fill transformer takes a mask as well; use rpg edit with it"
+        return None
 
     def inpaint_pipeline_class(self) -> type | None:
         """``FluxFillPipeline`` for a fill transformer (it reads the masked image as extra
@@ -374,6 +382,7 @@ class SD3Backbone(JointBackbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("sd3", "sd35_large", "sd35_medium")
     transformer_class_name: ClassVar[str] = "SD3Transformer2DModel"
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusion3InpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusion3Img2ImgPipeline"
     stock_t5_length: ClassVar[int] = 256
 
     @classmethod

@@ -330,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
                     plan=result.plan,
                     index=i,
                     control_images=result.control_images,
+                    init_image=result.init_image,
                 ),
             )
     req = result.request
