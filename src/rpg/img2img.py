@@ -16,6 +16,7 @@ since a different aspect ratio distorts it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -95,8 +96,8 @@ def check_strength(strength: float, steps: int, what: str = "strength") -> None:
     if steps * strength < 1:
         raise ConfigurationError(
             f"{what} {strength:g} with {steps} steps runs no denoising step (img2img runs about "
-            f"steps x strength of them); raise the {what} or the steps to at least "
-            f"{int(1 / strength) + 1 if strength < 1 else 1}"
+            f"steps x strength of them); raise the {what}, or the steps to at least "
+            f"{math.ceil(1 / strength)}"
         )
 
 

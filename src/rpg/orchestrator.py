@@ -415,6 +415,7 @@ class RPG:
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
         request = GenerationRequest.model_validate(request.model_dump())
+        hires_size = self._hires_size(request)  # refuses a bad hires pass before rendering
         routed = render_request(
             self.backbone,
             request,
@@ -426,10 +427,10 @@ class RPG:
         )
         timings.update(routed.timings)
         images = routed.rendered.images
-        if request.hires is not None:
+        if hires_size is not None:
             t = time.perf_counter()
             images = self._hires_pass(
-                routed, pipeline_kwargs, output_type, callback_on_step_end, progress
+                routed, hires_size, pipeline_kwargs, output_type, callback_on_step_end, progress
             )
             timings["hires"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
@@ -446,20 +447,33 @@ class RPG:
             init_image=routed.init_image,
         )
 
+    def _hires_size(self, request: GenerationRequest) -> tuple[int, int] | None:
+        """The hires pass's size (``None``: no hires pass), its strength and steps checked."""
+        from rpg.hires import hires_size
+        from rpg.img2img import check_strength
+
+        hires = request.hires
+        if hires is None:
+            return None
+        assert request.width is not None and request.height is not None
+        steps = hires.steps if hires.steps is not None else request.steps
+        check_strength(hires.strength, steps, "hires strength")
+        return hires_size(request.width, request.height, hires.scale, self.backbone.latent_factor)
+
     def _hires_pass(
         self,
         first: RouteResult,
+        size: tuple[int, int],
         pipeline_kwargs: dict[str, Any],
         output_type: str,
         callback_on_step_end: Callable[..., Any] | None,
         progress: RenderProgress,
     ) -> list[Any]:
         """Refine each first-pass picture at the hires size through the route (img2img)."""
-        from rpg.hires import hires_request, hires_size, upscale
+        from rpg.hires import hires_request, upscale
 
         request, hires = first.request, first.request.hires
-        assert hires is not None and request.width is not None and request.height is not None
-        size = hires_size(request.width, request.height, hires.scale, self.backbone.latent_factor)
+        assert hires is not None
         images = []
         for index, picture in enumerate(first.rendered.images):
             refine = hires_request(request, hires, size, index)
