@@ -374,6 +374,8 @@ class RPG:
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
         _check_pipeline_kwargs(pipeline_kwargs)
+        if wants_img2img(request, init_image) or request.hires is not None:
+            self.backbone.img2img_backbone()  # a family without one is refused before planning
         started = time.perf_counter()
         timings: dict[str, float] = {}
         progress = self.progress
@@ -394,14 +396,10 @@ class RPG:
 
         native_w, native_h = self.backbone.native_size
         if wants_img2img(request, init_image):
-            # the family's refusal first, then the picture's size as the default size
-            self.backbone.img2img_backbone()
             source = init_image if init_image is not None else request.init_image
             if request.width is None and request.height is None:
                 picture = open_init_image(source)
                 native_w, native_h = default_size(picture, self.backbone.latent_factor)
-        if request.hires is not None:
-            self.backbone.img2img_backbone()
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
         request = request.model_copy(
             update={

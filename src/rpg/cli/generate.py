@@ -200,7 +200,7 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
         if not path.is_file():
             raise ConfigurationError(f"{path}: control image not found")
     if args.init_image is not None and not args.init_image.is_file():
-        raise ConfigurationError(f"{args.init_image}: init image not found")
+        raise UsageError(f"--init-image {args.init_image}: init image not found")
     controlnet = args.controlnet or [c.controlnet for c in request.controls]
     check_loading(args, model, controlnet)
     if args.refine and request.num_images != 1:
