@@ -20,7 +20,7 @@ from rpg.backbones.tiny.sdxl import write_tiny_sdxl
 from rpg.batch import expand_requests, read_manifest, run_batch
 from rpg.cli import main
 from rpg.errors import ConfigurationError
-from rpg.metadata import load_request, read_init_image
+from rpg.metadata import load_request, read_init_image, read_metadata
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.orchestrator import RPG
 from tiny_helpers import torch_threads, write_tiny_models
@@ -245,6 +245,13 @@ def test_the_png_embeds_the_init_image_and_re_renders_identically(
     again = pipe.generate(load_request(saved), init_image=read_init_image(saved))
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
     assert again.request == first.request  # same path, hash and strength recorded
+    stored = read_metadata(saved)["request"]
+    assert stored["strength"] == 0.6 and "hires" not in stored
+    # a plain render writes none of the img2img keys: older readers still read it
+    plain = pipe.generate(request.model_copy(update={"strength": None}))
+    plain_stored = read_metadata(plain.save(tmp_path / "plain.png"))["request"]
+    assert not {"init_image", "init_image_sha256", "strength", "hires"} & set(plain_stored)
+    assert read_init_image(tmp_path / "plain.png") is None
 
 
 def test_cli_from_re_renders_an_img2img_png_identically(

@@ -69,6 +69,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CONTROL_KEY_PREFIX = "rpg-control-"
 #: Key of the text chunk(s) holding an img2img render's init image (``rpg-init``, ``.1``, ...).
 INIT_KEY = "rpg-init"
+#: Request keys written only when set (img2img, hires fix), so plain renders read as before.
+_IMG2IMG_KEYS = ("init_image", "init_image_sha256", "strength", "hires")
 _VERSION = 1
 # base64 characters per text chunk: below Pillow's 1 MiB limit on a decompressed text chunk.
 _PART_CHARS = 512 * 1024
@@ -205,6 +207,9 @@ def save_png(
     stored = request.model_dump(mode="json")
     if not stored["controls"]:
         del stored["controls"]  # plain renders keep the metadata older versions read
+    for key in _IMG2IMG_KEYS:  # likewise without img2img or a hires pass
+        if stored.get(key) is None:
+            stored.pop(key, None)
     payload: dict[str, Any] = {
         "rpg": _VERSION,
         "request": stored,
