@@ -316,3 +316,30 @@ def test_batch_lines_take_init_image_and_strength(models: dict[str, Path], tmp_p
     assert read_init_image(saved) is not None
     direct = pipe.generate(load_request(saved), init_image=tmp_path / "init.png")
     assert np.array_equal(np.asarray(direct.images[0]), np.asarray(Image.open(saved)))
+
+
+def test_the_editor_refuses_an_init_image_path_and_renders_hires(
+    tiny_rpg: RPG, tmp_path: Path
+) -> None:
+    pytest.importorskip("starlette", reason="the 'ui' extra (starlette) is not installed")
+    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from rpg.ui import build_app
+    from ui_helpers import wait
+
+    client = TestClient(
+        build_app(tiny_rpg, output_dir=tmp_path / "out", planner="rules"),
+        base_url="http://localhost",
+    )
+    secret = tmp_path / "private.png"
+    _picture().save(secret)
+    fields = {"prompt": "a red cat on the left and a blue dog on the right", "steps": 3, "seed": 1}
+    # a browser must not make the server open a file of its choosing and serve it back
+    refused = client.post("/api/generate", json={"request": {**fields, "init_image": str(secret)}})
+    assert refused.status_code == 422 and "cannot render over an init image" in refused.text
+    body = {"request": {**fields, "width": 64, "height": 64, "hires": {"scale": 1.5}}}
+    job = wait(client, client.post("/api/generate", json=body).json())
+    assert job["state"] == "done", job
+    saved = tmp_path / "out" / job["images"][0]["name"]
+    assert Image.open(saved).size == (96, 96) and load_request(saved).hires is not None

@@ -275,6 +275,14 @@ class _App:
 
     def _request(self, body: RenderBody) -> GenerationRequest:
         fields = {k: v for k, v in body.request.items() if v not in (None, "")}
+        if fields.keys() & {"init_image", "init_image_sha256"}:
+            # a path would make the server open (and embed in a PNG it serves) any picture it
+            # can read; the editor has no init-image upload yet
+            raise UserError(
+                "the editor cannot render over an init image yet; use 'rpg generate "
+                "--init-image IMG' (or --from the PNG), or the Python API",
+                "request",
+            )
         fields["plan"] = body.plan
         fields.setdefault("model", self.pipe.model)
         try:
