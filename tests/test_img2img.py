@@ -40,7 +40,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd_path: Path) -> dict
     root = tmp_path_factory.mktemp("rpg-img2img")
     found = write_tiny_models(root, ("tiny-flux", "tiny-sd3", "tiny-flux2-klein"))
     found["tiny-sdxl"] = write_tiny_sdxl(root / "tiny-sdxl")
-    found["tiny-controlnet"] = write_tiny_controlnet(root / "cn", sdxl=False, seed=0)
+    found["tiny-sd-controlnet"] = write_tiny_controlnet(root / "cn", sdxl=False, seed=0)
+    found["tiny-sdxl-controlnet"] = write_tiny_controlnet(root / "cn-xl", sdxl=True, seed=0)
     found["tiny-sd"] = tiny_sd_path
     return found
 
@@ -50,13 +51,10 @@ _LOADED: dict[str, RPG] = {}
 
 def _load(models: dict[str, Path], family: str) -> RPG:
     if family not in _LOADED:
-        if family == "sd-controlnet":
-            pipe = RPG.from_pretrained(
-                models["tiny-sd"],
-                device="cpu",
-                dtype="float32",
-                controlnet=models["tiny-controlnet"],
-            )
+        if family.endswith("-controlnet"):
+            base = "tiny-sd" if family == "sd-controlnet" else "tiny-sdxl"
+            net = models[f"tiny-{family}"]
+            pipe = RPG.from_pretrained(models[base], device="cpu", dtype="float32", controlnet=net)
         else:
             name = {"sd": "tiny-sd", "sdxl": "tiny-sdxl", "flux": "tiny-flux", "sd3": "tiny-sd3",
                     "klein": "tiny-flux2-klein"}[family]  # fmt: skip
@@ -81,6 +79,7 @@ STOCK = {
     "sd": "StableDiffusionImg2ImgPipeline",
     "sdxl": "StableDiffusionXLImg2ImgPipeline",
     "sd-controlnet": "StableDiffusionControlNetImg2ImgPipeline",
+    "sdxl-controlnet": "StableDiffusionXLControlNetImg2ImgPipeline",
     "flux": "FluxImg2ImgPipeline",
     "sd3": "StableDiffusion3Img2ImgPipeline",
 }
@@ -93,12 +92,12 @@ def test_one_full_canvas_region_equals_the_stock_img2img_pipeline(
     import diffusers
 
     pipe = _load(models, family)
-    unet_family = family in ("sd", "sdxl", "sd-controlnet")
+    unet_family = family in ("sd", "sdxl", "sd-controlnet", "sdxl-controlnet")
     scheduler = "euler" if unet_family else None
     init = _picture()
     extra: dict[str, Any] = {}
     stock_extra: dict[str, Any] = {}
-    if family == "sd-controlnet":
+    if family.endswith("-controlnet"):
         extra = {"image": _control(), "controlnet_conditioning_scale": 0.7}
         stock_extra = {"control_image": _control(), "controlnet_conditioning_scale": 0.7}
     request = GenerationRequest(
