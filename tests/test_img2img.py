@@ -26,6 +26,7 @@ from rpg.orchestrator import RPG
 from tiny_helpers import torch_threads, write_tiny_models
 
 PROMPT = "a red cat sitting on a blue mat"
+PNG = {"content-type": "image/png"}
 TWO = RegionPlan.from_split_ratio("1,1", ["a red cat", "a blue dog"], base_prompt="pets")
 
 
@@ -317,11 +318,13 @@ def test_batch_lines_take_init_image_and_strength(models: dict[str, Path], tmp_p
     assert np.array_equal(np.asarray(direct.images[0]), np.asarray(Image.open(saved)))
 
 
-def test_the_editor_refuses_an_init_image_path_and_renders_hires(
+def test_the_editor_renders_over_an_uploaded_init_image_and_with_hires(
     tiny_rpg: RPG, tmp_path: Path
 ) -> None:
     pytest.importorskip("starlette", reason="the 'ui' extra (starlette) is not installed")
     pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
+    import io
+
     from starlette.testclient import TestClient
 
     from rpg.ui import build_app
@@ -332,12 +335,35 @@ def test_the_editor_refuses_an_init_image_path_and_renders_hires(
         base_url="http://localhost",
     )
     secret = tmp_path / "private.png"
-    _picture().save(secret)
-    fields = {"prompt": "a red cat on the left and a blue dog on the right", "steps": 3, "seed": 1}
+    picture = _picture(seed=7)
+    picture.save(secret)
+    fields = {"prompt": "a red cat on the left and a blue dog on the right", "steps": 3, "seed": 1,
+              "width": 64, "height": 64, "scheduler": "euler", "planner": "rules"}  # fmt: skip
     # a browser must not make the server open a file of its choosing and serve it back
     refused = client.post("/api/generate", json={"request": {**fields, "init_image": str(secret)}})
-    assert refused.status_code == 422 and "cannot render over an init image" in refused.text
-    body = {"request": {**fields, "width": 64, "height": 64, "hires": {"scale": 1.5}}}
+    assert refused.status_code == 422 and "not a path" in refused.text
+    junk = client.post("/api/init-image", content=b"not a picture", headers=PNG)
+    assert junk.status_code == 422 and "not a readable picture" in junk.text
+    forgotten = {"request": fields, "init_image_id": "init-" + "0" * 16}
+    unknown = client.post("/api/generate", json=forgotten)
+    assert unknown.status_code == 422 and "choose the picture again" in unknown.text
+
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    upload = client.post("/api/init-image", content=encoded.getvalue(), headers=PNG).json()
+    assert (upload["width"], upload["height"]) == (64, 64)
+    body = {"request": {**fields, "strength": 0.6}, "init_image_id": upload["id"]}
+    job = wait(client, client.post("/api/generate", json=body).json())
+    assert job["state"] == "done", job
+    saved = tmp_path / "out" / job["images"][0]["name"]
+    assert read_init_image(saved).tobytes() == picture.tobytes()
+    direct = tiny_rpg.generate(load_request(saved), init_image=picture)
+    assert np.array_equal(np.asarray(direct.images[0]), np.asarray(Image.open(saved)))
+    # reopening the PNG gives the page its embedded init image as a new upload
+    reopened = client.post("/api/reopen", content=saved.read_bytes(), headers=PNG).json()
+    assert reopened["init_image"]["id"] != upload["id"] and reopened["request"]["strength"] == 0.6
+
+    body = {"request": {**fields, "hires": {"scale": 1.5}}}
     job = wait(client, client.post("/api/generate", json=body).json())
     assert job["state"] == "done", job
     saved = tmp_path / "out" / job["images"][0]["name"]

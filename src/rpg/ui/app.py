@@ -54,7 +54,7 @@ from starlette.staticfiles import StaticFiles
 from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, check_scheduler
 from rpg.cli import format_error
 from rpg.errors import RPGError
-from rpg.metadata import MetadataError, load_request
+from rpg.metadata import MetadataError, load_request, read_init_image
 from rpg.models import GenerationRequest, RegionPlan
 from rpg.stopping import stop_checks
 from rpg.ui.bodies import (
@@ -72,6 +72,7 @@ from rpg.ui.bodies import (
 )
 from rpg.ui.edits import PlanEditError, apply_edit, plan_from_text, plan_view
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
+from rpg.ui.init_images import InitImageError, InitImages
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
 
@@ -86,6 +87,8 @@ STATIC = Path(__file__).parent / "static"
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.png$")
 _PNG_TYPES: tuple[str, ...] = ("image/png", "application/octet-stream")
 _REOPEN_TOO_LARGE = "the file is larger than {limit}, the most a PNG to reopen may have"
+_INIT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")
+_INIT_TOO_LARGE = "the picture is larger than {limit}, the most an init image may have"
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -186,6 +189,7 @@ class _App:
         self.planning = PlanningGate(plan_timeout)
         self._images_lock = threading.Lock()
         self._images: set[str] = set()  # only the PNGs this app wrote are served
+        self.init_images = InitImages()  # img2img uploads, by id (never by path)
 
     def stop(self) -> None:
         """The server is stopping: cancel the renders and answer requests waiting on a planner."""
@@ -279,8 +283,8 @@ class _App:
             # a path would make the server open (and embed in a PNG it serves) any picture it
             # can read; the editor has no init-image upload yet
             raise UserError(
-                "the editor cannot render over an init image yet; use 'rpg generate "
-                "--init-image IMG' (or --from the PNG), or the Python API",
+                "the editor takes an init image as an upload (init_image_id from "
+                "POST /api/init-image), not a path",
                 "request",
             )
         fields["plan"] = body.plan
@@ -316,14 +320,35 @@ class _App:
             job.message = "planning"
             self.planning.run(lambda: self.pipe.plan(request.prompt, planner=request.planner))
 
-    def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
+    def _init_image(self, body: RenderBody) -> Any:
+        """The uploaded picture a render names (``None``: render from noise)."""
+        if body.init_image_id is None:
+            return None
+        try:
+            return self.init_images.get(body.init_image_id)
+        except InitImageError as exc:
+            raise UserError(str(exc), "init-image") from None
+
+    async def init_image(self, request: Request) -> Response:
+        """``POST /api/init-image``: keep a picture for img2img; answers its id and size."""
+        body = await read_body(request, MAX_UPLOAD_BYTES, _INIT_TOO_LARGE)
+        try:
+            return JSONResponse(self.init_images.add(body))
+        except InitImageError as exc:
+            raise UserError(str(exc), "init-image") from None
+
+    def _generate(self, request: GenerationRequest, job: Job, init: Any = None) -> dict[str, Any]:
         job.total = request.steps
         self._plan_first(request, job)
         with stop_checks(self.pipe, job.cancel_requested):
-            result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
+            result = self.pipe.generate(
+                request, callback_on_step_end=job.step_callback, init_image=init
+            )
         return {"images": self._save(job, result), "view": plan_view(result.plan)}
 
-    def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
+    def _refine(
+        self, request: GenerationRequest, rounds: int, job: Job, init: Any = None
+    ) -> dict[str, Any]:
         from rpg.planners.feedback import as_multimodal
 
         job.total = request.steps
@@ -345,21 +370,23 @@ class _App:
                 planner=TimedReviewer(reviewer, self.planning),
                 on_round=on_round,
                 callback_on_step_end=job.step_callback,
+                init_image=init,
             )
         return {"images": images, "view": plan_view(out.plan), "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:
-        req = self._request(await _body(request, RenderBody, "request"))
-        job = self.jobs.submit(lambda job: self._generate(req, job))
+        body = await _body(request, RenderBody, "request")
+        req, init = self._request(body), self._init_image(body)
+        job = self.jobs.submit(lambda job: self._generate(req, job, init))
         return JSONResponse(self._status(job))
 
     async def refine(self, request: Request) -> Response:
         body = await _body(request, RefineBody, "refine")
-        req = self._request(body)
+        req, init = self._request(body), self._init_image(body)
         ok, reason = await self.planning.run_async(lambda: can_review(self.pipe, req.planner))
         if not ok:
             raise UserError(reason, "refine")
-        job = self.jobs.submit(lambda job: self._refine(req, body.rounds, job))
+        job = self.jobs.submit(lambda job: self._refine(req, body.rounds, job, init))
         return JSONResponse(self._status(job))
 
     def _status(self, job: Job) -> dict[str, Any]:
@@ -419,9 +446,17 @@ class _App:
                 raise UserError(message, "reopen") from None
             except ValidationError as exc:
                 raise UserError(f"{filename}: {format_error(exc)}", "reopen") from None
+            # an img2img PNG: its embedded init image becomes an upload the page can render with
+            try:
+                init = read_init_image(path) if req.init_image_sha256 else None
+            except MetadataError as exc:
+                raise UserError(str(exc).replace(str(path), filename), "reopen") from None
         fields = req.model_dump(mode="json", exclude={"plan"})
         view = plan_view(req.plan) if req.plan is not None else None
-        return JSONResponse({"request": fields, "view": view, "filename": filename})
+        out: dict[str, Any] = {"request": fields, "view": view, "filename": filename}
+        if init is not None:
+            out["init_image"] = self.init_images.keep(init)
+        return JSONResponse(out)
 
 
 async def _user_error(request: Request, exc: Exception) -> Response:
@@ -502,6 +537,7 @@ def build_app(
         Route("/api/jobs/{job_id}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/images/{name}", handlers.image),
         Route("/api/reopen", handlers.reopen, methods=["POST"]),
+        Route("/api/init-image", handlers.init_image, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
@@ -520,7 +556,10 @@ def build_app(
                 Guard,
                 policy=policy,
                 default_limit=MAX_JSON_BYTES,
-                raw_routes=[("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE)],
+                raw_routes=[
+                    ("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE),
+                    ("/api/init-image", MAX_UPLOAD_BYTES, _INIT_TYPES, _INIT_TOO_LARGE),
+                ],
             )
         ],
     )
