@@ -368,3 +368,27 @@ def test_the_editor_renders_over_an_uploaded_init_image_and_with_hires(
     assert job["state"] == "done", job
     saved = tmp_path / "out" / job["images"][0]["name"]
     assert Image.open(saved).size == (96, 96) and load_request(saved).hires is not None
+
+
+def test_regional_steps_count_the_steps_img2img_runs(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rpg.attention.joint import JointRegions
+
+    pipe = _load(models, "flux")
+    seen: list[int | None] = []
+    real = JointRegions.from_conditioning.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, *args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("steps"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(JointRegions, "from_conditioning", classmethod(spy))
+    request = GenerationRequest(
+        prompt="pets", plan=TWO, steps=5, seed=1, width=64, height=64,
+        options={"regional_steps": 0.5},
+    )  # fmt: skip
+    pipe.generate(request)
+    pipe.generate(request.model_copy(update={"strength": 0.6}), init_image=_picture())
+    # text-to-image runs all 5; img2img at 0.6 runs the last 3 (FluxImg2ImgPipeline's count)
+    assert seen == [5, 3]

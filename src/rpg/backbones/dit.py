@@ -221,10 +221,17 @@ class JointBackbone(Backbone):
         call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
         """:func:`~rpg.attention.joint.regional_joint` for one call, with the family's options
-        (image-attention scope, ``regional_steps``, ``regional_blocks``)."""
-        del cache_kv, pipeline_kwargs
+        (image-attention scope, ``regional_steps``, ``regional_blocks``).
+
+        img2img runs only the last steps of the schedule; ``regional_steps`` is a fraction of
+        the steps the call runs, counted as the stock img2img pipelines count them."""
+        del cache_kv
         options = call.options if call is not None else self.parse_options(None)
         steps = call.steps if call is not None else None
+        strength = pipeline_kwargs.get("strength")
+        if steps is not None and self.img2img and strength is not None:
+            # FluxImg2ImgPipeline / StableDiffusion3Img2ImgPipeline.get_timesteps
+            steps -= int(max(steps - min(steps * float(strength), steps), 0))
         regions = JointRegions.from_conditioning(
             conditioning,
             layout,
