@@ -282,6 +282,10 @@ REQUEST_VARIANTS: dict[str, Any] = {
     "base_ratio": 0.5,
     "controls": [{"controlnet": "tiny-controlnet", "image": "edges.png"}],
     "options": {"image_attention": "region", "regional_steps": 0.5},
+    "init_image": "start.png",
+    "init_image_sha256": "0" * 64,
+    "strength": 0.5,
+    "hires": {"scale": 2},
 }
 
 

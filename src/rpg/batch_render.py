@@ -119,6 +119,7 @@ def _atomic_save(result: GenerationResult, index: int, target: Path) -> None:
             result.plan,
             index=index,
             control_images=result.control_images,
+            init_image=result.init_image,
         )
         fd = os.open(tmp, os.O_RDONLY)
         try:

@@ -196,6 +196,11 @@ def edit(
             "base_ratio": None,
             "planner": None,
             "controls": [],  # inpainting runs without the source's ControlNet
+            # the inpainting pipeline takes the source itself; no img2img or hires pass
+            "init_image": None,
+            "init_image_sha256": None,
+            "strength": None,
+            "hires": None,
             "model": rpg.model or base.model,
             "width": work_w,
             "height": work_h,

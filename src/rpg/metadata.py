@@ -17,6 +17,11 @@ PNG tool. Each embedded image is checked against ``controls[i].sha256`` (see
 
 This module reads; writing is :mod:`rpg.metadata_write` (re-exported here), which needs no model
 class, so :mod:`rpg.models` can save without importing the reader.
+
+An img2img render embeds its init image the same way, under ``rpg-init`` (``rpg-init.1``, ...),
+checked against the request's ``init_image_sha256`` (:func:`read_init_image`). A hires-fix
+render needs nothing more: ``hires`` is a request field and the second pass starts from the
+first pass's picture, which the re-render makes again.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from PIL import Image
 
 from rpg.metadata_write import (
     CONTROL_KEY_PREFIX,
+    INIT_KEY,
     MAX_TEXT_CHUNK_BYTES,
     PNG_KEY,
     MetadataError,
@@ -44,6 +50,7 @@ from rpg.models import GenerationRequest, RegionPlan
 
 __all__ = [
     "CONTROL_KEY_PREFIX",
+    "INIT_KEY",
     "MAX_TEXT_CHUNK_BYTES",
     "MAX_TEXT_TOTAL_BYTES",
     "PNG_KEY",
@@ -52,6 +59,7 @@ __all__ = [
     "image_sha256",
     "load_request",
     "read_control_images",
+    "read_init_image",
     "read_metadata",
     "save_png",
 ]
@@ -157,6 +165,35 @@ def load_request(path: str | os.PathLike[str]) -> GenerationRequest:
         plan = RegionPlan.model_validate(data["plan"])
         request = request.model_copy(update={"plan": plan})
     return request
+
+
+def read_init_image(path: str | os.PathLike[str]) -> Image.Image | None:
+    """The init image embedded in an rpg PNG (RGB, matching ``init_image_sha256``), or ``None``
+    when the render had none or it was too large to embed."""
+    p = Path(path)
+    text, fmt = _read_text(p)
+    data = _parse_metadata(p, text, fmt)
+    request = GenerationRequest.model_validate(data["request"])
+    if INIT_KEY not in text:
+        return None
+    image = _decode_embedded(p, text, INIT_KEY, "the embedded init image")
+    if request.init_image_sha256 is not None and image_sha256(image) != request.init_image_sha256:
+        raise MetadataError(
+            f"{p}: the embedded init image does not match its recorded sha256; the file is "
+            "damaged — pass --init-image to render over a picture again"
+        )
+    return image
+
+
+def _decode_embedded(p: Path, text: dict[str, str], key: str, what: str) -> Image.Image:
+    parts = [text[key]]
+    while f"{key}.{len(parts)}" in text:
+        parts.append(text[f"{key}.{len(parts)}"])
+    try:
+        with Image.open(io.BytesIO(base64.b64decode("".join(parts), validate=True))) as img:
+            return img.convert("RGB")
+    except (binascii.Error, OSError, ValueError) as exc:
+        raise MetadataError(f"{p}: {what} is unreadable: {exc}") from None
 
 
 def read_control_images(path: str | os.PathLike[str]) -> list[Image.Image | None]:

@@ -1,4 +1,4 @@
-"""Writing rpg's PNG metadata: the request, the plan and the control images in text chunks.
+"""Writing rpg's PNG metadata: the request, the plan, control and init images in text chunks.
 
 The format is described in :mod:`rpg.metadata`, which reads it and re-exports everything here.
 Writing needs no model class at run time (a request is only dumped and copied), so
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_KEY_PREFIX",
+    "INIT_KEY",
     "MAX_TEXT_CHUNK_BYTES",
     "PNG_KEY",
     "MetadataError",
@@ -43,6 +44,10 @@ PNG_KEY = "rpg"
 MAX_TEXT_CHUNK_BYTES = 1024 * 1024
 #: Key prefix of the text chunks holding embedded control images (``rpg-control-0``, ...).
 CONTROL_KEY_PREFIX = "rpg-control-"
+#: Key of the text chunk(s) holding an img2img render's init image (``rpg-init``, ``.1``, ...).
+INIT_KEY = "rpg-init"
+#: Request keys written only when set (img2img, hires fix), so plain renders read as before.
+_IMG2IMG_KEYS = ("init_image", "init_image_sha256", "strength", "hires")
 _VERSION = 1
 # base64 characters per text chunk: below Pillow's 1 MiB limit on a decompressed text chunk.
 _PART_CHARS = 512 * 1024
@@ -127,6 +132,33 @@ def _add_control_images(
             info.add_itxt(key, part, zip=True)
 
 
+def _add_parts(info: PngImagePlugin.PngInfo, key: str, text: str) -> None:
+    parts = [text[k : k + _PART_CHARS] for k in range(0, len(text), _PART_CHARS)]
+    for k, part in enumerate(parts):
+        info.add_itxt(key + (f".{k}" if k else ""), part, zip=True)
+
+
+def _add_init_image(
+    info: PngImagePlugin.PngInfo, request: GenerationRequest, image: Image.Image
+) -> None:
+    if request.init_image_sha256 is None:
+        raise ValueError("the request records no init image; pass result.init_image with it")
+    if image_sha256(image) != request.init_image_sha256:
+        raise ValueError(
+            "the init image does not match the sha256 recorded in the request; pass the image "
+            "the request was rendered with (result.init_image)"
+        )
+    text = _encode_control(image)
+    if len(text) > _MAX_EMBED_CHARS:
+        warnings.warn(
+            f"the init image is too large to embed in the PNG; re-rendering it will need the "
+            f"file ({request.init_image or 'pass --init-image'})",
+            stacklevel=3,
+        )
+        return
+    _add_parts(info, INIT_KEY, text)
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike[str],
@@ -135,14 +167,16 @@ def save_png(
     *,
     index: int | None = None,
     control_images: Sequence[Image.Image | None] | None = None,
+    init_image: Image.Image | None = None,
 ) -> Path:
     """Save ``image`` as PNG at ``path`` with the request and plan in the ``rpg`` text chunk.
 
     ``plan`` defaults to ``request.plan``. With ``index``, the request stored is
     :func:`image_request` of that index, so the file re-renders to itself. ``control_images``
     (``result.control_images``: one per ``request.controls`` entry, ``None`` to skip one) are
-    embedded, each checked against its recorded ``sha256``. The file is always PNG, whatever its
-    suffix (temporary names such as ``x.png.part`` work).
+    embedded, each checked against its recorded ``sha256``; so is ``init_image``
+    (``result.init_image``, checked against ``init_image_sha256``). The file is always PNG,
+    whatever its suffix (temporary names such as ``x.png.part`` work).
     """
     if index is not None:
         request = image_request(request, index)
@@ -150,6 +184,9 @@ def save_png(
     stored = request.model_dump(mode="json")
     if not stored["controls"]:
         del stored["controls"]  # plain renders keep the metadata older versions read
+    for key in _IMG2IMG_KEYS:  # likewise without img2img or a hires pass
+        if stored.get(key) is None:
+            stored.pop(key, None)
     payload: dict[str, Any] = {
         "rpg": _VERSION,
         "request": stored,
@@ -167,6 +204,8 @@ def save_png(
     info.add_itxt(PNG_KEY, text, zip=True)
     if control_images:
         _add_control_images(info, request, control_images)
+    if init_image is not None:
+        _add_init_image(info, request, init_image)
     target = Path(path)
     image.save(target, format="PNG", pnginfo=info)
     return target

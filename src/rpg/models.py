@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BASE_RATIO",
+    "DEFAULT_HIRES_STRENGTH",
+    "DEFAULT_STRENGTH",
     "MAX_CONTROL_SCALE",
     "MAX_LAYERS",
     "MAX_PLAN_JSON_BYTES",
@@ -56,6 +58,7 @@ __all__ = [
     "Entity",
     "GenerationRequest",
     "GenerationResult",
+    "HiresFix",
     "Layer",
     "LayerMask",
     "LayerWarning",
@@ -894,6 +897,57 @@ def whole_image_text(plan: RegionPlan, prompt: str | None = None) -> str:
     return ", ".join(dict.fromkeys(plan.prompts))
 
 
+# --------------------------------------------------------------------------- img2img, hires fix
+#: The strength a request with an init image and no strength gets (A1111's default denoising).
+DEFAULT_STRENGTH = 0.75
+#: The hires pass's strength when a request names none.
+DEFAULT_HIRES_STRENGTH = 0.5
+#: The largest hires scale: past it the second pass is mostly invented detail.
+MAX_HIRES_SCALE = 4.0
+
+
+class HiresFix(BaseModel):
+    """A second, larger pass: render at the request's size, upscale the picture, refine it.
+
+    The refining pass is the family's stock img2img pipeline with the same plan (its layout
+    recomputed at the larger latent grid), the same seed and the same settings; see
+    :mod:`rpg.hires`.
+    """
+
+    model_config = _FROZEN
+
+    scale: float = Field(
+        gt=1,
+        le=MAX_HIRES_SCALE,
+        allow_inf_nan=False,
+        description="How much larger the final image is than the request's width and height "
+        "(both sides; rounded to the model's size step).",
+    )
+    strength: float = Field(
+        default=DEFAULT_HIRES_STRENGTH,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How much of the upscaled picture the refining pass re-noises (0.3-0.6 keeps "
+        "the composition, 1 repaints it).",
+    )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Denoising steps of the refining pass before strength (it runs about "
+        "steps x strength of them); null uses the request's steps.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scale_alone(cls, data: Any) -> Any:
+        """``"hires": 2`` (a batch line, a hand-written request) means ``{"scale": 2}``."""
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"scale": data}
+        return data
+
+
 class GenerationRequest(BaseModel):
     """Everything needed to render one prompt; serialisable, so an image can be re-rendered."""
 
@@ -981,6 +1035,32 @@ class GenerationRequest(BaseModel):
     def _coerce_loras(cls, v: Any) -> Any:
         return coerce_loras(v)
 
+    # img2img and hires fix (see rpg.img2img, rpg.hires)
+    init_image: str | None = Field(
+        default=None,
+        description="img2img: path of the picture to render over, as given (a saved PNG embeds "
+        "the picture itself); null renders from noise unless an image is passed to generate.",
+    )
+    init_image_sha256: str | None = Field(
+        default=None,
+        pattern="^[0-9a-f]{64}$",
+        description="SHA-256 of the init image's pixels (rpg.metadata.image_sha256), recorded "
+        "by the render.",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="img2img: how much of the init image is re-noised (1 repaints it from "
+        "scratch); null uses 0.75 with an init image. Needs an init image.",
+    )
+    hires: HiresFix | None = Field(
+        default=None,
+        description="Hires fix: render, upscale by hires.scale, refine with img2img; null renders "
+        "once. width and height stay the first pass's size.",
+    )
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, v: str) -> str:
@@ -1054,6 +1134,9 @@ class GenerationResult:
     #: the image was an array or tensor. :meth:`save` embeds them so the PNG re-renders
     #: without the original files.
     control_images: list[Any] = field(default_factory=list)
+    #: The init image an img2img render started from (PIL, at the render's size); :meth:`save`
+    #: embeds it so the PNG re-renders without the original file. ``None`` otherwise.
+    init_image: Any = None
     #: The pipeline's safety checker verdict per image, when it has a safety checker (a
     #: flagged image is black, as the stock pipeline makes it); ``None`` without one.
     nsfw_content_detected: list[bool] | None = None
@@ -1090,4 +1173,5 @@ class GenerationResult:
             self.plan,
             index=index,
             control_images=self.control_images or None,
+            init_image=self.init_image,
         )

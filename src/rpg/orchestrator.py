@@ -26,9 +26,11 @@ import torch
 from rpg.backbones.base import Backbone
 from rpg.backbones.loading import ModelInfo, resolve_model
 from rpg.errors import ConfigurationError, RegistryError
+from rpg.img2img import default_size, open_init_image, wants_img2img
 from rpg.models import (
     GenerationRequest,
     GenerationResult,
+    HiresFix,
     LoraInput,
     PlanResult,
     RegionPlan,
@@ -36,7 +38,7 @@ from rpg.models import (
 )
 from rpg.planners.base import DEFAULT_PLANNER, Planner
 from rpg.progress import NoProgress, RenderProgress
-from rpg.route import render_request
+from rpg.route import RouteResult, render_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -342,6 +344,7 @@ class RPG:
         *,
         output_type: str = "pil",
         callback_on_step_end: Callable[..., Any] | None = None,
+        init_image: Image | str | os.PathLike[str] | None = None,
         **pipeline_kwargs: Any,
     ) -> GenerationResult:
         """Plan (unless the request has a plan), encode, denoise regionally and decode.
@@ -362,13 +365,22 @@ class RPG:
         names, image paths, scales, pixel hashes) and ``result.control_images`` holds the
         images. A request with ``controls`` on an RPG without ControlNet is an error.
 
+        img2img: ``init_image`` (a PIL image or a path), else the file ``request.init_image``
+        names, is rendered over with the family's stock img2img pipeline at ``request.strength``
+        (default 0.75); without a size the render takes the picture's. The result's request
+        records its path and pixel hash, and ``result.init_image`` holds it (a saved PNG embeds
+        it). ``request.hires``: a second pass at ``hires.scale`` times the size, through
+        img2img with the same plan (see :mod:`rpg.hires`).
+
         Timings (seconds) are recorded for ``plan``, ``encode``, ``denoise`` (the pipeline call up
         to the end of its last step) and ``decode`` (the rest of the call: VAE,
-        post-processing, safety checker), plus ``total``.
+        post-processing, safety checker), plus ``total`` (and ``hires`` for the second pass).
         """
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
         _check_pipeline_kwargs(pipeline_kwargs)
+        if wants_img2img(request, init_image) or request.hires is not None:
+            self.backbone.img2img_backbone()  # a family without one is refused before planning
         started = time.perf_counter()
         timings: dict[str, float] = {}
         progress = self.progress
@@ -388,6 +400,11 @@ class RPG:
             timings["plan"] = 0.0
 
         native_w, native_h = self.backbone.native_size
+        if wants_img2img(request, init_image):
+            source = init_image if init_image is not None else request.init_image
+            if request.width is None and request.height is None:
+                picture = open_init_image(source)
+                native_w, native_h = default_size(picture, self.backbone.latent_factor)
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
         request = request.model_copy(
             update={
@@ -401,27 +418,80 @@ class RPG:
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
         request = GenerationRequest.model_validate(request.model_dump())
+        hires_size = self._hires_size(request)  # refuses a bad hires pass before rendering
         routed = render_request(
             self.backbone,
             request,
             progress=progress,
             pipeline_kwargs=pipeline_kwargs,
-            output_type=output_type,
+            output_type="pil" if request.hires is not None else output_type,
             callback_on_step_end=callback_on_step_end,
+            init_image=init_image,
         )
         timings.update(routed.timings)
+        images = routed.rendered.images
+        if hires_size is not None:
+            t = time.perf_counter()
+            images = self._hires_pass(
+                routed, hires_size, pipeline_kwargs, output_type, callback_on_step_end, progress
+            )
+            timings["hires"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         progress.finish()
 
         return GenerationResult(
-            images=routed.rendered.images,
+            images=images,
             plan=plan,
             request=routed.request,
             plan_result=plan_result,
             timings=timings,
             control_images=routed.control_images,
             nsfw_content_detected=routed.rendered.nsfw_content_detected,
+            init_image=routed.init_image,
         )
+
+    def _hires_size(self, request: GenerationRequest) -> tuple[int, int] | None:
+        """The hires pass's size (``None``: no hires pass), its strength and steps checked."""
+        from rpg.hires import hires_size
+        from rpg.img2img import check_strength
+
+        hires = request.hires
+        if hires is None:
+            return None
+        assert request.width is not None and request.height is not None
+        steps = hires.steps if hires.steps is not None else request.steps
+        check_strength(hires.strength, steps, "hires strength")
+        return hires_size(request.width, request.height, hires.scale, self.backbone.latent_factor)
+
+    def _hires_pass(
+        self,
+        first: RouteResult,
+        size: tuple[int, int],
+        pipeline_kwargs: dict[str, Any],
+        output_type: str,
+        callback_on_step_end: Callable[..., Any] | None,
+        progress: RenderProgress,
+    ) -> list[Any]:
+        """Refine each first-pass picture at the hires size through the route (img2img)."""
+        from rpg.hires import hires_request, upscale
+
+        request, hires = first.request, first.request.hires
+        assert hires is not None
+        images = []
+        for index, picture in enumerate(first.rendered.images):
+            refine = hires_request(request, hires, size, index)
+            progress.start(refine.steps)
+            routed = render_request(
+                self.backbone,
+                refine,
+                progress=progress,
+                pipeline_kwargs=pipeline_kwargs,
+                output_type=output_type,
+                callback_on_step_end=callback_on_step_end,
+                init_image=upscale(picture, size),
+            )
+            images.extend(routed.rendered.images)
+        return images
 
     def __call__(
         self,
@@ -439,6 +509,9 @@ class RPG:
         scheduler: str | None = None,
         base_ratio: float | None = None,
         loras: Sequence[LoraInput | tuple[str, float] | str] | None = None,
+        init_image: Image | str | os.PathLike[str] | None = None,
+        strength: float | None = None,
+        hires: HiresFix | float | None = None,
         output_type: str = "pil",
         callback_on_step_end: Callable[..., Any] | None = None,
         **pipeline_kwargs: Any,
@@ -466,6 +539,9 @@ class RPG:
         ``.request`` (the request this call implies; ``rpg.generate(result.request)`` renders
         the same pixels). ``pipeline_kwargs`` go to the stock pipeline (ControlNet ``image=``,
         ``eta=``, ``cross_attention_kwargs=`` ...).
+
+        img2img: ``init_image`` (a picture or path) with ``strength``; hires fix: ``hires`` (a
+        scale, or a :class:`~rpg.models.HiresFix` with strength and steps).
         """
         if prompt is not None and not isinstance(prompt, str):
             raise ConfigurationError(
@@ -495,12 +571,15 @@ class RPG:
             "scheduler": scheduler,
             "base_ratio": base_ratio,
             "loras": loras,
+            "strength": strength,
+            "hires": hires,
         }
         request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
         return self.generate(
             request,
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
+            init_image=init_image,
             **pipeline_kwargs,
         )
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from rpg.backbones.base import Backbone, Rendered
+from rpg.errors import ConfigurationError
+from rpg.img2img import prepare_img2img, wants_img2img
 from rpg.models import GenerationRequest
 from rpg.progress import RenderProgress, step_callback
 
@@ -34,6 +36,8 @@ class RouteResult:
     rendered: Rendered
     #: Images a saved PNG embeds (ControlNet control images).
     control_images: list[Any] = field(default_factory=list)
+    #: The init image of an img2img render, as given (a saved PNG embeds it); else ``None``.
+    init_image: Any = None
     #: ``encode``, ``denoise`` and ``decode`` seconds.
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -59,6 +63,7 @@ def render_request(
     pipeline_kwargs: Mapping[str, Any] | None = None,
     output_type: str = "pil",
     callback_on_step_end: Callable[..., Any] | None = None,
+    init_image: Any = None,
 ) -> RouteResult:
     """Render a request whose plan, seed and size are filled in.
 
@@ -67,6 +72,8 @@ def render_request(
     with the stock pipeline inside its attention context, under the request's scheduler. The
     request's LoRAs (whole image and per region) are loaded for the call and removed after
     (:func:`rpg.lora.applied_loras`); the result's request records their files' hashes.
+    With an init image (``init_image``: a PIL image or path, else the request's
+    ``init_image``) the backbone is the family's img2img one (see :mod:`rpg.img2img`).
     """
     from rpg.lora import applied_loras
 
@@ -79,6 +86,7 @@ def render_request(
             output_type=output_type,
             callback_on_step_end=callback_on_step_end,
             region_loras=loras.region_adapters,
+            init_image=init_image,
         )
 
 
@@ -91,14 +99,24 @@ def _render(
     output_type: str,
     callback_on_step_end: Callable[..., Any] | None,
     region_loras: tuple[tuple[tuple[str, float], ...], ...] | None,
+    init_image: Any,
 ) -> RouteResult:
     plan, seed = request.plan, request.seed
     width, height = request.width, request.height
     if plan is None or seed is None or width is None or height is None:
         raise ValueError("render_request needs a request with plan, seed, width and height")
-    prepared = backbone.prepare_inputs(
-        request, dict(pipeline_kwargs or {}), width=width, height=height
-    )
+    pipeline_kwargs = dict(pipeline_kwargs or {})
+    picture = None
+    if wants_img2img(request, init_image):
+        backbone, request, pipeline_kwargs, picture = prepare_img2img(
+            backbone, request, pipeline_kwargs, init_image, width=width, height=height
+        )
+    elif request.strength is not None:
+        raise ConfigurationError(
+            "strength needs an init image (init_image=, CLI: --init-image FILE); leave strength "
+            "out to render from noise"
+        )
+    prepared = backbone.prepare_inputs(request, pipeline_kwargs, width=width, height=height)
     request = settle_request(backbone, prepared.request)
     options = backbone.parse_options(request.options)
     guidance = backbone.request_guidance(request)
@@ -136,4 +154,6 @@ def _render(
         )
     timings["denoise"] = rendered.denoise_seconds
     timings["decode"] = rendered.decode_seconds
-    return RouteResult(request, rendered, prepared.control_images, timings)
+    return RouteResult(
+        request, rendered, prepared.control_images, timings=timings, init_image=picture
+    )

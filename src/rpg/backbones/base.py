@@ -110,6 +110,9 @@ class Backbone(ABC):
     #: The family's stock inpainting pipeline, by its name in diffusers (``""``: none), which
     #: ``rpg edit`` renders with (see :meth:`inpaint_backbone`).
     inpaint_pipeline_name: ClassVar[str] = ""
+    #: The family's stock img2img pipeline, by its name in diffusers (``""``: none), which
+    #: img2img and the hires fix render with (see :meth:`img2img_backbone`).
+    img2img_pipeline_name: ClassVar[str] = ""
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         self.pipe = pipe
@@ -124,6 +127,8 @@ class Backbone(ABC):
         self._schedulers: dict[str, Any] = {}
         #: Whether this backbone drives the family's inpainting pipeline (``rpg edit``).
         self.inpainting = False
+        #: Whether this backbone drives the family's img2img pipeline (init image, hires fix).
+        self.img2img = False
         #: Whether a request without a scheduler keeps whatever scheduler the pipeline holds
         #: at call time (a pipeline given to ``RPG.from_pipeline``: it is the user's), rather
         #: than getting :attr:`default_scheduler`.
@@ -255,6 +260,61 @@ class Backbone(ABC):
         painter.cache_kv = self.cache_kv
         painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
         return painter
+
+    # ----------------------------------------------------------------- img2img
+
+    def img2img_pipeline_class(self) -> type | None:
+        """The stock img2img pipeline class for this model (``None``: the family or this
+        diffusers has none)."""
+        from rpg.backbones.inpaint import diffusers_class
+
+        return diffusers_class(self.img2img_pipeline_name)
+
+    def img2img_refusal(self) -> str | None:
+        """Why this model cannot render over an init image although diffusers has its img2img
+        pipeline (``None``: it can)."""
+        return None
+
+    def img2img_backbone(self) -> Backbone:
+        """This model's stock img2img pipeline, sharing its modules, as a backbone of this class.
+
+        It encodes, lays out and attends exactly as this one does, so an init image or a hires
+        pass renders through the same route as ``generate``. Built on every call (no weights are
+        copied; a few objects are made), so it always shares the pipeline's current modules and
+        scheduler. A family without one is a :class:`~rpg.errors.ConfigurationError` here,
+        before any planning or encoding.
+        """
+        import diffusers
+
+        from rpg.backbones.inpaint import build_inpaint_pipeline
+
+        if self.img2img:
+            return self
+        cls = self.img2img_pipeline_class()
+        why = self.img2img_refusal()
+        if cls is None or why is not None:
+            wanted = self.img2img_pipeline_name
+            if why is None:
+                why = (
+                    f"diffusers {diffusers.__version__} has no {wanted}"
+                    if wanted
+                    else "diffusers has no img2img pipeline for this family"
+                )
+            raise ConfigurationError(
+                f"img2img and the hires fix cannot render with {self.name!r}: {why}; leave out "
+                "the init image and --hires, or use an SD, SDXL, ControlNet, FLUX.1 or SD3 model"
+            )
+        painter = type(self)(build_inpaint_pipeline(self.pipe, cls), info=self.info)
+        painter.img2img = True
+        painter.cache_kv = self.cache_kv
+        painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
+        painter.adopt(self)
+        return painter
+
+    def adopt(self, source: Backbone) -> None:
+        """Take over per-model state from ``source`` when this backbone wraps a pipeline built
+        from its modules (the img2img one); ControlNet backbones keep their recorded names."""
+        del source
 
     # ----------------------------------------------------------------- facts about the model
 
@@ -580,6 +640,15 @@ class Backbone(ABC):
             lora_scale=lora_call_scale(pipeline_kwargs),
         )
 
+    def size_inputs(self, layout: RegionalLayout) -> dict[str, int]:
+        """``height``/``width`` for the stock call; nothing for the SD and SDXL img2img
+        pipelines, which take no size and render at the init image's (already the layout's)."""
+        import inspect
+
+        if "height" not in inspect.signature(self.pipe.__call__).parameters:
+            return {}
+        return {"height": layout.height, "width": layout.width}
+
     def render(
         self,
         conditioning: RegionalConditioning,
@@ -613,6 +682,8 @@ class Backbone(ABC):
         options = self.parse_options(options)
         size = {"width": layout.width, "height": layout.height}
         pipeline_kwargs = self.call_inputs(pipeline_kwargs, **size)
+        if "init_image" in pipeline_kwargs:  # img2img: the stock pipelines' name for it
+            pipeline_kwargs["image"] = pipeline_kwargs.pop("init_image")
         pipeline_kwargs.update(self.option_inputs(options))
         guidance = self.call_guidance(guidance_scale, pipeline_kwargs)
         if guidance and conditioning.negative_prompt_embeds is None:
@@ -636,8 +707,7 @@ class Backbone(ABC):
             output, denoise_seconds, decode_seconds = timed_call(
                 self.pipe,
                 **inputs,
-                height=layout.height,
-                width=layout.width,
+                **self.size_inputs(layout),
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 generator=generator,

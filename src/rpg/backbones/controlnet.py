@@ -271,9 +271,17 @@ class ControlNetBackboneMixin(Backbone):
             height,
         )
         single = len(self.controlnets) == 1
-        kwargs["image"] = images[0] if single else images
+        # The img2img ControlNet pipelines take the picture to render over as ``image`` and
+        # the control image as ``control_image``.
+        kwargs["control_image" if self.img2img else "image"] = images[0] if single else images
         kwargs["controlnet_conditioning_scale"] = scales[0] if single else scales
         return kwargs
+
+    def adopt(self, source: Backbone) -> None:
+        """The ControlNet names as loaded (what requests record), not the modules' own."""
+        names = getattr(source, "controlnet_names", None)
+        if names:
+            self.controlnet_names = list(names)
 
 
 class StableDiffusionControlNetBackbone(ControlNetBackboneMixin, StableDiffusionBackbone):
@@ -286,6 +294,7 @@ class StableDiffusionControlNetBackbone(ControlNetBackboneMixin, StableDiffusion
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionControlNetPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ()
     base_backbone: ClassVar[str] = StableDiffusionBackbone.name
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusionControlNetImg2ImgPipeline"
 
     @classmethod
     def pipeline_class(cls) -> type:
@@ -304,6 +313,7 @@ class StableDiffusionXLControlNetBackbone(ControlNetBackboneMixin, StableDiffusi
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionXLControlNetPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ()
     base_backbone: ClassVar[str] = StableDiffusionXLBackbone.name
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusionXLControlNetImg2ImgPipeline"
 
     @classmethod
     def pipeline_class(cls) -> type:

@@ -231,10 +231,17 @@ class JointBackbone(Backbone):
         call: StockCall | None = None,
     ) -> AbstractContextManager[object]:
         """:func:`~rpg.attention.joint.regional_joint` for one call, with the family's options
-        (image-attention scope, ``regional_steps``, ``regional_blocks``)."""
-        del cache_kv, pipeline_kwargs
+        (image-attention scope, ``regional_steps``, ``regional_blocks``).
+
+        img2img runs only the last steps of the schedule; ``regional_steps`` is a fraction of
+        the steps the call runs, counted as the stock img2img pipelines count them."""
+        del cache_kv
         options = call.options if call is not None else self.parse_options(None)
         steps = call.steps if call is not None else None
+        strength = pipeline_kwargs.get("strength")
+        if steps is not None and self.img2img and strength is not None:
+            # FluxImg2ImgPipeline / StableDiffusion3Img2ImgPipeline.get_timesteps
+            steps -= int(max(steps - min(steps * float(strength), steps), 0))
         regions = JointRegions.from_conditioning(
             conditioning,
             layout,
@@ -289,6 +296,14 @@ class FluxBackbone(JointBackbone):
     default_guidance: ClassVar[float] = 3.5
     options_model: ClassVar[type[BackboneOptions]] = FluxOptions
     inpaint_pipeline_name: ClassVar[str] = "FluxInpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "FluxImg2ImgPipeline"
+
+    def img2img_refusal(self) -> str | None:
+        """A fill transformer reads the masked image as extra channels: no plain img2img."""
+        latent = int(self.pipe.vae.config.latent_channels) * 4
+        if int(self.pipe.transformer.config.in_channels) > latent:
+            return "a FLUX fill transformer takes a mask as well; use rpg edit with it"
+        return None
 
     def inpaint_pipeline_class(self) -> type | None:
         """``FluxFillPipeline`` for a fill transformer (it reads the masked image as extra
@@ -376,6 +391,7 @@ class SD3Backbone(JointBackbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("sd3", "sd35_large", "sd35_medium")
     transformer_class_name: ClassVar[str] = "SD3Transformer2DModel"
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusion3InpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusion3Img2ImgPipeline"
     stock_t5_length: ClassVar[int] = 256
 
     @classmethod

@@ -93,6 +93,14 @@ class Flux2KleinBackbone(JointBackbone):
             "reference tokens, which regional joint attention does not map yet"
         )
 
+    def img2img_refusal(self) -> str | None:
+        """diffusers has no klein img2img pipeline; klein's own ``image=`` is a reference image
+        joined to the joint sequence, not a picture to denoise from."""
+        return (
+            "diffusers has no FLUX.2 [klein] img2img pipeline (Flux2KleinPipeline's image= is a "
+            "reference image for editing, not a starting picture)"
+        )
+
     def uses_guidance(self, guidance_scale: float) -> bool:
         """CFG as the pipeline runs it: above 1, and not on a step-distilled model."""
         return guidance_scale > 1 and not bool(self.pipe.config.get("is_distilled", False))

@@ -26,6 +26,7 @@ class StableDiffusionBackbone(Backbone):
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ("v1", "v2")
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusionInpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusionImg2ImgPipeline"
 
     @classmethod
     def pipeline_class(cls) -> type:

@@ -39,6 +39,7 @@ class StableDiffusionXLBackbone(Backbone):
     pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     checkpoint_types: ClassVar[tuple[str, ...]] = ("xl_base",)
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusionXLInpaintPipeline"
+    img2img_pipeline_name: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         super().__init__(pipe, info=info)

@@ -64,6 +64,9 @@ FIELD_FLAGS: dict[str, str] = {
     "base_ratio": "--base-ratio",
     "controls": "--control-scale",
     "loras": "--lora",
+    "init_image": "--init-image",
+    "strength": "--strength",
+    "hires": "--hires",
 }
 
 #: The file formats rpg writes images in: PNG only, because the plan and the request live in a

@@ -38,6 +38,7 @@ from rpg.cli.common import (
     prepare_planner,
     request_overrides,
 )
+from rpg.cli.img2img_flags import add_img2img_arguments, describe_img2img, img2img_overrides
 from rpg.cli.lora_flags import add_lora_arguments, check_lora_flags, lora_overrides
 from rpg.cli.preflight import check_control_flags, finite_float
 from rpg.cli.refining import add_refine_argument, generate_refined
@@ -137,6 +138,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     render = add_render_arguments(p)
     add_refine_argument(render)
+    add_img2img_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument(
         "--out",
@@ -184,12 +186,16 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
         if "options" in overrides:  # flags change the recorded options one by one
             overrides["options"] = {**data.get("options", {}), **overrides["options"]}
         data.update(overrides)
+        image_flags = img2img_overrides(args, data)
+        data.update(image_flags)
+        flags |= set(image_flags)
         return validate_request(data, from_flags=flags, source=str(args.from_image))
     if args.prompt is None:
         raise UsageError("give a PROMPT to draw, or --from IMAGE.png to re-render")
+    image_flags = img2img_overrides(args, None)
     return validate_request(
-        {"prompt": args.prompt, "model": args.model or DEFAULT_MODEL, **overrides},
-        from_flags=flags,
+        {"prompt": args.prompt, "model": args.model or DEFAULT_MODEL, **overrides, **image_flags},
+        from_flags=flags | set(image_flags),
     )
 
 
@@ -219,6 +225,8 @@ def preflight(args: argparse.Namespace, request: GenerationRequest) -> Planner |
         if not path.is_file():
             raise ConfigurationError(f"{path}: control image not found")
     check_lora_flags(request)
+    if args.init_image is not None and not args.init_image.is_file():
+        raise UsageError(f"--init-image {args.init_image}: init image not found")
     controlnet = args.controlnet or [c.controlnet for c in request.controls]
     check_loading(args, model, controlnet)
     if args.refine and request.num_images != 1:
@@ -326,14 +334,22 @@ def run(args: argparse.Namespace) -> int:
         request = request.model_copy(update={"planner": planner.name})
     model = request.model or DEFAULT_MODEL
     embedded: list[Any] = []
+    control: dict[str, Any] = {}
     if args.from_image is not None and request.controls and not args.control_image:
         from rpg.metadata import read_control_images
 
         embedded = read_control_images(args.from_image)
+    if args.from_image is not None and request.init_image_sha256 and args.init_image is None:
+        from rpg.metadata import read_init_image
+
+        # the embedded picture, else the recorded file (opened by the render)
+        control["init_image"] = read_init_image(args.from_image)
     controlnet = args.controlnet or [c.controlnet for c in request.controls] or None
     with stop_on_sigint("rpg generate") as interrupts:
         pipe = load_rpg(args, model, planner, controlnet=controlnet)
+        init = control
         control, request = control_inputs(args, pipe.backbone, request, embedded)
+        control.update({k: v for k, v in init.items() if v is not None})
         check_render(pipe, request)
         # Ctrl-C stops the render within one attention layer; nothing is written then.
         with interrupts.render(pipe):
@@ -356,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
                     plan=result.plan,
                     index=i,
                     control_images=result.control_images,
+                    init_image=result.init_image,
                 ),
             )
     req = result.request
@@ -371,7 +388,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {', '.join(str(p) for p in paths)} ({req.width}x{req.height}, seed {seeds}, "
         f"{shape}"
-        f"{describe_controls(req)}, {result.timings.get('total', 0.0):.1f} s)"
+        f"{describe_controls(req)}{describe_img2img(req, result.images[0].size)}, "
+        f"{result.timings.get('total', 0.0):.1f} s)"
     )
     if args.save_layout:
         from rpg.layout_image import draw_plan

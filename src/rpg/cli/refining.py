@@ -63,6 +63,7 @@ def generate_refined(
             done.result.request,
             done.plan,
             control_images=done.result.control_images,
+            init_image=done.result.init_image,
         )
         verdict = ""
         if done.review is not None:

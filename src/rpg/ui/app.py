@@ -56,7 +56,7 @@ from starlette.staticfiles import StaticFiles
 from rpg.backbones.schedulers import check_scheduler
 from rpg.cli import format_error
 from rpg.errors import RPGError
-from rpg.metadata import MetadataError, load_request
+from rpg.metadata import MetadataError, load_request, read_init_image
 from rpg.models import MAX_PLAN_JSON_BYTES, GenerationRequest, LayerMask, RegionPlan
 from rpg.pydantic_errors import problems
 from rpg.stopping import stop_checks
@@ -85,6 +85,7 @@ from rpg.ui.edits import (
 )
 from rpg.ui.family_options import check_options, option_controls, scheduler_choices
 from rpg.ui.guard import BodyTooLarge, Guard, OriginPolicy, read_body
+from rpg.ui.init_images import InitImageError, InitImages
 from rpg.ui.jobs import Job, JobQueue
 from rpg.ui.planning import PlanningBusy, PlanningGate, PlanningTimeout, TimedReviewer
 
@@ -108,6 +109,8 @@ MAX_MASK_SIDE = 512
 MAX_MASK_CHARS = MAX_PLAN_JSON_BYTES // 8
 #: Smallest side a detailed mask is shrunk to (any 8-bit picture this size fits the limit).
 MIN_MASK_SIDE = 64
+_INIT_TYPES: tuple[str, ...] = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")
+_INIT_TOO_LARGE = "the picture is larger than {limit}, the most an init image may have"
 #: Default time limit of one planner call (creating the planner included), in seconds.
 DEFAULT_PLAN_TIMEOUT = 180.0
 
@@ -207,6 +210,7 @@ class _App:
         self.planning = PlanningGate(plan_timeout)
         self._images_lock = threading.Lock()
         self._images: set[str] = set()  # only the PNGs this app wrote are served
+        self.init_images = InitImages()  # img2img uploads, by id (never by path)
 
     def stop(self) -> None:
         """The server is stopping: cancel the renders and answer requests waiting on a planner."""
@@ -323,6 +327,14 @@ class _App:
 
     def _request(self, body: RenderBody) -> GenerationRequest:
         fields = {k: v for k, v in body.request.items() if v not in (None, "")}
+        if fields.keys() & {"init_image", "init_image_sha256"}:
+            # a path would make the server open (and embed in a PNG it serves) any picture it
+            # can read; the editor has no init-image upload yet
+            raise UserError(
+                "the editor takes an init image as an upload (init_image_id from "
+                "POST /api/init-image), not a path",
+                "request",
+            )
         fields["plan"] = body.plan
         fields.setdefault("model", self.pipe.model)
         try:
@@ -360,15 +372,36 @@ class _App:
             job.message = "planning"
             self.planning.run(lambda: self.pipe.plan(request.prompt, planner=request.planner))
 
-    def _generate(self, request: GenerationRequest, job: Job) -> dict[str, Any]:
+    def _init_image(self, body: RenderBody) -> Any:
+        """The uploaded picture a render names (``None``: render from noise)."""
+        if body.init_image_id is None:
+            return None
+        try:
+            return self.init_images.get(body.init_image_id)
+        except InitImageError as exc:
+            raise UserError(str(exc), "init-image") from None
+
+    async def init_image(self, request: Request) -> Response:
+        """``POST /api/init-image``: keep a picture for img2img; answers its id and size."""
+        body = await read_body(request, MAX_UPLOAD_BYTES, _INIT_TOO_LARGE)
+        try:
+            return JSONResponse(self.init_images.add(body))
+        except InitImageError as exc:
+            raise UserError(str(exc), "init-image") from None
+
+    def _generate(self, request: GenerationRequest, job: Job, init: Any = None) -> dict[str, Any]:
         job.total = request.steps
         self._plan_first(request, job)
         with stop_checks(self.pipe, job.cancel_requested):
-            result = self.pipe.generate(request, callback_on_step_end=job.step_callback)
+            result = self.pipe.generate(
+                request, callback_on_step_end=job.step_callback, init_image=init
+            )
         view = self._view(result.plan, request.width, request.height)
         return {"images": self._save(job, result), "view": view}
 
-    def _refine(self, request: GenerationRequest, rounds: int, job: Job) -> dict[str, Any]:
+    def _refine(
+        self, request: GenerationRequest, rounds: int, job: Job, init: Any = None
+    ) -> dict[str, Any]:
         from rpg.planners.feedback import as_multimodal
 
         job.total = request.steps
@@ -390,22 +423,24 @@ class _App:
                 planner=TimedReviewer(reviewer, self.planning),
                 on_round=on_round,
                 callback_on_step_end=job.step_callback,
+                init_image=init,
             )
         view = self._view(out.plan, request.width, request.height)
         return {"images": images, "view": view, "critiques": critiques}
 
     async def generate(self, request: Request) -> Response:
-        req = self._request(await _body(request, RenderBody, "request"))
-        job = self.jobs.submit(lambda job: self._generate(req, job))
+        body = await _body(request, RenderBody, "request")
+        req, init = self._request(body), self._init_image(body)
+        job = self.jobs.submit(lambda job: self._generate(req, job, init))
         return JSONResponse(self._status(job))
 
     async def refine(self, request: Request) -> Response:
         body = await _body(request, RefineBody, "refine")
-        req = self._request(body)
+        req, init = self._request(body), self._init_image(body)
         ok, reason = await self.planning.run_async(lambda: can_review(self.pipe, req.planner))
         if not ok:
             raise UserError(reason, "refine")
-        job = self.jobs.submit(lambda job: self._refine(req, body.rounds, job))
+        job = self.jobs.submit(lambda job: self._refine(req, body.rounds, job, init))
         return JSONResponse(self._status(job))
 
     def _status(self, job: Job) -> dict[str, Any]:
@@ -465,9 +500,17 @@ class _App:
                 raise UserError(message, "reopen") from None
             except ValidationError as exc:
                 raise UserError(f"{filename}: {format_error(exc)}", "reopen") from None
+            # an img2img PNG: its embedded init image becomes an upload the page can render with
+            try:
+                init = read_init_image(path) if req.init_image_sha256 else None
+            except MetadataError as exc:
+                raise UserError(str(exc).replace(str(path), filename), "reopen") from None
         fields = req.model_dump(mode="json", exclude={"plan"})
         view = self._view(req.plan, req.width, req.height) if req.plan is not None else None
-        return JSONResponse({"request": fields, "view": view, "filename": filename})
+        out: dict[str, Any] = {"request": fields, "view": view, "filename": filename}
+        if init is not None:
+            out["init_image"] = self.init_images.keep(init)
+        return JSONResponse(out)
 
 
 def _read_mask(data: bytes, filename: str) -> LayerMask:
@@ -597,6 +640,7 @@ def build_app(
         Route("/api/jobs/{job_id}/cancel", handlers.cancel, methods=["POST"]),
         Route("/api/images/{name}", handlers.image),
         Route("/api/reopen", handlers.reopen, methods=["POST"]),
+        Route("/api/init-image", handlers.init_image, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
@@ -618,6 +662,7 @@ def build_app(
                 raw_routes=[
                     ("/api/reopen", MAX_UPLOAD_BYTES, _PNG_TYPES, _REOPEN_TOO_LARGE),
                     ("/api/mask", MAX_MASK_UPLOAD_BYTES, _PNG_TYPES, _MASK_TOO_LARGE),
+                    ("/api/init-image", MAX_UPLOAD_BYTES, _INIT_TYPES, _INIT_TOO_LARGE),
                 ],
             )
         ],

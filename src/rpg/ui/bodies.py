@@ -47,6 +47,10 @@ MAX_REFINE_ROUNDS = 10
 MAX_DEPTH = 32
 
 
+#: What an uploaded init image's id looks like (see :mod:`rpg.ui.init_images`).
+INIT_ID_PATTERN = r"^init-[0-9a-f]{16}$"
+
+
 class TextTooLong(ValueError):
     """A text field is longer than :data:`MAX_TEXT_CHARS`; answered with 413."""
 
@@ -159,6 +163,11 @@ class RenderBody(_Body):
         description="GenerationRequest fields; empty values take the defaults"
     )
     plan: RegionPlan | None = Field(None, description="the plan to render; none: plan first")
+    init_image_id: str | None = Field(
+        None,
+        pattern=INIT_ID_PATTERN,
+        description="img2img: the id POST /api/init-image gave for the picture to render over",
+    )
 
 
 class RefineBody(RenderBody):

@@ -680,6 +680,7 @@ function requestFields() {
     negative_prompt: $("negative").value,
     loras: loraList($("loras").value),
     options: familyOptions.values(),
+    ...img2imgFields(),
   };
 }
 
@@ -687,7 +688,7 @@ async function submit(path, extra) {
   showError("gen-error", "");
   if (state.job) return;
   try {
-    const job = await api(path, { request: requestFields(), plan: state.view ? state.view.plan : null, ...extra });
+    const job = await api(path, { request: requestFields(), plan: state.view ? state.view.plan : null, init_image_id: state.initImage || null, ...extra });
     follow(job);
   } catch (e) {
     showError("gen-error", e.message);
@@ -766,6 +767,48 @@ async function cancel() {
   try { showJob(await api(`api/jobs/${state.job}/cancel`, {})); } catch (e) { showError("gen-error", e.message); }
 }
 
+// ------------------------------------------------------------------ img2img and hires fix
+
+function setInitImage(info, name) {
+  state.initImage = info ? info.id : null;
+  $("init-status").textContent = info ? `${name}: ${info.width}x${info.height}` : "";
+  $("init-clear").disabled = !info;
+}
+
+async function uploadInit(file) {
+  showError("init-error", "");
+  if (!file) return;
+  try {
+    setInitImage(await api("api/init-image", file, { "content-type": file.type || "application/octet-stream" }), file.name);
+  } catch (e) {
+    setInitImage(null);
+    showError("init-error", e.message);
+  }
+}
+
+function img2imgFields() {
+  const num = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+  const fields = {};
+  if (state.initImage && num("strength") !== null) fields.strength = num("strength");
+  const scale = num("hires-scale");
+  if (scale !== null && scale > 1) {
+    fields.hires = { scale };
+    if (num("hires-strength") !== null) fields.hires.strength = num("hires-strength");
+    if (num("hires-steps") !== null) fields.hires.steps = num("hires-steps");
+  }
+  return fields;
+}
+
+function restoreImg2img(out) {
+  const r = out.request;
+  setInitImage(out.init_image || null, "embedded in the PNG");
+  $("strength").value = r.strength ?? "";
+  $("hires-scale").value = r.hires ? r.hires.scale : "";
+  $("hires-strength").value = r.hires ? r.hires.strength : "";
+  $("hires-steps").value = r.hires && r.hires.steps ? r.hires.steps : "";
+  if (out.init_image || r.hires) $("img2img-box").open = true;
+}
+
 // ------------------------------------------------------------------ reopening
 
 async function reopen(file) {
@@ -787,6 +830,7 @@ async function reopen(file) {
     sizeCanvas();
     state.sel = { row: 0, col: 0, layer: 0 };
     if (out.view) setView(out.view);
+    restoreImg2img(out);
     $("reopen-status").textContent = `loaded ${out.filename}: seed ${r.seed}, ${out.view ? describe(out.view) : "no plan"}`;
     $("reopen-status").hidden = false;
   } catch (e) {
@@ -831,5 +875,7 @@ const zone = $("dropzone");
 zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
 zone.addEventListener("dragleave", () => zone.classList.remove("over"));
 zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); reopen(e.dataTransfer.files[0]); });
+$("init-file").addEventListener("change", (e) => uploadInit(e.target.files[0]));
+$("init-clear").addEventListener("click", () => { setInitImage(null); $("init-file").value = ""; });
 
 init().catch((e) => showError("plan-error", e.message));
