@@ -27,7 +27,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_T
 MINIMUM = [
     "diffusers==0.37.0",
     "transformers==5.0.0",
-    "pydantic==2.6.0",
+    "pydantic==2.12.0",
     "pluggy==1.3.0",
     # transformers 5.0 calls the hub-kernels API of its day; the `kernels` that newer
     # transformers install (0.12+) refuses that call at import time
