@@ -158,6 +158,32 @@ POSITIONS = [
     ("on the left, a tall man; on the right, a short woman; between them a small dog",
      "a tall man | a small dog | a short woman", "positions"),
 ]  # fmt: skip
+POSITIONS_FIRST = [
+    ("on the left a red car, on the right a blue bus", "a red car | a blue bus", "positions"),
+    ("At the top a blue sky, at the bottom a green field",
+     "a blue sky / a green field", "positions"),
+    ("on the left is a red car and on the right is a blue bus",
+     "a red car | a blue bus", "positions"),
+    ("to the left a red car, to the right a blue bus", "a red car | a blue bus", "positions"),
+    ("left: a red car, right: a blue bus", "a red car | a blue bus", "positions"),
+    ("top: a starry sky; bottom: a frozen lake", "a starry sky / a frozen lake", "positions"),
+    ("On the left, a red car. On the right, a blue bus.", "a red car | a blue bus", "positions"),
+    ("at the top a blue sky, at the bottom a cat and a dog",
+     "a blue sky / a cat | a dog", "positions"),
+]  # fmt: skip
+THREE_POSITIONS = [
+    ("a cat on the left, a dog in the middle and a bird on the right",
+     "a cat | a dog | a bird", "positions"),
+    ("a red car on the left, a blue bus in the middle and a green truck on the right in a city",
+     "a red car in a city | a blue bus in a city | a green truck in a city", "positions"),
+    ("on the left a cat, in the middle a dog and on the right a bird",
+     "a cat | a dog | a bird", "positions"),
+    ("a pink teddy bear on the left, blue lamp in the center and a yellow umbrella on the right",
+     "a pink teddy bear | blue lamp | a yellow umbrella", "positions"),
+    ("a sun at the top, a mountain in the middle and a lake at the bottom",
+     "a sun / a mountain / a lake", "positions"),
+    ("left: a fox, middle: an owl, right: a deer", "a fox | an owl | a deer", "positions"),
+]  # fmt: skip
 SINGLE = [
     ("a woman in a yellow raincoat holding a blue umbrella",
      "a woman in a yellow raincoat holding a blue umbrella", "single"),
@@ -176,6 +202,11 @@ SINGLE = [
      "A man in a red shirt and black pants resting on a bench", "single"),
     ("a white kitchen counter with a big, brown bowl on it",
      "a white kitchen counter with a big, brown bowl on it", "single"),
+    # two entities in one cell, or a lead that is no context: one region, never a mixed one
+    ("on the left a cat and a dog, on the right a horse",
+     "on the left a cat and a dog, on the right a horse", "single"),
+    ("a cat and a dog, on the right a horse", "a cat and a dog, on the right a horse", "single"),
+    ("a cat and a dog between a horse", "a cat and a dog between a horse", "single"),
 ]  # fmt: skip
 
 FAMILIES = {
@@ -190,6 +221,8 @@ FAMILIES = {
     "colour binding": COLOUR,
     "shared clauses": SHARED,
     "absolute positions": POSITIONS,
+    "positions given first": POSITIONS_FIRST,
+    "three positions": THREE_POSITIONS,
     "one region": SINGLE,
 }
 CASES = [

@@ -106,7 +106,9 @@ _PLACE_OF = r"(?:image|picture|canvas|frame|scene|photo|painting)"
 _MARKER = re.compile(
     # "on the left", "in the top right corner", or a bare corner starting a clause ("top left")
     r"(?:\b(?:on|to|at|in|into)\s+(?:the\s+)?(?:far\s+)?|"
-    r"(?:^|(?<=[,;:.]))\s*(?=(?:top|bottom|upper|lower)[\s-]+(?:left|right)\b))(?:"
+    r"(?:^|(?<=[,;:.]))\s*(?=(?:top|bottom|upper|lower)[\s-]+(?:left|right)\b)|"
+    # a label at the start of a clause: "left: a red car, right: a blue bus"
+    r"(?:^|(?<=[,;:.]))\s*(?=(?:left|right|middle|center|centre|top|bottom)\s*:))(?:"
     r"(?P<corner_v>top|bottom|upper|lower)[\s-]+(?P<corner_h>left|right)|"
     r"(?P<pos>left|right|middle|center|centre|top|bottom))"
     r"(?:\s+(?:side|half|part|corner|edge|third|row))?\b"
@@ -116,6 +118,20 @@ _MARKER = re.compile(
 )
 _ROW = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
 _COL = {"left": 0, "right": 2}
+_LABEL = re.compile(rf"\b(?:{POSITION_WORDS})\s*:", re.IGNORECASE)
+
+
+def places_another(text: str) -> bool:
+    """Whether a region's words place a further entity ("a dog, on the right a horse", "a dog
+    between a horse", "a cup next to a plate"): such a region would draw two entities, so the
+    layout that made it is not used."""
+    found = (*_MARKER.finditer(text), *_BETWEEN.finditer(text), *_LABEL.finditer(text))
+    after = [text[m.end() :] for m in found]
+    return (
+        any(starts_entity(tidy(a), strict=True) for a in after)
+        or bool(_relations(text))
+        or len(split_list(text)) > 1  # "a cat and a dog" or "a cat, a dog" in one cell
+    )
 
 
 @dataclass
@@ -156,7 +172,8 @@ def _grid(places: list[tuple[int | None, int | None, bool]], texts: list[str]) -
             in_row.sort(key=lambda p: 1 if p.col is None else p.col)  # stable: text order
             grid.append([p.text for p in in_row])
         else:
-            grid.extend([p.text] for p in in_row)
+            # "at the bottom a cat and a dog": the entities of one row stand side by side
+            grid.extend(split_and(p.text.strip(" ,;:")) for p in in_row)
     return grid
 
 
@@ -179,6 +196,8 @@ def by_markers(body: str) -> Layout | None:
         texts, setting = shared_setting(
             [body[m.end() : e] for m, e in zip(marks, ends, strict=True)]
         )
+    if _relations(lead):
+        return None  # "a cat under a dog on the left, …": the lead is no shared context
     rows = _grid([_place(m) for m in marks], texts)
     said = ", ".join(f'"{m.group(0).strip(" ,:")}"' for m in marks)
     why = f"the positions {said} place the entities"
@@ -204,11 +223,17 @@ def by_described_positions(body: str) -> Layout | None:
     if len(found) < 2:
         return None
     ends = [m.start() for m in found[1:]] + [len(body)]
+    if _MARKER.search(body[: found[0].start()]):
+        return None  # "X on the left, the Y in the middle …": positions after plain entities
     texts = []
     for m, end in zip(found, ends, strict=True):
         predicate = re.sub(
             r"[\s,;]*(?:\band|\bwhile|\bwhereas)?[\s,;.]*$", "", body[m.start("pred") : end]
         )
+        if not predicate or _MARKER.search(predicate) or starts_entity(predicate, strict=True):
+            # "a cat on the left, dog in the middle and …" or "…, a dog …": the words after a
+            # position are another positioned entity, not this one's description
+            return None
         texts.append(f"{indefinite(m.group('np'))} {as_description(predicate)}".strip())
     lead = tidy(body[: found[0].start()])
     context = ""

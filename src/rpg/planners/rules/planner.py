@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from rpg.errors import ConfigurationError, PlannerError
 from rpg.models import DEFAULT_BASE_RATIO, Entity, PlanResult, Recaption, Region, RegionPlan, Row
-from rpg.planners.rules.layouts import RULES, Layout
+from rpg.planners.rules.layouts import RULES, Layout, places_another
 from rpg.planners.rules.phrases import (
     Frame,
     entity_of,
@@ -50,7 +50,7 @@ def find_layout(body: str) -> tuple[Layout | None, str]:
         if layout is None:
             continue
         entities = layout.entities
-        bad = [e for e in entities if not is_entity_phrase(e)]
+        bad = [e for e in entities if not is_entity_phrase(e) or places_another(e)]
         if len(entities) >= 2 and not bad:
             mixed = _names_another(entities)
             if mixed is None:
