@@ -6,18 +6,27 @@ and back, and turn relative weights into integer cell boundaries on a latent gri
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from rpg.errors import SplitRatioError
 
 __all__ = [
+    "Box",
     "Rows",
+    "box_cells",
     "cell_edges",
     "check_cell_sizes",
+    "composite_layers",
+    "cumulative_bounds",
+    "edge_index",
+    "edges_from_bounds",
     "format_split_ratio",
     "grid_cells",
+    "grid_of_boxes",
     "latent_grid_for_tokens",
     "latent_grids",
     "parse_split_ratio",
@@ -111,18 +120,41 @@ def cell_edges(weights: Sequence[float], n: int) -> list[int]:
     when ``n`` is smaller, some parts are empty at that resolution and their prompts do not act
     there.
     """
-    k = len(weights)
-    if k == 0:
+    if len(weights) == 0:
         raise ValueError("cell_edges needs at least one weight")
-    if n < 0:
-        raise ValueError(f"cell_edges needs a non-negative size, got {n}")
+    return edges_from_bounds(cumulative_bounds(weights), n)
+
+
+def cumulative_bounds(weights: Sequence[float]) -> list[float]:
+    """The inner boundaries of parts in proportion to ``weights``, as fractions in ``(0, 1)``.
+
+    Cumulative sums divided by the total: the one arithmetic both :func:`cell_edges` and a
+    grid plan's boxes use, so a grid given as boxes lands on the very same cells.
+    """
     total = float(sum(weights))
-    edges = [0]
+    bounds = []
     acc = 0.0
     for w in weights[:-1]:
         acc += w
-        edges.append(min(n, math.floor(acc / total * n + 0.5)))
-    edges.append(n)
+        bounds.append(acc / total)
+    return bounds
+
+
+def edge_index(fraction: float, n: int) -> int:
+    """The integer grid line nearest ``fraction`` of ``n`` cells, rounding half up (0 to n)."""
+    return max(0, min(n, math.floor(fraction * n + 0.5)))
+
+
+def edges_from_bounds(bounds: Sequence[float], n: int) -> list[int]:
+    """Integer edges ``[0, e1, ..., n]`` for parts whose inner boundaries are ``bounds``.
+
+    The rule of :func:`cell_edges` (round half up, then widen parts that got no cell when
+    there is room), for boundaries given as fractions.
+    """
+    k = len(bounds) + 1
+    if n < 0:
+        raise ValueError(f"cell_edges needs a non-negative size, got {n}")
+    edges = [0, *(min(n, math.floor(b * n + 0.5)) for b in bounds), n]
     if n >= k:
         for i in range(1, k):
             edges[i] = max(edges[i], edges[i - 1] + 1)
@@ -209,3 +241,75 @@ def latent_grid_for_tokens(
         f"an attention layer has {tokens} query tokens, which matches no latent grid of a "
         f"{width}x{height} image; is the processor configured with the image size being generated?"
     )
+
+
+#: A box ``(x0, y0, x1, y1)`` in fractions of the canvas.
+Box = tuple[float, float, float, float]
+
+
+def grid_of_boxes(
+    boxes: Sequence[Box],
+) -> tuple[list[float], list[list[float]]] | None:
+    """The rows and columns that ``boxes`` tile exactly, in reading order, else ``None``.
+
+    Returns the inner row boundaries and, per row, the inner column boundaries (fractions).
+    Boxes tile as a grid when consecutive boxes share their top and bottom, each row runs from
+    0 to 1 left to right without gap, and the rows run from 0 to 1 top to bottom: what
+    :meth:`rpg.models.RegionPlan.to_canvas` makes of a grid. Such boxes are rasterised with the
+    grid's own rule (:func:`edges_from_bounds`, narrow parts widened), so they land on the same
+    cells as the grid at every size.
+    """
+    rows: list[list[Box]] = []
+    for box in boxes:
+        if rows and (rows[-1][0][1], rows[-1][0][3]) == (box[1], box[3]):
+            rows[-1].append(box)
+        else:
+            rows.append([box])
+    if not rows or rows[0][0][1] != 0.0 or rows[-1][0][3] != 1.0:
+        return None
+    row_bounds: list[float] = []
+    col_bounds: list[list[float]] = []
+    for i, row in enumerate(rows):
+        if i and rows[i - 1][0][3] != row[0][1]:
+            return None
+        if row[0][0] != 0.0 or row[-1][2] != 1.0:
+            return None
+        if any(a[2] != b[0] for a, b in itertools.pairwise(row)):
+            return None
+        col_bounds.append([b[2] for b in row[:-1]])
+        if i:
+            row_bounds.append(row[0][1])
+    return row_bounds, col_bounds
+
+
+def box_cells(box: Box, h: int, w: int) -> tuple[int, int, int, int]:
+    """The cells ``(y0, y1, x0, x1)`` a free box covers on an ``h × w`` grid (may be empty).
+
+    Each side goes to its nearest grid line, rounding half up: the rule of :func:`cell_edges`
+    without its widening, which only makes sense for parts that tile the canvas.
+    """
+    x0, y0, x1, y1 = box
+    return edge_index(y0, h), edge_index(y1, h), edge_index(x0, w), edge_index(x1, w)
+
+
+def composite_layers(coverages: Sequence[Any]) -> tuple[Any, Any]:
+    """Per-layer paint weights and the background's, from coverages listed bottom to top.
+
+    With coverage ``m_r`` (numpy arrays of one shape, values 0 to 1), later layers cover
+    earlier ones as in an image editor::
+
+        w_r  = m_r · Π_{s above r} (1 − m_s)
+        w_bg = Π_r (1 − m_r)
+
+    Returns ``(weights [N, h, w], background [h, w])`` as float64 arrays; for hard coverages
+    (only 0 and 1) every weight is exactly 0 or 1 and each position has exactly one painter.
+    """
+    import numpy as np
+
+    stack = np.stack([np.asarray(m, dtype=np.float64) for m in coverages])
+    weights = np.empty_like(stack)
+    remaining = np.ones_like(stack[0])
+    for r in range(len(stack) - 1, -1, -1):
+        weights[r] = stack[r] * remaining
+        remaining = remaining * (1.0 - stack[r])
+    return weights, remaining

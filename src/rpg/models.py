@@ -9,27 +9,44 @@ readers.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
 import json
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rpg.errors import SplitRatioError
 from rpg.layout import (
     MAX_SIDE,
+    Box,
+    box_cells,
     check_finite_total,
+    composite_layers,
+    cumulative_bounds,
+    edges_from_bounds,
     format_split_ratio,
+    grid_of_boxes,
     parse_split_ratio,
     split_prompts,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
 __all__ = [
     "DEFAULT_BASE_RATIO",
     "MAX_CONTROL_SCALE",
+    "MAX_LAYERS",
     "MAX_PLAN_JSON_BYTES",
     "MAX_PROMPT_CHARS",
     "MAX_REQUEST_JSON_BYTES",
@@ -38,6 +55,9 @@ __all__ = [
     "Entity",
     "GenerationRequest",
     "GenerationResult",
+    "Layer",
+    "LayerMask",
+    "LayerWarning",
     "PlanResult",
     "Recaption",
     "Region",
@@ -63,6 +83,10 @@ MAX_PROMPT_CHARS = 10_000
 MAX_PLAN_JSON_BYTES = 128 * 1024
 #: Largest request (plan included), as JSON in UTF-8 bytes.
 MAX_REQUEST_JSON_BYTES = 256 * 1024
+
+#: Most layers a canvas plan may have: every layer is one more prompt to encode and one more
+#: attention at the positions it shares, and past a few dozen a canvas is better said as a grid.
+MAX_LAYERS = 32
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -168,19 +192,305 @@ class Row(BaseModel):
         return self
 
 
+class LayerWarning(UserWarning):
+    """A canvas layer paints nothing at the size being rendered (covered, or too small)."""
+
+
+class LayerMask(BaseModel):
+    """A layer's shape as a grayscale picture, kept by content so a plan is self-contained.
+
+    The PNG may have any size; it is stretched over the whole canvas and resampled to each
+    latent or patch grid by area averaging (a grid cell's coverage is the mean of the mask over
+    that cell), so a mask drawn at 512×512 serves a 1024×768 render. Pixel values 0 to 255 are
+    coverage 0 to 1: 255 paints the layer, 0 leaves what is below, values between are
+    translucent.
+    """
+
+    model_config = _FROZEN
+
+    png: str = Field(
+        description="The mask as a base64-encoded grayscale PNG; 255 = the layer paints here, "
+        "0 = it does not, values between blend."
+    )
+    sha256: str = Field(
+        pattern="^[0-9a-f]{64}$",
+        description="Hex SHA-256 of the PNG bytes (not of the base64 text): identifies the mask.",
+    )
+    soft_edge: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="Feathering of the mask's edges: the standard deviation of a Gaussian blur "
+        "applied at every grid, as a fraction of the canvas's longer side (0.02 is a soft edge, "
+        "0 a hard one).",
+    )
+
+    @model_validator(mode="after")
+    def _valid_png(self) -> LayerMask:
+        data = self.png_bytes
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise ValueError(
+                f"the mask's sha256 {self.sha256} does not match its PNG bytes ({digest}); "
+                "make masks with LayerMask.from_image"
+            )
+        pixels = self._pixels()
+        if not bool((pixels > 0).any()):
+            raise ValueError(
+                "the mask is empty (every pixel is 0), so its layer would paint nothing; "
+                "paint the layer's area white, or remove the layer"
+            )
+        return self
+
+    @property
+    def png_bytes(self) -> bytes:
+        """The PNG file's bytes."""
+        try:
+            return base64.b64decode(self.png, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the mask's png is not valid base64") from None
+
+    def _pixels(self) -> np.ndarray:
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(self.png_bytes)) as img:
+                if img.format != "PNG":
+                    raise ValueError(f"the mask is a {img.format} image; it must be a PNG")
+                return np.asarray(img.convert("L"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"the mask's png cannot be read as an image ({exc})") from None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The mask picture's ``(width, height)``."""
+        h, w = self._pixels().shape
+        return w, h
+
+    @classmethod
+    def from_image(cls, image: Image.Image | np.ndarray, *, soft_edge: float = 0.0) -> LayerMask:
+        """A mask from a picture or an array.
+
+        A PIL image is converted to grayscale (``L``). An array ``[h, w]`` may be bool (True
+        paints), an integer type (0 to 255) or floats (0 to 1, clipped).
+        """
+        import numpy as np
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            gray = image.convert("L")
+        else:
+            arr = np.asarray(image)
+            if arr.ndim != 2:
+                raise ValueError(f"a mask array must be 2-D [height, width], got shape {arr.shape}")
+            if arr.dtype == bool:
+                arr = arr.astype(np.uint8) * 255
+            elif np.issubdtype(arr.dtype, np.floating):
+                if not np.isfinite(arr).all():
+                    raise ValueError("a mask array must hold finite numbers")
+                arr = np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+            else:
+                arr = np.clip(arr, 0, 255).astype(np.uint8)
+            gray = Image.fromarray(arr, mode="L")
+        buf = io.BytesIO()
+        gray.save(buf, format="PNG", optimize=True)
+        data = buf.getvalue()
+        return cls(
+            png=base64.b64encode(data).decode("ascii"),
+            sha256=hashlib.sha256(data).hexdigest(),
+            soft_edge=soft_edge,
+        )
+
+    def coverage(self, h: int, w: int) -> np.ndarray:
+        """Coverage ``[h, w]`` (float64, 0 to 1) of the mask on an ``h × w`` grid.
+
+        Area averaging: each grid cell gets the mean of the mask over the part of the canvas it
+        covers. With ``soft_edge`` the result is then blurred (Gaussian, standard deviation
+        ``soft_edge · max(h, w)`` cells, edges extended), so the feathering is the same
+        fraction of the canvas at every grid. Values within half a grey level (1/510) of 0 or 1
+        are snapped to it, so a cell wholly inside or outside a mask is exactly 1 or 0 (and the
+        far tails of a blur do not make the whole canvas translucent).
+        """
+        import numpy as np
+
+        pixels = self._pixels().astype(np.float64) / 255.0
+        cover = _area_matrix(h, pixels.shape[0]) @ pixels @ _area_matrix(w, pixels.shape[1]).T
+        if self.soft_edge > 0:
+            sigma = self.soft_edge * max(h, w)
+            cover = _blur_axis(_blur_axis(cover, sigma, 0), sigma, 1)
+        cover = np.clip(cover, 0.0, 1.0)
+        cover[cover < _SNAP] = 0.0
+        cover[cover > 1 - _SNAP] = 1.0
+        return cover
+
+    def bounding_box(self) -> Box:
+        """The smallest box ``(x0, y0, x1, y1)`` (canvas fractions) holding every painted pixel."""
+        import numpy as np
+
+        pixels = self._pixels()
+        ys = np.flatnonzero(pixels.any(axis=1))
+        xs = np.flatnonzero(pixels.any(axis=0))
+        h, w = pixels.shape
+        return (
+            float(xs[0] / w),
+            float(ys[0] / h),
+            float((xs[-1] + 1) / w),
+            float((ys[-1] + 1) / h),
+        )
+
+
+#: Coverage this close to 0 or 1 is snapped to it: half of one grey level of the mask's PNG.
+_SNAP = 0.5 / 255
+
+
+def _area_matrix(n: int, m: int) -> np.ndarray:
+    """``[n, m]`` weights averaging ``m`` source cells onto ``n`` target cells by area."""
+    import numpy as np
+
+    edges_src = np.arange(m + 1, dtype=np.float64) / m
+    edges_dst = np.arange(n + 1, dtype=np.float64) / n
+    lo = np.maximum(edges_dst[:-1, None], edges_src[None, :-1])
+    hi = np.minimum(edges_dst[1:, None], edges_src[None, 1:])
+    overlap = np.clip(hi - lo, 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _blur_axis(values: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+    """A Gaussian blur of standard deviation ``sigma`` cells along ``axis``, edges extended."""
+    import numpy as np
+
+    radius = max(1, math.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    moved = np.moveaxis(values, axis, -1)
+    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(radius, radius)], mode="edge")
+    out = np.zeros_like(moved)
+    n = moved.shape[-1]
+    for i, tap in enumerate(taps):
+        out += tap * padded[..., i : i + n]
+    return np.moveaxis(out, -1, axis)
+
+
+class Layer(BaseModel):
+    """One layer of a canvas plan: a prompt painted inside a box or a mask.
+
+    Layers stack bottom to top like layers in an image editor: where a layer paints, it covers
+    the layers below it (and the background) in proportion to its coverage.
+    """
+
+    model_config = _FROZEN
+
+    prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description="The sub-prompt drawn in this layer: its entity with all of that entity's "
+        "attributes, plus the shared setting and style.",
+    )
+    negative_prompt: str | None = Field(
+        default=None,
+        max_length=MAX_PROMPT_CHARS,
+        description="A negative prompt for this layer only; null uses the request's negative "
+        "prompt.",
+    )
+    base_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="How much of the base prompt is blended into this layer (0 to 1); null uses "
+        "the plan's base_ratio.",
+    )
+    box: tuple[float, float, float, float] | None = Field(
+        default=None,
+        description="Where the layer paints: [x0, y0, x1, y1] as fractions of the canvas width "
+        "and height (0 to 1, origin top left), x0 < x1 and y0 < y1. Null when a mask is given.",
+    )
+    mask: LayerMask | None = Field(
+        default=None,
+        description="Where the layer paints, as a grayscale picture; null when a box is given.",
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        return _non_blank(v, "a layer prompt")
+
+    @field_validator("box")
+    @classmethod
+    def _box_inside(cls, v: Box | None) -> Box | None:
+        if v is None:
+            return None
+        x0, y0, x1, y1 = v
+        if not all(math.isfinite(c) for c in v):
+            raise ValueError(f"box {list(v)} must hold finite numbers")
+        if not (0 <= x0 <= 1 and 0 <= y0 <= 1 and 0 <= x1 <= 1 and 0 <= y1 <= 1):
+            raise ValueError(
+                f"box {list(v)} must lie inside the canvas: [x0, y0, x1, y1] as fractions 0 to 1"
+            )
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(
+                f"box {list(v)} has no area: it needs x0 < x1 and y0 < y1 ([x0, y0, x1, y1], "
+                "not [x, y, width, height])"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> Layer:
+        if (self.box is None) == (self.mask is None):
+            raise ValueError(
+                "a layer needs exactly one shape: a box [x0, y0, x1, y1] or a mask, "
+                f"got {'both' if self.box is not None else 'neither'}"
+            )
+        return self
+
+    @property
+    def bounding_box(self) -> Box:
+        """The layer's box, or its mask's bounding box."""
+        if self.box is not None:
+            return self.box
+        assert self.mask is not None
+        return self.mask.bounding_box()
+
+    def coverage(self, h: int, w: int) -> np.ndarray:
+        """The layer's own coverage ``[h, w]`` (before layers above cover it)."""
+        import numpy as np
+
+        if self.mask is not None:
+            return self.mask.coverage(h, w)
+        assert self.box is not None
+        y0, y1, x0, x1 = box_cells(self.box, h, w)
+        cover = np.zeros((h, w), dtype=np.float64)
+        cover[y0:y1, x0:x1] = 1.0
+        return cover
+
+
 class RegionPlan(BaseModel):
-    """How the canvas is split: rows top to bottom, regions left to right, and a base prompt."""
+    """Where each prompt goes: a grid of rows and regions, or a canvas of layers.
+
+    A *grid* plan (``rows``) tiles the canvas: rows top to bottom, regions left to right. A
+    *canvas* plan (``layers``) stacks boxes and masks bottom to top over a background, which the
+    base prompt paints (the user's whole prompt when there is no base prompt). Exactly one of
+    the two is given.
+    """
 
     model_config = _FROZEN
 
     rows: tuple[Row, ...] = Field(
-        min_length=1, description="The rows of the canvas, from top to bottom."
+        default=(),
+        description="Grid plans: the rows of the canvas, from top to bottom. Empty for a canvas "
+        "plan.",
+    )
+    layers: tuple[Layer, ...] = Field(
+        default=(),
+        description="Canvas plans: the layers, from bottom to top; each is a box or a mask, and "
+        "a later layer covers the ones below where they overlap. Empty for a grid plan.",
     )
     base_prompt: str | None = Field(
         default=None,
         max_length=MAX_PROMPT_CHARS,
         description="A prompt for the whole image, blended into every region; use it when the "
-        "entities share a class or a scene. Null for none.",
+        "entities share a class or a scene. In a canvas plan it also paints the background "
+        "(what no layer covers). Null for none.",
     )
     base_ratio: float = Field(
         default=DEFAULT_BASE_RATIO,
@@ -199,6 +509,25 @@ class RegionPlan(BaseModel):
         return v or None
 
     @model_validator(mode="after")
+    def _one_kind(self) -> RegionPlan:
+        if self.rows and self.layers:
+            raise ValueError(
+                "a plan is either a grid (rows) or a canvas (layers), not both; convert the grid "
+                "with plan.to_canvas() and add the layers to it"
+            )
+        if not self.rows and not self.layers:
+            raise ValueError(
+                "a plan needs rows (a grid: rows of regions) or layers (a canvas: boxes and "
+                "masks); both are empty"
+            )
+        if len(self.layers) > MAX_LAYERS:
+            raise ValueError(
+                f"a canvas plan has at most {MAX_LAYERS} layers, got {len(self.layers)}; merge "
+                "layers that share a prompt into one mask, or use a grid plan"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _finite_total_height(self) -> RegionPlan:
         check_finite_total([row.height for row in self.rows], "row heights")
         return self
@@ -209,40 +538,151 @@ class RegionPlan(BaseModel):
         return self
 
     @property
+    def is_canvas(self) -> bool:
+        """Whether this is a canvas plan (layers) rather than a grid plan (rows)."""
+        return bool(self.layers)
+
+    @property
     def regions(self) -> list[Region]:
-        """All regions in reading order: rows top to bottom, regions left to right."""
+        """All regions in reading order: rows top to bottom, regions left to right.
+
+        For a canvas plan, one region per layer (bottom to top) with the layer's prompt,
+        negative prompt and base weight; its ``width`` means nothing there.
+        """
+        if self.layers:
+            return [
+                Region(
+                    prompt=x.prompt, negative_prompt=x.negative_prompt, base_weight=x.base_weight
+                )
+                for x in self.layers
+            ]
         return [region for row in self.rows for region in row.regions]
 
     @property
     def prompts(self) -> list[str]:
-        """The regional prompts in reading order."""
+        """The regional prompts in reading order (a canvas: its layers bottom to top)."""
+        if self.layers:
+            return [layer.prompt for layer in self.layers]
         return [region.prompt for region in self.regions]
 
     def base_weights(self) -> list[float]:
-        """The effective base weight of every region (0 for all when there is no base prompt)."""
+        """The effective base weight of every region or layer (all 0 without a base prompt)."""
         if self.base_prompt is None:
-            return [0.0] * len(self.regions)
-        return [self.base_ratio if r.base_weight is None else r.base_weight for r in self.regions]
+            return [0.0] * len(self.prompts)
+        items = self.layers or self.regions
+        return [self.base_ratio if r.base_weight is None else r.base_weight for r in items]
 
     def split_rows(self) -> list[tuple[float, list[float]]]:
-        """The plan's geometry as ``[(height, [width, ...]), ...]`` relative weights."""
+        """The plan's geometry as ``[(height, [width, ...]), ...]`` relative weights.
+
+        Grid plans only: a canvas has no rows (a clear error says so).
+        """
+        if self.layers:
+            raise SplitRatioError(
+                "a canvas plan (layers) has no rows and no split ratio; only grid plans do"
+            )
         return [(row.height, [r.width for r in row.regions]) for row in self.rows]
 
     def boxes(self) -> list[tuple[float, float, float, float]]:
-        """Every region's box ``(x0, y0, x1, y1)`` as fractions of the canvas, in reading order."""
-        total_h = sum(row.height for row in self.rows)
+        """Every region's box ``(x0, y0, x1, y1)`` as fractions of the canvas, in reading order.
+
+        For a canvas plan, every layer's box bottom to top; a mask layer gives its mask's
+        bounding box (the smallest box holding every painted pixel).
+        """
+        if self.layers:
+            return [layer.bounding_box for layer in self.layers]
+        row_bounds = [0.0, *cumulative_bounds([row.height for row in self.rows]), 1.0]
         boxes = []
-        y = 0.0
-        for row in self.rows:
-            y1 = y + row.height / total_h
-            total_w = sum(r.width for r in row.regions)
-            x = 0.0
-            for region in row.regions:
-                x1 = x + region.width / total_w
-                boxes.append((x, y, x1, y1))
-                x = x1
-            y = y1
+        for i, row in enumerate(self.rows):
+            y, y1 = row_bounds[i], row_bounds[i + 1]
+            col_bounds = [0.0, *cumulative_bounds([r.width for r in row.regions]), 1.0]
+            for j in range(len(row.regions)):
+                boxes.append((col_bounds[j], y, col_bounds[j + 1], y1))
         return boxes
+
+    def to_canvas(self) -> RegionPlan:
+        """The same plan as a canvas: every region becomes a box layer, in reading order.
+
+        Prompts, negative prompts, base weights and the base prompt are kept, and the boxes
+        land on the very cells the grid has at every size, so both render the same pixels. A
+        canvas plan is returned as it is.
+        """
+        if self.layers:
+            return self
+        layers = [
+            Layer(
+                prompt=r.prompt,
+                negative_prompt=r.negative_prompt,
+                base_weight=r.base_weight,
+                box=box,
+            )
+            for r, box in zip(self.regions, self.boxes(), strict=True)
+        ]
+        return RegionPlan(layers=layers, base_prompt=self.base_prompt, base_ratio=self.base_ratio)
+
+    def layer_weights(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """What every layer and the background paint on an ``h × w`` grid.
+
+        Returns ``(weights [N, h, w], background [h, w])``, float64, from the layers' coverage
+        composited bottom to top (see :func:`rpg.layout.composite_layers`); they sum to 1 at
+        every position. Boxes go to the nearest grid lines (rounding half up, as grid cells
+        do); boxes that tile the canvas as rows and columns are rasterised exactly like those
+        rows and columns (:func:`rpg.layout.grid_of_boxes`). A grid plan answers as its
+        :meth:`to_canvas`.
+        """
+        import numpy as np
+
+        if not self.layers:
+            return self.to_canvas().layer_weights(h, w)
+        boxes = [layer.box for layer in self.layers]
+        grid = (
+            grid_of_boxes([b for b in boxes if b is not None])
+            if all(b is not None for b in boxes)
+            else None
+        )
+        if grid is None:
+            return composite_layers([layer.coverage(h, w) for layer in self.layers])
+        row_bounds, col_bounds = grid
+        row_edges = edges_from_bounds(row_bounds, h)
+        weights = np.zeros((len(self.layers), h, w), dtype=np.float64)
+        r = 0
+        for i, cols in enumerate(col_bounds):
+            col_edges = edges_from_bounds(cols, w)
+            for j in range(len(cols) + 1):
+                y0, y1 = row_edges[i], row_edges[i + 1]
+                weights[r, y0:y1, col_edges[j] : col_edges[j + 1]] = 1.0
+                r += 1
+        return weights, np.zeros((h, w), dtype=np.float64)
+
+    def unpainted_layers(self, h: int, w: int) -> list[int]:
+        """Indices of the layers that paint nothing on an ``h × w`` grid (covered or too small)."""
+        if not self.layers:
+            return []
+        weights, _ = self.layer_weights(h, w)
+        return [i for i in range(len(self.layers)) if not bool((weights[i] > 0).any())]
+
+    def warn_unpainted(self, height: int, width: int, *, factor: int = 8) -> list[int]:
+        """Warn (:class:`LayerWarning`) for every layer that paints nothing on a ``width ×
+        height`` image whose finest grid is ``factor`` pixels a cell; returns their indices."""
+        h, w = height // factor, width // factor
+        found = self.unpainted_layers(h, w)
+        for i in found:
+            layer = self.layers[i]
+            shown = layer.prompt if len(layer.prompt) <= 40 else layer.prompt[:37] + "..."
+            covered = layer.coverage(h, w).any()
+            why = (
+                "the layers above it cover it completely"
+                if covered
+                else f"it is smaller than one {factor}x{factor}-pixel cell"
+            )
+            warnings.warn(
+                f"layer {i + 1} of {len(self.layers)} ({shown!r}) paints nothing on a "
+                f"{width}x{height} image: {why}; its prompt acts nowhere (move or enlarge it, "
+                "or render larger)",
+                LayerWarning,
+                stacklevel=2,
+            )
+        return found
 
     @classmethod
     def from_split_ratio(
@@ -315,7 +755,12 @@ class RegionPlan(BaseModel):
             raise FileNotFoundError(f"plan file not found: {p}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p} is not valid JSON: {exc}") from None
-        if isinstance(data, dict) and "plan" in data and "rows" not in data:
+        if (
+            isinstance(data, dict)
+            and "plan" in data
+            and "rows" not in data
+            and "layers" not in data
+        ):
             data = data["plan"]
         return cls.model_validate(data)
 
