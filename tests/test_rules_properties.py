@@ -1,7 +1,8 @@
 """Properties of the rules planner over generated prompts (templates × nouns × colours × relations).
 
 Whatever the phrasing, every region names exactly one entity of the prompt with its own colour,
-no entity is dropped, and the boxes stand in the relation the prompt names.
+no entity is dropped, and the boxes stand in the relation the prompt names; wording that rows
+and columns cannot say (corners, surfaces, small in big) gives layers over a background.
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rpg.planners.rules import RulesPlanner
+from rpg.planners.rules.canvas import (
+    BIG_BOX,
+    CORNER_BOXES,
+    ON_SURFACE_BOX,
+    SMALL_IN_BOX,
+    SMALL_ON_BOX,
+)
 
 NOUNS = [
     "cat", "dog", "horse", "bird", "sheep", "giraffe", "bench", "bowl", "bicycle", "umbrella",
@@ -269,3 +277,78 @@ def test_no_region_names_two_entities(
         own = " ".join(found[: len(found) - shared])
         named = [t.text for t in items if _has(own, t.noun)]
         assert len(named) <= 1, (region, prompt)
+
+
+CORNERS = {
+    "top left": ("top", "left"),
+    "upper left": ("top", "left"),
+    "top right": ("top", "right"),
+    "bottom left": ("bottom", "left"),
+    "lower right": ("bottom", "right"),
+}
+SURFACE_NOUNS = ["sofa", "bed", "table", "grass", "rug", "bench", "beach", "desk", "floor"]
+
+
+def _canvas(prompt: str) -> tuple[list[str], list[tuple[float, ...]], str]:
+    plan = RulesPlanner().plan(prompt).plan
+    assert plan.is_canvas, prompt
+    assert plan.base_prompt is not None
+    return plan.prompts, [layer.box or () for layer in plan.layers], plan.base_prompt
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=things(2, articles=("a", "the", "two")),
+    corner=st.sampled_from(sorted(CORNERS)),
+    template=st.sampled_from(
+        ["{x} in the {c} corner of {y}", "{y} with {x} in the {c} corner", "{y}, {x} in the {c}"]
+    ),
+    prefix=st.sampled_from(PREFIXES),
+)
+def test_a_thing_in_a_corner_is_a_layer_over_the_scene(
+    items: list[Thing], corner: str, template: str, prefix: str
+) -> None:
+    thing, scene = items
+    prompt = prefix + template.format(x=thing.text, y=scene.text, c=corner)
+    prompts, boxes, background = _canvas(prompt)
+    assert _assert_one_entity_per_region(prompts, [thing]) == [0]
+    assert boxes == [CORNER_BOXES[CORNERS[corner]]]
+    # the scene paints the background, without the thing
+    assert _has(background, scene.noun) and not _has(background, thing.noun)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thing=things(1, articles=("a", "the", "two")).map(lambda t: t[0]),
+    surface=st.sampled_from(SURFACE_NOUNS),
+    colour=st.sampled_from(["", "wooden ", "green ", "soft "]),
+    verb=st.sampled_from(["", "sitting ", "lying ", "resting "]),
+    suffix=st.sampled_from(["", " in a living room", ", oil painting", " at night"]),
+)
+def test_a_thing_on_a_surface_is_a_layer_over_it(
+    thing: Thing, surface: str, colour: str, verb: str, suffix: str
+) -> None:
+    prompt = f"{thing.text} {verb}on a {colour}{surface}{suffix}"
+    prompts, boxes, background = _canvas(prompt)
+    assert _assert_one_entity_per_region(prompts, [thing]) == [0]
+    assert boxes == [ON_SURFACE_BOX]
+    assert _has(background, surface) and not _has(background, thing.noun)
+    assert background.endswith(suffix.strip(" ,"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=things(2, articles=("a",)),
+    small=st.sampled_from(["small", "tiny", "little"]),
+    big=st.sampled_from(["big", "large", "huge", "giant"]),
+    prep=st.sampled_from(["on", "in", "inside", "on top of"]),
+)
+def test_a_small_thing_in_or_on_a_big_one(
+    items: list[Thing], small: str, big: str, prep: str
+) -> None:
+    x, y = items
+    prompt = f"a {small} {x.text.split(' ', 1)[1]} {prep} a {big} {y.text.split(' ', 1)[1]}"
+    prompts, boxes, _ = _canvas(prompt)
+    assert _assert_one_entity_per_region(prompts, [y, x]) == [0, 1]  # the big one is below
+    assert boxes == [BIG_BOX, SMALL_IN_BOX if prep in ("in", "inside") else SMALL_ON_BOX]
+    assert prompts[0].startswith(f"a {big} ") and prompts[1].startswith(f"a {small} ")

@@ -1,8 +1,9 @@
-"""The layout rules: each reads one kind of spatial wording and returns rows of entity phrases.
+"""The grid layout rules: each reads one kind of spatial wording and returns rows of entity
+phrases.
 
-The planner tries them in the order of :data:`RULES`, most specific first, and keeps the first
-whose every region is a whole entity phrase. Each rule names itself and says why it laid the
-prompt out the way it did, which ``rpg plan --explain`` prints.
+The planner tries them in the order of :data:`rpg.planners.rules.planner.RULES`, most specific
+first, and keeps the first whose every region is a whole entity phrase. Each rule names itself
+and says why it laid the prompt out the way it did, which ``rpg plan --explain`` prints.
 
 Depth ("in front of", "behind") cannot be drawn on a grid of rectangles, so both entities get
 a region in one row, in the order the prompt names them; the words stay in the base prompt.
@@ -15,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rpg.layout import Box
 from rpg.planners.rules.lexicon import COLOURS, POSSESSIVES, SCENE_NOUNS
 from rpg.planners.rules.phrases import (
     POSITION_WORDS,
@@ -37,30 +39,59 @@ from rpg.planners.template import split_outside_brackets
 
 @dataclass
 class Layout:
-    """Rows (top to bottom) of entity phrases (left to right), and where they came from."""
+    """Rows (top to bottom) of entity phrases (left to right), and where they came from.
+
+    A canvas layout (``boxes`` given) holds one entity per row, each a layer bottom to top
+    painted in its box, over a ``background`` (empty: the whole prompt paints it).
+    """
 
     rows: list[list[str]]
     rule: str
     reason: str  # what the rule read, e.g. 'the relation "left of"'
     lead: str = ""  # words before the layout ("A couple in a cafe"): context or base only
     context: list[str] = field(default_factory=list)  # words every region shares
+    boxes: list[Box] = field(default_factory=list)  # a canvas: one box per entity
+    background: str = ""  # a canvas: what paints where no layer does
 
     def __post_init__(self) -> None:
-        self.rows = [row for row in ([tidy(e) for e in row] for row in self.rows) if row]
+        if self.boxes and len(self.boxes) != len(self.rows):
+            raise ValueError("a canvas layout needs one box per entity")
+        rows = [[tidy(e) for e in row] for row in self.rows]
+        if self.boxes:  # a layer whose words tidy away is dropped with its box
+            kept = [(r, b) for r, b in zip(rows, self.boxes, strict=True) if all(r)]
+            rows, self.boxes = [r for r, _ in kept], [b for _, b in kept]
+        self.rows = [row for row in rows if row]
+        self.background = tidy(self.background)
 
     @property
     def entities(self) -> list[str]:
-        """The entity phrases in reading order."""
+        """The entity phrases in reading order (a canvas: its layers bottom to top)."""
         return [e for row in self.rows for e in row]
+
+    @property
+    def is_canvas(self) -> bool:
+        """Whether the layout is layers in boxes rather than rows and columns."""
+        return bool(self.boxes)
 
     @property
     def why(self) -> str:
         """What the rule read and the layout it made of it."""
+        if self.boxes:
+            return f"{self.reason}: {_describe_layers(self.entities, self.boxes, self.background)}"
         return f"{self.reason}: {_describe_rows(self.rows)}"
 
 
 def _quote(items: list[str]) -> str:
     return " | ".join(items)
+
+
+def _describe_layers(entities: list[str], boxes: list[Box], background: str) -> str:
+    said = ", ".join(
+        f"[{e}] in box ({', '.join(f'{c:g}' for c in box)})"
+        for e, box in zip(entities, boxes, strict=True)
+    )
+    ground = f"[{background}]" if background else "the whole prompt"
+    return f"layers bottom to top {said}, over the background {ground}"
 
 
 def _describe_rows(rows: list[list[str]]) -> str:
@@ -177,9 +208,29 @@ def _grid(places: list[tuple[int | None, int | None, bool]], texts: list[str]) -
     return grid
 
 
-def by_markers(body: str) -> Layout | None:
-    """ "on the left A, in the middle B, on the right C", "at the top A, at the bottom B",
-    and the same with the positions after the entities ("A on the left and B on the right")."""
+@dataclass
+class Marked:
+    """A prompt read as position markers, each with the words it places."""
+
+    marks: list[re.Match[str]]
+    texts: list[str]
+    lead: str
+    setting: str
+
+    @property
+    def said(self) -> str:
+        return ", ".join(f'"{m.group(0).strip(" ,:")}"' for m in self.marks)
+
+    def corners(self) -> list[tuple[str, str]] | None:
+        """Each marker's corner ("top", "left"), or None unless every marker names one."""
+        if not all(m.group("corner_v") for m in self.marks):
+            return None
+        vert = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
+        return [(vert[m["corner_v"].lower()], m["corner_h"].lower()) for m in self.marks]
+
+
+def read_markers(body: str) -> Marked | None:
+    """The position markers of ``body`` and the words each places, given before or after it."""
     marks = list(_MARKER.finditer(body))
     if len(marks) < 2:
         return None
@@ -198,10 +249,18 @@ def by_markers(body: str) -> Layout | None:
         )
     if _relations(lead):
         return None  # "a cat under a dog on the left, …": the lead is no shared context
-    rows = _grid([_place(m) for m in marks], texts)
-    said = ", ".join(f'"{m.group(0).strip(" ,:")}"' for m in marks)
-    why = f"the positions {said} place the entities"
-    return Layout(rows, "positions", why, lead=lead, context=[setting])
+    return Marked(marks, texts, lead, setting)
+
+
+def by_markers(body: str) -> Layout | None:
+    """ "on the left A, in the middle B, on the right C", "at the top A, at the bottom B",
+    and the same with the positions after the entities ("A on the left and B on the right")."""
+    found = read_markers(body)
+    if found is None:
+        return None
+    rows = _grid([_place(m) for m in found.marks], found.texts)
+    why = f"the positions {found.said} place the entities"
+    return Layout(rows, "positions", why, lead=found.lead, context=[found.setting])
 
 
 _DESCRIBED = re.compile(
@@ -210,6 +269,7 @@ _DESCRIBED = re.compile(
     r"(?:^|(?<=[,;:.])|(?<=\band)|(?<=\bwhile)|(?<=\bwhereas))\s*"
     r"(?P<np>(?:the|a|an|one)\s+(?:[\w-]+\s+){0,2}?[\w-]+)\s+(?:(?:is|sits|stands)\s+)?"
     rf"(?:on|to|at|in)\s+(?:the\s+)?(?:far\s+)?(?P<pos>{POSITION_WORDS})"
+    r"(?![\s-]+(?:left|right)\b)"  # "in the top left corner" is a corner, for the markers
     r"(?:\s+(?:side|corner))?\b"
     rf"(?:\s+of\s+the\s+{_PLACE_OF}\b|(?!\s+of\b))\s*,?\s+(?P<pred>\S)",
     re.IGNORECASE,
@@ -519,8 +579,8 @@ def by_and(body: str) -> Layout | None:
     return Layout([items], "and", why, context=[setting])
 
 
-#: The rules in the order they are tried.
-RULES: tuple[Callable[[str], Layout | None], ...] = (
+#: The grid rules in the order they are tried (the planner puts the canvas rules among them).
+GRID_RULES: tuple[Callable[[str], Layout | None], ...] = (
     by_sequence,
     by_described_positions,
     by_markers,
