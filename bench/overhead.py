@@ -38,6 +38,7 @@ work (gathers, copies), so it complements the timings rather than replacing them
     python bench/overhead.py --arch sdxl --device cuda    # SDXL's UNet at 512×512
     python bench/overhead.py --arch flux --flops          # FLUX / SD3: see overhead_dit.py
     python bench/overhead.py --compile --threads 2        # compiled UNet: rpg vs stock
+    python bench/overhead.py --canvas --tiny --repeats 1  # canvas plans: see overhead_canvas.py
 
 ``--compile`` compiles the UNet once (``unet.compile()``, inductor unless ``--compile-backend``)
 before the warm-up round, which compiles one graph per configuration (the stock one and every
@@ -403,6 +404,11 @@ DIT_ARCHITECTURES = ("flux", "sd3")
 
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
+    if "--canvas" in args_list:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from overhead_canvas import main as canvas_main
+
+        return int(canvas_main([a for a in args_list if a != "--canvas"]))
     if any(a in args_list for a in DIT_ARCHITECTURES) and "--arch" in args_list:
         sys.path.insert(0, str(Path(__file__).parent))
         from overhead_dit import main as dit_main

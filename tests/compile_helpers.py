@@ -61,13 +61,34 @@ def call_inputs(name: str) -> dict[str, Any]:
     return {"image": image}
 
 
-def request(*, base: bool = True, **fields: Any) -> GenerationRequest:
+def canvas_plan(kind: str, *, base: bool) -> RegionPlan:
+    """A canvas over a background: two overlapping boxes (``"hard"``), or a box under a
+    feathered mask (``"soft"``, every grid has shared positions)."""
+    from rpg.models import Layer, LayerMask
+
+    top: Layer
+    if kind == "soft":
+        mask = torch.zeros(16, 16)
+        mask[2:10, 6:15] = 1.0
+        top = Layer(prompt="a blue dog", mask=LayerMask.from_image(mask.numpy(), soft_edge=0.1))
+    else:
+        top = Layer(prompt="a blue dog", box=(0.5, 0.25, 1.0, 0.875))
+    return RegionPlan(
+        layers=[Layer(prompt="a red cat", box=(0.0, 0.25, 0.625, 1.0)), top],
+        base_prompt=PROMPT if base else None,
+        base_ratio=0.3 if base else 0.0,
+    )
+
+
+def request(*, base: bool = True, canvas: str | None = None, **fields: Any) -> GenerationRequest:
     plan = RegionPlan.from_split_ratio(
         "1,1",
         ["a red cat", "a blue dog"],
         base_prompt=PROMPT if base else None,
         base_ratio=0.3 if base else 0.0,
     )
+    if canvas is not None:
+        plan = canvas_plan(canvas, base=base)
     fields = {"steps": STEPS, "seed": 1, "width": SIZE, "height": SIZE, **fields}
     return GenerationRequest(prompt=PROMPT, plan=plan, **fields)
 

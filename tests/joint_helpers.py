@@ -106,6 +106,26 @@ def labels(layout: RegionalLayout) -> list[int]:
     return out
 
 
+def painters(layout: RegionalLayout) -> list[list[tuple[int, float]]]:
+    """Per patch (row-major), every ``(painter, weight)`` with weight > 0: a grid's one region,
+    or a canvas's layers and background (numbered last) from the plan's composited weights."""
+    if layout.canvas is None:
+        return [[(r, 1.0)] for r in labels(layout)]
+    h, w = layout.height // layout.latent_factor, layout.width // layout.latent_factor
+    weights, background = layout.canvas.layer_weights(h, w)
+    stack = [*weights, background]
+    return [
+        [(r, float(m[y, x])) for r, m in enumerate(stack) if m[y, x] > 0]
+        for y in range(h)
+        for x in range(w)
+    ]
+
+
+def painter_betas(layout: RegionalLayout) -> tuple[float, ...]:
+    """Base weight per painter (a canvas's background: 0)."""
+    return (*layout.base_weights, 0.0) if layout.canvas is not None else layout.base_weights
+
+
 # ------------------------------------------------------------------------------ naive reference
 
 
@@ -128,11 +148,17 @@ def naive_joint(
     padded base prompts of real pipelines stay fast).
     """
     n_text, n_img = q_t.shape[1], q_i.shape[1]
-    lab = labels(regions.layout)
+    paint = painters(regions.layout)
+    spans = regions.painter_spans
+    betas = painter_betas(regions.layout)
     scope = regions.options.image_attention
     # (is_text, position) -> [(weight, text keys, image keys), ...]
     plan: dict[tuple[bool, int], list[tuple[float, tuple[int, ...], tuple[int, ...]]]] = {}
     every_image = tuple(range(n_img))
+
+    def cell(owners: set[int]) -> tuple[int, ...]:
+        return tuple(x for x in every_image if any(r in owners for r, _ in paint[x]))
+
     if negative:
         s0, s1 = regions.negative_span or (0, n_text)
         for j in range(n_text):
@@ -141,34 +167,30 @@ def naive_joint(
             plan[(False, p)] = [(1.0, tuple(range(s0, s1)), every_image)]
     else:
         for p in range(n_img):
-            r = lab[p]
-            images = (
-                tuple(x for x in every_image if lab[x] == r) if scope == "region" else every_image
-            )
             if not regional:
                 g0, g1 = regions.global_span or (0, 0)
                 plan[(False, p)] = [(1.0, tuple(range(g0, g1)), every_image)]
                 continue
-            s0, s1 = regions.region_spans[r]
-            beta = regions.layout.base_weights[r]
-            terms = [(1.0 - beta, tuple(range(s0, s1)), images)]
-            if beta > 0:
-                assert regions.base_span is not None
-                terms.append((beta, tuple(range(*regions.base_span)), images))
+            terms = []
+            for r, weight in paint[p]:
+                images = cell({r}) if scope == "region" else every_image
+                s0, s1 = spans[r]
+                beta = betas[r]
+                terms.append((weight * (1.0 - beta), tuple(range(s0, s1)), images))
+                if beta > 0:
+                    assert regions.base_span is not None
+                    terms.append((weight * beta, tuple(range(*regions.base_span)), images))
             plan[(False, p)] = terms
         wide = {s for s in (regions.base_span, regions.global_span) if s is not None}
         for j in range(n_text):
             span = next((s for s in wide if s[0] <= j < s[1]), None)
             owners = [
-                r
-                for r, (s0, s1) in enumerate(regions.region_spans)
-                if s0 <= j < s1 and (s0, s1) not in wide
+                r for r, (s0, s1) in enumerate(spans) if s0 <= j < s1 and (s0, s1) not in wide
             ]
             if span is not None:
                 plan[(True, j)] = [(1.0, tuple(range(*span)), every_image)]
             elif owners:
-                images = tuple(x for x in every_image if lab[x] in owners)
-                plan[(True, j)] = [(1.0, tuple(range(*regions.region_spans[owners[0]])), images)]
+                plan[(True, j)] = [(1.0, tuple(range(*spans[owners[0]])), cell(set(owners)))]
     out_t, out_i = torch.zeros_like(q_t), torch.zeros_like(q_i)
     groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[tuple[bool, int, float]]] = {}
     for (is_text, pos), terms in plan.items():

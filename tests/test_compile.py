@@ -68,6 +68,11 @@ CASES = [
     ("tiny-sd3", "method", {}),
     ("tiny-flux2-klein", "repeated", {"regional_steps": 0.5}),
     ("tiny-flux2-klein", "method", {"base": False, "image_attention": "region"}),
+    # canvas plans: hard boxes over a background, and a feathered mask (soft grids)
+    ("tiny-sd", "method", {"canvas": "soft"}),
+    ("tiny-sd", "wrap", {"canvas": "hard", "base": False}),
+    ("tiny-flux", "method", {"canvas": "soft", "base": False}),
+    ("tiny-sd3", "method", {"canvas": "hard", "image_attention": "region"}),
 ]
 
 

@@ -54,6 +54,10 @@ CASES = [
      {"true_cfg_scale": 2.0, "negative_prompt": "blurry"}),
     ("tiny-sd3", {"base": False, "regional_steps": 0.5, "image_attention": "region"}, {}),
     ("tiny-flux2-klein", {"regional_steps": 0.5}, {}),
+    ("tiny-sd", {"canvas": "soft"}, {}),
+    ("tiny-sdxl", {"canvas": "hard", "base": False}, {}),
+    ("tiny-sd3", {"canvas": "soft", "image_attention": "region"}, {}),
+    ("tiny-flux2-klein", {"canvas": "soft", "base": False}, {}),
 ]  # fmt: skip
 
 

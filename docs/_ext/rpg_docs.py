@@ -47,7 +47,11 @@ def _run_rpg(argv: list[str]) -> str:
 class RpgLayout(SphinxDirective):
     """Draw a plan with ``rpg layout``: a hand-written split ratio, or a prompt the rules planner
     plans. Options: ``split-ratio`` + ``prompts`` (``BREAK``-separated), ``base-prompt``,
-    ``base-ratio``; or ``prompt``; and ``size`` (``WxH``), ``alt``."""
+    ``base-ratio``; or ``prompt``; and ``size`` (``WxH``), ``alt``.
+
+    A canvas: ``layers``, one per line (bottom to top), ``box X0,Y0,X1,Y1 = PROMPT`` or
+    ``ellipse X0,Y0,X1,Y1[~SOFT] = PROMPT`` (a mask layer: an ellipse in that box, with an
+    optional soft edge), with ``base-prompt``/``base-ratio``."""
 
     has_content = False
     option_spec: ClassVar[dict[str, Any]] = {
@@ -56,13 +60,21 @@ class RpgLayout(SphinxDirective):
         "base-prompt": directives.unchanged,
         "base-ratio": directives.unchanged,
         "prompt": directives.unchanged,
+        "layers": directives.unchanged,
         "size": directives.unchanged,
         "alt": directives.unchanged,
     }
 
     def run(self) -> list[nodes.Node]:
         opts = self.options
-        if "split-ratio" in opts:
+        canvas = None
+        if "layers" in opts:
+            try:
+                canvas = _canvas_plan(opts)
+            except Exception as exc:
+                raise self.error(f"rpg-layout :layers: {exc}") from None
+            argv = ["canvas", canvas]
+        elif "split-ratio" in opts:
             argv = ["plan", "--split-ratio", opts["split-ratio"], "--prompts", opts["prompts"]]
             if "base-prompt" in opts:
                 argv += ["--base-prompt", opts["base-prompt"]]
@@ -79,14 +91,47 @@ class RpgLayout(SphinxDirective):
         folder.mkdir(parents=True, exist_ok=True)
         plan_file, picture = folder / f"{key}.json", folder / f"{key}.png"
         try:
-            plan_file.write_text(_run_rpg(argv), encoding="utf-8")
+            plan_file.write_text(canvas or _run_rpg(argv), encoding="utf-8")
             _run_rpg(["layout", str(plan_file), "--out", str(picture), "--size", size])
         except Exception as exc:
             raise self.error(str(exc)) from None
-        alt = opts.get("alt") or f"rpg layout of {shlex.join(argv[1:-1])}"
+        alt = opts.get("alt") or (
+            "rpg layout of a canvas plan" if canvas else f"rpg layout of {shlex.join(argv[1:-1])}"
+        )
         image = nodes.image(uri=f"/{GENERATED}/layouts/{key}.png", alt=alt)
         image["classes"].append("rpg-layout")
         return [image]
+
+
+def _canvas_plan(opts: dict[str, Any]) -> str:
+    """The JSON of a canvas plan written as ``layers`` lines (see :class:`RpgLayout`)."""
+    import numpy as np
+
+    from rpg.models import DEFAULT_BASE_RATIO, Layer, LayerMask, RegionPlan
+
+    layers = []
+    for line in opts["layers"].strip().splitlines():
+        shape, _, prompt = line.partition("=")
+        kind, _, numbers = shape.strip().partition(" ")
+        numbers, _, soft = numbers.partition("~")
+        x0, y0, x1, y1 = (float(v) for v in numbers.split(","))
+        if kind == "box":
+            layers.append(Layer(prompt=prompt.strip(), box=(x0, y0, x1, y1)))
+        elif kind == "ellipse":
+            yy, xx = np.mgrid[0:200, 0:200] / 200
+            inside = ((xx - (x0 + x1) / 2) / ((x1 - x0) / 2)) ** 2 + (
+                (yy - (y0 + y1) / 2) / ((y1 - y0) / 2)
+            ) ** 2 <= 1
+            mask = LayerMask.from_image(inside, soft_edge=float(soft or 0))
+            layers.append(Layer(prompt=prompt.strip(), mask=mask))
+        else:
+            raise ValueError(f"a layer line starts with 'box' or 'ellipse', got {line!r}")
+    plan = RegionPlan(
+        layers=layers,
+        base_prompt=opts.get("base-prompt"),
+        base_ratio=float(opts.get("base-ratio", DEFAULT_BASE_RATIO)),
+    )
+    return plan.model_dump_json()
 
 
 # --------------------------------------------------------------------------- extra pages

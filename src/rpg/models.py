@@ -543,6 +543,18 @@ class RegionPlan(BaseModel):
         return bool(self.layers)
 
     @property
+    def has_background(self) -> bool:
+        """Whether the background may paint somewhere: a canvas whose layers are not boxes
+        tiling the canvas as rows and columns. Its text (the base prompt, else the whole
+        prompt) is then packed for the attention to read."""
+        if not self.layers:
+            return False
+        boxes = [layer.box for layer in self.layers]
+        if any(b is None for b in boxes):
+            return True
+        return grid_of_boxes([b for b in boxes if b is not None]) is None
+
+    @property
     def regions(self) -> list[Region]:
         """All regions in reading order: rows top to bottom, regions left to right.
 

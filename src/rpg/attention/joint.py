@@ -185,6 +185,11 @@ class JointRegions:
     device: torch.device | None = None
     state: _RunState = field(default_factory=_RunState)
     _indices: dict[tuple[int, int, torch.device], RegionIndex] = field(default_factory=dict)
+    #: Soft canvas grids: the image positions each region text span sees (the union of the
+    #: cells of the layers sharing that prompt), built with the index.
+    _text_cells: dict[tuple[int, int, torch.device], dict[Span, torch.Tensor]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if len(self.region_spans) != self.layout.num_regions:
@@ -204,6 +209,20 @@ class JointRegions:
             )
         if opts.regional_steps < 1 and self.steps is None:
             raise ValueError("regional_steps < 1 needs the number of denoising steps")
+        if self.layout.has_background and self.global_span is None:
+            raise ValueError(
+                "the canvas leaves background to paint but there is no text for it: a base_span, "
+                "or a global_span holding the whole prompt"
+            )
+
+    @property
+    def painter_spans(self) -> tuple[Span, ...]:
+        """The text span of every painter: the regions', then (a canvas) the background's,
+        which is the base prompt, else the whole prompt (``(0, 0)`` where no background is
+        ever painted)."""
+        if self.layout.canvas is None:
+            return self.region_spans
+        return (*self.region_spans, self.global_span or (0, 0))
 
     @classmethod
     def from_conditioning(
@@ -242,7 +261,29 @@ class JointRegions:
         found = self._indices.get(key)
         if found is None:
             found = self._indices[key] = region_index(self.layout, h, w, device)
+            if found.soft:
+                self._text_cells[key] = self._soft_text_cells(found, device)
         return found
+
+    def _soft_text_cells(
+        self, index: RegionIndex, device: torch.device
+    ) -> dict[Span, torch.Tensor]:
+        """Per region text span, the sorted image positions its layers paint (host work, once)."""
+        spans = self.painter_spans
+        cells: dict[Span, set[int]] = {}
+        for painter in index.painters:
+            if painter.region < len(self.region_spans):
+                cells.setdefault(spans[painter.region], set()).update(painter.index.cpu().tolist())
+        for span in self.region_spans:
+            cells.setdefault(span, set())
+        return {
+            span: torch.tensor(sorted(where), dtype=torch.long, device=device)
+            for span, where in cells.items()
+        }
+
+    def text_cells(self, index: RegionIndex, device: torch.device) -> dict[Span, torch.Tensor]:
+        """The image positions every region text span sees on a soft grid (see ``index_for``)."""
+        return self._text_cells[(index.height, index.width, device)]
 
     def prepare(self, device: torch.device | str | None = None) -> None:
         """Build the patch grid's region index on ``device`` (default :attr:`device`) now.
@@ -369,6 +410,8 @@ class _JointAttention:
         regions = self.regions
         index = regions.index_for(q_i.shape[1], q_i.device)
         regional = self.regional_block and regions.step_is_regional()
+        if index.soft:
+            return self._painted(q_t, k_t, v_t, q_i, k_i, v_i, index, regional)
         if index.perm is not None:
             q_i, k_i, v_i = (x.index_select(1, index.perm) for x in (q_i, k_i, v_i))
         out_t = torch.zeros_like(q_t)  # rows outside every span (padding) are read by no one
@@ -387,8 +430,8 @@ class _JointAttention:
         # the base (and of the whole prompt packed for non-regional calls) sees every image token.
         wide = {s for s in (regions.base_span, regions.global_span) if s is not None}
         cells: dict[Span, list[tuple[int, int]]] = {}
-        for span, bounds in zip(regions.region_spans, index.bounds, strict=True):
-            if span not in wide:
+        for span, bounds in zip(regions.painter_spans, index.bounds, strict=True):
+            if span not in wide and span[1] > span[0]:
                 cells.setdefault(span, []).append(bounds)
         for (s0, s1), cell_bounds in cells.items():
             rows = [(a, b) for a, b in cell_bounds if b > a]
@@ -409,9 +452,87 @@ class _JointAttention:
             out_i = out_i.index_select(1, index.inverse)
         return out_t, out_i
 
+    def _painted(
+        self,
+        q_t: torch.Tensor,
+        k_t: torch.Tensor,
+        v_t: torch.Tensor,
+        q_i: torch.Tensor,
+        k_i: torch.Tensor,
+        v_i: torch.Tensor,
+        index: RegionIndex,
+        regional: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A soft canvas grid (shared positions): every painter's weighted term, scatter-added.
+
+        Image token ``p``: ``Σ_r w_r(p)·[(1 − β_r)·Attn(q_p, text(r) ∪ I_r(p)) + β_r·Attn(q_p,
+        text(base) ∪ I_r(p))]`` with the background a painter of its own text and ``β = 0``;
+        ``I_r(p)`` is every image token (global) or the ones ``r`` paints (region). Each painter
+        attends with the queries it paints only, gathered; with global image attention the base
+        term is the same for every painter and is attended once by every query.
+        """
+        regions = self.regions
+        out_t = torch.zeros_like(q_t)
+        wide = {s for s in (regions.base_span, regions.global_span) if s is not None}
+        cells = regions.text_cells(index, q_i.device)
+        for (s0, s1), where in cells.items():
+            if (s0, s1) in wide or s1 <= s0:
+                continue
+            img_k, img_v = k_i.index_select(1, where), v_i.index_select(1, where)
+            out_t[:, s0:s1] = self._attend(
+                q_t[:, s0:s1], self._keys(k_t[:, s0:s1], img_k), self._keys(v_t[:, s0:s1], img_v)
+            )
+        for s0, s1 in wide:
+            out_t[:, s0:s1] = self._attend(
+                q_t[:, s0:s1], self._keys(k_t[:, s0:s1], k_i), self._keys(v_t[:, s0:s1], v_i)
+            )
+        if not regional:
+            assert regions.global_span is not None  # checked by JointRegions
+            g0, g1 = regions.global_span
+            out_i = self._attend(
+                q_i, self._keys(k_t[:, g0:g1], k_i), self._keys(v_t[:, g0:g1], v_i)
+            )
+            return out_t, out_i
+
+        global_image = regions.options.image_attention == "global"
+        spans = regions.painter_spans
+        out_i = torch.zeros_like(q_i)
+        for painter in index.painters:
+            s0, s1 = spans[painter.region]
+            where = painter.index
+            beta = painter.base_weight
+            queries = q_i.index_select(1, where)
+            if global_image:
+                img_k, img_v = k_i, v_i
+            else:
+                img_k, img_v = k_i.index_select(1, where), v_i.index_select(1, where)
+            weight = painter.weight.to(q_i.dtype)
+            term = None
+            if not (global_image and beta >= 1):
+                term = self._attend(
+                    queries, self._keys(k_t[:, s0:s1], img_k), self._keys(v_t[:, s0:s1], img_v)
+                )
+            if beta > 0 and not global_image:
+                assert regions.base_span is not None
+                b0, b1 = regions.base_span
+                base = self._attend(
+                    queries, self._keys(k_t[:, b0:b1], img_k), self._keys(v_t[:, b0:b1], img_v)
+                )
+                term = base if term is None else term.lerp(base, beta)
+            elif beta > 0:
+                weight = weight * (1 - beta)
+            if term is not None:
+                out_i.index_add_(1, where, term * weight)
+        if global_image and index.base_coef is not None:
+            assert regions.base_span is not None
+            b0, b1 = regions.base_span
+            base = self._attend(q_i, self._keys(k_t[:, b0:b1], k_i), self._keys(v_t[:, b0:b1], v_i))
+            out_i.addcmul_(base, index.base_coef.to(out_i.dtype).view(1, -1, 1, 1))
+        return out_t, out_i
+
     def _present(self, index: RegionIndex) -> list[tuple[Span, tuple[int, int]]]:
         """``(text span, image bounds)`` of every region that has image tokens at this size."""
-        pairs = zip(self.regions.region_spans, index.bounds, strict=True)
+        pairs = zip(self.regions.painter_spans, index.bounds, strict=True)
         return [(span, bounds) for span, bounds in pairs if bounds[1] > bounds[0]]
 
     def _regional_image(
@@ -838,3 +959,4 @@ def regional_joint(
             handle.remove()
         transformer.set_attn_processor(dict(previous))
         regions._indices.clear()
+        regions._text_cells.clear()

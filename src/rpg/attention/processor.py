@@ -10,6 +10,13 @@ of all queries against the base span when some ``β_r > 0``, and one ``to_out``.
 therefore the stock layer's work plus the base term; nothing runs once per region over the whole
 canvas.
 
+Canvas plans (layers of boxes and masks over a background, see DESIGN.md) use the same code:
+on a grid where every position has one painter (hard boxes and masks) the background is one
+more region, reading the base prompt or the whole prompt packed for it, so a canvas costs what a
+grid costs. On a grid with shared positions (soft edges, translucent masks) every layer attends
+with the queries it paints, gathered, and adds its weighted result (``index_add``); the base
+prompt is attended once by every query, weighted by ``Σ_r w_r(p)·β_r``.
+
 What remains is the projection: ``to_k``/``to_v`` see ``R + 1`` prompts' tokens instead of one.
 The text context does not change between denoising steps, so with ``cache_kv=True`` each layer
 projects it once per pipeline call and reuses the keys and values at every later step. The
@@ -134,6 +141,24 @@ class RegionalAttnProcessor:
         self.negative_base_span: Span | None = (
             conditioning.negative_base_span or conditioning.negative_span
         )
+        if layout.canvas is not None:
+            # The background paints with the base prompt, else the whole prompt packed for it;
+            # it is the last painter of a canvas index.
+            background = conditioning.base_span or conditioning.global_span
+            if background is None and layout.has_background:
+                raise ValueError(
+                    "the canvas leaves background to paint but the conditioning has no text for "
+                    "it: a base_span, or a global_span holding the whole prompt"
+                )
+            self.region_spans += (background or (0, 0),)
+            if self.negative_region_spans is not None:
+                neg_background = self.negative_base_span
+                if neg_background is None and layout.has_background:
+                    raise ValueError(
+                        "per-layer negatives on a canvas with background need negative_base_span "
+                        "(the request's negative prompt) for the background's negative half"
+                    )
+                self.negative_region_spans += (neg_background or (0, 0),)
         # Decided once, from shapes: comparing context rows per call would wait on the device.
         self.shared_rows = conditioning.shared_rows
         uses_base = any(b > 0 for b in layout.base_weights)
@@ -416,6 +441,9 @@ class RegionalAttnProcessor:
         q = query[rows]
         key, value = self._keys_values(attn, context, rows, (0, context.shape[1]))
         target = out[rows]
+        if index.soft:
+            self._painted(q, key, value, mask, index, target, rows, spans, base_span)
+            return
         for (start, end), (k0, k1) in zip(index.bounds, spans, strict=True):
             if start == end:
                 continue
@@ -437,6 +465,60 @@ class RegionalAttnProcessor:
         else:
             weight = index.base_weights.to(target.dtype).unsqueeze(-1)  # [N, 1, 1]
             target.lerp_(base, weight)
+
+    @staticmethod
+    def _painted(
+        q: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None,
+        index: RegionIndex,
+        target: torch.Tensor,
+        rows: slice,
+        spans: tuple[Span, ...],
+        base_span: Span | None,
+    ) -> None:
+        """A soft canvas grid: every painter's weighted term, added where it paints.
+
+        ``out(p) = Σ_r w_r(p)·(1 − β_r)·Attn(q_p, S_r) + (Σ_r w_r(p)·β_r)·Attn(q_p, S_base)``:
+        each painter attends with the queries it paints only (gathered) and its result is
+        scatter-added; the base prompt is attended once by every query.
+        """
+        target.zero_()
+        for painter in index.painters:
+            if painter.base_weight >= 1:
+                continue  # all of its share goes through the base term
+            k0, k1 = spans[painter.region]
+            queries = q.index_select(2, painter.index)
+            part = F.scaled_dot_product_attention(
+                queries,
+                key[:, :, k0:k1],
+                value[:, :, k0:k1],
+                attn_mask=_cut_index(mask, rows, painter.index, (k0, k1)),
+            ).transpose(1, 2)
+            weight = painter.weight.to(part.dtype)
+            if painter.base_weight > 0:
+                weight = weight * (1 - painter.base_weight)
+            target.index_add_(1, painter.index, part * weight)
+        if index.base_coef is None or base_span is None:
+            return
+        k0, k1 = base_span
+        base = F.scaled_dot_product_attention(
+            q, key[:, :, k0:k1], value[:, :, k0:k1], attn_mask=_cut(mask, rows, None, base_span)
+        ).transpose(1, 2)
+        target.addcmul_(base, index.base_coef.to(target.dtype))
+
+
+def _cut_index(
+    mask: torch.Tensor | None, rows: slice, queries: torch.Tensor, keys: Span
+) -> torch.Tensor | None:
+    """Like :func:`_cut` for query rows given as an index."""
+    if mask is None:
+        return None
+    mask = mask[rows, :, :, keys[0] : keys[1]]
+    if mask.shape[2] != 1:
+        mask = mask.index_select(2, queries)
+    return mask
 
 
 def _cut(

@@ -17,7 +17,23 @@ import torch
 from rpg.attention.spec import RegionalLayout
 from rpg.layout import grid_cells
 
-__all__ = ["RegionIndex", "region_index", "region_labels"]
+__all__ = ["Painter", "RegionIndex", "region_index", "region_labels"]
+
+
+@dataclass(frozen=True)
+class Painter:
+    """One canvas layer (or the background) at the positions it paints on a soft grid.
+
+    ``region`` is the layer's number (the number of layers for the background); ``index``
+    holds the flat positions where it paints (``[n]``, long) and ``weight`` what it paints
+    there (``[n, 1, 1]``, float32, its composited weight ``w_r(p)`` in ``(0, 1]``);
+    ``base_weight`` is the layer's ``β_r`` (0 for the background).
+    """
+
+    region: int
+    index: torch.Tensor
+    weight: torch.Tensor
+    base_weight: float
 
 
 @dataclass(frozen=True)
@@ -39,14 +55,35 @@ class RegionIndex:
     inverse: torch.Tensor | None
     base_weights: torch.Tensor | None
     uniform_base_weight: float | None
+    #: Soft canvas grids only (some position shared by several painters): every layer and the
+    #: background with the positions it paints. Empty for grids where each position has one
+    #: painter, which use ``bounds`` and ``perm`` like a grid plan.
+    painters: tuple[Painter, ...] = ()
+    #: Soft grids with a base prompt: ``Σ_r w_r(p)·β_r`` per position (``[h·w, 1, 1]``,
+    #: float32), the weight of the base prompt's attention.
+    base_coef: torch.Tensor | None = None
 
     @property
     def uses_base(self) -> bool:
-        return self.base_weights is not None
+        return self.base_weights is not None or self.base_coef is not None
+
+    @property
+    def soft(self) -> bool:
+        """Whether positions are shared (weighted sums) rather than owned by one painter."""
+        return bool(self.painters)
 
 
 def region_labels(layout: RegionalLayout, h: int, w: int) -> torch.Tensor:
-    """An ``[h, w]`` long tensor holding the region number of every latent cell."""
+    """An ``[h, w]`` long tensor holding the region number of every latent cell.
+
+    For a canvas on a grid where every position has one painter, that painter's number (the
+    number of layers for the background).
+    """
+    if layout.canvas is not None:
+        weights = _canvas_weights(layout, h, w)
+        if not bool(((weights == 0) | (weights == 1)).all()):
+            raise ValueError(f"the canvas has shared (soft) positions on a {h}x{w} grid")
+        return weights.argmax(dim=0)
     labels = torch.full((h, w), -1, dtype=torch.long)
     for r, (y0, y1, x0, x1) in enumerate(grid_cells(layout.rows, h, w)):
         labels[y0:y1, x0:x1] = r
@@ -55,14 +92,65 @@ def region_labels(layout: RegionalLayout, h: int, w: int) -> torch.Tensor:
     return labels
 
 
+def _canvas_weights(layout: RegionalLayout, h: int, w: int) -> torch.Tensor:
+    """``[N + 1, h, w]`` float64: what every layer, then the background, paints."""
+    assert layout.canvas is not None
+    weights, background = layout.canvas.layer_weights(h, w)
+    return torch.cat([torch.from_numpy(weights), torch.from_numpy(background)[None]])
+
+
+def _betas(layout: RegionalLayout) -> tuple[float, ...]:
+    """Base weight per painter: the regions', then 0 for a canvas's background."""
+    return (*layout.base_weights, 0.0) if layout.canvas is not None else layout.base_weights
+
+
+def _soft_index(
+    layout: RegionalLayout, weights: torch.Tensor, h: int, w: int, device: torch.device | str | None
+) -> RegionIndex:
+    betas = _betas(layout)
+    flat = weights.reshape(weights.shape[0], -1)
+    painters = []
+    for r in range(flat.shape[0]):
+        where = torch.nonzero(flat[r] > 0).reshape(-1)
+        if where.numel():
+            weight = flat[r, where].to(torch.float32).reshape(-1, 1, 1)
+            painters.append(Painter(r, where.to(device), weight.to(device), float(betas[r])))
+    base_coef = None
+    if any(b > 0 for b in betas):
+        coef = (flat * torch.tensor(betas, dtype=torch.float64)[:, None]).sum(dim=0)
+        base_coef = coef.to(torch.float32).reshape(-1, 1, 1).to(device)
+    return RegionIndex(
+        height=h,
+        width=w,
+        bounds=(),
+        perm=None,
+        inverse=None,
+        base_weights=None,
+        uniform_base_weight=None,
+        painters=tuple(painters),
+        base_coef=base_coef,
+    )
+
+
 def region_index(
     layout: RegionalLayout, h: int, w: int, device: torch.device | str | None = None
 ) -> RegionIndex:
-    """Build the permutation, region bounds and per-row base weights for an ``h × w`` grid."""
+    """Build the permutation, region bounds and per-row base weights for an ``h × w`` grid.
+
+    A canvas whose every position has one painter at this size (hard boxes and masks) is
+    indexed like a grid with one more region, the background, last; one with shared positions
+    gets its :class:`Painter` lists instead.
+    """
+    n_painters = layout.num_regions
+    if layout.canvas is not None:
+        weights = _canvas_weights(layout, h, w)
+        if not bool(((weights == 0) | (weights == 1)).all()):
+            return _soft_index(layout, weights, h, w, device)
+        n_painters += 1
     flat = region_labels(layout, h, w).reshape(-1)
     # A stable sort keeps row-major order inside each region, so the identity is detected exactly.
     order = torch.sort(flat, stable=True).indices
-    counts = torch.bincount(flat, minlength=layout.num_regions).tolist()
+    counts = torch.bincount(flat, minlength=n_painters).tolist()
     bounds: list[tuple[int, int]] = []
     start = 0
     for count in counts:
@@ -75,7 +163,7 @@ def region_index(
         perm = order.to(device)
         inverse = torch.argsort(order).to(device)
 
-    betas = layout.base_weights
+    betas = _betas(layout)
     base_weights: torch.Tensor | None = None
     uniform: float | None = None
     if any(b > 0 for b in betas):

@@ -85,16 +85,27 @@ class RegionalConditioning:
 
 @dataclass(frozen=True)
 class RegionalLayout:
-    """Where the regions are: split rows, the effective base weight per region, the image size."""
+    """Where the regions are: split rows, the effective base weight per region, the image size.
+
+    A canvas plan's layout has no rows; ``canvas`` holds the plan, whose
+    :meth:`~rpg.models.RegionPlan.layer_weights` say what each layer (a "region" here, bottom
+    to top) and the background paint at every grid.
+    """
 
     rows: tuple[tuple[float, tuple[float, ...]], ...]
     base_weights: tuple[float, ...]
     height: int
     width: int
     latent_factor: int = 8
+    canvas: RegionPlan | None = None
 
     def __post_init__(self) -> None:
-        n = sum(len(w) for _, w in self.rows)
+        if self.canvas is not None:
+            n = len(self.canvas.layers)
+            if self.rows or not n:
+                raise ValueError("a canvas layout takes a canvas plan (layers) and no rows")
+        else:
+            n = sum(len(w) for _, w in self.rows)
         if n != len(self.base_weights):
             raise ValueError(f"layout has {n} regions but {len(self.base_weights)} base weights")
         if self.height % self.latent_factor or self.width % self.latent_factor:
@@ -106,6 +117,12 @@ class RegionalLayout:
     def num_regions(self) -> int:
         return len(self.base_weights)
 
+    @property
+    def has_background(self) -> bool:
+        """Whether some part of the canvas may be painted by the background (a canvas whose
+        layers do not tile it as rows and columns); its text is then needed."""
+        return self.canvas is not None and self.canvas.has_background
+
     @classmethod
     def from_plan(
         cls, plan: RegionPlan, height: int, width: int, *, latent_factor: int = 8
@@ -114,9 +131,20 @@ class RegionalLayout:
 
         A plan with a region smaller than one latent cell at this size is refused here, where
         the plan meets the size (:func:`rpg.layout.check_cell_sizes`): its prompt would act
-        nowhere at full resolution. Building a layout directly does not check, so coarse test
-        grids stay possible.
+        nowhere at full resolution. A canvas layer that paints nothing at this size is a
+        :class:`~rpg.models.LayerWarning`. Building a layout directly does not check, so coarse
+        test grids stay possible.
         """
+        if plan.is_canvas:
+            plan.warn_unpainted(height, width, factor=latent_factor)
+            return cls(
+                rows=(),
+                base_weights=tuple(plan.base_weights()),
+                height=height,
+                width=width,
+                latent_factor=latent_factor,
+                canvas=plan,
+            )
         check_cell_sizes(plan.split_rows(), height, width, factor=latent_factor)
         return cls(
             rows=tuple((h, tuple(ws)) for h, ws in plan.split_rows()),

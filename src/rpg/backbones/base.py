@@ -373,7 +373,16 @@ class Backbone(ABC):
         del options
         has_base = plan.base_prompt is not None
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
-        embeds, spans = pack_segments(texts, self.encode_texts)
+        # A canvas's background paints with the base prompt, else with the whole prompt,
+        # packed last for it.
+        background = plan.has_background and not has_base
+        whole = []
+        if background:
+            from rpg.models import whole_image_text
+
+            whole = [whole_image_text(plan, prompt)]
+        embeds, spans = pack_segments(texts + whole, self.encode_texts)
+        global_span = spans.pop() if background else None
         self._note_long_prompts(texts, spans, has_base)
         base_span = spans[0] if has_base else None
         region_spans = tuple(spans[1:] if has_base else spans)
@@ -391,11 +400,12 @@ class Backbone(ABC):
                     negative_prompt if r.negative_prompt is None else r.negative_prompt
                     for r in regions
                 ]
+                lead = has_base or background  # the background's negative half reads it too
                 negative, neg_spans = pack_segments(
-                    [negative_prompt, *own] if has_base else own, self.encode_texts
+                    [negative_prompt, *own] if lead else own, self.encode_texts
                 )
-                negative_base_span = neg_spans[0] if has_base else None
-                negative_region_spans = tuple(neg_spans[1:] if has_base else neg_spans)
+                negative_base_span = neg_spans[0] if lead else None
+                negative_region_spans = tuple(neg_spans[1:] if lead else neg_spans)
             length = max(embeds.shape[1], negative.shape[1])
             embeds, negative = pad_tokens(embeds, length), pad_tokens(negative, length)
 
@@ -412,6 +422,7 @@ class Backbone(ABC):
             negative_base_span=negative_base_span,
             pooled_prompt_embeds=pooled,
             negative_pooled_prompt_embeds=negative_pooled,
+            global_span=global_span,
         )
 
     def _note_long_prompts(self, texts: list[str], spans: list[Span], has_base: bool) -> None:

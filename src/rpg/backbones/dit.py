@@ -162,7 +162,8 @@ class JointBackbone(Backbone):
             stock_texts.add(plan.regions[0].prompt)
         has_base = plan.base_prompt is not None
         whole = whole_image_text(plan, prompt)
-        global_wanted = not has_base and joint.needs_whole_prompt
+        # the whole prompt: for non-regional calls, and a canvas's background
+        global_wanted = not has_base and (joint.needs_whole_prompt or plan.has_background)
         texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
 
         def encode(unique: list[str]) -> list[torch.Tensor]:

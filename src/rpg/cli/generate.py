@@ -64,6 +64,7 @@ _EXAMPLES = """examples:
   rpg generate "..." --model ./my-sd15-folder --plan plan.json --seed 3 --out apple.png
   rpg generate "..." --model model.safetensors --config ./sd15-folder --size 512x768
   rpg generate --from apple.png --steps 40 --out apple-40.png   # re-render, change one setting
+  rpg generate "a cat on a sofa" --mask-image regions.png --prompts "a cat BREAK a sofa"
   rpg generate "..." --model ./sdxl-folder --controlnet ./controlnet-canny-sdxl \\
       --control-image edges.png --control-scale 0.7   # SDXL detected, ControlNet added
   rpg generate --from cn.png --control-scale 0.5 --out cn-05.png
@@ -117,7 +118,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="ControlNet conditioning scale: one for all or one per --controlnet (default 1; "
         "with --from, the recorded scales)",
     )
-    add_planner_arguments(p)
+    plan = add_planner_arguments(p)
+    plan.add_argument(
+        "--mask-image",
+        type=Path,
+        metavar="REGIONS.png",
+        help="use a canvas plan made from a colour-coded picture: one flat colour per layer, "
+        "black for the background (painted by the whole prompt); needs --prompts",
+    )
+    plan.add_argument(
+        "--prompts",
+        help="with --mask-image: one prompt per colour, separated by BREAK, in the order the "
+        "colours first appear reading the picture row by row from the top left",
+    )
     render = add_render_arguments(p)
     add_refine_argument(render)
     out = p.add_argument_group("output")
@@ -141,6 +154,14 @@ def build_request(args: argparse.Namespace) -> GenerationRequest:
     in the ``--from`` image is an error naming that file.
     """
     overrides = request_overrides(args)
+    if args.mask_image is not None:
+        from rpg.cli.plan import mask_image_plan
+
+        if args.plan is not None:
+            raise UsageError("give --plan or --mask-image, not both")
+        overrides["plan"] = mask_image_plan(args.mask_image, args.prompts)
+    elif args.prompts is not None:
+        raise UsageError("--prompts goes with --mask-image REGIONS.png (one prompt per colour)")
     flags = set(overrides) | {"model"} | ({"prompt"} if args.prompt is not None else set())
     if args.from_image is not None:
         from rpg.metadata import load_request
@@ -336,9 +357,15 @@ def run(args: argparse.Namespace) -> int:
     assert req.seed is not None
     seeds = str(req.seed) if len(paths) == 1 else f"{req.seed}..{req.seed + len(paths) - 1}"
     regions = len(result.plan.regions)
+    if result.plan.is_canvas:
+        shape = f"{regions} layer{'s' if regions != 1 else ''} (canvas)"
+    else:
+        shape = (
+            f"{regions} region{'s' if regions != 1 else ''}, split {result.plan.to_split_ratio()}"
+        )
     print(
         f"wrote {', '.join(str(p) for p in paths)} ({req.width}x{req.height}, seed {seeds}, "
-        f"{regions} region{'s' if regions != 1 else ''}, split {result.plan.to_split_ratio()}"
+        f"{shape}"
         f"{describe_controls(req)}, {result.timings.get('total', 0.0):.1f} s)"
     )
     if args.save_layout:

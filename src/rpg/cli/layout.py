@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "layout",
         help="draw a plan as a picture",
         description="Draw a plan (the JSON of 'rpg plan --json', or a RegionPlan) as labelled "
-        "rectangles, with the base prompt as a caption.",
+        "rectangles, with the base prompt as a caption; a canvas plan's layers are drawn bottom "
+        "to top, numbered from 1 at the bottom, masks tinted by their coverage.",
     )
     p.add_argument(
         "plan", type=Path, help="plan JSON file, or a PNG saved by rpg (its recorded plan)"
@@ -58,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out, format=image_format)
     n = len(plan.regions)
-    print(f"wrote {args.out} ({n} region{'s' if n != 1 else ''})")
+    what = "layer" if plan.is_canvas else "region"
+    print(f"wrote {args.out} ({n} {what}{'s' if n != 1 else ''})")
     return 0

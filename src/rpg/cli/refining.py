@@ -68,7 +68,11 @@ def generate_refined(
         if done.review is not None:
             verdict = " — done" if done.review.done else " — revising"
             verdict += f": {done.review.critique}" if done.review.critique else ""
-        print(f"round {done.index}: wrote {path} (split {done.plan.to_split_ratio()}){verdict}")
+        shape = (
+            f"{len(done.plan.layers)} layers" if done.plan.is_canvas else
+            f"split {done.plan.to_split_ratio()}"
+        )  # fmt: skip
+        print(f"round {done.index}: wrote {path} ({shape}){verdict}")
 
     result = refine(pipe, request, rounds=rounds, on_round=save, **generate_kwargs)
     if result.stop_reason == "unchanged":

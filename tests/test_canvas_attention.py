@@ -1,0 +1,274 @@
+"""Canvas plans in the regional attention: the UNet processor and the joint (MM-DiT) processors
+against naive references of DESIGN.md's compositing formula, and grids equal to their canvases.
+
+The naive UNet reference runs the stock attention over the whole canvas once per layer (and
+once for the background) with only that layer's tokens, blends in the base prompt by the layer's
+base weight, and sums the results weighted by what each layer paints (``w_r(p)``, ``w_bg(p)``).
+The joint reference is ``joint_helpers.naive_joint``: a per-query list of weighted key sets.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from canvas_helpers import random_canvas
+from joint_helpers import (
+    POOLED_DIM,
+    TEXT_DIM,
+    NaiveJointProcessor,
+    tiny_flux_transformer,
+    tiny_sd3_transformer,
+)
+from rpg.attention import RegionalAttnProcessor, RegionalConditioning, RegionalLayout, Span
+from rpg.attention.joint import (
+    JointAttentionOptions,
+    JointRegions,
+    joint_attention_names,
+    regional_joint,
+)
+from rpg.attention.regions import region_index
+from rpg.models import RegionPlan
+
+STOCK = AttnProcessor2_0()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    """The naive references run many tiny ops; thread hand-offs would dominate them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------ packing
+def _spans(
+    rng: random.Random, plan: RegionPlan
+) -> tuple[tuple[Span, ...], Span | None, Span | None, int]:
+    """Region spans (repeats share one), base span, whole-prompt span, total tokens."""
+    start = 0
+    base_span = None
+    if plan.base_prompt is not None:
+        base_span = (0, rng.randint(2, 5))
+        start = base_span[1]
+    spans: list[Span] = []
+    for _ in plan.layers:
+        if spans and rng.random() < 0.2:
+            spans.append(rng.choice(spans))
+            continue
+        length = rng.randint(1, 5)
+        spans.append((start, start + length))
+        start += length
+    global_span = None
+    if base_span is None and plan.has_background:
+        global_span = (start, start + rng.randint(2, 5))
+        start = global_span[1]
+    return tuple(spans), base_span, global_span, start
+
+
+# ------------------------------------------------------------------------------- UNet (cross)
+def _naive_unet(attn, x, ctx, plan: RegionPlan, grid, spans, base_span, background_span):
+    h, w = grid
+    weights, background = plan.layer_weights(h, w)
+    betas = plan.base_weights()
+
+    def stock(span: Span) -> torch.Tensor:
+        return STOCK(attn, x, ctx[:, span[0] : span[1]])
+
+    base = None if base_span is None else stock(base_span)
+    out = torch.zeros_like(x)
+    for r, span in enumerate(spans):
+        term = stock(span)
+        if betas[r] > 0:
+            assert base is not None
+            term = (1 - betas[r]) * term + betas[r] * base
+        out += torch.from_numpy(weights[r]).float().reshape(1, h * w, 1) * term
+    if background.any():
+        bg = torch.from_numpy(background).float().reshape(1, h * w, 1)
+        out += bg * stock(background_span)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_unet_processor_matches_naive_canvas_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    base = seed % 2 == 0
+    plan = random_canvas(rng, base=base, soft=None if seed % 3 else bool(seed % 2))
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8).eval()
+    spans, base_span, global_span, total = _spans(rng, plan)
+    height, width = 8 * rng.randint(2, 12), 8 * rng.randint(2, 12)
+    layout = RegionalLayout(
+        rows=(), base_weights=tuple(plan.base_weights()), height=height, width=width, canvas=plan
+    )
+    guidance = rng.random() < 0.5
+    batch = 2 if guidance else 1
+    embeds = torch.randn(batch, total, 12)
+    cond = RegionalConditioning(
+        prompt_embeds=embeds[:1],
+        region_spans=spans,
+        base_span=base_span,
+        negative_span=(0, 1) if guidance else None,
+        global_span=global_span,
+    )
+    h, w = height // 8, width // 8
+    x = torch.randn(batch, h * w, 16)
+    proc = RegionalAttnProcessor(cond, layout, guidance=guidance)
+    background = base_span or global_span or (0, 0)
+    with torch.no_grad():
+        got = proc(attn, x, embeds)
+        if guidance:
+            neg = STOCK(attn, x[:1], embeds[:1, 0:1])
+            pos = _naive_unet(attn, x[1:], embeds[1:], plan, (h, w), spans, base_span, background)
+            want = torch.cat([neg, pos])
+        else:
+            want = _naive_unet(attn, x, embeds, plan, (h, w), spans, base_span, background)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ MM-DiT (joint)
+HEIGHT, WIDTH = 80, 144  # 5 × 9 patches of 16 pixels
+
+
+@pytest.fixture(scope="module")
+def flux() -> Any:
+    return tiny_flux_transformer()
+
+
+@pytest.fixture(scope="module")
+def sd3() -> Any:
+    return tiny_sd3_transformer()
+
+
+def _joint_regions(seed: int, scope: str, base: bool, **kwargs: Any) -> JointRegions:
+    rng = random.Random(1000 + seed)
+    plan = random_canvas(rng, base=base, soft=None if seed % 3 else bool(seed % 2))
+    spans, base_span, global_span, total = _spans(rng, plan)
+    layout = RegionalLayout(
+        rows=(),
+        base_weights=tuple(plan.base_weights()),
+        height=HEIGHT,
+        width=WIDTH,
+        latent_factor=16,
+        canvas=plan,
+    )
+    return JointRegions(
+        region_spans=spans,
+        layout=layout,
+        base_span=base_span,
+        global_span=global_span,
+        text_length=total,
+        options=JointAttentionOptions(image_attention=scope),  # type: ignore[arg-type]
+        **kwargs,
+    )
+
+
+def _flux_inputs(n_text: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = HEIGHT // 16, WIDTH // 16
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None]
+    return {
+        "hidden_states": torch.randn(1, h * w, 16, generator=g),
+        "encoder_hidden_states": torch.randn(1, n_text, TEXT_DIM, generator=g),
+        "pooled_projections": torch.randn(1, POOLED_DIM, generator=g),
+        "timestep": torch.full((1,), 0.7),
+        "img_ids": ids.reshape(-1, 3),
+        "txt_ids": torch.zeros(n_text, 3),
+    }
+
+
+def _sd3_inputs(n_text: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(2, 16, HEIGHT // 8, WIDTH // 8, generator=g),
+        "encoder_hidden_states": torch.randn(2, n_text, TEXT_DIM, generator=g),
+        "pooled_projections": torch.randn(2, POOLED_DIM, generator=g),
+        "timestep": torch.full((2,), 700.0),
+    }
+
+
+def _naive(model: Any, regions: JointRegions, flux: bool, inputs: dict[str, Any]) -> torch.Tensor:
+    previous = dict(model.attn_processors)
+    names = set(joint_attention_names(model))
+    model.set_attn_processor(
+        {
+            k: NaiveJointProcessor(regions, flux=flux) if k in names else v
+            for k, v in previous.items()
+        }
+    )
+    try:
+        with torch.no_grad():
+            out: torch.Tensor = model(**inputs).sample
+    finally:
+        model.set_attn_processor(previous)
+    return out
+
+
+def _rpg(model: Any, regions: JointRegions, inputs: dict[str, Any], **kw: Any) -> torch.Tensor:
+    with regional_joint(model, regions, **kw), torch.no_grad():
+        out: torch.Tensor = model(**inputs).sample
+    return out
+
+
+#: 24 random canvases per family: 6 seeds × both image-attention scopes × with and without base.
+JOINT_CASES = [(seed, scope, base) for seed in range(6) for scope in ("global", "region")
+               for base in (True, False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("seed", "scope", "base"), JOINT_CASES)
+def test_flux_canvas_matches_naive_reference(flux: Any, seed: int, scope: str, base: bool) -> None:
+    regions = _joint_regions(seed, scope, base)
+    inputs = _flux_inputs(regions.text_length or 0, seed)
+    naive = _naive(flux, _joint_regions(seed, scope, base), True, inputs)
+    ours = _rpg(flux, regions, inputs)
+    assert (ours - naive).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(("seed", "scope", "base"), JOINT_CASES)
+def test_sd3_canvas_matches_naive_reference_with_guidance(
+    sd3: Any, seed: int, scope: str, base: bool
+) -> None:
+    regions = _joint_regions(50 + seed, scope, base, negative_span=(0, 1))
+    inputs = _sd3_inputs(regions.text_length or 0, seed)
+    naive_regions = _joint_regions(50 + seed, scope, base, negative_span=(0, 1))
+    naive_regions.state.rows = "negative+positive"
+    naive = _naive(sd3, naive_regions, False, inputs)
+    ours = _rpg(sd3, regions, inputs, guidance_batch=1)
+    assert (ours - naive).abs().max().item() < 1e-5
+
+
+def test_random_canvases_cover_soft_hard_background_and_covered_layers() -> None:
+    """The seeds above reach both index kinds, background, base weights and unpainted layers."""
+    kinds = set()
+    for seed in [*range(30), *(1000 + s for s in range(6)), *(1050 + s for s in range(6))]:
+        for base in (True, False):
+            regions = _joint_regions(seed - 1000, "global", base) if seed >= 1000 else None
+            if regions is None:
+                rng = random.Random(seed)
+                plan = random_canvas(rng, base=base, soft=None if seed % 3 else bool(seed % 2))
+                layout = RegionalLayout(
+                    rows=(), base_weights=tuple(plan.base_weights()), height=64, width=64,
+                    canvas=plan,
+                )  # fmt: skip
+            else:
+                layout = regions.layout
+            assert layout.canvas is not None
+            h, w = layout.height // layout.latent_factor, layout.width // layout.latent_factor
+            index = region_index(layout, h, w)
+            _, background = layout.canvas.layer_weights(h, w)
+            kinds.add("soft" if index.soft else "hard")
+            kinds.add("background" if background.any() else "covered canvas")
+            if layout.canvas.unpainted_layers(h, w):
+                kinds.add("unpainted layer")
+            if any(0 < b < 1 for b in layout.base_weights):
+                kinds.add("base weights")
+    assert kinds == {
+        "soft", "hard", "background", "covered canvas", "unpainted layer", "base weights"
+    }  # fmt: skip
