@@ -262,14 +262,41 @@ def test_json_layer_failures(change: dict[str, Any], needle: str) -> None:
 
 
 def test_schema_offers_layers_with_four_number_boxes() -> None:
-    for schema in (plan_schema(), plan_schema(strict=True), plan_schema(bounded=True)):
-        layer = schema["properties"]["layers"]["items"]
+    strict = plan_schema(strict=True)  # OpenAI: both lists, one of them left empty
+    assert {"rows", "layers"} <= set(strict["required"])
+    for schema in (plan_schema(), plan_schema(bounded=True)):
+        # elsewhere a choice: a decoder held to the schema cannot fill both lists
+        grid, canvas = schema["anyOf"]
+        assert "layers" not in grid["properties"] and "layers" not in grid["required"]
+        assert "rows" not in canvas["properties"] and "rows" not in canvas["required"]
+        assert grid["properties"]["rows"]["minItems"] == 1
+        assert canvas["properties"]["layers"]["minItems"] == 1
+        assert "either" in schema["description"]
+    for obj in (strict, plan_schema()["anyOf"][1], plan_schema(bounded=True)["anyOf"][1]):
+        layer = obj["properties"]["layers"]["items"]
         assert layer["required"] == ["prompt", "box"]
         assert layer["properties"]["box"]["items"] == {"type": "number"}
         assert "x0, y0, x1, y1" in layer["properties"]["box"]["description"]
-    bounded = plan_schema(bounded=True)["properties"]["layers"]["items"]["properties"]["box"]
-    assert bounded["minItems"] == bounded["maxItems"] == 4
+    box = plan_schema(bounded=True)["anyOf"][1]["properties"]["layers"]["items"]
+    assert box["properties"]["box"]["minItems"] == box["properties"]["box"]["maxItems"] == 4
     PlanReply.model_validate(LAYERED)
+
+
+def test_a_grammar_of_the_schema_takes_a_grid_or_layers_not_both() -> None:
+    xgr = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    grammar = xgr.Grammar.from_json_schema(
+        json.dumps(plan_schema(bounded=True)), any_whitespace=False
+    )
+    rows = [{"height": 1, "regions": [{"prompt": "a red kite", "width": 1}]}]
+    grid = {**LAYERED, "rows": rows}
+    del grid["layers"]
+    canvas = {k: v for k, v in LAYERED.items() if k != "rows"}
+    both = {**LAYERED, "rows": rows}
+    assert accepts(grammar, json.dumps(grid))
+    assert accepts(grammar, json.dumps(canvas))
+    assert not accepts(grammar, json.dumps(both))
 
 
 # --------------------------------------------------------------------------- loopback servers
@@ -352,7 +379,7 @@ def test_ollama_structured_layers(ollama_server: OllamaServer) -> None:
     assert result.plan.is_canvas and result.plan.base_prompt == BACKGROUND
     body = ollama_server.chat_requests[0].json
     assert body["format"] == plan_schema()
-    assert "layers" in body["format"]["properties"]
+    assert "layers" in body["format"]["anyOf"][1]["properties"]
 
 
 def test_ollama_text_reply_with_our_layers_and_thinking(ollama_server: OllamaServer) -> None:

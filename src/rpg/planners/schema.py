@@ -232,18 +232,33 @@ def reply_schema(
 
 
 def plan_schema(*, strict: bool = False, bounded: bool = False) -> dict[str, Any]:
-    """The JSON Schema of :class:`PlanReply` (see :func:`reply_schema` for the flags)."""
-    return reply_schema(
-        PlanReply,
-        strict=strict,
-        bounded=bounded,
-        description=(
-            "An image plan: the recaptioned prompt, its key entities, and either the canvas "
-            "split into rows (top to bottom) of regions (left to right), or layers (bottom to "
-            "top) each painted in a box over a background; every region or layer has its own "
-            "prompt."
-        ),
+    """The JSON Schema of :class:`PlanReply` (see :func:`reply_schema` for the flags).
+
+    A reply is a grid (``rows``) or a canvas (``layers``), never both. Where the schema may
+    say so (``strict=False``: Ollama's ``format``, constrained local decoding) it is a choice
+    of two objects, one with ``rows`` and one with ``layers``, so that a decoder held to it
+    cannot fill both lists (a small model otherwise does). OpenAI's strict mode accepts no
+    choice at the top level, so there both lists are required and the descriptions ask for one
+    of them to be empty; a reply with both is sent back to the model.
+    """
+    description = (
+        "An image plan: the recaptioned prompt, its key entities, and either the canvas split "
+        "into rows (top to bottom) of regions (left to right), or layers (bottom to top) each "
+        "painted in a box over a background; every region or layer has its own prompt."
     )
+    schema = reply_schema(PlanReply, strict=strict, bounded=bounded, description=description)
+    if strict:
+        return schema
+    schema.pop("description")
+
+    def only(kind: str, other: str) -> dict[str, Any]:
+        variant = copy.deepcopy(schema)
+        del variant["properties"][other]
+        variant["required"] = [k for k in variant["required"] if k != other]
+        variant["properties"][kind]["minItems"] = 1
+        return variant
+
+    return {"description": description, "anyOf": [only("rows", "layers"), only("layers", "rows")]}
 
 
 @dataclass(frozen=True)
