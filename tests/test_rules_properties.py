@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from rpg.planners.rules import RulesPlanner
@@ -262,14 +262,14 @@ def test_no_region_names_two_entities(
         prompt += join + item.text
     prompt += suffix
     plan = RulesPlanner().plan(prompt).plan
-    if len(plan.prompts) == 1:
+    if len(plan.prompts) == 1 and not plan.is_canvas:
         assert plan.prompts == [prompt]
         return
     # words every region ends with are a setting they share ("…, near a lake"), not an entity
     # of their own; what is left of each region names one entity at most
     split = [region.split() for region in plan.prompts]
     shared = 0
-    while (
+    while len(split) > 1 and (
         shared < min(map(len, split)) and len({tuple(w[len(w) - shared - 1 :]) for w in split}) == 1
     ):
         shared += 1
@@ -328,6 +328,7 @@ def test_a_thing_in_a_corner_is_a_layer_over_the_scene(
 def test_a_thing_on_a_surface_is_a_layer_over_it(
     thing: Thing, surface: str, colour: str, verb: str, suffix: str
 ) -> None:
+    assume(thing.noun != surface)
     prompt = f"{thing.text} {verb}on a {colour}{surface}{suffix}"
     prompts, boxes, background = _canvas(prompt)
     assert _assert_one_entity_per_region(prompts, [thing]) == [0]

@@ -313,6 +313,10 @@ NOT_CANVAS = [
     ("bottom right a fish, top left a cat, bottom left a bird, top right a dog",
      "a cat | a dog / a bird | a fish", "positions"),  # all four corners tile the canvas
     ("a small cat next to a big dog", "a small cat | a big dog", "relation"),
+    # the words after the thing place another entity: no scene, no surface
+    ("a cat in the middle, a dog under a horse", "a horse / a cat in the middle | a dog",
+     "relation"),
+    ("a cat on a sofa next to a dog", "a cat on a sofa | a dog", "relation"),
 ]  # fmt: skip
 
 

@@ -102,6 +102,8 @@ def by_corner(body: str) -> Layout | None:
         thing = m.group("x")
         if _CANVAS_WORDS.match(scene.strip()) or not (_one_entity(thing) and _one_entity(scene)):
             continue
+        if places_another(m.group("y")):  # "…, a dog under a horse": no scene but two things
+            continue
         box, said = _where(m)
         rule = "centre" if m.group("mid") else "corner"
         why = f"{said} places one entity over a background"
@@ -145,7 +147,7 @@ def by_size(body: str) -> Layout | None:
     layer, the small one a small layer on its top edge or inside it."""
     for thing, prep, rest in _splits(body, r"on\s+top\s+of|on|atop|upon|inside|in"):
         big, setting = take_setting(rest)
-        if not (_size_words(thing, SMALL) and _size_words(big, BIG)):
+        if not (_size_words(thing, SMALL) and _size_words(big, BIG)) or places_another(rest):
             continue
         if not (_one_entity(thing) and _one_entity(big)):
             continue
@@ -161,6 +163,8 @@ def by_surface(body: str) -> Layout | None:
     picture as the background and the thing is a layer resting on it."""
     for thing, _prep, rest in _splits(body, r"on|upon"):
         surface, setting = take_setting(rest)
+        if places_another(rest):  # "a cat on a sofa next to a dog": the dog is no setting
+            continue
         head = head_noun(surface).split()
         if not head or (head[-1] not in SURFACES and head[-1].rstrip("s") not in SURFACES):
             continue
