@@ -32,3 +32,15 @@ def test_explain_hand_written_plan(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["plan", "--split-ratio", "1,1", "--prompts", "a BREAK b", "--explain"]
     assert main(args) == 0
     assert "hand-written plan" in capsys.readouterr().out
+
+
+def test_explain_a_canvas_from_the_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    prompt = "a bird in the top left corner of a blue sky"
+    assert main(["plan", prompt, "--planner", "rules", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "rule: corner" in out
+    assert "[a bird] in box (0, 0, 0.4, 0.4), over the background [a blue sky]" in out
+    assert main(["plan", prompt, "--planner", "rules", "--json"]) == 0
+    plan = PlanResult.model_validate_json(capsys.readouterr().out).plan
+    assert plan.is_canvas and plan.base_prompt == "a blue sky"
+    assert [(x.prompt, x.box) for x in plan.layers] == [("a bird", (0.0, 0.0, 0.4, 0.4))]

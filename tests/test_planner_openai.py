@@ -124,7 +124,7 @@ def test_strict_schema_satisfies_openai_rules() -> None:
                 check(value)
 
     check(schema)
-    assert seen == 4  # plan, entity, row, region
+    assert seen == 5  # plan, entity, row, region, layer
     # the schema accepts exactly what the reply model accepts
     PlanReply.model_validate(PLAN)
 

@@ -192,7 +192,8 @@ _WORDS = st.sampled_from(
         "a", "the", "cat", "dog", "and", ",", ";", ":", ".", "on the left", "on the right",
         "in the middle", "at the top", "at the bottom", "top left", "from left to right",
         "next to", "beside", "to the right of", "in a cafe", "photo of", "oil painting",
-        "with", "a hat", "of the image", "is", "BREAK",
+        "with", "a hat", "of the image", "is", "BREAK", "on a sofa", "in the top left corner of",
+        "a small", "a big", "in the centre of", "bottom right",
     ]
 )  # fmt: skip
 
@@ -209,6 +210,9 @@ def test_any_text_gives_a_valid_plan_or_planner_error(text: str) -> None:
     assert len(plan.regions) == len(plan.prompts) >= 1
     assert len(plan.boxes()) == len(plan.regions)
     assert all(p.strip() for p in plan.prompts)
+    if plan.is_canvas:  # layers in boxes over a background
+        assert plan.base_prompt is not None and all(layer.box for layer in plan.layers)
+        return
     assert (
         rpg.RegionPlan.from_split_ratio(
             plan.to_split_ratio(), plan.prompts, base_prompt=plan.base_prompt

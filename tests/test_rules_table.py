@@ -4,6 +4,9 @@ Each case is ``(prompt, regions, rule)``: ``regions`` are the region prompts exa
 planner must write them, rows top to bottom separated by " / ", regions left to right by " | ";
 ``rule`` is the layout rule that must have made them (what ``rpg plan --explain`` reports).
 Every multi-region plan carries the whole prompt as its base prompt; a one-region plan has none.
+
+The canvas table holds the wording that rows and columns cannot say: its cases are
+``(prompt, layers, background, rule)`` with the layers bottom to top as ``(prompt, box)``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,14 @@ from __future__ import annotations
 import pytest
 
 from rpg.planners.rules import RulesPlanner
+from rpg.planners.rules.canvas import (
+    BIG_BOX,
+    CENTRE_BOX,
+    CORNER_BOXES,
+    ON_SURFACE_BOX,
+    SMALL_IN_BOX,
+    SMALL_ON_BOX,
+)
 
 LEFT = [
     ("a bird on the left of a horse", "a bird | a horse", "relation"),
@@ -116,7 +127,6 @@ COLOUR = [
     ("a red apple on a blue plate", "a red apple / a blue plate", "relation"),
     ("a yellow duck in a blue pond", "a yellow duck / a blue pond", "relation"),
     ("a white cat in a red hat", "a white cat in a red hat", "single"),
-    ("a red apple on a wooden table", "a red apple on a wooden table", "single"),
     ("the kitchen has brown cabinets and a silver refrigerator",
      "brown cabinets in the kitchen | a silver refrigerator in the kitchen", "scene with"),
 ]  # fmt: skip
@@ -158,6 +168,32 @@ POSITIONS = [
     ("on the left, a tall man; on the right, a short woman; between them a small dog",
      "a tall man | a small dog | a short woman", "positions"),
 ]  # fmt: skip
+POSITIONS_FIRST = [
+    ("on the left a red car, on the right a blue bus", "a red car | a blue bus", "positions"),
+    ("At the top a blue sky, at the bottom a green field",
+     "a blue sky / a green field", "positions"),
+    ("on the left is a red car and on the right is a blue bus",
+     "a red car | a blue bus", "positions"),
+    ("to the left a red car, to the right a blue bus", "a red car | a blue bus", "positions"),
+    ("left: a red car, right: a blue bus", "a red car | a blue bus", "positions"),
+    ("top: a starry sky; bottom: a frozen lake", "a starry sky / a frozen lake", "positions"),
+    ("On the left, a red car. On the right, a blue bus.", "a red car | a blue bus", "positions"),
+    ("at the top a blue sky, at the bottom a cat and a dog",
+     "a blue sky / a cat | a dog", "positions"),
+]  # fmt: skip
+THREE_POSITIONS = [
+    ("a cat on the left, a dog in the middle and a bird on the right",
+     "a cat | a dog | a bird", "positions"),
+    ("a red car on the left, a blue bus in the middle and a green truck on the right in a city",
+     "a red car in a city | a blue bus in a city | a green truck in a city", "positions"),
+    ("on the left a cat, in the middle a dog and on the right a bird",
+     "a cat | a dog | a bird", "positions"),
+    ("a pink teddy bear on the left, blue lamp in the center and a yellow umbrella on the right",
+     "a pink teddy bear | blue lamp | a yellow umbrella", "positions"),
+    ("a sun at the top, a mountain in the middle and a lake at the bottom",
+     "a sun / a mountain / a lake", "positions"),
+    ("left: a fox, middle: an owl, right: a deer", "a fox | an owl | a deer", "positions"),
+]  # fmt: skip
 SINGLE = [
     ("a woman in a yellow raincoat holding a blue umbrella",
      "a woman in a yellow raincoat holding a blue umbrella", "single"),
@@ -172,10 +208,13 @@ SINGLE = [
      "a boy on the left and a girl who is on the right of the boy wears a hat", "single"),
     ("Two boys playing chess in a park, the boy on the left wears",
      "Two boys playing chess in a park, the boy on the left wears", "single"),
-    ("A man in a red shirt and black pants resting on a bench",
-     "A man in a red shirt and black pants resting on a bench", "single"),
     ("a white kitchen counter with a big, brown bowl on it",
      "a white kitchen counter with a big, brown bowl on it", "single"),
+    # two entities in one cell, or a lead that is no context: one region, never a mixed one
+    ("on the left a cat and a dog, on the right a horse",
+     "on the left a cat and a dog, on the right a horse", "single"),
+    ("a cat and a dog, on the right a horse", "a cat and a dog, on the right a horse", "single"),
+    ("a cat and a dog between a horse", "a cat and a dog between a horse", "single"),
 ]  # fmt: skip
 
 FAMILIES = {
@@ -190,6 +229,8 @@ FAMILIES = {
     "colour binding": COLOUR,
     "shared clauses": SHARED,
     "absolute positions": POSITIONS,
+    "positions given first": POSITIONS_FIRST,
+    "three positions": THREE_POSITIONS,
     "one region": SINGLE,
 }
 CASES = [
@@ -214,3 +255,114 @@ def test_table(prompt: str, rows: list[list[str]], rule: str) -> None:
     else:
         assert result.plan.base_prompt is None
     assert len(result.recaption.entities) == len(result.plan.regions)
+
+
+TOP_LEFT, TOP_RIGHT = CORNER_BOXES[("top", "left")], CORNER_BOXES[("top", "right")]
+BOTTOM_LEFT, BOTTOM_RIGHT = CORNER_BOXES[("bottom", "left")], CORNER_BOXES[("bottom", "right")]
+CANVAS = [
+    # corners and the centre: a layer over the scene, which is the background
+    ("a bird in the top left corner of a blue sky", [("a bird", TOP_LEFT)], "a blue sky",
+     "corner"),
+    ("a red kite flying in the upper right corner of a cloudy sky",
+     [("a red kite flying", TOP_RIGHT)], "a cloudy sky", "corner"),
+    ("a blue sky with a bird in the top right corner", [("a bird", TOP_RIGHT)], "a blue sky",
+     "corner"),
+    ("a green meadow, a white horse in the bottom left corner",
+     [("a white horse", BOTTOM_LEFT)], "a green meadow", "corner"),
+    ("a lighthouse in the bottom right corner, a stormy sea",
+     [("a lighthouse", BOTTOM_RIGHT)], "a stormy sea", "corner"),
+    ("a photo of a sun in the centre of a desert landscape, 4k",
+     [("a photo of a sun, 4k", CENTRE_BOX)], "a photo of a desert landscape, 4k", "centre"),
+    ("a tree in the middle of a field at dusk", [("a tree at dusk", CENTRE_BOX)],
+     "a field at dusk", "centre"),
+    ("a cat in the top left corner and a dog in the bottom right corner",
+     [("a cat", TOP_LEFT), ("a dog", BOTTOM_RIGHT)],
+     "a cat in the top left corner and a dog in the bottom right corner", "corners"),
+    ("In a garden: top right a sun, bottom left a gnome",
+     [("a sun in a garden", TOP_RIGHT), ("a gnome in a garden", BOTTOM_LEFT)],
+     "In a garden: top right a sun, bottom left a gnome", "corners"),
+    # "a small X in/on a big Y": two layers, the big one first
+    ("a small cat on a big sofa", [("a big sofa", BIG_BOX), ("a small cat", SMALL_ON_BOX)],
+     "a small cat on a big sofa", "size"),
+    ("a tiny mouse in a huge shoe", [("a huge shoe", BIG_BOX), ("a tiny mouse", SMALL_IN_BOX)],
+     "a tiny mouse in a huge shoe", "size"),
+    ("a small red boat on a big blue lake at sunset",
+     [("a big blue lake at sunset", BIG_BOX), ("a small red boat at sunset", SMALL_ON_BOX)],
+     "a small red boat on a big blue lake at sunset", "size"),
+    # "X on Y" where Y is a surface: X over the surface, which is the background
+    ("a cat sitting on a sofa", [("a cat", ON_SURFACE_BOX)], "a sofa", "surface"),
+    ("a red apple on a wooden table", [("a red apple", ON_SURFACE_BOX)], "a wooden table",
+     "surface"),
+    ("a dog lying on the grass", [("a dog", ON_SURFACE_BOX)], "the grass", "surface"),
+    ("a red cat on a blue sofa", [("a red cat", ON_SURFACE_BOX)], "a blue sofa", "surface"),
+    ("A man in a red shirt and black pants resting on a bench",
+     [("A man in a red shirt and black pants resting", ON_SURFACE_BOX)], "a bench", "surface"),
+    ("a photo of a cat on a sofa in a living room, oil painting",
+     [("a photo of a cat in a living room, oil painting", ON_SURFACE_BOX)],
+     "a photo of a sofa in a living room, oil painting", "surface"),
+]  # fmt: skip
+#: Wording that stays a grid (or one region) although it looks like the canvas rules'.
+NOT_CANVAS = [
+    ("a red apple on a blue plate", "a red apple / a blue plate", "relation"),  # no surface
+    ("a bird in the top left corner of the image",
+     "a bird in the top left corner of the image", "single"),  # the canvas is no scene
+    ("a cat and a dog on a sofa", "a cat on a sofa | a dog on a sofa", "and"),
+    ("a cup on top of a table", "a cup / a table", "relation"),
+    ("a corgi next to a tabby cat on a sofa",
+     "a corgi on a sofa | a tabby cat on a sofa", "relation"),
+    ("bottom right a fish, top left a cat, bottom left a bird, top right a dog",
+     "a cat | a dog / a bird | a fish", "positions"),  # all four corners tile the canvas
+    ("a small cat next to a big dog", "a small cat | a big dog", "relation"),
+    # the words after the thing place another entity: no scene, no surface
+    ("a cat in the middle, a dog under a horse", "a horse / a cat in the middle | a dog",
+     "relation"),
+    ("a cat on a sofa next to a dog", "a cat on a sofa | a dog", "relation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("prompt", "layers", "background", "rule"), CANVAS, ids=[c[0] for c in CANVAS]
+)
+def test_canvas_table(
+    prompt: str, layers: list[tuple[str, tuple[float, ...]]], background: str, rule: str
+) -> None:
+    result = RulesPlanner().plan(prompt)
+    plan = result.plan
+    assert plan.is_canvas and not plan.rows
+    assert [(layer.prompt, layer.box) for layer in plan.layers] == layers
+    assert plan.base_prompt == background
+    assert result.raw.splitlines()[0] == f"rule: {rule}"
+    assert len(result.recaption.entities) == len(plan.layers)
+    # without a base prompt the whole prompt paints the background (DESIGN.md)
+    assert RulesPlanner(use_base=False).plan(prompt).plan.base_prompt is None
+
+
+@pytest.mark.parametrize(("prompt", "regions", "rule"), NOT_CANVAS, ids=[c[0] for c in NOT_CANVAS])
+def test_grids_stay_grids(prompt: str, regions: str, rule: str) -> None:
+    result = RulesPlanner().plan(prompt)
+    assert not result.plan.is_canvas
+    got = " / ".join(" | ".join(r.prompt for r in row.regions) for row in result.plan.rows)
+    assert got == regions
+    assert result.raw.splitlines()[0] == f"rule: {rule}"
+
+
+#: Canvas cases that the grid rules alone read as several regions (the rest are one region).
+_GRID_READS = {
+    "a cat in the top left corner and a dog in the bottom right corner",
+    "In a garden: top right a sun, bottom left a gnome",
+    "a green meadow, a white horse in the bottom left corner",
+    "a lighthouse in the bottom right corner, a stormy sea",
+    "a small red boat on a big blue lake at sunset",
+    "a red cat on a blue sofa",
+}
+
+
+@pytest.mark.parametrize("prompt", [c[0] for c in CANVAS])
+def test_canvas_false_keeps_to_grids(prompt: str) -> None:
+    """``canvas=False`` plans with the grid rules only, as before there were canvas plans."""
+    plan = RulesPlanner(canvas=False).plan(prompt).plan
+    assert not plan.is_canvas
+    if prompt in _GRID_READS:
+        assert len(plan.prompts) >= 2
+    else:
+        assert plan.prompts == [prompt]

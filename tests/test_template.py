@@ -229,7 +229,7 @@ def test_instruction_examples_parse_and_are_consistent() -> None:
     # The examples are cut out of the instruction text itself, not taken from EXAMPLES.
     chunks = re.split(r"^### Example \d+\nCaption: (.*)\n\n", INSTRUCTIONS, flags=re.MULTILINE)
     pairs = list(zip(chunks[1::2], chunks[2::2], strict=True))
-    assert 3 <= len(pairs) <= 4
+    assert 3 <= len(pairs) <= 5
     assert [c for c, _ in pairs] == [e.caption for e in EXAMPLES]
     layouts = set()
     for caption, reply in pairs:
@@ -244,13 +244,21 @@ def test_instruction_examples_parse_and_are_consistent() -> None:
             assert any(head in p.lower() for p in plan.prompts), (caption, entity.name)
         # one entity per region: as many entities as regions
         assert len(result.recaption.entities) == len(plan.regions)
-    # the examples teach different things: rows, columns, grids, with and without a base
+    # the examples teach different things: rows, columns, grids, layers, with and without a base
     assert len(layouts) == len(pairs)
     assert any(base for *_, base in layouts) and not all(base for *_, base in layouts)
+    assert any(rows == 0 for rows, *_ in layouts), "no example answers with layers"
 
 
 def test_instructions_state_the_contract() -> None:
-    for label in ("Final split ratio:", "Regional Prompt:", "Base prompt used:", "BREAK"):
+    for label in (
+        "Final split ratio:",
+        "Regional Prompt:",
+        "Base prompt used:",
+        "BREAK",
+        "Layers (bottom to top",
+        "Background prompt:",
+    ):
         assert label in INSTRUCTIONS
     assert TEMPLATE_VERSION
 

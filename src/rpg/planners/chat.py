@@ -130,7 +130,28 @@ def json_instructions() -> str:
                 ],
             }
         ],
+        "layers": [],
         "base_prompt": "two cats resting side by side on a sunny windowsill",
+        "base_ratio": DEFAULT_BASE_RATIO,
+    }
+    layered = {
+        "recaption": "A cosy living room in warm evening lamp light: ...",
+        "entities": [
+            {"name": "sofa", "attributes": ["grey fabric", "two plump cushions"]},
+            {"name": "cat", "attributes": ["ginger", "curled up asleep"]},
+        ],
+        "rows": [],
+        "layers": [
+            {
+                "prompt": "a grey fabric sofa with two plump cushions, cosy living room",
+                "box": [0.05, 0.5, 0.95, 0.95],
+            },
+            {
+                "prompt": "a ginger cat curled up asleep, cosy living room",
+                "box": [0.3, 0.42, 0.7, 0.72],
+            },
+        ],
+        "base_prompt": "a cosy living room with a pale green wall, warm evening lamp light",
         "base_ratio": DEFAULT_BASE_RATIO,
     }
     return (
@@ -138,10 +159,15 @@ def json_instructions() -> str:
         'labelled lines. Its fields: "recaption" (step 1), "entities" (step 2, each with '
         '"name" and "attributes"), "rows" (step 3: rows top to bottom, each with a '
         'relative "height" and its "regions" left to right, each region with its own '
-        '"prompt" and a relative "width"), "base_prompt" (step 4; null when not used) and '
-        f'"base_ratio" (how strongly the base prompt is blended in, 0 to 1, usually '
-        f"{DEFAULT_BASE_RATIO}). For example, the first example above becomes:\n"
+        '"prompt" and a relative "width"), "layers" (step 3 when rows and columns cannot '
+        'hold the picture: the layers bottom to top, each with its own "prompt" and its "box" '
+        "[x0, y0, x1, y1] as fractions of the canvas; give either rows or layers and leave the "
+        'other list empty), "base_prompt" (step 4, or the background prompt of layers; null '
+        f'when not used) and "base_ratio" (how strongly the base prompt is blended in, 0 to 1, '
+        f"usually {DEFAULT_BASE_RATIO}). For example, the first example above becomes:\n"
         + json.dumps(example)
+        + "\nand a plan with layers, like the sofa example, looks like this:\n"
+        + json.dumps(layered)
     )
 
 
@@ -188,6 +214,9 @@ class ChatPlanner(ABC):
     supports_images: bool = True
     #: The reply modes this backend can ask for, best first; the last is the fallback.
     reply_modes: tuple[ReplyMode, ...] = (ReplyMode.SCHEMA, ReplyMode.TEXT)
+    #: The canvas ``(width, height)`` in pixels that boxes in pixels refer to, when a reply
+    #: gives its boxes in pixels without saying the size (see :mod:`rpg.planners.boxes`).
+    canvas_size: tuple[int, int] | None = None
 
     def __init__(self, *, structured: bool | None = None, validation_retries: int = 2) -> None:
         if validation_retries < 0:
@@ -235,7 +264,9 @@ class ChatPlanner(ABC):
         start = time.perf_counter()
         result = self._converse(
             lambda structured: build_messages(prompt, structured=structured),
-            lambda raw: parse_plan_reply(raw, prompt=prompt, planner=self.planner_id),
+            lambda raw: parse_plan_reply(
+                raw, prompt=prompt, planner=self.planner_id, size=self.canvas_size
+            ),
             image_png=self._image_png(image),
         )
         return result.model_copy(update={"seconds": time.perf_counter() - start})

@@ -81,8 +81,11 @@ def validate_reply(data: dict[str, Any], model: type[M], *, what: str, raw: str)
         return model.model_validate(data)
 
 
-def parse_plan_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
-    """Turn a reply into a validated plan: a JSON object if there is one, else the text format.
+def parse_plan_reply(
+    text: str, *, prompt: str, planner: str = "", size: tuple[int, int] | None = None
+) -> PlanResult:
+    """Turn a reply into a validated plan: a JSON object if there is one, else the text format
+    (a split ratio, or boxes; ``size`` is the request's canvas for boxes in pixels).
 
     Raises :class:`PlannerError` with ``raw=text`` and a message the model can act on.
     """
@@ -95,8 +98,9 @@ def parse_plan_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult
             )
         from rpg.planners import template
 
-        return template.parse_reply(text, prompt=prompt, planner=planner)
-    if "rows" not in data and isinstance(data.get("plan"), dict):  # a PlanResult-like shape
+        return template.parse_reply(text, prompt=prompt, planner=planner, size=size)
+    if "rows" not in data and "layers" not in data and isinstance(data.get("plan"), dict):
+        # a PlanResult-like shape
         nested = dict(data["plan"])
         nested.setdefault("recaption", data.get("recaption", ""))
         data = nested
@@ -104,6 +108,8 @@ def parse_plan_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult
     # Optional-in-spirit fields: a reply that leaves them out is still a usable plan.
     data.setdefault("recaption", "")
     data.setdefault("entities", [])
+    data.setdefault("rows", [])  # a grid or a canvas: the one left out is empty
+    data.setdefault("layers", [])
     data.setdefault("base_prompt", None)
     data.setdefault("base_ratio", DEFAULT_BASE_RATIO)
     with _invalid_reply("plan", text):

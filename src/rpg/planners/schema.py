@@ -14,13 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rpg.models import Entity, PlanResult, Recaption, Region, RegionPlan, Row
+from rpg.models import Entity, Layer, PlanResult, Recaption, Region, RegionPlan, Row
 
 __all__ = [
     "SCHEMA_NAME",
     "PlanReply",
     "ReplyEntity",
     "ReplyFormat",
+    "ReplyLayer",
     "ReplyRegion",
     "ReplyRow",
     "plan_schema",
@@ -64,19 +65,44 @@ class ReplyRow(BaseModel):
     regions: list[ReplyRegion] = Field(min_length=1, description=_doc(Row, "regions"))
 
 
+class ReplyLayer(BaseModel):
+    """A layer in the model's reply: its prompt and its box (no masks: a model writes text)."""
+
+    model_config = _STRICT
+
+    prompt: str = Field(description=_doc(Layer, "prompt"))
+    box: list[float] = Field(
+        min_length=4,
+        max_length=4,
+        description="Where the layer paints: [x0, y0, x1, y1], its left, top, right and bottom "
+        "edges as fractions of the canvas width and height (0 to 1, origin at the top left).",
+    )
+
+
 class PlanReply(BaseModel):
     """The one JSON object a planner model is asked to return.
 
     Every field is required (and nullable where "none" is a valid answer) because OpenAI's
     strict structured-output mode demands it, and a constrained decoder then cannot stop early.
-    The order is the order of the reasoning: recaption, entities, layout, base prompt.
+    The order is the order of the reasoning: recaption, entities, layout, base prompt. The
+    layout is either ``rows`` (a grid) or ``layers`` (boxes over a background); the other list
+    is empty.
     """
 
     model_config = _STRICT
 
     recaption: str = Field(description=_doc(Recaption, "recaption"))
     entities: list[ReplyEntity] = Field(description=_doc(Recaption, "entities"))
-    rows: list[ReplyRow] = Field(min_length=1, description=_doc(RegionPlan, "rows"))
+    rows: list[ReplyRow] = Field(
+        default_factory=list, description=_doc(RegionPlan, "rows") + " Use either rows or layers."
+    )
+    layers: list[ReplyLayer] = Field(
+        default_factory=list,
+        description="Canvas plans: the layers from bottom to top, each painted in its box; a "
+        "later layer covers the ones below where they overlap, and the base prompt paints the "
+        "background around them. Use layers when things overlap or leave background around "
+        "them, rows otherwise; the other list stays empty.",
+    )
     base_prompt: str | None = Field(description=_doc(RegionPlan, "base_prompt"))
     base_ratio: float = Field(ge=0, le=1, description=_doc(RegionPlan, "base_ratio"))
 
@@ -90,6 +116,7 @@ class PlanReply(BaseModel):
                 )
                 for row in self.rows
             ],
+            layers=[Layer(prompt=layer.prompt, box=tuple(layer.box)) for layer in self.layers],
             base_prompt=self.base_prompt,
             base_ratio=self.base_ratio,
         )
@@ -133,6 +160,8 @@ _BOUNDS: dict[str, dict[str, int]] = {
     "prompt": {"minLength": 3, "maxLength": 120},
     "rows": {"maxItems": 3},
     "regions": {"maxItems": 3},
+    "layers": {"maxItems": 4},
+    "box": {"minItems": 4, "maxItems": 4},
     "base_prompt": {"maxLength": 120},
 }
 
@@ -203,16 +232,33 @@ def reply_schema(
 
 
 def plan_schema(*, strict: bool = False, bounded: bool = False) -> dict[str, Any]:
-    """The JSON Schema of :class:`PlanReply` (see :func:`reply_schema` for the flags)."""
-    return reply_schema(
-        PlanReply,
-        strict=strict,
-        bounded=bounded,
-        description=(
-            "An image plan: the recaptioned prompt, its key entities, and the canvas split into "
-            "rows (top to bottom) of regions (left to right), each region with its own prompt."
-        ),
+    """The JSON Schema of :class:`PlanReply` (see :func:`reply_schema` for the flags).
+
+    A reply is a grid (``rows``) or a canvas (``layers``), never both. Where the schema may
+    say so (``strict=False``: Ollama's ``format``, constrained local decoding) it is a choice
+    of two objects, one with ``rows`` and one with ``layers``, so that a decoder held to it
+    cannot fill both lists (a small model otherwise does). OpenAI's strict mode accepts no
+    choice at the top level, so there both lists are required and the descriptions ask for one
+    of them to be empty; a reply with both is sent back to the model.
+    """
+    description = (
+        "An image plan: the recaptioned prompt, its key entities, and either the canvas split "
+        "into rows (top to bottom) of regions (left to right), or layers (bottom to top) each "
+        "painted in a box over a background; every region or layer has its own prompt."
     )
+    schema = reply_schema(PlanReply, strict=strict, bounded=bounded, description=description)
+    if strict:
+        return schema
+    schema.pop("description")
+
+    def only(kind: str, other: str) -> dict[str, Any]:
+        variant = copy.deepcopy(schema)
+        del variant["properties"][other]
+        variant["required"] = [k for k in variant["required"] if k != other]
+        variant["properties"][kind]["minItems"] = 1
+        return variant
+
+    return {"description": description, "anyOf": [only("rows", "layers"), only("layers", "rows")]}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from rpg.errors import PlannerError
 from rpg.layout import parse_split_ratio, split_prompts
-from rpg.models import Entity, PlanResult, Recaption, RegionPlan
+from rpg.models import Entity, Layer, PlanResult, Recaption, RegionPlan
+from rpg.planners.boxes import BoxReply, read_boxes
 from rpg.planners.reasoning import strip_reasoning
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 #: Bump whenever INSTRUCTIONS or the reply format changes: plan caches key on it.
-TEMPLATE_VERSION = "1"
+TEMPLATE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,28 @@ a chef in a white jacket slicing red tomatoes on a kitchen counter, bright kitch
 a blue ceramic bowl full of yellow lemons on a kitchen counter, bright kitchen""",
     ),
     Example(
+        caption="A ginger cat asleep on a grey sofa, a small painting on the wall above it",
+        reply="""\
+Recaption: A cosy living room in warm evening lamp light: a grey fabric sofa with two plump \
+cushions stands against a pale green wall, a ginger cat lies curled up asleep on its middle \
+seat, and a small framed landscape painting hangs on the wall above.
+Key entities:
+- sofa: grey fabric, two plump cushions
+- cat: ginger, curled up asleep
+- painting: small, framed, a landscape
+Layout: the cat lies on the sofa and the painting hangs on the wall with wall all around it, \
+so rows and columns cannot hold them: use layers over the room as background. The sofa fills \
+the lower half; the cat, drawn over the sofa, takes the middle of its seat; the painting sits \
+high in the middle of the wall.
+Layers (bottom to top; box = left, top, right, bottom as fractions of the canvas):
+- [0.05, 0.50, 0.95, 0.95] a grey fabric sofa with two plump cushions, cosy living room, warm \
+lamp light
+- [0.30, 0.42, 0.70, 0.72] a ginger cat curled up asleep, cosy living room, warm lamp light
+- [0.38, 0.08, 0.62, 0.32] a small framed landscape painting on a pale green wall, warm lamp \
+light
+Background prompt: a cosy living room with a pale green wall, warm evening lamp light""",
+    ),
+    Example(
         caption="A watercolor of a lighthouse at dusk",
         reply="""\
 Recaption: A soft watercolor painting of a white and red striped lighthouse on a rocky shore \
@@ -144,7 +167,11 @@ with "Recaption:".
 3. Layout. Under "Layout:", decide where every entity goes. The canvas is split into rows from \
 top to bottom, and each row into regions from left to right; put one entity in each region. \
 Give every row a relative height and every region a relative width within its row, sized to \
-what it holds. Use a single region for the whole canvas when there is only one entity.
+what it holds. Use a single region for the whole canvas when there is only one entity. When \
+rows and columns cannot hold the picture (a thing lying on or inside another, or a thing in a \
+corner or the middle with background all around it), use layers instead: give each entity a \
+box, list the layers from the bottom one to the top one (a later layer is drawn over the \
+earlier ones where they overlap), and describe the background that fills the rest.
 4. Base prompt. When two or more entities belong to the same class (two girls, three cats) or \
 the regions must read as one continuous scene, also write a base prompt that describes the \
 whole image; it is blended into every region and keeps them consistent.
@@ -162,6 +189,13 @@ right). Each regional prompt describes its entity with all of that entity's attr
 the shared setting and style, and never mentions entities of other regions.
 The number of regional prompts must equal the number of regions in the split ratio (plus one \
 for the base prompt when it is used).
+6. For layers, end instead with these lines (and no split ratio):
+   Layers (bottom to top; box = left, top, right, bottom as fractions of the canvas):
+   then one line per layer, "- [x0, y0, x1, y1] prompt", e.g. "- [0.60, 0.05, 0.95, 0.40] a \
+bright yellow sun". The numbers are fractions of the canvas width and height from its top left \
+corner (0 to 1, x0 < x1, y0 < y1). Each layer's prompt describes its entity as a regional \
+prompt does.
+   Background prompt: what fills the canvas around the layers; it is blended into every layer.
 
 {_render_examples()}
 """
@@ -172,7 +206,8 @@ def build_user_message(prompt: str) -> str:
     return (
         f"Caption: {prompt.strip()}\n\n"
         "Plan this caption as in the examples. End with the lines 'Final split ratio:', "
-        "'Base prompt used:' and 'Regional Prompt:'."
+        "'Base prompt used:' and 'Regional Prompt:' (or, for layers, with the 'Layers' lines "
+        "and 'Background prompt:')."
     )
 
 
@@ -182,7 +217,9 @@ def build_retry_message(error: str) -> str:
         f'Your reply could not be used: "{error.strip()}".\n'
         "Write the whole answer again in the same format and fix that problem. End with "
         "'Final split ratio:', 'Base prompt used: yes/no' and 'Regional Prompt:' with exactly "
-        "one prompt per region, joined by BREAK (the base prompt first when it is used)."
+        "one prompt per region, joined by BREAK (the base prompt first when it is used); or, "
+        "for layers, with one '- [x0, y0, x1, y1] prompt' line per layer after 'Layers:' and "
+        "a 'Background prompt:' line."
     )
 
 
@@ -312,8 +349,15 @@ def _fail(message: str, raw: str) -> PlannerError:
     return PlannerError(message, raw=raw)
 
 
-def parse_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
+def parse_reply(
+    text: str, *, prompt: str, planner: str = "", size: tuple[int, int] | None = None
+) -> PlanResult:
     """Turn a model's free-form reply into a validated :class:`~rpg.models.PlanResult`.
+
+    A reply with a split ratio and regional prompts gives a grid plan; a reply with boxes (a
+    ``Layers:`` section, or ``(prompt, [x, y, w, h])`` objects as the LLM-grounded layout
+    methods print them, see :mod:`rpg.planners.boxes`) and a background prompt gives a canvas
+    plan. ``size`` is the request's canvas ``(width, height)``, for boxes given in pixels.
 
     Raises :class:`~rpg.errors.PlannerError` (with ``raw=text``) naming what is missing or
     inconsistent; it never falls back to a default plan.
@@ -332,10 +376,21 @@ def parse_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
         if hit is not None:
             found[hit[0]] = (i, hit[1])  # the last occurrence wins
 
+    boxes = read_boxes("\n".join(lines), lines, raw=text, size=size, grid="ratio" in found)
+    if boxes is not None:
+        if "ratio" in found:
+            raise _fail(
+                "the reply has both a split ratio and boxes; answer with one layout: either "
+                "'Final split ratio:' with 'Regional Prompt:', or 'Layers:' with 'Background "
+                "prompt:'",
+                text,
+            )
+        return _canvas_result(boxes, lines, found, prompt=prompt, planner=planner, raw=text)
     if "ratio" not in found:
         raise _fail(
             "the reply has no 'Final split ratio:' line; end the reply with it, e.g. "
-            "'Final split ratio: 1,1'",
+            "'Final split ratio: 1,1' (or, for layers, with a 'Layers:' section and a "
+            "'Background prompt:' line)",
             text,
         )
     if "prompts" not in found:
@@ -403,6 +458,16 @@ def parse_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
     except (ValueError, ValidationError) as exc:  # SplitRatioError is a ValueError
         raise _fail(f"invalid plan: {exc}", text) from None
 
+    return PlanResult(
+        recaption=_recaption(lines, found, prompt),
+        plan=plan,
+        raw=text,
+        planner=planner,
+    )
+
+
+def _recaption(lines: list[str], found: dict[str, tuple[int, str]], prompt: str) -> Recaption:
+    """The reply's recaption and key entities (the prompt and none when it has no such lines)."""
     recaption = prompt
     if "recaption" in found:
         idx, value = found["recaption"]
@@ -411,10 +476,26 @@ def parse_reply(text: str, *, prompt: str, planner: str = "") -> PlanResult:
     if "entities" in found:
         idx, value = found["entities"]
         entities = _parse_entities(_section(lines, idx, value))
+    return Recaption(original_prompt=prompt, recaption=recaption, entities=entities)
 
+
+def _canvas_result(
+    boxes: BoxReply,
+    lines: list[str],
+    found: dict[str, tuple[int, str]],
+    *,
+    prompt: str,
+    planner: str,
+    raw: str,
+) -> PlanResult:
+    """A canvas plan from the boxes of a reply: its layers over its background prompt."""
+    try:
+        plan = RegionPlan(
+            layers=[Layer(prompt=p, box=box) for p, box in boxes.layers],
+            base_prompt=boxes.background,
+        )
+    except (ValueError, ValidationError) as exc:
+        raise _fail(f"invalid plan: {exc}", raw) from None
     return PlanResult(
-        recaption=Recaption(original_prompt=prompt, recaption=recaption, entities=entities),
-        plan=plan,
-        raw=text,
-        planner=planner,
+        recaption=_recaption(lines, found, prompt), plan=plan, raw=raw, planner=planner
     )

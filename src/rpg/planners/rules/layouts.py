@@ -1,8 +1,9 @@
-"""The layout rules: each reads one kind of spatial wording and returns rows of entity phrases.
+"""The grid layout rules: each reads one kind of spatial wording and returns rows of entity
+phrases.
 
-The planner tries them in the order of :data:`RULES`, most specific first, and keeps the first
-whose every region is a whole entity phrase. Each rule names itself and says why it laid the
-prompt out the way it did, which ``rpg plan --explain`` prints.
+The planner tries them in the order of :data:`rpg.planners.rules.planner.RULES`, most specific
+first, and keeps the first whose every region is a whole entity phrase. Each rule names itself
+and says why it laid the prompt out the way it did, which ``rpg plan --explain`` prints.
 
 Depth ("in front of", "behind") cannot be drawn on a grid of rectangles, so both entities get
 a region in one row, in the order the prompt names them; the words stay in the base prompt.
@@ -15,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rpg.layout import Box
 from rpg.planners.rules.lexicon import COLOURS, POSSESSIVES, SCENE_NOUNS
 from rpg.planners.rules.phrases import (
     POSITION_WORDS,
@@ -37,30 +39,59 @@ from rpg.planners.template import split_outside_brackets
 
 @dataclass
 class Layout:
-    """Rows (top to bottom) of entity phrases (left to right), and where they came from."""
+    """Rows (top to bottom) of entity phrases (left to right), and where they came from.
+
+    A canvas layout (``boxes`` given) holds one entity per row, each a layer bottom to top
+    painted in its box, over a ``background`` (empty: the whole prompt paints it).
+    """
 
     rows: list[list[str]]
     rule: str
     reason: str  # what the rule read, e.g. 'the relation "left of"'
     lead: str = ""  # words before the layout ("A couple in a cafe"): context or base only
     context: list[str] = field(default_factory=list)  # words every region shares
+    boxes: list[Box] = field(default_factory=list)  # a canvas: one box per entity
+    background: str = ""  # a canvas: what paints where no layer does
 
     def __post_init__(self) -> None:
-        self.rows = [row for row in ([tidy(e) for e in row] for row in self.rows) if row]
+        if self.boxes and len(self.boxes) != len(self.rows):
+            raise ValueError("a canvas layout needs one box per entity")
+        rows = [[tidy(e) for e in row] for row in self.rows]
+        if self.boxes:  # a layer whose words tidy away is dropped with its box
+            kept = [(r, b) for r, b in zip(rows, self.boxes, strict=True) if all(r)]
+            rows, self.boxes = [r for r, _ in kept], [b for _, b in kept]
+        self.rows = [row for row in rows if row]
+        self.background = tidy(self.background)
 
     @property
     def entities(self) -> list[str]:
-        """The entity phrases in reading order."""
+        """The entity phrases in reading order (a canvas: its layers bottom to top)."""
         return [e for row in self.rows for e in row]
+
+    @property
+    def is_canvas(self) -> bool:
+        """Whether the layout is layers in boxes rather than rows and columns."""
+        return bool(self.boxes)
 
     @property
     def why(self) -> str:
         """What the rule read and the layout it made of it."""
+        if self.boxes:
+            return f"{self.reason}: {_describe_layers(self.entities, self.boxes, self.background)}"
         return f"{self.reason}: {_describe_rows(self.rows)}"
 
 
 def _quote(items: list[str]) -> str:
     return " | ".join(items)
+
+
+def _describe_layers(entities: list[str], boxes: list[Box], background: str) -> str:
+    said = ", ".join(
+        f"[{e}] in box ({', '.join(f'{c:g}' for c in box)})"
+        for e, box in zip(entities, boxes, strict=True)
+    )
+    ground = f"[{background}]" if background else "the whole prompt"
+    return f"layers bottom to top {said}, over the background {ground}"
 
 
 def _describe_rows(rows: list[list[str]]) -> str:
@@ -106,7 +137,9 @@ _PLACE_OF = r"(?:image|picture|canvas|frame|scene|photo|painting)"
 _MARKER = re.compile(
     # "on the left", "in the top right corner", or a bare corner starting a clause ("top left")
     r"(?:\b(?:on|to|at|in|into)\s+(?:the\s+)?(?:far\s+)?|"
-    r"(?:^|(?<=[,;:.]))\s*(?=(?:top|bottom|upper|lower)[\s-]+(?:left|right)\b))(?:"
+    r"(?:^|(?<=[,;:.]))\s*(?=(?:top|bottom|upper|lower)[\s-]+(?:left|right)\b)|"
+    # a label at the start of a clause: "left: a red car, right: a blue bus"
+    r"(?:^|(?<=[,;:.]))\s*(?=(?:left|right|middle|center|centre|top|bottom)\s*:))(?:"
     r"(?P<corner_v>top|bottom|upper|lower)[\s-]+(?P<corner_h>left|right)|"
     r"(?P<pos>left|right|middle|center|centre|top|bottom))"
     r"(?:\s+(?:side|half|part|corner|edge|third|row))?\b"
@@ -116,6 +149,20 @@ _MARKER = re.compile(
 )
 _ROW = {"top": 0, "upper": 0, "bottom": 2, "lower": 2}
 _COL = {"left": 0, "right": 2}
+_LABEL = re.compile(rf"\b(?:{POSITION_WORDS})\s*:", re.IGNORECASE)
+
+
+def places_another(text: str) -> bool:
+    """Whether a region's words place a further entity ("a dog, on the right a horse", "a dog
+    between a horse", "a cup next to a plate"): such a region would draw two entities, so the
+    layout that made it is not used."""
+    found = (*_MARKER.finditer(text), *_BETWEEN.finditer(text), *_LABEL.finditer(text))
+    after = [text[m.end() :] for m in found]
+    return (
+        any(starts_entity(tidy(a), strict=True) for a in after)
+        or bool(_relations(text))
+        or len(split_list(text)) > 1  # "a cat and a dog" or "a cat, a dog" in one cell
+    )
 
 
 @dataclass
@@ -156,13 +203,34 @@ def _grid(places: list[tuple[int | None, int | None, bool]], texts: list[str]) -
             in_row.sort(key=lambda p: 1 if p.col is None else p.col)  # stable: text order
             grid.append([p.text for p in in_row])
         else:
-            grid.extend([p.text] for p in in_row)
+            # "at the bottom a cat and a dog": the entities of one row stand side by side
+            grid.extend(split_and(p.text.strip(" ,;:")) for p in in_row)
     return grid
 
 
-def by_markers(body: str) -> Layout | None:
-    """ "on the left A, in the middle B, on the right C", "at the top A, at the bottom B",
-    and the same with the positions after the entities ("A on the left and B on the right")."""
+@dataclass
+class Marked:
+    """A prompt read as position markers, each with the words it places."""
+
+    marks: list[re.Match[str]]
+    texts: list[str]
+    lead: str
+    setting: str
+
+    @property
+    def said(self) -> str:
+        return ", ".join(f'"{m.group(0).strip(" ,:")}"' for m in self.marks)
+
+    def corners(self) -> list[tuple[str, str]] | None:
+        """Each marker's corner ("top", "left"), or None unless every marker names one."""
+        if not all(m.group("corner_v") for m in self.marks):
+            return None
+        vert = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
+        return [(vert[m["corner_v"].lower()], m["corner_h"].lower()) for m in self.marks]
+
+
+def read_markers(body: str) -> Marked | None:
+    """The position markers of ``body`` and the words each places, given before or after it."""
     marks = list(_MARKER.finditer(body))
     if len(marks) < 2:
         return None
@@ -179,10 +247,20 @@ def by_markers(body: str) -> Layout | None:
         texts, setting = shared_setting(
             [body[m.end() : e] for m, e in zip(marks, ends, strict=True)]
         )
-    rows = _grid([_place(m) for m in marks], texts)
-    said = ", ".join(f'"{m.group(0).strip(" ,:")}"' for m in marks)
-    why = f"the positions {said} place the entities"
-    return Layout(rows, "positions", why, lead=lead, context=[setting])
+    if _relations(lead):
+        return None  # "a cat under a dog on the left, …": the lead is no shared context
+    return Marked(marks, texts, lead, setting)
+
+
+def by_markers(body: str) -> Layout | None:
+    """ "on the left A, in the middle B, on the right C", "at the top A, at the bottom B",
+    and the same with the positions after the entities ("A on the left and B on the right")."""
+    found = read_markers(body)
+    if found is None:
+        return None
+    rows = _grid([_place(m) for m in found.marks], found.texts)
+    why = f"the positions {found.said} place the entities"
+    return Layout(rows, "positions", why, lead=found.lead, context=[found.setting])
 
 
 _DESCRIBED = re.compile(
@@ -191,6 +269,7 @@ _DESCRIBED = re.compile(
     r"(?:^|(?<=[,;:.])|(?<=\band)|(?<=\bwhile)|(?<=\bwhereas))\s*"
     r"(?P<np>(?:the|a|an|one)\s+(?:[\w-]+\s+){0,2}?[\w-]+)\s+(?:(?:is|sits|stands)\s+)?"
     rf"(?:on|to|at|in)\s+(?:the\s+)?(?:far\s+)?(?P<pos>{POSITION_WORDS})"
+    r"(?![\s-]+(?:left|right)\b)"  # "in the top left corner" is a corner, for the markers
     r"(?:\s+(?:side|corner))?\b"
     rf"(?:\s+of\s+the\s+{_PLACE_OF}\b|(?!\s+of\b))\s*,?\s+(?P<pred>\S)",
     re.IGNORECASE,
@@ -204,11 +283,17 @@ def by_described_positions(body: str) -> Layout | None:
     if len(found) < 2:
         return None
     ends = [m.start() for m in found[1:]] + [len(body)]
+    if _MARKER.search(body[: found[0].start()]):
+        return None  # "X on the left, the Y in the middle …": positions after plain entities
     texts = []
     for m, end in zip(found, ends, strict=True):
         predicate = re.sub(
             r"[\s,;]*(?:\band|\bwhile|\bwhereas)?[\s,;.]*$", "", body[m.start("pred") : end]
         )
+        if not predicate or _MARKER.search(predicate) or starts_entity(predicate, strict=True):
+            # "a cat on the left, dog in the middle and …" or "…, a dog …": the words after a
+            # position are another positioned entity, not this one's description
+            return None
         texts.append(f"{indefinite(m.group('np'))} {as_description(predicate)}".strip())
     lead = tidy(body[: found[0].start()])
     context = ""
@@ -494,8 +579,8 @@ def by_and(body: str) -> Layout | None:
     return Layout([items], "and", why, context=[setting])
 
 
-#: The rules in the order they are tried.
-RULES: tuple[Callable[[str], Layout | None], ...] = (
+#: The grid rules in the order they are tried (the planner puts the canvas rules among them).
+GRID_RULES: tuple[Callable[[str], Layout | None], ...] = (
     by_sequence,
     by_described_positions,
     by_markers,
