@@ -286,6 +286,7 @@ REQUEST_VARIANTS: dict[str, Any] = {
     "init_image_sha256": "0" * 64,
     "strength": 0.5,
     "hires": {"scale": 2},
+    "loras": [("style.safetensors", 0.5)],
 }
 
 
