@@ -20,9 +20,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from rpg.errors import SplitRatioError
 from rpg.layout import (
@@ -416,7 +423,16 @@ class Layer(BaseModel):
         description="How much of the base prompt is blended into this layer (0 to 1); null uses "
         "the plan's base_ratio.",
     )
-    box: tuple[float, float, float, float] | None = Field(
+    # a plain array in the JSON Schema: structured-output services refuse `prefixItems`
+    box: (
+        Annotated[
+            tuple[float, float, float, float],
+            WithJsonSchema(
+                {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+            ),
+        ]
+        | None
+    ) = Field(
         default=None,
         description="Where the layer paints: [x0, y0, x1, y1] as fractions of the canvas width "
         "and height (0 to 1, origin top left), x0 < x1 and y0 < y1. Null when a mask is given.",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from rpg.pydantic_errors import problems
+
 if TYPE_CHECKING:
     from rpg.lora_spec import LoraInput
     from rpg.models import GenerationRequest
@@ -27,8 +29,8 @@ def lora_flag(text: str) -> LoraInput:
     try:
         return parse_lora(text)
     except (ValueError, ValidationError) as exc:
-        errors = exc.errors() if isinstance(exc, ValidationError) else None
-        why = "; ".join(e["msg"] for e in errors) if errors else str(exc)
+        found = problems(exc) if isinstance(exc, ValidationError) else None
+        why = "; ".join(p.message for p in found) if found else str(exc)
         raise argparse.ArgumentTypeError(
             f"{text!r}: {why} (NAME[:SCALE], e.g. style.safetensors:0.8)"
         ) from None
