@@ -18,9 +18,12 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from canvas_helpers import random_canvas
 from joint_helpers import (
+    FLUX2_TEXT_DIM,
     POOLED_DIM,
     TEXT_DIM,
     NaiveJointProcessor,
+    naive_flux2_processors,
+    tiny_flux2_transformer,
     tiny_flux_transformer,
     tiny_sd3_transformer,
 )
@@ -31,6 +34,7 @@ from rpg.attention.joint import (
     joint_attention_names,
     regional_joint,
 )
+from rpg.attention.joint_flux2 import packed_text_ids, regional_flux2
 from rpg.attention.regions import region_index
 from rpg.models import RegionPlan
 
@@ -227,7 +231,8 @@ def _rpg(model: Any, regions: JointRegions, inputs: dict[str, Any], **kw: Any) -
     return out
 
 
-#: 24 random canvases per family: 6 seeds × both image-attention scopes × with and without base.
+#: 24 random canvases per family (FLUX.1, SD3, klein): 6 seeds × both image-attention scopes ×
+#: with and without base.
 JOINT_CASES = [(seed, scope, base) for seed in range(6) for scope in ("global", "region")
                for base in (True, False)]  # fmt: skip
 
@@ -251,6 +256,49 @@ def test_sd3_canvas_matches_naive_reference_with_guidance(
     naive_regions.state.rows = "negative+positive"
     naive = _naive(sd3, naive_regions, False, inputs)
     ours = _rpg(sd3, regions, inputs, guidance_batch=1)
+    assert (ours - naive).abs().max().item() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def klein() -> Any:
+    return tiny_flux2_transformer()
+
+
+def _klein_inputs(n_text: int, seed: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    h, w = HEIGHT // 16, WIDTH // 16
+    img_ids = torch.zeros(h, w, 4)
+    img_ids[..., 1] = torch.arange(h)[:, None]
+    img_ids[..., 2] = torch.arange(w)[None]
+    return {
+        "hidden_states": torch.randn(1, h * w, 16, generator=g),
+        "encoder_hidden_states": torch.randn(1, n_text, FLUX2_TEXT_DIM, generator=g),
+        "timestep": torch.full((1,), 0.7),
+        "img_ids": img_ids.reshape(-1, 4),
+        "txt_ids": torch.zeros(n_text, 4),
+    }
+
+
+@pytest.mark.parametrize(("seed", "scope", "base"), JOINT_CASES)
+def test_klein_canvas_matches_naive_reference(
+    klein: Any, seed: int, scope: str, base: bool
+) -> None:
+    """FLUX.2 [klein]'s own processors (fused single-stream blocks) on the same canvases."""
+    regions = _joint_regions(100 + seed, scope, base)
+    inputs = _klein_inputs(regions.text_length or 0, seed)
+    naive_regions = _joint_regions(100 + seed, scope, base)
+    spans = [s for s in (naive_regions.base_span, naive_regions.global_span) if s is not None]
+    ids = packed_text_ids(inputs["txt_ids"].shape[0], [*spans, *naive_regions.region_spans])
+    previous = dict(klein.attn_processors)
+    klein.set_attn_processor(naive_flux2_processors(klein, naive_regions))
+    try:
+        with torch.no_grad():
+            naive = klein(**{**inputs, "txt_ids": ids.float()}).sample
+    finally:
+        klein.set_attn_processor(previous)
+    other = torch.randn(1, regions.text_length or 0, FLUX2_TEXT_DIM)  # a negative, not this call
+    with regional_flux2(klein, regions, negative_prompt_embeds=other), torch.no_grad():
+        ours = klein(**inputs).sample
     assert (ours - naive).abs().max().item() < 1e-5
 
 
