@@ -48,6 +48,15 @@ def test_command_line_names_a_folder_without_a_vae(tmp_path: Path, capsys) -> No
     assert "has no VAE" in capsys.readouterr().err
 
 
+def test_command_line_takes_the_reserved_name_of_the_shipped_model(capsys) -> None:
+    from rpg.backbones.tiny import tiny_model_path
+
+    kept = vae_fidelity.main(["shapes-sd", "--scenes", "4"])
+    out = capsys.readouterr().out
+    assert f"reconstruction binding {kept:.3f} over 4 scenes" in out
+    assert f"({tiny_model_path('shapes-sd') / 'vae'})" in out
+
+
 def test_training_stops_the_vae_once_the_round_trip_reaches_the_target(
     tmp_path: Path, capsys, monkeypatch
 ) -> None:

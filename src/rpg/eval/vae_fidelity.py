@@ -71,13 +71,18 @@ def main(argv: Sequence[str] | None = None) -> float:
         description="Print the fraction of shapes-world objects a model's VAE keeps "
         "(colour and shape, read by the shapes scorer) after encode -> decode.",
     )
-    p.add_argument("model", help="a diffusers pipeline folder, or its vae/ folder")
+    p.add_argument(
+        "model",
+        help="a diffusers pipeline folder or its vae/ folder, or a reserved name (shapes-sd)",
+    )
     p.add_argument("--scenes", type=int, default=100, help="random scenes to round-trip")
     p.add_argument("--seed", type=int, default=12345)
     args = p.parse_args(argv)
     from diffusers import AutoencoderKL
 
-    folder = Path(args.model)
+    from rpg.backbones.tiny import tiny_model, tiny_model_path
+
+    folder = tiny_model_path(args.model) if tiny_model(args.model) else Path(args.model)
     if (folder / "vae").is_dir():
         folder = folder / "vae"
     if not (folder / "config.json").is_file():
