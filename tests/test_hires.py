@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import generate_refusal
 from rpg.attention.spec import RegionalLayout
 from rpg.backbones.base import Backbone
 from rpg.batch import expand_requests, read_manifest, run_batch
@@ -177,13 +178,10 @@ def test_cli_hires_flag_errors(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    try:
-        code = main(["generate", "a cat", *flags, "--out", "x.png", "--no-progress"])
-    except SystemExit as stop:  # argparse's own type errors
-        code = stop.code
+    code, err, written = generate_refusal(flags, capsys)
     assert code == 2
-    assert message in capsys.readouterr().err
-    assert not Path("x.png").exists()
+    assert message in err
+    assert not written
 
 
 def test_batch_lines_take_hires(tiny_rpg: RPG, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from cli_helpers import generate_refusal
 from rpg.backbones.schedulers import make_scheduler
 from rpg.backbones.tiny.controlnet import write_tiny_controlnet
 from rpg.backbones.tiny.sdxl import write_tiny_sdxl
@@ -292,13 +293,10 @@ def test_cli_img2img_flag_errors(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    try:
-        code = main(["generate", "a cat", *flags, "--out", "x.png", "--no-progress"])
-    except SystemExit as stop:  # argparse's own type errors
-        code = stop.code
+    code, err, written = generate_refusal(flags, capsys)
     assert code == 2
-    assert message in capsys.readouterr().err
-    assert not Path("x.png").exists()
+    assert message in err
+    assert not written
 
 
 def test_batch_lines_take_init_image_and_strength(models: dict[str, Path], tmp_path: Path) -> None:
