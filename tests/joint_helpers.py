@@ -316,3 +316,34 @@ def naive_flux2_processors(model: Any, regions: JointRegions, every: int = 1) ->
         else:
             out[key] = NaiveJointProcessor(regions, flux=True, regional_block=regional)
     return out
+
+
+def run_naive(
+    model: Any, regions: JointRegions, flux: bool, inputs: dict[str, Any]
+) -> torch.Tensor:
+    """``model``'s output with :class:`NaiveJointProcessor` on every joint-attention layer."""
+    from rpg.attention.joint import joint_attention_names
+
+    previous = dict(model.attn_processors)
+    names = set(joint_attention_names(model))
+    naive = {
+        k: NaiveJointProcessor(regions, flux=flux) if k in names else v for k, v in previous.items()
+    }
+    model.set_attn_processor(naive)
+    try:
+        with torch.no_grad():
+            out: torch.Tensor = model(**inputs).sample
+    finally:
+        model.set_attn_processor(previous)
+    return out
+
+
+def run_regional(
+    model: Any, regions: JointRegions, inputs: dict[str, Any], **kw: Any
+) -> torch.Tensor:
+    """``model``'s output with rpg's regional joint attention installed."""
+    from rpg.attention.joint import regional_joint
+
+    with regional_joint(model, regions, **kw), torch.no_grad():
+        out: torch.Tensor = model(**inputs).sample
+    return out

@@ -21,8 +21,9 @@ from joint_helpers import (
     FLUX2_TEXT_DIM,
     POOLED_DIM,
     TEXT_DIM,
-    NaiveJointProcessor,
     naive_flux2_processors,
+    run_naive,
+    run_regional,
     tiny_flux2_transformer,
     tiny_flux_transformer,
     tiny_sd3_transformer,
@@ -31,8 +32,6 @@ from rpg.attention import RegionalAttnProcessor, RegionalConditioning, RegionalL
 from rpg.attention.joint import (
     JointAttentionOptions,
     JointRegions,
-    joint_attention_names,
-    regional_joint,
 )
 from rpg.attention.joint_flux2 import packed_text_ids, regional_flux2
 from rpg.attention.regions import region_index
@@ -208,29 +207,6 @@ def _sd3_inputs(n_text: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _naive(model: Any, regions: JointRegions, flux: bool, inputs: dict[str, Any]) -> torch.Tensor:
-    previous = dict(model.attn_processors)
-    names = set(joint_attention_names(model))
-    model.set_attn_processor(
-        {
-            k: NaiveJointProcessor(regions, flux=flux) if k in names else v
-            for k, v in previous.items()
-        }
-    )
-    try:
-        with torch.no_grad():
-            out: torch.Tensor = model(**inputs).sample
-    finally:
-        model.set_attn_processor(previous)
-    return out
-
-
-def _rpg(model: Any, regions: JointRegions, inputs: dict[str, Any], **kw: Any) -> torch.Tensor:
-    with regional_joint(model, regions, **kw), torch.no_grad():
-        out: torch.Tensor = model(**inputs).sample
-    return out
-
-
 #: 24 random canvases per family (FLUX.1, SD3, klein): 6 seeds × both image-attention scopes ×
 #: with and without base.
 JOINT_CASES = [(seed, scope, base) for seed in range(6) for scope in ("global", "region")
@@ -241,8 +217,8 @@ JOINT_CASES = [(seed, scope, base) for seed in range(6) for scope in ("global", 
 def test_flux_canvas_matches_naive_reference(flux: Any, seed: int, scope: str, base: bool) -> None:
     regions = _joint_regions(seed, scope, base)
     inputs = _flux_inputs(regions.text_length or 0, seed)
-    naive = _naive(flux, _joint_regions(seed, scope, base), True, inputs)
-    ours = _rpg(flux, regions, inputs)
+    naive = run_naive(flux, _joint_regions(seed, scope, base), True, inputs)
+    ours = run_regional(flux, regions, inputs)
     assert (ours - naive).abs().max().item() < 1e-5
 
 
@@ -254,8 +230,8 @@ def test_sd3_canvas_matches_naive_reference_with_guidance(
     inputs = _sd3_inputs(regions.text_length or 0, seed)
     naive_regions = _joint_regions(50 + seed, scope, base, negative_span=(0, 1))
     naive_regions.state.rows = "negative+positive"
-    naive = _naive(sd3, naive_regions, False, inputs)
-    ours = _rpg(sd3, regions, inputs, guidance_batch=1)
+    naive = run_naive(sd3, naive_regions, False, inputs)
+    ours = run_regional(sd3, regions, inputs, guidance_batch=1)
     assert (ours - naive).abs().max().item() < 1e-5
 
 

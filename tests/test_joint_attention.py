@@ -20,6 +20,8 @@ from joint_helpers import (
     Case,
     NaiveJointProcessor,
     random_case,
+    run_naive,
+    run_regional,
     tiny_flux_transformer,
     tiny_sd3_transformer,
 )
@@ -94,27 +96,6 @@ def _regions(case: Case, scope: str, **kwargs: Any) -> JointRegions:
     )
 
 
-def _naive(model: Any, regions: JointRegions, flux: bool, inputs: dict[str, Any]) -> torch.Tensor:
-    previous = dict(model.attn_processors)
-    names = set(joint_attention_names(model))
-    naive = {
-        k: NaiveJointProcessor(regions, flux=flux) if k in names else v for k, v in previous.items()
-    }
-    model.set_attn_processor(naive)
-    try:
-        with torch.no_grad():
-            out: torch.Tensor = model(**inputs).sample
-    finally:
-        model.set_attn_processor(previous)
-    return out
-
-
-def _rpg(model: Any, regions: JointRegions, inputs: dict[str, Any], **kw: Any) -> torch.Tensor:
-    with regional_joint(model, regions, **kw), torch.no_grad():
-        out: torch.Tensor = model(**inputs).sample
-    return out
-
-
 #: 20 random layouts per family: 5 seeds × both image-attention scopes × with and without base.
 CASES = [(seed, scope, base) for seed in range(5) for scope in ("global", "region")
          for base in (True, False)]  # fmt: skip
@@ -124,8 +105,8 @@ CASES = [(seed, scope, base) for seed in range(5) for scope in ("global", "regio
 def test_flux_matches_naive_reference(flux: Any, seed: int, scope: str, base: bool) -> None:
     case = random_case(random.Random(seed), HEIGHT, WIDTH, base=base)
     inputs = _flux_inputs(1, case.text_length, seed)
-    naive = _naive(flux, _regions(case, scope), True, inputs)
-    ours = _rpg(flux, _regions(case, scope), inputs)
+    naive = run_naive(flux, _regions(case, scope), True, inputs)
+    ours = run_regional(flux, _regions(case, scope), inputs)
     assert (ours - naive).abs().max().item() < 1e-5
 
 
@@ -139,8 +120,10 @@ def test_sd3_matches_naive_reference_with_guidance(
     negative = (0, max(1, case.text_length - 3))
     naive_regions = _regions(case, scope, negative_span=negative)
     naive_regions.state.rows = "negative+positive"
-    naive = _naive(sd3, naive_regions, False, inputs)
-    ours = _rpg(sd3, _regions(case, scope, negative_span=negative), inputs, guidance_batch=1)
+    naive = run_naive(sd3, naive_regions, False, inputs)
+    ours = run_regional(
+        sd3, _regions(case, scope, negative_span=negative), inputs, guidance_batch=1
+    )
     assert (ours - naive).abs().max().item() < 1e-5
 
 
@@ -167,9 +150,9 @@ def test_regional_blocks_match_naive_reference(flux: Any, sd3: Any, every: int) 
                 naive = model(**inputs).sample
         finally:
             model.set_attn_processor(previous)
-        ours = _rpg(model, regions, inputs)
+        ours = run_regional(model, regions, inputs)
         assert (ours - naive).abs().max().item() < 1e-5
-        full = _rpg(model, _regions(case, "global"), inputs)
+        full = run_regional(model, _regions(case, "global"), inputs)
         assert (full - ours).abs().max().item() > 1e-4  # the skipped blocks did change something
 
 
@@ -183,11 +166,11 @@ def test_one_full_region_without_base_is_stock(flux: Any, sd3: Any) -> None:
         inputs = _flux_inputs(1, 9, 0)
         with torch.no_grad():
             stock = flux(**inputs).sample
-        assert (_rpg(flux, regions, inputs) - stock).abs().max().item() < 1e-5
+        assert (run_regional(flux, regions, inputs) - stock).abs().max().item() < 1e-5
         inputs = _sd3_inputs(2, 9, 0)
         with torch.no_grad():
             stock = sd3(**inputs).sample
-        ours = _rpg(sd3, regions, inputs, guidance_batch=1)
+        ours = run_regional(sd3, regions, inputs, guidance_batch=1)
         assert (ours - stock).abs().max().item() < 1e-5
 
 
@@ -250,11 +233,11 @@ def test_sd35_attn2_stays_stock(sd3: Any) -> None:
 def test_fused_projections_match_unfused(flux: Any) -> None:
     case = random_case(random.Random(3), HEIGHT, WIDTH, base=True)
     inputs = _flux_inputs(1, case.text_length, 3)
-    plain = _rpg(flux, _regions(case, "region"), inputs)
+    plain = run_regional(flux, _regions(case, "region"), inputs)
     fused = tiny_flux_transformer()
     fused.fuse_qkv_projections()
     assert fused.transformer_blocks[0].attn.fused_projections
-    assert (_rpg(fused, _regions(case, "region"), inputs) - plain).abs().max().item() < 1e-5
+    assert (run_regional(fused, _regions(case, "region"), inputs) - plain).abs().max().item() < 1e-5
 
 
 def test_bad_configurations_are_clear_errors() -> None:
@@ -302,12 +285,14 @@ def test_base_term_shares_the_image_attention(
         case = random_case(random.Random(11), HEIGHT, WIDTH, base=True)
         inputs = inputs_of(2 if kw else 1, case.text_length, 11)
         calls.clear()
-        merged = _rpg(model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw)
+        merged = run_regional(model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw)
         assert calls, "the merged path was not taken"
         with monkeypatch.context() as m:
             m.setattr(joint._JointAttention, "_merges_base", lambda self, q: False)
             calls.clear()
-            separate = _rpg(model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw)
+            separate = run_regional(
+                model, _regions(case, scope, negative_span=(0, 2)), inputs, **kw
+            )
             assert not calls
         assert (merged - separate).abs().max().item() < 1e-5
 
