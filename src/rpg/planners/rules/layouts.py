@@ -34,7 +34,7 @@ from rpg.planners.rules.phrases import (
     tidy,
     words,
 )
-from rpg.planners.template import split_outside_brackets
+from rpg.planners.text_reply import split_outside_brackets
 
 
 @dataclass

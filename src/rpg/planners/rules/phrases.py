@@ -27,7 +27,7 @@ from rpg.planners.rules.lexicon import (
     WORN,
     wordset,
 )
-from rpg.planners.template import split_outside_brackets
+from rpg.planners.text_reply import split_outside_brackets
 
 POSITION_WORDS = r"left|right|middle|center|centre|top|bottom|foreground|background"
 _ING_NOUNS = "(?:" + "|".join(n.replace(" ", r"\s+") for n in ING_NOUNS) + r")(?:e?s)?"
