@@ -1,0 +1,153 @@
+"""What ``shapes-sd`` is made of: a word-level CLIP tokenizer over the shapes world's words and
+fresh, seeded text encoder, UNet, VAE and schedulers (see :mod:`rpg.eval.train_shapes`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rpg.eval.shapes import WORDS
+
+__all__ = [
+    "MAX_LENGTH",
+    "TEXT_HIDDEN",
+    "build_components",
+    "word_tokenizer_files",
+    "write_word_tokenizer",
+]
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+MAX_LENGTH = 77
+TEXT_HIDDEN = 64
+
+
+def _bpe(word: str, merges: Sequence[str]) -> list[str]:
+    """The pieces CLIP's byte-pair encoding makes of ``word`` (lowest-ranked merge first)."""
+    ranks = {tuple(m.split(" ")): i for i, m in enumerate(merges)}
+    pieces = [*list(word[:-1]), word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = [
+            (ranks.get((a, b), math.inf), i) for i, (a, b) in enumerate(itertools.pairwise(pieces))
+        ]
+        rank, i = min(pairs)
+        if rank == math.inf:
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
+def word_tokenizer_files() -> tuple[dict[str, int], list[str]]:
+    """A CLIP vocabulary with one token per world word, plus single characters for anything else.
+
+    The merges build each word from its letters left to right; every intermediate piece is in
+    the vocabulary, so any text still tokenizes (unknown words become letters).
+    """
+    letters = sorted({ch for w in WORDS for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    tokens: list[str] = []
+    seen: set[str] = set()
+
+    def add(token: str) -> None:
+        if token not in seen:
+            seen.add(token)
+            tokens.append(token)
+
+    for ch in letters + list(",.;:!?'-()"):
+        add(ch)
+        add(ch + "</w>")
+    merges: list[str] = []
+    for word in sorted(WORDS, key=len, reverse=True):
+        # merge the first two pieces that BPE leaves until the word is one token; a merge added
+        # later ranks lower, so it only fires once the earlier ones are done
+        while len(pieces := _bpe(word, merges)) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            add(pieces[0] + pieces[1])
+        add(pieces[0])
+    add(_BOS)
+    add(_EOS)
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_word_tokenizer(folder: Path) -> None:
+    """Write the word-level CLIP tokenizer (vocab, merges and configs) to ``folder``."""
+    from rpg.backbones.tiny.components import write_tokenizer
+
+    write_tokenizer(folder, word_tokenizer_files())
+
+
+def build_components(
+    tok_dir: Path,
+    *,
+    seed: int,
+    unet_channels: Sequence[int],
+    vae_channels: Sequence[int] = (16, 32, 32),
+    latent_channels: int = 4,
+) -> dict[str, Any]:
+    """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights)."""
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from rpg.backbones.tiny.components import SD_SCHEDULE
+
+    write_word_tokenizer(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=4 * TEXT_HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=TEXT_HIDDEN,
+        )
+    )
+    levels = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        layers_per_block=1,
+        block_out_channels=tuple(unet_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=tuple(vae_channels),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        # few groups: with one channel per group, GroupNorm erases the colour of a flat image
+        norm_num_groups=4,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "vae": vae,
+        "train_scheduler": DDPMScheduler(**SD_SCHEDULE),
+        "scheduler": DPMSolverMultistepScheduler(**SD_SCHEDULE),
+    }

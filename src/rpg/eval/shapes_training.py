@@ -1,0 +1,208 @@
+"""The training loops of ``shapes-sd``: the VAE's reconstruction, then the UNet and text encoder
+on its latents with EMA weights, and the staged save of the pipeline folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rpg.eval.shapes import render, sample_training_example
+from rpg.eval.shapes_components import MAX_LENGTH, write_word_tokenizer
+
+
+def sample_batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, list[str]]:
+    """``n`` fresh scenes as pixels in [-1, 1] and their captions (each dropped with ``drop``)."""
+    images, captions = [], []
+    for _ in range(n):
+        scene, text = sample_training_example(rng)
+        images.append(np.asarray(render(scene), dtype=np.float32))
+        captions.append("" if rng.random() < drop else text)
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return pixels, captions
+
+
+def _smooth(values: list[float], k: int = 20) -> float:
+    tail = values[-k:]
+    return sum(tail) / max(len(tail), 1)
+
+
+def train_vae(vae: Any, rng: random.Random, args: argparse.Namespace, log: Any) -> list[float]:
+    """Reconstruction (L1 + MSE) of the posterior mean, until ``--vae-steps`` or ``--vae-target``.
+
+    Every ``--vae-check-every`` steps the round trip is scored (:mod:`rpg.eval.vae_fidelity`):
+    the UNet can never draw what the VAE cannot decode. The learning rate decays (cosine, to a
+    tenth) because a constant one leaves the round trip wandering; with ``--checkpoint-every``
+    the best-scoring VAE so far is kept in ``OUT-vae-best`` for ``--vae-from``.
+    """
+    from rpg.eval.vae_fidelity import reconstruction_binding
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    total = max(1, args.vae_steps)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
+    best = -1.0
+    losses: list[float] = []
+    start = time.monotonic()
+    for step in range(1, args.vae_steps + 1):
+        pixels, _ = sample_batch(rng, args.vae_batch, 0.0)
+        # The posterior mean, not a sample: an untrained log-variance adds unit noise that the
+        # decoder would first have to learn to ignore. A small penalty keeps the latents tame.
+        mean = vae.encode(pixels).latent_dist.mode()
+        recon = vae.decode(mean).sample
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + 1e-4 * mean.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        lr_sched.step()
+        losses.append(float(loss.detach()))
+        if step % args.log_every == 0 or step == args.vae_steps:
+            rate = (time.monotonic() - start) / step
+            log(f"vae  step {step}/{args.vae_steps} loss {_smooth(losses):.4f} ({rate:.2f} s/step)")
+        if args.vae_check_every and (step % args.vae_check_every == 0 or step == args.vae_steps):
+            kept = reconstruction_binding(vae, scenes=32)
+            log(f"vae  step {step}/{args.vae_steps} reconstruction binding {kept:.3f}")
+            if args.checkpoint_every and kept > best:
+                best = kept
+                vae.save_pretrained(Path(args.out).with_name(Path(args.out).name + "-vae-best"))
+            if args.vae_target and kept >= args.vae_target:
+                log(f"vae  reached --vae-target {args.vae_target}; on to the UNet")
+                break
+    return losses
+
+
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            ema[name].mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespace, log: Any):
+    """Epsilon prediction on VAE latents, the text encoder trained with the UNet."""
+    unet, text_encoder, vae, tokenizer = (
+        parts["unet"],
+        parts["text_encoder"],
+        parts["vae"],
+        parts["tokenizer"],
+    )
+    sched = parts["train_scheduler"]
+    scaling = vae.config.scaling_factor
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    warmup = max(1, min(100, args.steps // 10))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, args.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    emas = {
+        "unet": {n: p.detach().clone() for n, p in unet.named_parameters()},
+        "text_encoder": {n: p.detach().clone() for n, p in text_encoder.named_parameters()},
+    }
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    losses: list[float] = []
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.monotonic()
+    for step in range(1, args.steps + 1):
+        pixels, captions = sample_batch(rng, args.batch, 0.1)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode() * scaling
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            max_length=MAX_LENGTH,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        cond = text_encoder(ids)[0]
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        noisy = sched.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        # min-SNR-5 weighting: the easy, low-noise steps do not dominate a short training
+        weight = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr_sched.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        _ema_update(emas["unet"], unet, decay)
+        _ema_update(emas["text_encoder"], text_encoder, decay)
+        losses.append(float(loss.detach()))
+        out_of_time = bool(args.max_minutes) and time.monotonic() - start > 60 * args.max_minutes
+        if step % args.log_every == 0 or step == args.steps or out_of_time:
+            rate = (time.monotonic() - start) / step
+            left = rate * (args.steps - step) / 60
+            log(
+                f"unet step {step}/{args.steps} loss {_smooth(losses):.4f} "
+                f"lr {lr_sched.get_last_lr()[0]:.2e} ({rate:.2f} s/step, {left:.0f} min left)"
+            )
+        if args.checkpoint_every and step % args.checkpoint_every == 0:
+            save_pipeline(
+                parts, emas, Path(args.out).with_name(Path(args.out).name + "-ckpt"), args
+            )
+            log(f"checkpoint at step {step} -> {args.out}-ckpt")
+        if out_of_time:
+            log(f"stopping at step {step}: --max-minutes {args.max_minutes} reached")
+            args.steps_done = step
+            break
+    else:
+        args.steps_done = args.steps
+    return losses, emas
+
+
+def save_pipeline(
+    parts: dict[str, Any], emas: dict[str, dict[str, torch.Tensor]], out: Path, args
+) -> None:
+    """Write the pipeline folder with the EMA weights (staged, so a crash leaves no half folder)."""
+    import copy
+
+    from rpg.backbones.tiny.components import sd_pipeline
+
+    unet = copy.deepcopy(parts["unet"])
+    text_encoder = copy.deepcopy(parts["text_encoder"])
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            p.copy_(emas["unet"][name])
+        for name, p in text_encoder.named_parameters():
+            p.copy_(emas["text_encoder"][name])
+    pipe = sd_pipeline(
+        vae=parts["vae"],
+        text_encoder=text_encoder,
+        tokenizer=parts["tokenizer"],
+        unet=unet,
+        scheduler=parts["scheduler"],
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staging = Path(tmp) / "model"
+        pipe.save_pretrained(staging, safe_serialization=True)
+        tok_dir = Path(tmp) / "tok"
+        write_word_tokenizer(tok_dir)
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(tok_dir / name, staging / "tokenizer" / name)
+        (staging / "training.json").write_text(
+            json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str), "utf-8"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
