@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,11 @@ def settings(**overrides: Any) -> dict[str, Any]:
 def test_page_and_config(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and 'id="canvas"' in page.text
-    assert client.get("/static/app.js").status_code == 200
+    # app.js wires the page to the functions of the scripts before it: it must load last.
+    scripts = re.findall(r'<script src="(static/[^"]+)"', page.text)
+    assert {"static/canvas.js", "static/render.js"} <= set(scripts[:-1])
+    assert scripts[-1] == "static/app.js"
+    assert all(client.get(f"/{src}").status_code == 200 for src in scripts)
     config = client.get("/api/config").json()
     assert (config["width"], config["height"]) == (64, 64)
     assert config["planner"] == "rules"
