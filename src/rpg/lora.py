@@ -17,9 +17,10 @@ from the local Hugging Face cache; downloading only with ``allow_download`` and 
 ``HF_HUB_OFFLINE``. The request records the name (local files as absolute paths), the scale and
 the SHA-256 of the file's bytes; a recorded hash that the file no longer has is an error.
 
-**Per-region LoRA** (UNet models): region ``r``'s adapters change only what region ``r``'s text
-gives in cross-attention, the keys and values its tokens are projected to (``to_k``/``to_v`` of
-every cross-attention layer), and only where region ``r``'s image positions read them::
+**Per-region LoRA**: region ``r``'s adapters change only what region ``r``'s own text gives;
+everything every region shares stays global. On **UNet models** that is the keys and values its
+tokens are projected to (``to_k``/``to_v`` of every cross-attention layer), and only where region
+``r``'s image positions read them::
 
     out[R_r] = (1 − β_r) · Attn(x[R_r], K_r', V_r') + β_r · Attn(x[R_r], ctx[S_base])
     K_r' = to_k(ctx[S_r]) + Σ_a s_a · ΔW_k,a · ctx[S_r]      (V_r' likewise with to_v)
@@ -27,8 +28,30 @@ every cross-attention layer), and only where region ``r``'s image positions read
 and in the unconditional half the same with the region's negative prompt (its own, else the
 shared one) in place of ``S_r`` and the shared negative as the base term. Everything else (the
 queries, ``to_out``, self-attention, resnets, feed-forwards, the text encoders, the base prompt)
-is the same for every region and stays global: a region LoRA with weights there is refused,
-naming the layers, rather than silently applied to the whole image.
+is the same for every region and stays global.
+
+On **MM-DiT models** (FLUX.1, SD3 / SD3.5, FLUX.2 klein) a region's text is the rows of its
+token span ``S_r`` in the transformer's text stream, and region ``r``'s adapters act on exactly
+those rows, in every layer that maps a text row to a text row by itself::
+
+    y[S_r] = W·x[S_r] + Σ_a s_a · ΔW_a · x[S_r]       (y = W·x on every other row)
+
+in double-stream (FLUX) and joint (SD3) blocks the context stream's ``attn.add_q_proj``,
+``add_k_proj``, ``add_v_proj``, ``to_add_out`` and ``ff_context``; in single-stream blocks, where
+text and image rows go through shared ``to_q``/``to_k``/``to_v``/``proj_mlp``/``proj_out``
+(FLUX.2: ``to_qkv_mlp_proj``/``to_out``), on region ``r``'s text rows only, the image rows
+untouched. The regional joint attention then carries the changed text where the definition
+sends it (region ``r``'s image tokens read ``text(r)``). What stays global: every layer of the
+image stream, the modulations (``norm1_context``, adaLN linears), ``time_text_embed``,
+``context_embedder``, ``x_embedder``, the model's ``proj_out``, the text encoders, the base
+prompt's tokens and the canvas background's (the whole prompt packed for it), and the negative
+prompt: with classifier-free guidance (SD3, FLUX true CFG, klein) the negative half is the
+stock forward over one negative prompt, one text stream every image token reads, so it gets no
+region LoRA (unlike the UNet, where each region's negative keys are projected on their own).
+Regions with the same prompt share its tokens and must have the same LoRAs.
+
+A region LoRA with weights on a layer that stays global is refused, naming the layers, rather
+than silently applied to the whole image.
 """
 
 from __future__ import annotations
@@ -55,6 +78,7 @@ __all__ = [
     "applied_loras",
     "check_lora_files",
     "file_sha256",
+    "lora_delta",
     "region_lora_refusal",
     "request_loras",
     "resolve_lora",
@@ -248,31 +272,84 @@ class _Snapshot:
 
 
 def region_lora_refusal(backbone: Backbone) -> str | None:
-    """Why this backbone cannot take per-region LoRAs (``None``: it can)."""
-    if getattr(backbone.pipe, "unet", None) is None:
-        return (
-            f"per-region LoRA is exact on UNet models (SD 1.x/2.x, SDXL) only; {backbone.name!r} "
-            "is an MM-DiT model, whose text tokens pass through every block's projections and "
-            "MLPs with the image's, so a region LoRA there is not implemented yet: give the LoRA "
-            "to the whole image (--lora, GenerationRequest.loras)"
-        )
-    return None
+    """Why this backbone cannot take per-region LoRAs (``None``: it can).
+
+    UNet models and MM-DiT models whose transformer has a text stream (FLUX.1, SD3 / SD3.5,
+    FLUX.2) can; anything else is refused before a LoRA is loaded.
+    """
+    pipe = backbone.pipe
+    if getattr(pipe, "unet", None) is not None:
+        return None
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        from rpg.attention.joint_lora import text_stream_layers
+
+        if text_stream_layers(transformer):
+            return None
+    return (
+        f"per-region LoRA needs a UNet model (SD 1.x/2.x, SDXL) or an MM-DiT model with a text "
+        f"stream (FLUX.1, SD3, FLUX.2 klein); {backbone.name!r} has neither, so its text cannot "
+        "be told apart per region: give the LoRA to the whole image (--lora, "
+        "GenerationRequest.loras)"
+    )
+
+
+def lora_delta(layer: Any, x: Any, adapters: tuple[tuple[str, float], ...]) -> Any:
+    """``Σ_a s_a · B_a(A_a(x)) · scaling_a`` of ``layer``'s (inactive) LoRA adapters, or ``None``.
+
+    The low-rank update a peft LoRA layer adds to its base output, computed for the named
+    adapters only whether or not they are active: how a region's own LoRA reaches its own text
+    (UNet: its keys and values; MM-DiT: its text rows). Adapters the layer does not hold add
+    nothing.
+    """
+    lora_a = getattr(layer, "lora_A", None)
+    if lora_a is None:
+        return None
+    delta = None
+    for name, scale in adapters:
+        if name not in lora_a:
+            continue
+        down = lora_a[name]
+        part = layer.lora_dropout[name](x.to(down.weight.dtype))
+        term = layer.lora_B[name](down(part)) * (layer.scaling[name] * scale)
+        delta = term if delta is None else delta + term
+    return None if delta is None else delta.to(x.dtype)
+
+
+#: What a region LoRA may hold, said in the refusal (UNet, MM-DiT).
+_WHERE = {
+    "unet": "the keys and values of its own text in cross-attention (attn2.to_k / attn2.to_v "
+    "of the UNet)",
+    "transformer": "its own text tokens: the text stream's layers of double-stream / joint "
+    "blocks (attn.add_q_proj, add_k_proj, add_v_proj, to_add_out, ff_context) and the "
+    "attention and MLP layers of single-stream blocks (on the text rows)",
+}
+
+
+def _region_layers(pipe: Any) -> tuple[str, set[int]]:
+    """The denoiser's name and the ids of the layers a region adapter may hold weights on."""
+    from diffusers.models.attention_processor import Attention
+
+    if getattr(pipe, "unet", None) is not None:
+        allowed: set[int] = set()
+        for module in pipe.unet.modules():
+            if isinstance(module, Attention) and module.is_cross_attention:
+                allowed.update((id(module.to_k), id(module.to_v)))
+        return "unet", allowed
+    from rpg.attention.joint_lora import text_stream_layers
+
+    return "transformer", set(text_stream_layers(pipe.transformer))
 
 
 def _check_region_adapter(pipe: Any, adapter: str, shown: str) -> None:
-    """Refuse a region adapter with weights outside cross-attention ``to_k``/``to_v``."""
-    from diffusers.models.attention_processor import Attention
-
-    allowed: set[int] = set()
-    for module in pipe.unet.modules():
-        if isinstance(module, Attention) and module.is_cross_attention:
-            allowed.update((id(module.to_k), id(module.to_v)))
+    """Refuse a region adapter with weights on layers every region shares (see ``_WHERE``)."""
+    denoiser, allowed = _region_layers(pipe)
     wrong: dict[str, None] = {}
     for component, model in _components(pipe).items():
         for name, layer in _tuner_layers(model):
             if adapter not in getattr(layer, "lora_A", {}):
                 continue
-            if component == "unet" and id(layer) in allowed:
+            if component == denoiser and id(layer) in allowed:
                 if adapter in getattr(layer, "lora_magnitude_vector", {}):
                     raise ConfigurationError(
                         f"region LoRA {shown!r} is a DoRA adapter; per-region LoRA takes plain "
@@ -280,16 +357,17 @@ def _check_region_adapter(pipe: Any, adapter: str, shown: str) -> None:
                     )
                 continue
             generic = [p for p in name.split(".") if not p.isdigit()]
-            wrong[f"{component}: {'.'.join(generic[-2:])}"] = None
+            # a UNet's layer type is its last two parts; a transformer's needs its block kind
+            shown_name = ".".join(generic if component == "transformer" else generic[-2:])
+            wrong[f"{component}: {shown_name}"] = None
     if wrong:
         listed = sorted(wrong)
         more = f" and {len(listed) - 8} more" if len(listed) > 8 else ""
         raise ConfigurationError(
             f"region LoRA {shown!r} has weights on layers that every region shares "
-            f"({', '.join(listed[:8])}{more}); a region's LoRA can act only on the keys and "
-            "values of its own text in cross-attention (attn2.to_k / attn2.to_v of the UNet). "
-            "Give this LoRA to the whole image (--lora, GenerationRequest.loras), or use one "
-            "trained on those layers only"
+            f"({', '.join(listed[:8])}{more}); a region's LoRA can act only on "
+            f"{_WHERE[denoiser]}. Give this LoRA to the whole image (--lora, "
+            "GenerationRequest.loras), or use one trained on those layers only"
         )
 
 

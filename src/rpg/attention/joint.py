@@ -52,6 +52,7 @@ import torch
 
 from rpg.attention.flux2_layers import is_flux2, is_flux2_single_stream
 from rpg.attention.joint_core import _JointAttention
+from rpg.attention.joint_lora import region_lora_hooks
 from rpg.attention.joint_processors import FluxRegionalAttnProcessor, SD3RegionalAttnProcessor
 from rpg.attention.joint_regions import (
     ImageAttention,
@@ -225,7 +226,8 @@ def regional_joint(
         regions.prepare(regions.device or _weights_device(transformer))
         transformer.set_attn_processor({k: installed.get(k, v) for k, v in previous.items()})
         handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
-        yield processors
+        with region_lora_hooks(transformer, regions):  # region LoRAs on their own text rows
+            yield processors
     finally:
         if handle is not None:
             handle.remove()

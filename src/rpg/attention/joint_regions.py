@@ -130,6 +130,9 @@ class JointRegions:
     global_span: Span | None = None
     negative_span: Span | None = None
     options: JointAttentionOptions = field(default_factory=JointAttentionOptions)
+    #: Per region, the ``(adapter, scale)`` pairs acting on its text rows only (``None``: no
+    #: region has its own LoRA); see :mod:`rpg.attention.joint_lora`.
+    region_loras: tuple[tuple[tuple[str, float], ...], ...] | None = None
     steps: int | None = None
     text_length: int | None = None
     #: Where the pipeline runs (the conditioning's device): region indices are built there.
@@ -148,6 +151,8 @@ class JointRegions:
                 f"{len(self.region_spans)} region spans but the layout has "
                 f"{self.layout.num_regions} regions"
             )
+        if self.region_loras is not None and len(self.region_loras) != len(self.region_spans):
+            raise ValueError("region_loras must have one entry per region")
         if any(b > 0 for b in self.layout.base_weights) and self.base_span is None:
             raise ValueError("the layout blends a base prompt (base weight > 0) but no base_span")
         if self.global_span is None:
@@ -192,6 +197,7 @@ class JointRegions:
             base_span=conditioning.base_span,
             global_span=global_span,
             negative_span=conditioning.negative_span,
+            region_loras=conditioning.region_loras,
             options=options or JointAttentionOptions(),
             steps=steps,
             text_length=int(conditioning.prompt_embeds.shape[1]),
