@@ -414,3 +414,40 @@ def test_cli_generate_with_a_flux_region_lora_and_from_re_renders(
     Path("plain.json").write_text(json.dumps(plan))
     assert main([*args[:5], "plain.json", *args[6:], "--out", "c.png"]) == 0
     assert not np.array_equal(a, np.asarray(Image.open("c.png").convert("RGB")))
+
+
+def test_a_compiled_flux_transformer_takes_region_loras_in_one_graph(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``fullgraph=True`` (a graph break raises): the hooks read no tensor value, and nothing is
+    compiled again from one step to the next; the latents are the eager render's."""
+    from torch._dynamo.utils import counters
+
+    from rpg.attention.diagnostics import CompileCounter, graph_breaks
+
+    torch._dynamo.reset()
+    counters.clear()
+    rpg = RPG.from_pretrained(models["tiny-flux"], device="cpu", dtype="float32")
+    rpg.pipe.set_progress_bar_config(disable=True)
+    targets = f"{CONTEXT_TARGETS}|{SINGLE_TARGETS}"
+    lora = write_lora(rpg.pipe, tmp_path / "c.safetensors", targets=targets, seed=10)
+    regions = (Region(prompt="a red cat", loras=[(str(lora), 0.9)]), Region(prompt="a dog"))
+    plan = RegionPlan(rows=(Row(regions=regions),), base_prompt="pets", base_ratio=0.3)
+    req = GenerationRequest(prompt="pets", plan=plan, steps=3, seed=1, width=48, height=32)
+    eager = rpg.generate(req, output_type="latent").images[0]
+    counter = CompileCounter()
+    rpg.pipe.transformer.compile(backend=counter, fullgraph=True)
+    counter.mark("s0")
+
+    def on_step(pipe: Any, i: int, t: Any, kw: dict[str, Any]) -> dict:
+        counter.mark(f"s{i + 1}")
+        return {}
+
+    try:
+        got = rpg.generate(req, output_type="latent", callback_on_step_end=on_step).images[0]
+    finally:
+        torch._dynamo.reset()
+    assert not graph_breaks()
+    assert counter.graphs and set(counter.graphs) == {"s0"}
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+    assert _lora_free(rpg.pipe)
