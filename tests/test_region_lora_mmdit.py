@@ -253,6 +253,17 @@ def test_zero_lora_equals_no_lora_and_hooks_are_removed() -> None:
     assert not any(m._forward_hooks for m in model.modules())
 
 
+def test_fused_projections_are_refused() -> None:
+    """Fused QKV projections never call add_q_proj …, where region LoRAs act: refused."""
+    model = _with_adapters(tiny_flux_transformer(), 6)
+    model.transformer_blocks[0].attn.fused_projections = True  # as fuse_qkv_projections sets it
+    case = random_case(random.Random(1), HEIGHT, WIDTH, base=False)
+    loras = _random_loras(random.Random(1), case.spans)
+    with pytest.raises(ConfigurationError, match="unfuse_qkv_projections"):
+        run_regional(model, _regions(case, loras), _flux_inputs(1, case.text_length, 1))
+    assert not any(m._forward_hooks for m in model.modules())
+
+
 def test_regions_sharing_a_prompt_must_share_their_loras(flux: Any) -> None:
     case = random_case(random.Random(0), HEIGHT, WIDTH, base=True)
     spans = (case.spans[0], case.spans[0])
@@ -267,6 +278,15 @@ def test_regions_sharing_a_prompt_must_share_their_loras(flux: Any) -> None:
     inputs = _flux_inputs(1, case.text_length, 0)
     with pytest.raises(ConfigurationError, match="same prompt as an earlier region"):
         run_regional(flux, regions, inputs)
+    assert not any(m._forward_hooks for m in flux.modules())
+    # a region whose prompt is the base prompt's text reads the base tokens: no LoRA of its own
+    assert case.base_span is not None
+    on_base = JointRegions(
+        region_spans=(case.base_span, case.spans[0]), layout=layout, base_span=case.base_span,
+        text_length=case.text_length, region_loras=((("a", 1.0),), ()),
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="the base prompt's text"):
+        run_regional(flux, on_base, inputs)
     assert not any(m._forward_hooks for m in flux.modules())
 
 

@@ -106,6 +106,15 @@ def region_lora_hooks(transformer: Any, regions: JointRegions) -> Iterator[int]:
     if not spans:
         yield 0
         return
+    fused = sorted(
+        name for name, m in transformer.named_modules() if getattr(m, "fused_projections", False)
+    )
+    if fused:
+        raise ConfigurationError(
+            f"region LoRAs act through the separate text projections (add_q_proj, …), but this "
+            f"transformer's projections are fused ({fused[0]}{' and more' if fused[1:] else ''}); "
+            "call transformer.unfuse_qkv_projections() before rendering with region LoRAs"
+        )
     allowed = text_stream_layers(transformer)
     state = regions.state
     handles = []
