@@ -270,6 +270,7 @@ def test_base_term_shares_the_image_attention(
     """With a base prompt the image keys are attended once and merged by log-sum-exp; the result
     equals the two separate attentions (the path taken with autograd or another backend)."""
     import rpg.attention.joint as joint
+    import rpg.attention.joint_core as joint_core
 
     calls: list[int] = []
 
@@ -277,7 +278,7 @@ def test_base_term_shares_the_image_attention(
         calls.append(1)
         return attention_with_lse(*args, **kwargs)
 
-    monkeypatch.setattr(joint, "attention_with_lse", counted)
+    monkeypatch.setattr(joint_core, "attention_with_lse", counted)
     for model, inputs_of, kw in (
         (flux, _flux_inputs, {}),
         (sd3, _sd3_inputs, {"guidance_batch": 1}),

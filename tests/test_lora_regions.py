@@ -1,5 +1,5 @@
 """Per-region LoRA: against a naive reference, stock equivalence on one full-canvas region, and
-the refusals (layers every region shares, MM-DiT models)."""
+the refusals (layers every region shares, a model without UNet or text stream)."""
 
 from __future__ import annotations
 
@@ -241,7 +241,12 @@ def test_two_regions_and_a_global_lora_together(
     assert _lora_free(tiny_rpg.pipe)
 
 
-def test_mm_dit_region_loras_are_refused_before_loading(tmp_path: Path) -> None:
+def test_region_loras_without_unet_or_text_stream_are_refused_before_loading(
+    tmp_path: Path,
+) -> None:
+    """MM-DiT models take region LoRAs (tests/test_region_lora_mmdit.py); a pipeline with
+    neither a UNet nor a transformer with a text stream is refused before anything loads."""
+
     class _Pipe:
         def load_lora_weights(self, *args: Any, **kw: Any) -> None:
             raise AssertionError("nothing may be loaded")
@@ -250,7 +255,7 @@ def test_mm_dit_region_loras_are_refused_before_loading(tmp_path: Path) -> None:
     plan = RegionPlan(rows=(Row(regions=(Region(prompt="a cat", loras=["x.safetensors"]),)),))
     request = GenerationRequest(prompt="a cat", plan=plan)
     with (
-        pytest.raises(ConfigurationError, match="per-region LoRA is exact on UNet models"),
+        pytest.raises(ConfigurationError, match="per-region LoRA needs a UNet model"),
         applied_loras(backbone, request),
     ):
         pass

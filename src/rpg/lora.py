@@ -17,9 +17,10 @@ from the local Hugging Face cache; downloading only with ``allow_download`` and 
 ``HF_HUB_OFFLINE``. The request records the name (local files as absolute paths), the scale and
 the SHA-256 of the file's bytes; a recorded hash that the file no longer has is an error.
 
-**Per-region LoRA** (UNet models): region ``r``'s adapters change only what region ``r``'s text
-gives in cross-attention, the keys and values its tokens are projected to (``to_k``/``to_v`` of
-every cross-attention layer), and only where region ``r``'s image positions read them::
+**Per-region LoRA**: region ``r``'s adapters change only what region ``r``'s own text gives;
+everything every region shares stays global. On **UNet models** that is the keys and values its
+tokens are projected to (``to_k``/``to_v`` of every cross-attention layer), and only where region
+``r``'s image positions read them::
 
     out[R_r] = (1 − β_r) · Attn(x[R_r], K_r', V_r') + β_r · Attn(x[R_r], ctx[S_base])
     K_r' = to_k(ctx[S_r]) + Σ_a s_a · ΔW_k,a · ctx[S_r]      (V_r' likewise with to_v)
@@ -27,8 +28,30 @@ every cross-attention layer), and only where region ``r``'s image positions read
 and in the unconditional half the same with the region's negative prompt (its own, else the
 shared one) in place of ``S_r`` and the shared negative as the base term. Everything else (the
 queries, ``to_out``, self-attention, resnets, feed-forwards, the text encoders, the base prompt)
-is the same for every region and stays global: a region LoRA with weights there is refused,
-naming the layers, rather than silently applied to the whole image.
+is the same for every region and stays global.
+
+On **MM-DiT models** (FLUX.1, SD3 / SD3.5, FLUX.2 klein) a region's text is the rows of its
+token span ``S_r`` in the transformer's text stream, and region ``r``'s adapters act on exactly
+those rows, in every layer that maps a text row to a text row by itself::
+
+    y[S_r] = W·x[S_r] + Σ_a s_a · ΔW_a · x[S_r]       (y = W·x on every other row)
+
+in double-stream (FLUX) and joint (SD3) blocks the context stream's ``attn.add_q_proj``,
+``add_k_proj``, ``add_v_proj``, ``to_add_out`` and ``ff_context``; in single-stream blocks, where
+text and image rows go through shared ``to_q``/``to_k``/``to_v``/``proj_mlp``/``proj_out``
+(FLUX.2: ``to_qkv_mlp_proj``/``to_out``), on region ``r``'s text rows only, the image rows
+untouched. The regional joint attention then carries the changed text where the definition
+sends it (region ``r``'s image tokens read ``text(r)``). What stays global: every layer of the
+image stream, the modulations (``norm1_context``, adaLN linears), ``time_text_embed``,
+``context_embedder``, ``x_embedder``, the model's ``proj_out``, the text encoders, the base
+prompt's tokens and the canvas background's (the whole prompt packed for it), and the negative
+prompt: with classifier-free guidance (SD3, FLUX true CFG, klein) the negative half is the
+stock forward over one negative prompt, one text stream every image token reads, so it gets no
+region LoRA (unlike the UNet, where each region's negative keys are projected on their own).
+Regions with the same prompt share its tokens and must have the same LoRAs.
+
+A region LoRA with weights on a layer that stays global is refused, naming the layers, rather
+than silently applied to the whole image.
 """
 
 from __future__ import annotations
@@ -38,11 +61,12 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError, ModelNotFoundError
+from rpg.lora_adapters import _check_region_adapter, _Snapshot, lora_delta, region_lora_refusal
 from rpg.lora_spec import LoraInput
 
 if TYPE_CHECKING:
@@ -55,6 +79,7 @@ __all__ = [
     "applied_loras",
     "check_lora_files",
     "file_sha256",
+    "lora_delta",
     "region_lora_refusal",
     "request_loras",
     "resolve_lora",
@@ -166,131 +191,6 @@ def _checked(spec: LoraInput, **options: Any) -> tuple[LoraInput, Path]:
             "with the file as it is now"
         )
     return spec.model_copy(update={"name": name, "sha256": digest}), file
-
-
-# ----------------------------------------------------------------- the pipeline's adapter state
-
-
-def _components(pipe: Any) -> dict[str, Any]:
-    names = getattr(pipe, "_lora_loadable_modules", None) or ()
-    found = {n: getattr(pipe, n, None) for n in names}
-    return {n: m for n, m in found.items() if m is not None}
-
-
-def _tuner_layers(model: Any) -> Iterator[tuple[str, Any]]:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer):
-            yield name, module
-
-
-@dataclass
-class _Snapshot:
-    """Everything about the pipeline's adapters that loading and activating ours changes."""
-
-    had_adapters: dict[str, bool]
-    layers: list[tuple[Any, list[str], dict[str, float], bool]] = field(default_factory=list)
-    grads: list[tuple[Any, bool]] = field(default_factory=list)
-
-    @classmethod
-    def take(cls, pipe: Any) -> _Snapshot:
-        components = _components(pipe)
-        snap = cls({n: bool(getattr(m, "peft_config", None)) for n, m in components.items()})
-        for name, model in components.items():
-            if not snap.had_adapters[name]:
-                continue
-            for _, layer in _tuner_layers(model):
-                snap.layers.append(
-                    (
-                        layer,
-                        list(layer.active_adapters),
-                        dict(layer.scaling),
-                        layer.disable_adapters,
-                    )
-                )
-            snap.grads += [
-                (p, p.requires_grad) for k, p in model.named_parameters() if "lora_" in k
-            ]
-        return snap
-
-    def restore(self, pipe: Any, ours: Sequence[str]) -> None:
-        """Remove our adapters and put the user's back as they were."""
-        from diffusers.utils import recurse_remove_peft_layers
-        from diffusers.utils.peft_utils import delete_adapter_layers
-
-        for name, model in _components(pipe).items():
-            config = getattr(model, "peft_config", None)
-            if not config:
-                continue
-            if not self.had_adapters.get(name, False):
-                if hasattr(model, "unload_lora"):  # diffusers models (offloading-aware)
-                    model.unload_lora()
-                    continue
-                recurse_remove_peft_layers(model)  # what unload_lora_weights does to encoders
-                del model.peft_config
-                if hasattr(model, "_hf_peft_config_loaded"):
-                    model._hf_peft_config_loaded = None
-                continue
-            for adapter in ours:
-                if adapter in config:
-                    delete_adapter_layers(model, adapter)
-                    config.pop(adapter, None)
-        for layer, active, scaling, disabled in self.layers:
-            layer.set_adapter(active)
-            layer.enable_adapters(not disabled)
-            layer.scaling.update(scaling)
-        for param, wanted in self.grads:
-            param.requires_grad_(wanted)
-
-
-# ----------------------------------------------------------------- per-region checks
-
-
-def region_lora_refusal(backbone: Backbone) -> str | None:
-    """Why this backbone cannot take per-region LoRAs (``None``: it can)."""
-    if getattr(backbone.pipe, "unet", None) is None:
-        return (
-            f"per-region LoRA is exact on UNet models (SD 1.x/2.x, SDXL) only; {backbone.name!r} "
-            "is an MM-DiT model, whose text tokens pass through every block's projections and "
-            "MLPs with the image's, so a region LoRA there is not implemented yet: give the LoRA "
-            "to the whole image (--lora, GenerationRequest.loras)"
-        )
-    return None
-
-
-def _check_region_adapter(pipe: Any, adapter: str, shown: str) -> None:
-    """Refuse a region adapter with weights outside cross-attention ``to_k``/``to_v``."""
-    from diffusers.models.attention_processor import Attention
-
-    allowed: set[int] = set()
-    for module in pipe.unet.modules():
-        if isinstance(module, Attention) and module.is_cross_attention:
-            allowed.update((id(module.to_k), id(module.to_v)))
-    wrong: dict[str, None] = {}
-    for component, model in _components(pipe).items():
-        for name, layer in _tuner_layers(model):
-            if adapter not in getattr(layer, "lora_A", {}):
-                continue
-            if component == "unet" and id(layer) in allowed:
-                if adapter in getattr(layer, "lora_magnitude_vector", {}):
-                    raise ConfigurationError(
-                        f"region LoRA {shown!r} is a DoRA adapter; per-region LoRA takes plain "
-                        "LoRA weights only (give it to the whole image instead)"
-                    )
-                continue
-            generic = [p for p in name.split(".") if not p.isdigit()]
-            wrong[f"{component}: {'.'.join(generic[-2:])}"] = None
-    if wrong:
-        listed = sorted(wrong)
-        more = f" and {len(listed) - 8} more" if len(listed) > 8 else ""
-        raise ConfigurationError(
-            f"region LoRA {shown!r} has weights on layers that every region shares "
-            f"({', '.join(listed[:8])}{more}); a region's LoRA can act only on the keys and "
-            "values of its own text in cross-attention (attn2.to_k / attn2.to_v of the UNet). "
-            "Give this LoRA to the whole image (--lora, GenerationRequest.loras), or use one "
-            "trained on those layers only"
-        )
 
 
 # ----------------------------------------------------------------- the context

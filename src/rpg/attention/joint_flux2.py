@@ -2,7 +2,7 @@
 
 The same semantics and the same arithmetic as FLUX.1 (:mod:`rpg.attention.joint`): text and image
 are one sequence ``[text | image]``, split into text and image queries, keys and values after the
-stock projections, QK norms and RoPE, then :meth:`~rpg.attention.joint._JointAttention.attend`
+stock projections, QK norms and RoPE, then :meth:`~rpg.attention.joint_core._JointAttention.attend`
 does the regional part. Only the projections differ from FLUX.1:
 
 * double-stream blocks (``Flux2Attention``) project text and image separately, exactly as FLUX.1's
@@ -27,13 +27,9 @@ from typing import Any
 import torch
 
 from rpg.attention.flux2_layers import is_flux2, is_flux2_single_stream
-from rpg.attention.joint import (
-    FluxRegionalAttnProcessor,
-    JointRegions,
-    _JointAttention,
-    _rope,
-    regional_joint,
-)
+from rpg.attention.joint import FluxRegionalAttnProcessor, JointRegions, regional_joint
+from rpg.attention.joint_core import _JointAttention
+from rpg.attention.joint_processors import _rope
 from rpg.attention.spec import Span
 
 __all__ = [

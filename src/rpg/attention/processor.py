@@ -55,6 +55,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 from rpg.layout import latent_grid_for_tokens, latent_grids
+from rpg.lora import lora_delta as _lora_delta
 
 __all__ = ["RegionalAttnProcessor"]
 
@@ -145,27 +146,6 @@ def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
         _adapter_state(attn.to_k),
         _adapter_state(attn.to_v),
     )
-
-
-def _lora_delta(layer: Any, x: torch.Tensor, adapters: tuple[tuple[str, float], ...]) -> Any:
-    """``Σ_a s_a · B_a(A_a(x)) · scaling_a`` of ``layer``'s (inactive) LoRA adapters, or ``None``.
-
-    The low-rank update a peft LoRA layer adds to its base output, computed for the named
-    adapters only whether or not they are active: how a region's own LoRA reaches its tokens'
-    keys and values (:mod:`rpg.lora`). Adapters the layer does not hold add nothing.
-    """
-    lora_a = getattr(layer, "lora_A", None)
-    if lora_a is None:
-        return None
-    delta = None
-    for name, scale in adapters:
-        if name not in lora_a:
-            continue
-        down = lora_a[name]
-        part = layer.lora_dropout[name](x.to(down.weight.dtype))
-        term = layer.lora_B[name](down(part)) * (layer.scaling[name] * scale)
-        delta = term if delta is None else delta + term
-    return None if delta is None else delta.to(x.dtype)
 
 
 class RegionalAttnProcessor:

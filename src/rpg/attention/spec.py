@@ -49,8 +49,8 @@ class RegionalConditioning:
     #: read by the calls and blocks that are not regional (``regional_steps``/``_blocks``).
     global_span: Span | None = None
     #: Per region, ``(adapter name, scale)`` pairs of LoRAs that act on that region's text only
-    #: (the keys and values its tokens give in cross-attention; see :mod:`rpg.lora`). ``None``:
-    #: no region has its own LoRA.
+    #: (UNet: the keys and values its tokens give in cross-attention; MM-DiT: its text rows; see
+    #: :mod:`rpg.lora`). ``None``: no region has its own LoRA.
     region_loras: tuple[tuple[tuple[str, float], ...], ...] | None = None
 
     def __post_init__(self) -> None:
