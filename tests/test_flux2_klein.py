@@ -143,6 +143,23 @@ def test_condition_tokens_match_naive_reference(
     assert (moved[:, :n] - ours[:, :n]).abs().max().item() > 1e-4
 
 
+def test_region_index_copies_each_cell() -> None:
+    """Two copies of a 2×3 grid with columns 1:2: each region's rows are its cells in the first
+    copy, then the same cells in the second, with the same base weight."""
+    from rpg.attention.regions import region_index
+    from rpg.attention.spec import RegionalLayout
+
+    layout = RegionalLayout(rows=((1.0, (1.0, 2.0)),), base_weights=(0.2, 0.5), height=32,
+                            width=48, latent_factor=16)  # fmt: skip
+    index = region_index(layout, 2, 3, copies=2)
+    assert index.copies == 2 and index.bounds == ((0, 4), (4, 12))
+    assert index.perm is not None and index.base_weights is not None
+    assert index.perm.tolist() == [0, 3, 6, 9, 1, 2, 4, 5, 7, 8, 10, 11]
+    assert index.base_weights.reshape(-1).tolist() == pytest.approx([0.2] * 4 + [0.5] * 8)
+    with pytest.raises(ValueError, match="copies must be at least 1"):
+        region_index(layout, 2, 3, copies=0)
+
+
 def test_condition_tokens_need_grid_copies(model: Any) -> None:
     """A sequence with condition tokens and regions made for one grid is a clear error."""
     case = random_case(random.Random(5), H, W, base=True)
