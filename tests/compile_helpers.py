@@ -118,3 +118,57 @@ def count_host_syncs(pipe: Any, run: Callable[[], Any]) -> HostSyncCounter:
             watching.enter_context(counter.watch(getattr(pipe, name)))
         run()
     return counter
+
+
+class _EditPlanner:
+    """An image-capable planner whose edit repaints region 1 as "a green frog"."""
+
+    name = "edit-region-1"
+    supports_images = True
+
+    def plan(self, prompt: str, *, image: Any = None) -> Any:
+        raise AssertionError("edit must not ask for a fresh plan")
+
+    def review(self, prompt: str, plan: RegionPlan, image: Any) -> Any:
+        raise AssertionError("edit does not review")
+
+    def plan_edit(self, instruction: str, image: Any, plan: RegionPlan | None = None) -> Any:
+        from rpg.planners.feedback import EditPlan, RegionChange
+
+        change = RegionChange(index=1, prompt="a green frog")
+        return EditPlan(explanation="region 1", plan=plan, changes=[change])
+
+
+def edit_source(req: GenerationRequest) -> Image.Image:
+    """A random ``SIZE``² image carrying ``req`` (plan, steps, seed, family options) as an rpg
+    image does, for ``rpg edit`` to repaint."""
+    import json
+
+    import numpy as np
+
+    from rpg.metadata import PNG_KEY
+
+    pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    image.info[PNG_KEY] = json.dumps({"request": req.model_dump(mode="json")})
+    return image
+
+
+def edit_render(rpg: RPG, req: GenerationRequest, **call: Any) -> Any:
+    """``rpg edit`` of :func:`edit_source` (region 1 repainted): the edit's result."""
+    from rpg.edit import edit
+
+    return edit(rpg, edit_source(req), "make the dog a frog", planner=_EditPlanner(), **call)
+
+
+def stock_inpaint(rpg: RPG, req: GenerationRequest, mask: Image.Image) -> Any:
+    """The family's stock inpainting pipeline on the loaded modules, rpg nowhere."""
+    from rpg.backbones.inpaint import build_inpaint_pipeline
+
+    cls = rpg.backbone.inpaint_pipeline_class()
+    pipe = build_inpaint_pipeline(rpg.pipe, cls)
+    return pipe(
+        prompt=PROMPT, image=edit_source(req), mask_image=mask, strength=1.0,
+        num_inference_steps=STEPS, output_type="latent",
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip

@@ -149,6 +149,11 @@ def naive_joint(
     """
     n_text, n_img = q_t.shape[1], q_i.shape[1]
     paint = painters(regions.layout)
+    # klein inpainting's condition tokens: the grid again after the noisy tokens, each token of
+    # a copy painted as its cell is
+    copies, rest = divmod(n_img, len(paint))
+    assert rest == 0 and copies >= 1, (n_img, len(paint))
+    paint = paint * copies
     spans = regions.painter_spans
     betas = painter_betas(regions.layout)
     scope = regions.options.image_attention

@@ -240,14 +240,16 @@ def klein() -> Any:
     return tiny_flux2_transformer()
 
 
-def _klein_inputs(n_text: int, seed: int) -> dict[str, Any]:
+def _klein_inputs(n_text: int, seed: int, *, copies: int = 1) -> dict[str, Any]:
+    """``copies=2``: klein inpainting's condition tokens (the grid again, time id 10) follow."""
     g = torch.Generator().manual_seed(seed)
     h, w = HEIGHT // 16, WIDTH // 16
-    img_ids = torch.zeros(h, w, 4)
+    img_ids = torch.zeros(copies, h, w, 4)
+    img_ids[..., 0] = 10 * torch.arange(copies)[:, None, None]
     img_ids[..., 1] = torch.arange(h)[:, None]
     img_ids[..., 2] = torch.arange(w)[None]
     return {
-        "hidden_states": torch.randn(1, h * w, 16, generator=g),
+        "hidden_states": torch.randn(1, copies * h * w, 16, generator=g),
         "encoder_hidden_states": torch.randn(1, n_text, FLUX2_TEXT_DIM, generator=g),
         "timestep": torch.full((1,), 0.7),
         "img_ids": img_ids.reshape(-1, 4),
@@ -255,13 +257,15 @@ def _klein_inputs(n_text: int, seed: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("copies", [1, 2])
 @pytest.mark.parametrize(("seed", "scope", "base"), JOINT_CASES)
 def test_klein_canvas_matches_naive_reference(
-    klein: Any, seed: int, scope: str, base: bool
+    klein: Any, seed: int, scope: str, base: bool, copies: int
 ) -> None:
-    """FLUX.2 [klein]'s own processors (fused single-stream blocks) on the same canvases."""
-    regions = _joint_regions(100 + seed, scope, base)
-    inputs = _klein_inputs(regions.text_length or 0, seed)
+    """FLUX.2 [klein]'s own processors (fused single-stream blocks) on the same canvases;
+    ``copies=2``: with inpainting's condition tokens, a second copy of the canvas."""
+    regions = _joint_regions(100 + seed, scope, base, grid_copies=copies)
+    inputs = _klein_inputs(regions.text_length or 0, seed, copies=copies)
     naive_regions = _joint_regions(100 + seed, scope, base)
     spans = [s for s in (naive_regions.base_span, naive_regions.global_span) if s is not None]
     ids = packed_text_ids(inputs["txt_ids"].shape[0], [*spans, *naive_regions.region_spans])

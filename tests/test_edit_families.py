@@ -65,6 +65,7 @@ def _load(models: Path, name: str) -> RPG:
     [
         ("tiny-flux", "FluxInpaintPipeline"),
         ("tiny-sd3", "StableDiffusion3InpaintPipeline"),
+        ("tiny-flux2-klein", "Flux2KleinInpaintPipeline"),
     ],
 )
 def test_edit_repaints_only_the_changed_region(models: Path, name: str, pipeline: str) -> None:
@@ -93,17 +94,18 @@ def test_edit_repaints_only_the_changed_region(models: Path, name: str, pipeline
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("tiny-flux2-klein", r"cannot repaint with 'flux2-klein'.*reference tokens"),
+        ("tiny-flux", r"cannot repaint with 'flux'.*has no NoSuchInpaintPipeline"),
         ("tiny-sd3", r"cannot repaint with 'sd3'.*has no NoSuchInpaintPipeline"),
     ],
 )
 def test_a_family_without_inpainting_is_refused_before_planning(
     models: Path, monkeypatch: pytest.MonkeyPatch, name: str, why: str
 ) -> None:
-    from rpg.backbones.dit import SD3Backbone
+    from rpg.backbones.dit import FluxBackbone, SD3Backbone
 
     pipe = _load(models, name)
-    monkeypatch.setattr(SD3Backbone, "inpaint_pipeline_name", "NoSuchInpaintPipeline")
+    for cls in (FluxBackbone, SD3Backbone):
+        monkeypatch.setattr(cls, "inpaint_pipeline_name", "NoSuchInpaintPipeline")
     planner = FakeVisionPlanner()
     encoded: list[Any] = []
     monkeypatch.setattr(pipe.backbone, "encode", lambda *a, **k: encoded.append(a))

@@ -60,19 +60,24 @@ def model() -> Any:
     return tiny_flux2_transformer()
 
 
-def _inputs(n_text: int, seed: int, batch: int = 1) -> dict[str, Any]:
+def _inputs(n_text: int, seed: int, batch: int = 1, *, condition: bool = False) -> dict[str, Any]:
+    """One forward's inputs; ``condition``: the grid's condition tokens follow the noisy ones,
+    with the ids ``Flux2KleinInpaintPipeline`` gives them (time coordinate 10)."""
     g = torch.Generator().manual_seed(seed)
     h, w = H // 16, W // 16
     img_ids = torch.zeros(h, w, 4)
     img_ids[..., 1] = torch.arange(h)[:, None]
     img_ids[..., 2] = torch.arange(w)[None]
+    img_ids = img_ids.reshape(-1, 4)
+    if condition:
+        img_ids = torch.cat([img_ids, img_ids + torch.tensor([10.0, 0, 0, 0])])
     txt_ids = torch.zeros(n_text, 4)
     txt_ids[:, 3] = torch.arange(n_text)  # the stock pipeline's numbering
     return {
-        "hidden_states": torch.randn(batch, h * w, 16, generator=g),
+        "hidden_states": torch.randn(batch, img_ids.shape[0], 16, generator=g),
         "encoder_hidden_states": torch.randn(batch, n_text, FLUX2_TEXT_DIM, generator=g),
         "timestep": torch.full((batch,), 0.7),
-        "img_ids": img_ids.reshape(-1, 4),
+        "img_ids": img_ids,
         "txt_ids": txt_ids,
     }
 
@@ -114,6 +119,57 @@ def test_processors_match_naive_reference(model: Any, seed: int, scope: str, bas
     with regional_flux2(model, regions, negative_prompt_embeds=other), torch.no_grad():
         ours = model(**inputs).sample
     assert (ours - naive).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize(("seed", "scope", "base"), CASES)
+def test_condition_tokens_match_naive_reference(
+    model: Any, seed: int, scope: str, base: bool
+) -> None:
+    """klein inpainting's sequence ``[text | noisy | condition]``: the condition tokens are a
+    second copy of the grid, each in its cell's region, as queries and as keys."""
+    case = random_case(random.Random(300 + seed), H, W, base=base)
+    inputs = _inputs(case.text_length, seed, condition=True)
+    naive = _naive(model, _regions(case, scope, grid_copies=2), inputs)
+    regions = _regions(case, scope, grid_copies=2)
+    with regional_flux2(model, regions), torch.no_grad():
+        ours = model(**inputs).sample
+    assert (ours - naive).abs().max().item() < 1e-5
+    # the condition tokens are keys: changing them changes the noisy tokens' output
+    n = inputs["hidden_states"].shape[1] // 2
+    other = inputs["hidden_states"].clone()
+    other[:, n:] += 1
+    with regional_flux2(model, _regions(case, scope, grid_copies=2)), torch.no_grad():
+        moved = model(**{**inputs, "hidden_states": other}).sample
+    assert (moved[:, :n] - ours[:, :n]).abs().max().item() > 1e-4
+
+
+def test_region_index_copies_each_cell() -> None:
+    """Two copies of a 2×3 grid with columns 1:2: each region's rows are its cells in the first
+    copy, then the same cells in the second, with the same base weight."""
+    from rpg.attention.regions import region_index
+    from rpg.attention.spec import RegionalLayout
+
+    layout = RegionalLayout(rows=((1.0, (1.0, 2.0)),), base_weights=(0.2, 0.5), height=32,
+                            width=48, latent_factor=16)  # fmt: skip
+    index = region_index(layout, 2, 3, copies=2)
+    assert index.copies == 2 and index.bounds == ((0, 4), (4, 12))
+    assert index.perm is not None and index.base_weights is not None
+    assert index.perm.tolist() == [0, 3, 6, 9, 1, 2, 4, 5, 7, 8, 10, 11]
+    assert index.base_weights.reshape(-1).tolist() == pytest.approx([0.2] * 4 + [0.5] * 8)
+    with pytest.raises(ValueError, match="copies must be at least 1"):
+        region_index(layout, 2, 3, copies=0)
+
+
+def test_condition_tokens_need_grid_copies(model: Any) -> None:
+    """A sequence with condition tokens and regions made for one grid is a clear error."""
+    case = random_case(random.Random(5), H, W, base=True)
+    inputs = _inputs(case.text_length, 5, condition=True)
+    with (
+        pytest.raises(ValueError, match="90 image tokens but a 144x80 image has 5x9 patches"),
+        regional_flux2(model, _regions(case, "global")),
+        torch.no_grad(),
+    ):
+        model(**inputs)
 
 
 def test_negative_forward_is_stock_over_the_negative_prompt(model: Any) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 import torch
 
-from compile_helpers import count_host_syncs, load, render, request, stock, write_models
+from compile_helpers import (
+    count_host_syncs,
+    edit_render,
+    load,
+    render,
+    request,
+    stock,
+    stock_inpaint,
+    write_models,
+)
 from rpg.attention.diagnostics import HostSyncCounter
 
 
@@ -70,6 +79,25 @@ def test_rpg_adds_no_host_sync_per_step(
     ours = _count(rpg.pipe, lambda: render(rpg, name, req))
     theirs = _count(rpg.pipe, lambda: stock(rpg, name, **stock_call))
     assert ours.calls == theirs.calls  # the same forwards: CFG as stock runs it
+    for kind in set(ours.counts) | set(theirs.counts):
+        assert ours.counts[kind] <= theirs.counts[kind], (kind, ours.counts, theirs.counts)
+    assert ours.host_to_device <= theirs.host_to_device
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"regional_steps": 0.5}, {"canvas": "soft", "base": False, "image_attention": "region"}],
+    ids=str,
+)
+def test_klein_edit_adds_no_host_sync_per_step(models: Path, fields: dict) -> None:
+    """``rpg edit`` on klein: the inpainting pipeline's condition tokens are mapped by index
+    tensors made before the loop, as the noisy ones are."""
+    rpg = load(models, "tiny-flux2-klein")
+    req = request(**fields)
+    result: list[Any] = []
+    ours = _count(rpg.pipe, lambda: result.append(edit_render(rpg, req)))
+    theirs = _count(rpg.pipe, lambda: stock_inpaint(rpg, req, result[0].mask))
+    assert ours.calls == theirs.calls  # CFG: a positive and a negative forward per step
     for kind in set(ours.counts) | set(theirs.counts):
         assert ours.counts[kind] <= theirs.counts[kind], (kind, ours.counts, theirs.counts)
     assert ours.host_to_device <= theirs.host_to_device

@@ -137,6 +137,9 @@ class JointRegions:
     text_length: int | None = None
     #: Where the pipeline runs (the conditioning's device): region indices are built there.
     device: torch.device | None = None
+    #: Copies of the patch grid among the image tokens: 2 when FLUX.2 [klein] inpainting
+    #: appends the image to repaint as condition tokens (see :mod:`rpg.attention.regions`).
+    grid_copies: int = 1
     state: _RunState = field(default_factory=_RunState)
     _indices: dict[tuple[int, int, torch.device], RegionIndex] = field(default_factory=dict)
     #: Soft canvas grids: the image positions each region text span sees (the union of the
@@ -208,16 +211,19 @@ class JointRegions:
         """The region index of the patch grid holding ``n_image`` tokens."""
         factor = self.layout.latent_factor
         h, w = self.layout.height // factor, self.layout.width // factor
-        if h * w != n_image:
+        if h * w * self.grid_copies != n_image:
+            copies = f" ({self.grid_copies} copies)" if self.grid_copies > 1 else ""
             raise ValueError(
                 f"the joint sequence has {n_image} image tokens but a "
-                f"{self.layout.width}x{self.layout.height} image has {h}x{w} patches of "
+                f"{self.layout.width}x{self.layout.height} image has {h}x{w} patches{copies} of "
                 f"{factor} pixels; is the layout made for the size being generated?"
             )
         key = (h, w, device)
         found = self._indices.get(key)
         if found is None:
-            found = self._indices[key] = region_index(self.layout, h, w, device)
+            found = self._indices[key] = region_index(
+                self.layout, h, w, device, copies=self.grid_copies
+            )
             if found.soft:
                 self._text_cells[key] = self._soft_text_cells(found, device)
         return found
@@ -253,7 +259,7 @@ class JointRegions:
             return
         factor = self.layout.latent_factor
         h, w = self.layout.height // factor, self.layout.width // factor
-        self.index_for(h * w, torch.device(device))
+        self.index_for(h * w * self.grid_copies, torch.device(device))
 
     def step_is_regional(self) -> bool:
         """Whether the step being run is regional (a flag set between steps, never per call)."""

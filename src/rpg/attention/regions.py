@@ -6,6 +6,12 @@ region's rows separately would cost one gather and one scatter per region and la
 processor permutes the hidden states once, slices each region as a view, and undoes the
 permutation once after ``to_out``. For layouts whose regions are already contiguous (one region,
 or one region per row) the permutation is the identity and is skipped.
+
+A joint sequence may hold the patch grid more than once: FLUX.2 [klein] inpainting appends the
+image to repaint as *condition* tokens on the same grid, after the noisy image tokens. With
+``copies=k`` the index covers ``k·h·w`` image tokens, copy ``c`` at flat positions
+``c·h·w + y·w + x``, and every copy of a cell belongs to that cell's region (or canvas layer,
+or background) with the same weight: the condition tokens are a second copy of the canvas.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class RegionIndex:
     #: Soft grids with a base prompt: ``Σ_r w_r(p)·β_r`` per position (``[h·w, 1, 1]``,
     #: float32), the weight of the base prompt's attention.
     base_coef: torch.Tensor | None = None
+    #: How many copies of the ``height × width`` grid the image tokens hold (see the module).
+    copies: int = 1
 
     @property
     def uses_base(self) -> bool:
@@ -105,10 +113,15 @@ def _betas(layout: RegionalLayout) -> tuple[float, ...]:
 
 
 def _soft_index(
-    layout: RegionalLayout, weights: torch.Tensor, h: int, w: int, device: torch.device | str | None
+    layout: RegionalLayout,
+    weights: torch.Tensor,
+    h: int,
+    w: int,
+    device: torch.device | str | None,
+    copies: int,
 ) -> RegionIndex:
     betas = _betas(layout)
-    flat = weights.reshape(weights.shape[0], -1)
+    flat = weights.reshape(weights.shape[0], -1).repeat(1, copies)
     painters = []
     for r in range(flat.shape[0]):
         where = torch.nonzero(flat[r] > 0).reshape(-1)
@@ -129,25 +142,35 @@ def _soft_index(
         uniform_base_weight=None,
         painters=tuple(painters),
         base_coef=base_coef,
+        copies=copies,
     )
 
 
 def region_index(
-    layout: RegionalLayout, h: int, w: int, device: torch.device | str | None = None
+    layout: RegionalLayout,
+    h: int,
+    w: int,
+    device: torch.device | str | None = None,
+    *,
+    copies: int = 1,
 ) -> RegionIndex:
     """Build the permutation, region bounds and per-row base weights for an ``h × w`` grid.
 
     A canvas whose every position has one painter at this size (hard boxes and masks) is
     indexed like a grid with one more region, the background, last; one with shared positions
-    gets its :class:`Painter` lists instead.
+    gets its :class:`Painter` lists instead. ``copies`` is how many times the grid sits in the
+    image tokens (2 for klein inpainting's condition tokens, see the module): each region's
+    rows are then its cells in the first copy, then in the second, and so on.
     """
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
     n_painters = layout.num_regions
     if layout.canvas is not None:
         weights = _canvas_weights(layout, h, w)
         if not bool(((weights == 0) | (weights == 1)).all()):
-            return _soft_index(layout, weights, h, w, device)
+            return _soft_index(layout, weights, h, w, device, copies)
         n_painters += 1
-    flat = region_labels(layout, h, w).reshape(-1)
+    flat = region_labels(layout, h, w).reshape(-1).repeat(copies)
     # A stable sort keeps row-major order inside each region, so the identity is detected exactly.
     order = torch.sort(flat, stable=True).indices
     counts = torch.bincount(flat, minlength=n_painters).tolist()
@@ -180,4 +203,5 @@ def region_index(
         inverse=inverse,
         base_weights=base_weights,
         uniform_base_weight=uniform,
+        copies=copies,
     )

@@ -10,6 +10,17 @@ FLUX.2's RoPE numbers text tokens; each packed prompt is numbered from 0, as whe
 alone (:func:`~rpg.attention.joint_flux2.regional_flux2`). Guidance is klein's own: the base
 models run classifier-free guidance with ``guidance_scale > 1`` — a separate forward over the
 negative prompt, stock attention — and the step-distilled models ignore it.
+
+Editing (``rpg edit``) runs ``Flux2KleinInpaintPipeline``, which appends the image to repaint,
+VAE-encoded and packed, to the joint sequence after the noisy image tokens: ``[text | noisy
+image | condition image]``. The condition tokens lie on the same patch grid as the noisy ones
+(the pipeline renders at the input image's size), so rpg treats them as a second copy of the
+canvas (``JointRegions.grid_copies = 2``): the condition token of a cell belongs to that cell's
+region, canvas layer or background, as its noisy token does. Region ``r``'s text sees the noisy
+and condition tokens of ``R_r``; every image query (noisy or condition) of ``R_r`` sees
+``text(r)`` and, by the image-attention scope, all noisy and condition tokens (``"global"``) or
+those of ``R_r`` (``"region"``); the base text sees all of them. The pipeline's optional
+``image_reference`` (tokens of another size, on no grid cell) is refused.
 """
 
 from __future__ import annotations
@@ -35,8 +46,10 @@ class Flux2KleinBackbone(JointBackbone):
 
     ``guidance_scale > 1`` is classifier-free guidance with the request's negative prompt on the
     base models (the pipeline's own rule: a step-distilled model, ``is_distilled`` in its config,
-    ignores it). Reference images (klein's editing input) and single-file transformer checkpoints
-    are not supported.
+    ignores it). Inpainting (``rpg edit``) runs ``Flux2KleinInpaintPipeline`` with the image to
+    repaint as a second copy of the canvas (see the module). Reference images (``image=`` of the
+    text-to-image pipeline, ``image_reference=`` of the inpainting one) and single-file
+    transformer checkpoints are not supported.
     """
 
     name: ClassVar[str] = "flux2-klein"
@@ -85,14 +98,6 @@ class Flux2KleinBackbone(JointBackbone):
             )
         return super().load_pipeline(info, dtype=dtype, **options)
 
-    def inpaint_refusal(self) -> str | None:
-        """diffusers' klein inpainting pipeline joins the image to repaint to the joint sequence
-        as extra image tokens, which the regional layout does not map (yet)."""
-        return (
-            "Flux2KleinInpaintPipeline adds the image to repaint to the joint sequence as "
-            "reference tokens, which regional joint attention does not map yet"
-        )
-
     def img2img_refusal(self) -> str | None:
         """diffusers has no klein img2img pipeline; klein's own ``image=`` is a reference image
         joined to the joint sequence, not a picture to denoise from."""
@@ -108,16 +113,27 @@ class Flux2KleinBackbone(JointBackbone):
     def call_inputs(
         self, pipeline_kwargs: Mapping[str, Any], *, width: int, height: int
     ) -> dict[str, Any]:
-        """Refuse reference images: their tokens would join the image sequence the layout maps.
+        """Refuse reference images: their tokens would join the image sequence on no grid cell.
 
-        (When inpainting, ``image`` is the image to repaint, and ``image_reference`` the
-        reference.)"""
+        When inpainting, ``image`` is the image to repaint — its condition tokens are a second
+        copy of the canvas, so it must be the size being rendered (the pipeline renders at the
+        image's own size, shrunk to at most 1024² pixels) — and ``image_reference`` the
+        reference, refused."""
         reference = "image_reference" if self.inpainting else "image"
         if pipeline_kwargs.get(reference) is not None:
             raise ConfigurationError(
-                f"{self.name} renders from text only here; klein's reference images (editing) "
-                f"are not supported with regional prompting — leave {reference!r} out"
+                f"{self.name} does not take klein's reference images with regional prompting: "
+                f"their tokens lie on no cell of the layout — leave {reference!r} out"
             )
+        image = pipeline_kwargs.get("image") if self.inpainting else None
+        if image is not None and hasattr(image, "size") and not isinstance(image, torch.Tensor):
+            w, h = image.size
+            if w * h > 1024 * 1024 or (w // 16 * 16, h // 16 * 16) != (width, height):
+                raise ConfigurationError(
+                    f"{self.name} inpaints at the image's own size: the image is {w}x{h} but the "
+                    f"layout is {width}x{height}; give an image of the size being rendered, at "
+                    "most 1024x1024 pixels in area"
+                )
         return super().call_inputs(pipeline_kwargs, width=width, height=height)
 
     # ----------------------------------------------------------------- encoding
@@ -168,10 +184,14 @@ class Flux2KleinBackbone(JointBackbone):
         num_images: int,
     ) -> AbstractContextManager[object]:
         """:func:`~rpg.attention.joint_flux2.regional_flux2`: FLUX.2's processors, packed text
-        ids, and the negative forward told apart by its embeddings."""
+        ids, and the negative forward told apart by the order of calls; inpainting maps the
+        condition tokens as a second copy of the grid."""
         from rpg.attention.joint_flux2 import regional_flux2
 
         del num_images
+        if self.inpainting:
+            # Flux2KleinInpaintPipeline: [text | noisy image | condition image], both on the grid.
+            regions.grid_copies = 2
         return regional_flux2(
             self.pipe.transformer, regions, negative_prompt_embeds=negative if guidance else None
         )
