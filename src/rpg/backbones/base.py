@@ -73,7 +73,7 @@ def lora_call_scale(pipeline_kwargs: Mapping[str, Any]) -> float | None:
     return None if scale is None else float(scale)
 
 
-class Backbone(BackboneLoading, PipelineVariants, SchedulerChoice):
+class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
     """A stock diffusers pipeline plus what regional prompting needs from it.
 
     Subclasses set the class attributes and implement :meth:`encode_texts`; the rest has working

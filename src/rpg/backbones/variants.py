@@ -9,18 +9,19 @@ here, before any planning or encoding.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from rpg.backbones.loading import ModelInfo
 from rpg.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from rpg.backbones.base import Backbone
-
 __all__ = ["PipelineVariants"]
 
+#: The backbone class this is mixed into (``Backbone``; a type variable so that this module
+#: needs no import of the base class, which imports it).
+BackboneT = TypeVar("BackboneT", bound="PipelineVariants[Any]")
 
-class PipelineVariants:
+
+class PipelineVariants(Generic[BackboneT]):
     """The part of :class:`~rpg.backbones.base.Backbone` that builds the inpainting and img2img
     backbones of the same model (a mixin: ``Backbone.__init__`` sets the state it reads)."""
 
@@ -34,6 +35,10 @@ class PipelineVariants:
     keeps_pipeline_scheduler: bool
     cache_kv: bool
 
+    if TYPE_CHECKING:
+
+        def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None: ...
+
     def inpaint_pipeline_class(self) -> type | None:
         """The stock inpainting pipeline class for this model (``None``: the family or this
         diffusers has none)."""
@@ -46,11 +51,11 @@ class PipelineVariants:
         (``None``: it can)."""
         return None
 
-    def inpaint_backbone_class(self) -> type[Backbone]:
+    def inpaint_backbone_class(self) -> type[BackboneT]:
         """The backbone class that drives the inpainting pipeline (the family's own)."""
-        return cast("type[Backbone]", type(self))
+        return cast("type[BackboneT]", type(self))
 
-    def inpaint_backbone(self) -> Backbone:
+    def inpaint_backbone(self) -> BackboneT:
         """This model's stock inpainting pipeline, sharing its modules, as a backbone.
 
         It encodes, lays out and attends exactly as this one does, so ``edit`` renders through
@@ -97,7 +102,7 @@ class PipelineVariants:
         pipeline (``None``: it can)."""
         return None
 
-    def img2img_backbone(self) -> Backbone:
+    def img2img_backbone(self) -> BackboneT:
         """This model's stock img2img pipeline, sharing its modules, as a backbone of this class.
 
         It encodes, lays out and attends exactly as this one does, so an init image or a hires
@@ -111,7 +116,7 @@ class PipelineVariants:
         from rpg.backbones.inpaint import build_inpaint_pipeline
 
         if self.img2img:
-            return cast("Backbone", self)
+            return cast(BackboneT, self)
         cls = self.img2img_pipeline_class()
         why = self.img2img_refusal()
         if cls is None or why is not None:
@@ -126,16 +131,16 @@ class PipelineVariants:
                 f"img2img and the hires fix cannot render with {self.name!r}: {why}; leave out "
                 "the init image and --hires, or use an SD, SDXL, ControlNet, FLUX.1 or SD3 model"
             )
-        painter = cast("type[Backbone]", type(self))(
+        painter = cast("type[BackboneT]", type(self))(
             build_inpaint_pipeline(self.pipe, cls), info=self.info
         )
         painter.img2img = True
         painter.cache_kv = self.cache_kv
         painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
-        painter.adopt(cast("Backbone", self))
+        painter.adopt(cast(BackboneT, self))
         return painter
 
-    def adopt(self, source: Backbone) -> None:
+    def adopt(self, source: BackboneT) -> None:
         """Take over per-model state from ``source`` when this backbone wraps a pipeline built
         from its modules (the img2img one); ControlNet backbones keep their recorded names."""
         del source
