@@ -38,7 +38,7 @@ from rpg.models import (
 )
 from rpg.planners.base import DEFAULT_PLANNER, Planner
 from rpg.progress import NoProgress, RenderProgress
-from rpg.route import RouteResult, render_request
+from rpg.route import render_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -245,18 +245,71 @@ class RPG:
         progress.start(request.steps)
         progress.stage("plan")
 
-        plan_result: PlanResult | None = None
-        plan = request.effective_plan()
-        if plan is None:
-            t = time.perf_counter()
-            plan_result = self.plan(request.prompt, planner=request.planner)
-            plan = plan_result.plan
-            if request.base_ratio is not None:
-                plan = plan.with_base_ratio(request.base_ratio)
-            timings["plan"] = time.perf_counter() - t
-        else:
-            timings["plan"] = 0.0
+        plan, plan_result, timings["plan"] = self._planned(request)
+        request = self._filled(request, plan, init_image, img2img=img2img)
+        hires_size = self._hires_size(request)  # refuses a bad hires pass before rendering
+        routed = render_request(
+            self.backbone,
+            request,
+            progress=progress,
+            pipeline_kwargs=pipeline_kwargs,
+            output_type="pil" if request.hires is not None else output_type,
+            callback_on_step_end=callback_on_step_end,
+            init_image=init_image,
+        )
+        timings.update(routed.timings)
+        images = routed.rendered.images
+        if hires_size is not None:
+            from rpg.hires import hires_pass
 
+            t = time.perf_counter()
+            images = hires_pass(
+                self.backbone,
+                routed,
+                hires_size,
+                pipeline_kwargs=pipeline_kwargs,
+                output_type=output_type,
+                callback_on_step_end=callback_on_step_end,
+                progress=progress,
+            )
+            timings["hires"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        progress.finish()
+
+        return GenerationResult(
+            images=images,
+            plan=plan,
+            request=routed.request,
+            plan_result=plan_result,
+            timings=timings,
+            control_images=routed.control_images,
+            nsfw_content_detected=routed.rendered.nsfw_content_detected,
+            init_image=routed.init_image,
+        )
+
+    def _planned(self, request: GenerationRequest) -> tuple[RegionPlan, PlanResult | None, float]:
+        """The request's plan, else the planner's (with the request's base ratio), the
+        planner's answer (``None`` when the request had a plan) and the seconds planning took."""
+        plan = request.effective_plan()
+        if plan is not None:
+            return plan, None, 0.0
+        t = time.perf_counter()
+        plan_result = self.plan(request.prompt, planner=request.planner)
+        plan = plan_result.plan
+        if request.base_ratio is not None:
+            plan = plan.with_base_ratio(request.base_ratio)
+        return plan, plan_result, time.perf_counter() - t
+
+    def _filled(
+        self,
+        request: GenerationRequest,
+        plan: RegionPlan,
+        init_image: Image | str | os.PathLike[str] | None,
+        *,
+        img2img: bool,
+    ) -> GenerationRequest:
+        """The request with everything a re-render needs filled in: plan, seed, size (the
+        model's native size, or an init image's), the loaded model; validated again."""
         native_w, native_h = self.backbone.native_size
         if img2img:
             source = init_image if init_image is not None else request.init_image
@@ -275,38 +328,7 @@ class RPG:
             }
         )
         # Re-validate: model_copy does not, and the filled-in request is what gets saved.
-        request = GenerationRequest.model_validate(request.model_dump())
-        hires_size = self._hires_size(request)  # refuses a bad hires pass before rendering
-        routed = render_request(
-            self.backbone,
-            request,
-            progress=progress,
-            pipeline_kwargs=pipeline_kwargs,
-            output_type="pil" if request.hires is not None else output_type,
-            callback_on_step_end=callback_on_step_end,
-            init_image=init_image,
-        )
-        timings.update(routed.timings)
-        images = routed.rendered.images
-        if hires_size is not None:
-            t = time.perf_counter()
-            images = self._hires_pass(
-                routed, hires_size, pipeline_kwargs, output_type, callback_on_step_end, progress
-            )
-            timings["hires"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
-        progress.finish()
-
-        return GenerationResult(
-            images=images,
-            plan=plan,
-            request=routed.request,
-            plan_result=plan_result,
-            timings=timings,
-            control_images=routed.control_images,
-            nsfw_content_detected=routed.rendered.nsfw_content_detected,
-            init_image=routed.init_image,
-        )
+        return GenerationRequest.model_validate(request.model_dump())
 
     def _hires_size(self, request: GenerationRequest) -> tuple[int, int] | None:
         """The hires pass's size (``None``: no hires pass), its strength and steps checked."""
@@ -320,36 +342,6 @@ class RPG:
         steps = hires.steps if hires.steps is not None else request.steps
         check_strength(hires.strength, steps, "hires strength")
         return hires_size(request.width, request.height, hires.scale, self.backbone.latent_factor)
-
-    def _hires_pass(
-        self,
-        first: RouteResult,
-        size: tuple[int, int],
-        pipeline_kwargs: dict[str, Any],
-        output_type: str,
-        callback_on_step_end: Callable[..., Any] | None,
-        progress: RenderProgress,
-    ) -> list[Any]:
-        """Refine each first-pass picture at the hires size through the route (img2img)."""
-        from rpg.hires import hires_request, upscale
-
-        request, hires = first.request, first.request.hires
-        assert hires is not None
-        images = []
-        for index, picture in enumerate(first.rendered.images):
-            refine = hires_request(request, hires, size, index)
-            progress.start(refine.steps)
-            routed = render_request(
-                self.backbone,
-                refine,
-                progress=progress,
-                pipeline_kwargs=pipeline_kwargs,
-                output_type=output_type,
-                callback_on_step_end=callback_on_step_end,
-                init_image=upscale(picture, size),
-            )
-            images.extend(routed.rendered.images)
-        return images
 
     def __call__(
         self,
