@@ -213,7 +213,7 @@ def test_the_kv_cache_reprojects_when_the_lora_scale_changes(
     tiny_rpg: RPG, sd_lora: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same plan and context, the adapter's scale changed between two calls in one block."""
-    import rpg.attention.processor as processor
+    import rpg.attention.kv_cache as kv_cache
 
     pipe, unet = tiny_rpg.pipe, tiny_rpg.pipe.unet
     dim = unet.config.cross_attention_dim
@@ -234,7 +234,7 @@ def test_the_kv_cache_reprojects_when_the_lora_scale_changes(
         first, cached, hits = render(cache_kv=True)
         _, plain, _ = render(cache_kv=False)
         # the old fingerprint (weights and context only) answers the second call from the cache
-        monkeypatch.setattr(processor, "_adapter_state", lambda layer: ())
+        monkeypatch.setattr(kv_cache, "_adapter_state", lambda layer: ())
         _, stale, stale_hits = render(cache_kv=True)
         # and a scale given through cross_attention_kwargs (applied inside the UNet's forward)
         monkeypatch.undo()

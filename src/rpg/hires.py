@@ -30,9 +30,15 @@ from rpg.layout import MAX_SIDE
 from rpg.models import GenerationRequest, HiresFix
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL.Image import Image
 
-__all__ = ["hires_request", "hires_size", "upscale"]
+    from rpg.backbones.base import Backbone
+    from rpg.progress import RenderProgress
+    from rpg.route import RouteResult
+
+__all__ = ["hires_pass", "hires_request", "hires_size", "upscale"]
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +102,35 @@ def upscale(image: Any, size: tuple[int, int]) -> Image:
     if not isinstance(image, PILImage.Image):
         raise TypeError(f"the hires fix upscales PIL images, got {type(image).__name__}")
     return image.resize(size, PILImage.Resampling.LANCZOS)
+
+
+def hires_pass(
+    backbone: Backbone,
+    first: RouteResult,
+    size: tuple[int, int],
+    *,
+    pipeline_kwargs: dict[str, Any],
+    output_type: str,
+    callback_on_step_end: Callable[..., Any] | None,
+    progress: RenderProgress,
+) -> list[Any]:
+    """Refine each first-pass picture at the hires size through the route (img2img)."""
+    from rpg.route import render_request
+
+    request, hires = first.request, first.request.hires
+    assert hires is not None
+    images = []
+    for index, picture in enumerate(first.rendered.images):
+        refine = hires_request(request, hires, size, index)
+        progress.start(refine.steps)
+        routed = render_request(
+            backbone,
+            refine,
+            progress=progress,
+            pipeline_kwargs=pipeline_kwargs,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            init_image=upscale(picture, size),
+        )
+        images.extend(routed.rendered.images)
+    return images

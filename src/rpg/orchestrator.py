@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rpg.backbones.base import Backbone
-from rpg.backbones.loading import ModelInfo, resolve_model
-from rpg.errors import ConfigurationError, RegistryError
+from rpg.call_args import call_request, check_pipeline_kwargs
+from rpg.construct import load_backbone, select_backbone, wrap_pipeline
+from rpg.errors import ConfigurationError
 from rpg.img2img import default_size, open_init_image, wants_img2img
 from rpg.models import (
     GenerationRequest,
@@ -34,11 +35,10 @@ from rpg.models import (
     LoraInput,
     PlanResult,
     RegionPlan,
-    whole_image_text,
 )
 from rpg.planners.base import DEFAULT_PLANNER, Planner
 from rpg.progress import NoProgress, RenderProgress
-from rpg.route import RouteResult, render_request
+from rpg.route import render_request
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -49,118 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["RPG", "select_backbone"]
 
 _PLAN_CACHE_SIZE = 64
-
-#: Pipeline arguments rpg sets itself from the request (or from the plan's encoding), and what
-#: to use instead when a caller passes one to ``generate``.
-_RESERVED_KWARGS: dict[str, str] = {
-    "prompt": "the request's prompt (GenerationRequest(prompt=...))",
-    "negative_prompt": "the request's negative_prompt field",
-    "prompt_2": "the request's prompt (rpg encodes each region with both encoders)",
-    "negative_prompt_2": "the request's negative_prompt field",
-    "prompt_embeds": "a plan (rpg encodes the plan into prompt_embeds itself)",
-    "negative_prompt_embeds": "the request's negative_prompt field",
-    "pooled_prompt_embeds": "a plan's base prompt (rpg pools it itself)",
-    "negative_pooled_prompt_embeds": "the request's negative_prompt field",
-    "height": "the request's height field",
-    "width": "the request's width field",
-    "num_inference_steps": "the request's steps field",
-    "guidance_scale": "the request's guidance_scale field",
-    "num_images_per_prompt": "the request's num_images field",
-    "generator": "the request's seed field (image i is drawn with seed + i)",
-    "return_dict": "the result's fields (generate always returns a GenerationResult)",
-    "callback_on_step_end": "generate's callback_on_step_end argument",
-    "output_type": "generate's output_type argument",
-}
-
-
-def _check_pipeline_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse pipeline arguments that rpg sets itself or that are request fields.
-
-    Passing one would either be silently overridden (``seed=3``) or collide with rpg's own
-    argument in the pipeline call (``num_inference_steps=4``); the message names the field to use.
-    """
-    fields = GenerationRequest.model_fields
-    wrong = sorted(k for k in kwargs if k in _RESERVED_KWARGS or k in fields)
-    if not wrong:
-        return
-    hints = []
-    for key in wrong:
-        if key in _RESERVED_KWARGS:
-            hints.append(f"{key}= is set by rpg from {_RESERVED_KWARGS[key]}")
-        else:
-            hints.append(f"{key}= is a GenerationRequest field: set it on the request")
-    raise ConfigurationError(
-        "generate() got pipeline argument(s) it cannot pass on: " + "; ".join(hints) + ". "
-        "Or call the RPG object like a diffusers pipeline: rpg(prompt, num_inference_steps=..., "
-        "seed=...)"
-    )
-
-
-def _seed_of(generator: torch.Generator | list[torch.Generator]) -> int:
-    """The seed a freshly seeded CPU generator (or list, one per image) stands for.
-
-    rpg draws image ``i``'s noise from a new CPU generator seeded ``seed + i`` and records the
-    seed, so a render can be repeated from its request. A generator can stand for its seed only
-    while it has drawn nothing since ``manual_seed``, and only on the CPU; anything else is
-    refused rather than silently replaced.
-    """
-    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator]
-    if not generators:
-        raise ConfigurationError("generator= is an empty list; pass seed= instead")
-    seed: int | None = None
-    for i, g in enumerate(generators):
-        if not isinstance(g, torch.Generator) or g.device.type != "cpu":
-            raise ConfigurationError(
-                "generator= must be a CPU torch.Generator (rpg draws its noise on the CPU so a "
-                "seed gives the same image on every device); pass seed= instead"
-            )
-        initial = int(g.initial_seed())
-        fresh = torch.Generator().manual_seed(initial)
-        if not torch.equal(fresh.get_state(), g.get_state()):
-            raise ConfigurationError(
-                "generator= has drawn numbers since it was seeded, so its state is not its seed "
-                "and the render could not be repeated from the recorded request; pass seed= or "
-                "a freshly seeded generator"
-            )
-        if seed is None:
-            seed = initial - i
-        elif initial != seed + i:
-            raise ConfigurationError(
-                "a list of generators must be seeded seed, seed+1, ... (rpg seeds image i with "
-                "seed + i); pass seed= instead"
-            )
-    assert seed is not None
-    if seed < 0:
-        raise ConfigurationError(f"generator seeds must give a non-negative seed, got {seed}")
-    return seed
-
-
-def select_backbone(
-    info: ModelInfo, backbone: str | type[Backbone] | None = None
-) -> type[Backbone]:
-    """The backbone class for ``info``: the one named, or the first one that detects it.
-
-    Backbones are asked in :meth:`~rpg.plugins.BackboneRegistry.detection_order` (priority, then
-    built-ins, then name). Third-party backbones take part through the ``rpg_register_backbones``
-    hook.
-    """
-    from rpg.plugins import backbone_registry
-
-    registry = backbone_registry()
-    if isinstance(backbone, type):
-        return backbone
-    if backbone is not None:
-        cls: type[Backbone] = registry.get(backbone).target
-        return cls
-    for entry in registry.detection_order():
-        if entry.target.detect(info):
-            found: type[Backbone] = entry.target
-            return found
-    names = ", ".join(f"{e.name} ({e.description})" for e in registry) or "none"
-    raise RegistryError(
-        f"no registered backbone can load {info.describe()}; supported: {names}. Pass "
-        "backbone=NAME to force one, or install a plugin for this architecture"
-    )
 
 
 class RPG:
@@ -221,17 +109,10 @@ class RPG:
         ``device``/``dtype``: ``"auto"`` picks CUDA > MPS > CPU and float16 on GPUs, float32 on
         the CPU.
         """
-        resolve_opts = {
-            k: options.pop(k) for k in ("config", "allow_download", "cache_dir") if k in options
-        }
-        info = resolve_model(model, **resolve_opts)
-        backbone_cls = select_backbone(info, backbone)
-        if options.get("controlnet") is not None:
-            from rpg.backbones.controlnet import controlnet_backbone_for
-
-            backbone_cls = controlnet_backbone_for(backbone_cls)
-        loaded = backbone_cls.load(info, device=device, dtype=dtype, **options)
-        return cls(loaded, planner=planner, planner_options=planner_options, model=info.canonical)
+        loaded, canonical = load_backbone(
+            model, device=device, dtype=dtype, backbone=backbone, **options
+        )
+        return cls(loaded, planner=planner, planner_options=planner_options, model=canonical)
 
     @classmethod
     def from_pipeline(
@@ -247,32 +128,8 @@ class RPG:
 
         The backbone is the registered one that drives ``type(pipe)`` unless named.
         """
-        from rpg.plugins import backbone_registry
-
-        if backbone is None:
-            matches = [
-                e.target
-                for e in backbone_registry().detection_order()
-                if e.target.accepts_pipeline(pipe)
-            ]
-            if not matches:
-                names = ", ".join(backbone_registry().names()) or "none"
-                raise RegistryError(
-                    f"no registered backbone drives {type(pipe).__name__}; backbones: {names}"
-                )
-            backbone_cls: type[Backbone] = matches[0]
-        else:
-            backbone_cls = select_backbone(ModelInfo("pipeline", "folder"), backbone)
-        if model is None:
-            # diffusers keeps whatever from_pretrained was given: a str or a Path.
-            name = getattr(getattr(pipe, "config", None), "_name_or_path", None)
-            model = os.fspath(name) if name else None
-        return cls(
-            backbone_cls.from_pipeline(pipe),
-            planner=planner,
-            planner_options=planner_options,
-            model=model,
-        )
+        wrapped, model = wrap_pipeline(pipe, backbone=backbone, model=model)
+        return cls(wrapped, planner=planner, planner_options=planner_options, model=model)
 
     # ----------------------------------------------------------------- planning
 
@@ -378,8 +235,9 @@ class RPG:
         """
         if isinstance(request, str):
             request = GenerationRequest(prompt=request)
-        _check_pipeline_kwargs(pipeline_kwargs)
-        if wants_img2img(request, init_image) or request.hires is not None:
+        check_pipeline_kwargs(pipeline_kwargs)
+        img2img = wants_img2img(request, init_image)
+        if img2img or request.hires is not None:
             self.backbone.img2img_backbone()  # a family without one is refused before planning
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -387,37 +245,8 @@ class RPG:
         progress.start(request.steps)
         progress.stage("plan")
 
-        plan_result: PlanResult | None = None
-        plan = request.effective_plan()
-        if plan is None:
-            t = time.perf_counter()
-            plan_result = self.plan(request.prompt, planner=request.planner)
-            plan = plan_result.plan
-            if request.base_ratio is not None:
-                plan = plan.with_base_ratio(request.base_ratio)
-            timings["plan"] = time.perf_counter() - t
-        else:
-            timings["plan"] = 0.0
-
-        native_w, native_h = self.backbone.native_size
-        if wants_img2img(request, init_image):
-            source = init_image if init_image is not None else request.init_image
-            if request.width is None and request.height is None:
-                picture = open_init_image(source)
-                native_w, native_h = default_size(picture, self.backbone.latent_factor)
-        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
-        request = request.model_copy(
-            update={
-                "plan": plan,
-                "seed": seed,
-                "width": request.width or native_w,
-                "height": request.height or native_h,
-                # what is loaded, not what the request asked for (RPG.model: see from_pretrained)
-                "model": self.model or request.model,
-            }
-        )
-        # Re-validate: model_copy does not, and the filled-in request is what gets saved.
-        request = GenerationRequest.model_validate(request.model_dump())
+        plan, plan_result, timings["plan"] = self._planned(request)
+        request = self._filled(request, plan, init_image, img2img=img2img)
         hires_size = self._hires_size(request)  # refuses a bad hires pass before rendering
         routed = render_request(
             self.backbone,
@@ -431,9 +260,17 @@ class RPG:
         timings.update(routed.timings)
         images = routed.rendered.images
         if hires_size is not None:
+            from rpg.hires import hires_pass
+
             t = time.perf_counter()
-            images = self._hires_pass(
-                routed, hires_size, pipeline_kwargs, output_type, callback_on_step_end, progress
+            images = hires_pass(
+                self.backbone,
+                routed,
+                hires_size,
+                pipeline_kwargs=pipeline_kwargs,
+                output_type=output_type,
+                callback_on_step_end=callback_on_step_end,
+                progress=progress,
             )
             timings["hires"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
@@ -450,6 +287,49 @@ class RPG:
             init_image=routed.init_image,
         )
 
+    def _planned(self, request: GenerationRequest) -> tuple[RegionPlan, PlanResult | None, float]:
+        """The request's plan, else the planner's (with the request's base ratio), the
+        planner's answer (``None`` when the request had a plan) and the seconds planning took."""
+        plan = request.effective_plan()
+        if plan is not None:
+            return plan, None, 0.0
+        t = time.perf_counter()
+        plan_result = self.plan(request.prompt, planner=request.planner)
+        plan = plan_result.plan
+        if request.base_ratio is not None:
+            plan = plan.with_base_ratio(request.base_ratio)
+        return plan, plan_result, time.perf_counter() - t
+
+    def _filled(
+        self,
+        request: GenerationRequest,
+        plan: RegionPlan,
+        init_image: Image | str | os.PathLike[str] | None,
+        *,
+        img2img: bool,
+    ) -> GenerationRequest:
+        """The request with everything a re-render needs filled in: plan, seed, size (the
+        model's native size, or an init image's), the loaded model; validated again."""
+        native_w, native_h = self.backbone.native_size
+        if img2img:
+            source = init_image if init_image is not None else request.init_image
+            if request.width is None and request.height is None:
+                picture = open_init_image(source)
+                native_w, native_h = default_size(picture, self.backbone.latent_factor)
+        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
+        request = request.model_copy(
+            update={
+                "plan": plan,
+                "seed": seed,
+                "width": request.width or native_w,
+                "height": request.height or native_h,
+                # what is loaded, not what the request asked for (RPG.model: see from_pretrained)
+                "model": self.model or request.model,
+            }
+        )
+        # Re-validate: model_copy does not, and the filled-in request is what gets saved.
+        return GenerationRequest.model_validate(request.model_dump())
+
     def _hires_size(self, request: GenerationRequest) -> tuple[int, int] | None:
         """The hires pass's size (``None``: no hires pass), its strength and steps checked."""
         from rpg.hires import hires_size
@@ -462,36 +342,6 @@ class RPG:
         steps = hires.steps if hires.steps is not None else request.steps
         check_strength(hires.strength, steps, "hires strength")
         return hires_size(request.width, request.height, hires.scale, self.backbone.latent_factor)
-
-    def _hires_pass(
-        self,
-        first: RouteResult,
-        size: tuple[int, int],
-        pipeline_kwargs: dict[str, Any],
-        output_type: str,
-        callback_on_step_end: Callable[..., Any] | None,
-        progress: RenderProgress,
-    ) -> list[Any]:
-        """Refine each first-pass picture at the hires size through the route (img2img)."""
-        from rpg.hires import hires_request, upscale
-
-        request, hires = first.request, first.request.hires
-        assert hires is not None
-        images = []
-        for index, picture in enumerate(first.rendered.images):
-            refine = hires_request(request, hires, size, index)
-            progress.start(refine.steps)
-            routed = render_request(
-                self.backbone,
-                refine,
-                progress=progress,
-                pipeline_kwargs=pipeline_kwargs,
-                output_type=output_type,
-                callback_on_step_end=callback_on_step_end,
-                init_image=upscale(picture, size),
-            )
-            images.extend(routed.rendered.images)
-        return images
 
     def __call__(
         self,
@@ -543,38 +393,23 @@ class RPG:
         img2img: ``init_image`` (a picture or path) with ``strength``; hires fix: ``hires`` (a
         scale, or a :class:`~rpg.models.HiresFix` with strength and steps).
         """
-        if prompt is not None and not isinstance(prompt, str):
-            raise ConfigurationError(
-                "prompt must be one string (rpg plans one image layout per call); render several "
-                "prompts one by one, or with rpg.batch / 'rpg batch'"
-            )
-        if prompt is None:
-            if plan is None:
-                raise ConfigurationError("give a prompt, a plan, or both")
-            prompt = whole_image_text(plan)
-        if generator is not None:
-            if seed is not None:
-                raise ConfigurationError(
-                    "give seed= or generator=, not both (a generator stands for its seed)"
-                )
-            seed = _seed_of(generator)
-        fields: dict[str, Any] = {
-            "prompt": prompt,
-            "plan": plan,
-            "negative_prompt": negative_prompt,
-            "steps": num_inference_steps,
-            "guidance_scale": guidance_scale,
-            "height": height,
-            "width": width,
-            "num_images": num_images_per_prompt,
-            "seed": seed,
-            "scheduler": scheduler,
-            "base_ratio": base_ratio,
-            "loras": loras,
-            "strength": strength,
-            "hires": hires,
-        }
-        request = GenerationRequest(**{k: v for k, v in fields.items() if v is not None})
+        request = call_request(
+            prompt,
+            plan=plan,
+            generator=generator,
+            seed=seed,
+            negative_prompt=negative_prompt,
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            num_images=num_images_per_prompt,
+            scheduler=scheduler,
+            base_ratio=base_ratio,
+            loras=loras,
+            strength=strength,
+            hires=hires,
+        )
         return self.generate(
             request,
             output_type=output_type,

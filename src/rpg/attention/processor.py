@@ -14,14 +14,13 @@ Canvas plans (layers of boxes and masks over a background, see DESIGN.md) use th
 on a grid where every position has one painter (hard boxes and masks) the background is one
 more region, reading the base prompt or the whole prompt packed for it, so a canvas costs what a
 grid costs. On a grid with shared positions (soft edges, translucent masks) every layer attends
-with the queries it paints, gathered, and adds its weighted result (``index_add``); the base
-prompt is attended once by every query, weighted by ``Σ_r w_r(p)·β_r``.
+with the queries it paints, gathered, and adds its weighted result
+(:mod:`rpg.attention.soft_canvas`).
 
 What remains is the projection: ``to_k``/``to_v`` see ``R + 1`` prompts' tokens instead of one.
-The text context does not change between denoising steps, so with ``cache_kv=True`` each layer
-projects it once per pipeline call and reuses the keys and values at every later step. The
-results are the same tensors the projection would produce again, so outputs are bit-identical;
-the price is the memory of every layer's keys and values for the call.
+With ``cache_kv=True`` each layer projects the text context once per pipeline call and reuses
+the keys and values at every later step, bit-identical (:mod:`rpg.attention.kv_cache` says when
+a cached projection is still right).
 
 Under ``torch.compile`` nothing in the call reads a tensor's value or changes Python state that
 the compiled code depends on: region indices are built before the loop (:meth:`prepare`), the
@@ -30,11 +29,10 @@ counters are not touched, and the cache is read from fixed slots filled before t
 half, instead of being filled on the first step. A slot whose shape or dtype does not match the
 call's context is ignored and the layer projects as usual.
 
-A region may carry LoRA adapters of its own (``RegionalConditioning.region_loras``, see
-:mod:`rpg.lora`): its keys and values are then projected with their low-rank updates added,
-from its own span only, on every call (small: one prompt's tokens, low rank), while every other
-region and the base term read the shared projection. With a shared negative prompt and region
-LoRAs, the negative half follows the regional formula too, that prompt in every region's place.
+A region may carry LoRA adapters of its own (:mod:`rpg.attention.region_lora`): its keys and
+values are projected with their low-rank updates added, from its own span only. With a shared
+negative prompt and region LoRAs, the negative half follows the regional formula too, that
+prompt in every region's place.
 
 Context rows that are copies of one another (several images per prompt, known from the
 conditioning's shapes: :attr:`~rpg.attention.spec.RegionalConditioning.shared_rows`) are
@@ -44,18 +42,20 @@ number of images, and no call waits on the device to find that out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from rpg.attention.kv_cache import _adapter_state as _adapter_state
+from rpg.attention.kv_cache import _fingerprint, _Projected, slot_projections
+from rpg.attention.kv_cache import _version as _version
+from rpg.attention.region_lora import lora_projection
 from rpg.attention.regions import RegionIndex, region_index
-from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
+from rpg.attention.soft_canvas import paint_soft
+from rpg.attention.spec import PainterSpans, RegionalConditioning, RegionalLayout, Span
 from rpg.layout import latent_grid_for_tokens, latent_grids
-from rpg.lora import lora_delta as _lora_delta
 
 __all__ = ["RegionalAttnProcessor"]
 
@@ -64,88 +64,6 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """``[B, N, H·d]`` → ``[B, H, N, d]`` (a view)."""
     b, n, inner = x.shape
     return x.view(b, n, heads, inner // heads).transpose(1, 2)
-
-
-@dataclass(frozen=True)
-class _Projected:
-    """One layer's keys and values for one slice of one context tensor."""
-
-    source: torch.Tensor  # held so its memory cannot be reused by a different context
-    fingerprint: tuple[Any, ...]
-    key: torch.Tensor
-    value: torch.Tensor
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """The tensor's in-place write counter; ``None`` for inference tensors, which have none.
-
-    Tensors made under ``torch.inference_mode()`` keep no version counter (reading it raises).
-    Such a context can only be written in place inside inference mode, which a pipeline call
-    does not do to its own ``prompt_embeds``; a caller who does so between the steps of one
-    call must use ``cache_kv=False``.
-    """
-    return None if tensor.is_inference() else tensor._version
-
-
-def _adapter_state(layer: Any) -> tuple[Any, ...]:
-    """What a LoRA-wrapped (peft) projection adds to its base weight, as host-side facts.
-
-    Which adapters are active, whether adapters are disabled or merged, each active adapter's
-    scaling (``set_adapters`` weights, and the ``cross_attention_kwargs`` scale a UNet applies
-    inside its forward) and its weights' identity and version. Plain ``nn.Linear``: empty.
-    Reads no tensor values, so it costs no device synchronisation.
-    """
-    lora_a = getattr(layer, "lora_A", None)
-    if lora_a is None:
-        return ()
-    active = tuple(getattr(layer, "active_adapters", ()))
-    lora_b = getattr(layer, "lora_B", {})
-    scaling = getattr(layer, "scaling", {})
-    weights = tuple(
-        (
-            name,
-            scaling.get(name),
-            *(
-                (m.weight.data_ptr(), _version(m.weight))
-                for m in (lora_a[name], lora_b[name])
-                if isinstance(getattr(m, "weight", None), torch.Tensor)
-            ),
-        )
-        for name in active
-        if name in lora_a and name in lora_b
-    )
-    return (
-        active,
-        bool(getattr(layer, "disable_adapters", False)),
-        tuple(getattr(layer, "merged_adapters", ())),
-        weights,
-    )
-
-
-def _fingerprint(attn: Attention, context: torch.Tensor) -> tuple[Any, ...]:
-    """What must be unchanged for projected keys and values to still be right.
-
-    The same memory, shape and layout, no in-place write since (``_version``), the same
-    ``to_k``/``to_v`` weights (an in-place update such as fusing a LoRA bumps their version),
-    and the same LoRA adapters on them with the same scales (:func:`_adapter_state`): switching
-    adapters or changing a scale between calls re-projects.
-    """
-    weights = tuple(
-        (w.data_ptr(), _version(w))
-        for w in (getattr(attn.to_k, "weight", None), getattr(attn.to_v, "weight", None))
-        if isinstance(w, torch.Tensor)
-    )
-    return (
-        context.data_ptr(),
-        tuple(context.shape),
-        context.stride(),
-        context.dtype,
-        context.device,
-        _version(context),
-        weights,
-        _adapter_state(attn.to_k),
-        _adapter_state(attn.to_v),
-    )
 
 
 class RegionalAttnProcessor:
@@ -174,60 +92,20 @@ class RegionalAttnProcessor:
         guidance: bool,
         cache_kv: bool = False,
     ) -> None:
-        if conditioning.num_regions != layout.num_regions:
-            raise ValueError(
-                f"conditioning has {conditioning.num_regions} region spans but the layout has "
-                f"{layout.num_regions} regions"
-            )
+        spans = PainterSpans.resolve(conditioning, layout, guidance=guidance)
         self.layout = layout
         self.guidance = guidance
-        self.region_spans: tuple[Span, ...] = tuple(conditioning.region_spans)
-        self.base_span: Span | None = conditioning.base_span
-        self.negative_span: Span | None = conditioning.negative_span
-        self.negative_region_spans: tuple[Span, ...] | None = conditioning.negative_region_spans
-        self.negative_base_span: Span | None = (
-            conditioning.negative_base_span or conditioning.negative_span
-        )
-        if layout.canvas is not None:
-            # The background paints with the base prompt, else the whole prompt packed for it;
-            # it is the last painter of a canvas index.
-            background = conditioning.base_span or conditioning.global_span
-            if background is None and layout.has_background:
-                raise ValueError(
-                    "the canvas leaves background to paint but the conditioning has no text for "
-                    "it: a base_span, or a global_span holding the whole prompt"
-                )
-            self.region_spans += (background or (0, 0),)
-            if self.negative_region_spans is not None:
-                neg_background = self.negative_base_span
-                if neg_background is None and layout.has_background:
-                    raise ValueError(
-                        "per-layer negatives on a canvas with background need negative_base_span "
-                        "(the request's negative prompt) for the background's negative half"
-                    )
-                self.negative_region_spans += (neg_background or (0, 0),)
+        self.region_spans: tuple[Span, ...] = spans.region_spans
+        self.base_span: Span | None = spans.base_span
+        self.negative_span: Span | None = spans.negative_span
+        self.negative_region_spans: tuple[Span, ...] | None = spans.negative_region_spans
+        self.negative_base_span: Span | None = spans.negative_base_span
         # Decided once, from shapes: comparing context rows per call would wait on the device.
         self.shared_rows = conditioning.shared_rows
         #: Per region, the LoRA adapters acting on its text only (see :mod:`rpg.lora`).
         self.region_loras = conditioning.region_loras
         if self.region_loras is not None and not any(self.region_loras):
             self.region_loras = None
-        uses_base = any(b > 0 for b in layout.base_weights)
-        if uses_base and self.base_span is None:
-            raise ValueError(
-                "the layout blends a base prompt (base weight > 0) but the "
-                "conditioning has no base_span"
-            )
-        if (
-            uses_base
-            and guidance
-            and self.negative_region_spans is not None
-            and self.negative_base_span is None
-        ):
-            raise ValueError(
-                "per-region negatives with a base prompt need negative_base_span "
-                "or negative_span for the negative half's base term"
-            )
         self._indices: dict[tuple[int, int, torch.device], RegionIndex] = {}
         self._plain_processor = AttnProcessor2_0()
         self.cache_kv = cache_kv
@@ -268,31 +146,19 @@ class RegionalAttnProcessor:
         """Project ``attn``'s keys and values of both batch halves now, into fixed slots.
 
         Compiled code reads these slots instead of the run-time cache (whose checks read tensor
-        pointers and versions, which a compiled graph cannot). Only for conditionings with one
-        row per half (:attr:`~RegionalConditioning.shared_rows`), the rows every image repeats.
-        The projection runs on ``attn``'s weights where they are (the CPU under model
-        offloading; the execution device when they are offloaded to ``meta``, where the
-        offloading hooks bring them in) and the slots are kept on ``device``.
+        pointers and versions, which a compiled graph cannot); which rows, and where they are
+        projected: :func:`~rpg.attention.kv_cache.slot_projections`.
         """
-        if not conditioning.shared_rows:
-            return
-        weight = getattr(attn.to_k, "weight", None)
-        device = torch.device(device)
-        where = weight.device if isinstance(weight, torch.Tensor) else device
-        if where.type == "meta":
-            where = device
-        dtype = weight.dtype if isinstance(weight, torch.Tensor) else None
-        halves: dict[str, tuple[torch.Tensor, Span | None]] = {
-            "positive": (conditioning.prompt_embeds, None)
-        }
-        if self.guidance and conditioning.negative_prompt_embeds is not None:
-            span = self.negative_span if self.negative_region_spans is None else None
-            halves["negative"] = (conditioning.negative_prompt_embeds, span)
-        with torch.no_grad():
-            for kind, (embeds, span) in halves.items():
-                part = embeds[:1].to(device=where, dtype=dtype)
-                key, value = self._project(attn, part, span or (0, part.shape[1]))
-                self._slots[(id(attn), kind)] = (key.to(device), value.to(device))
+        negative_span = self.negative_span if self.negative_region_spans is None else None
+        slots = slot_projections(
+            attn,
+            conditioning,
+            device,
+            self._project,
+            negative=self.guidance,
+            negative_span=negative_span,
+        )
+        self._slots.update({(id(attn), kind): found for kind, found in slots.items()})
 
     def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex:
         """The cached :class:`RegionIndex` of an ``h × w`` grid on ``device``."""
@@ -351,14 +217,8 @@ class RegionalAttnProcessor:
             )
         index = self.index_for(*grid, hidden_states.device)
 
-        mask = None
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(
-                attention_mask, encoder_hidden_states.shape[1], batch
-            )
-            mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
-            if index.perm is not None and mask.shape[2] == n_tokens:
-                mask = mask.index_select(2, index.perm)
+        context_tokens = encoder_hidden_states.shape[1]
+        mask = self._mask(attn, attention_mask, context_tokens, batch, n_tokens, index)
 
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -374,41 +234,7 @@ class RegionalAttnProcessor:
 
         positive = slice(batch // 2, batch) if self.guidance else slice(0, batch)
         if self.guidance:
-            negative = slice(0, batch // 2)
-            if self.negative_region_spans is None and self.region_loras is not None:
-                # Region LoRAs change what each region reads of the shared negative prompt too:
-                # the regional formula with that prompt in every region's place and as the base.
-                span = self.negative_span or (0, context.shape[1])
-                self._regional(
-                    attn,
-                    query,
-                    context,
-                    mask,
-                    index,
-                    out,
-                    negative,
-                    (span,) * len(self.region_spans),
-                    span,
-                )
-            elif self.negative_region_spans is None:
-                span = self.negative_span or (0, context.shape[1])
-                key, value = self._keys_values(attn, context, negative, span)
-                part = F.scaled_dot_product_attention(
-                    query[negative], key, value, attn_mask=_cut(mask, negative, None, span)
-                )
-                out[negative].copy_(part.transpose(1, 2))
-            else:
-                self._regional(
-                    attn,
-                    query,
-                    context,
-                    mask,
-                    index,
-                    out,
-                    negative,
-                    self.negative_region_spans,
-                    self.negative_base_span,
-                )
+            self._negative_half(attn, query, context, mask, index, out, slice(0, batch // 2))
         self._regional(
             attn, query, context, mask, index, out, positive, self.region_spans, self.base_span
         )
@@ -423,6 +249,55 @@ class RegionalAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _mask(
+        attn: Attention,
+        attention_mask: torch.Tensor | None,
+        context_tokens: int,
+        batch: int,
+        n_tokens: int,
+        index: RegionIndex,
+    ) -> torch.Tensor | None:
+        """The layer's attention mask as ``[B, H, N or 1, T]``, query rows in the index's
+        (permuted) order; ``None`` without one."""
+        if attention_mask is None:
+            return None
+        mask = attn.prepare_attention_mask(attention_mask, context_tokens, batch)
+        mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
+        if index.perm is not None and mask.shape[2] == n_tokens:
+            mask = mask.index_select(2, index.perm)
+        return mask
+
+    def _negative_half(
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        index: RegionIndex,
+        out: torch.Tensor,
+        negative: slice,
+    ) -> None:
+        """Write the negative (unconditional) half of a guided batch into ``out``: plain
+        attention over one shared negative prompt, else the regional formula over the
+        per-region negatives (or over the shared prompt when regions carry their own LoRAs)."""
+        if self.negative_region_spans is not None:
+            spans, base_span = self.negative_region_spans, self.negative_base_span
+        elif self.region_loras is not None:
+            # Region LoRAs change what each region reads of the shared negative prompt too:
+            # the regional formula with that prompt in every region's place and as the base.
+            span = self.negative_span or (0, context.shape[1])
+            spans, base_span = (span,) * len(self.region_spans), span
+        else:
+            span = self.negative_span or (0, context.shape[1])
+            key, value = self._keys_values(attn, context, negative, span)
+            part = F.scaled_dot_product_attention(
+                query[negative], key, value, attn_mask=_cut(mask, negative, None, span)
+            )
+            out[negative].copy_(part.transpose(1, 2))
+            return
+        self._regional(attn, query, context, mask, index, out, negative, spans, base_span)
 
     def _keys_values(
         self, attn: Attention, context: torch.Tensor, rows: slice, span: Span
@@ -493,15 +368,8 @@ class RegionalAttnProcessor:
         part = context[rows]
         if copies > 1 and self.shared_rows:
             part = part[:1]
-        if attn.norm_cross:
-            part = attn.norm_encoder_hidden_states(part)
-        part = part[:, span[0] : span[1]]
-        projected = []
-        for layer in (attn.to_k, attn.to_v):
-            y = layer(part)
-            delta = _lora_delta(layer, part, adapters)
-            projected.append(_heads(y if delta is None else y + delta, attn.heads))
-        key, value = projected
+        key, value = lora_projection(attn, part, span, adapters)
+        key, value = _heads(key, attn.heads), _heads(value, attn.heads)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         if key.shape[0] != copies:
@@ -550,7 +418,10 @@ class RegionalAttnProcessor:
             return key[:, :, span[0] : span[1]], value[:, :, span[0] : span[1]]
 
         if index.soft:
-            self._painted(q, key, value, keys_values, mask, index, target, rows, spans, base_span)
+            base_mask = None if base_span is None else _cut(mask, rows, None, base_span)
+            paint_soft(
+                q, key, value, keys_values, mask, base_mask, index, target, rows, spans, base_span
+            )
             return
         for painter, ((start, end), (k0, k1)) in enumerate(zip(index.bounds, spans, strict=True)):
             if start == end:
@@ -571,62 +442,6 @@ class RegionalAttnProcessor:
         else:
             weight = index.base_weights.to(target.dtype).unsqueeze(-1)  # [N, 1, 1]
             target.lerp_(base, weight)
-
-    @staticmethod
-    def _painted(
-        q: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        keys_values: Callable[[int, Span], tuple[torch.Tensor, torch.Tensor]],
-        mask: torch.Tensor | None,
-        index: RegionIndex,
-        target: torch.Tensor,
-        rows: slice,
-        spans: tuple[Span, ...],
-        base_span: Span | None,
-    ) -> None:
-        """A soft canvas grid: every painter's weighted term, added where it paints.
-
-        ``out(p) = Σ_r w_r(p)·(1 − β_r)·Attn(q_p, S_r) + (Σ_r w_r(p)·β_r)·Attn(q_p, S_base)``:
-        each painter attends with the queries it paints only (gathered) and its result is
-        scatter-added; the base prompt is attended once by every query.
-        """
-        target.zero_()
-        for painter in index.painters:
-            if painter.base_weight >= 1:
-                continue  # all of its share goes through the base term
-            k0, k1 = spans[painter.region]
-            queries = q.index_select(2, painter.index)
-            k, v = keys_values(painter.region, (k0, k1))
-            part = F.scaled_dot_product_attention(
-                queries,
-                k,
-                v,
-                attn_mask=_cut_index(mask, rows, painter.index, (k0, k1)),
-            ).transpose(1, 2)
-            weight = painter.weight.to(part.dtype)
-            if painter.base_weight > 0:
-                weight = weight * (1 - painter.base_weight)
-            target.index_add_(1, painter.index, part * weight)
-        if index.base_coef is None or base_span is None:
-            return
-        k0, k1 = base_span
-        base = F.scaled_dot_product_attention(
-            q, key[:, :, k0:k1], value[:, :, k0:k1], attn_mask=_cut(mask, rows, None, base_span)
-        ).transpose(1, 2)
-        target.addcmul_(base, index.base_coef.to(target.dtype))
-
-
-def _cut_index(
-    mask: torch.Tensor | None, rows: slice, queries: torch.Tensor, keys: Span
-) -> torch.Tensor | None:
-    """Like :func:`_cut` for query rows given as an index."""
-    if mask is None:
-        return None
-    mask = mask[rows, :, :, keys[0] : keys[1]]
-    if mask.shape[2] != 1:
-        mask = mask.index_select(2, queries)
-    return mask
 
 
 def _cut(

@@ -159,3 +159,79 @@ class RegionalLayout:
             width=width,
             latent_factor=latent_factor,
         )
+
+
+@dataclass(frozen=True)
+class PainterSpans:
+    """The token span every painter of a layout reads, per batch half, checked once.
+
+    What a cross-attention processor takes from a conditioning and a layout: ``region_spans``
+    for the positive half, ``negative_span`` (one shared negative prompt) or
+    ``negative_region_spans`` (per-region negatives) for the negative half, and the base spans
+    of both halves (``negative_base_span`` falls back to ``negative_span``). On a canvas the
+    background is one more painter, the last, reading the base prompt, else the whole prompt
+    packed for it (``(0, 0)`` when the canvas leaves no background to paint).
+    """
+
+    region_spans: tuple[Span, ...]
+    base_span: Span | None
+    negative_span: Span | None
+    negative_region_spans: tuple[Span, ...] | None
+    negative_base_span: Span | None
+
+    @classmethod
+    def resolve(
+        cls, conditioning: RegionalConditioning, layout: RegionalLayout, *, guidance: bool
+    ) -> PainterSpans:
+        """The spans of ``conditioning`` for ``layout``; a :class:`ValueError` saying what is
+        missing when the layout needs text the conditioning does not have."""
+        if conditioning.num_regions != layout.num_regions:
+            raise ValueError(
+                f"conditioning has {conditioning.num_regions} region spans but the layout has "
+                f"{layout.num_regions} regions"
+            )
+        region_spans: tuple[Span, ...] = tuple(conditioning.region_spans)
+        base_span = conditioning.base_span
+        negative_region_spans = conditioning.negative_region_spans
+        negative_base_span = conditioning.negative_base_span or conditioning.negative_span
+        if layout.canvas is not None:
+            # The background paints with the base prompt, else the whole prompt packed for it;
+            # it is the last painter of a canvas index.
+            background = conditioning.base_span or conditioning.global_span
+            if background is None and layout.has_background:
+                raise ValueError(
+                    "the canvas leaves background to paint but the conditioning has no text for "
+                    "it: a base_span, or a global_span holding the whole prompt"
+                )
+            region_spans += (background or (0, 0),)
+            if negative_region_spans is not None:
+                neg_background = negative_base_span
+                if neg_background is None and layout.has_background:
+                    raise ValueError(
+                        "per-layer negatives on a canvas with background need negative_base_span "
+                        "(the request's negative prompt) for the background's negative half"
+                    )
+                negative_region_spans += (neg_background or (0, 0),)
+        uses_base = any(b > 0 for b in layout.base_weights)
+        if uses_base and base_span is None:
+            raise ValueError(
+                "the layout blends a base prompt (base weight > 0) but the "
+                "conditioning has no base_span"
+            )
+        if (
+            uses_base
+            and guidance
+            and negative_region_spans is not None
+            and negative_base_span is None
+        ):
+            raise ValueError(
+                "per-region negatives with a base prompt need negative_base_span "
+                "or negative_span for the negative half's base term"
+            )
+        return cls(
+            region_spans=region_spans,
+            base_span=base_span,
+            negative_span=conditioning.negative_span,
+            negative_region_spans=negative_region_spans,
+            negative_base_span=negative_base_span,
+        )

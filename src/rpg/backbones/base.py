@@ -23,16 +23,14 @@ inpainting backbones subclass the same base and override the few hooks that diff
 
 from __future__ import annotations
 
-import logging
-import os
-from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from abc import abstractmethod
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
+from rpg.attention.spec import RegionalConditioning, RegionalLayout
 from rpg.backbones.calls import (
     OUTPUT_TYPES,
     PreparedInputs,
@@ -41,20 +39,15 @@ from rpg.backbones.calls import (
     StockCall,
     timed_call,
 )
-from rpg.backbones.loading import ModelInfo, resolve_device, resolve_dtype, resolve_model
+from rpg.backbones.discovery import LOAD_OPTIONS, BackboneLoading
+from rpg.backbones.loading import ModelInfo
 from rpg.backbones.options import BackboneOptions, NoOptions, validate_options
-from rpg.backbones.packing import pack_segments, pad_tokens, token_windows
-from rpg.backbones.schedulers import (
-    DEFAULT_SCHEDULER,
-    check_scheduler,
-    make_scheduler,
-    scheduler_name,
-)
+from rpg.backbones.packing import pack_plan, pack_segments, pad_tokens, token_windows
+from rpg.backbones.schedulers import DEFAULT_SCHEDULER, SchedulerChoice
+from rpg.backbones.variants import PipelineVariants
 from rpg.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
-
     from rpg.models import GenerationRequest, RegionPlan
 
 __all__ = [
@@ -72,11 +65,6 @@ __all__ = [
     "token_windows",
 ]
 
-log = logging.getLogger(__name__)
-
-#: Keyword options every backbone's ``load`` understands (besides device and dtype).
-LOAD_OPTIONS = ("config", "allow_download", "cache_dir")
-
 
 def lora_call_scale(pipeline_kwargs: Mapping[str, Any]) -> float | None:
     """The LoRA scale a call passes in ``cross_attention_kwargs`` (``None``: none given)."""
@@ -85,12 +73,15 @@ def lora_call_scale(pipeline_kwargs: Mapping[str, Any]) -> float | None:
     return None if scale is None else float(scale)
 
 
-class Backbone(ABC):
+class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
     """A stock diffusers pipeline plus what regional prompting needs from it.
 
     Subclasses set the class attributes and implement :meth:`encode_texts`; the rest has working
     defaults for pipelines that take ``prompt_embeds`` / ``negative_prompt_embeds``,
     ``output_type`` and ``callback_on_step_end``, as the diffusers text-to-image pipelines do.
+    Finding and loading models (:class:`~rpg.backbones.discovery.BackboneLoading`), the
+    family's inpainting and img2img pipelines (:class:`~rpg.backbones.variants.PipelineVariants`)
+    and schedulers (:class:`~rpg.backbones.schedulers.SchedulerChoice`) are mixed in.
     """
 
     #: Registry name (``rpg plugins`` lists it; ``RPG.from_pretrained(..., backbone=name)``).
@@ -139,183 +130,6 @@ class Backbone(ABC):
         self.cache_kv: bool = True
         self._long_prompts_noted: set[str] = set()
 
-    # ----------------------------------------------------------------- discovery and loading
-
-    @classmethod
-    @abstractmethod
-    def pipeline_class(cls) -> type:
-        """The stock diffusers pipeline class this backbone drives."""
-
-    @classmethod
-    def detect(cls, info: ModelInfo) -> bool:
-        """Whether this backbone can load the model ``info`` describes (no weights are read)."""
-        if info.pipeline_class_name is not None:
-            return info.pipeline_class_name in cls.pipeline_class_names
-        return info.checkpoint_type in cls.checkpoint_types
-
-    @classmethod
-    def accepts_pipeline(cls, pipe: Any) -> bool:
-        """Whether an existing pipeline object is one this backbone drives."""
-        return type(pipe) is cls.pipeline_class()
-
-    @classmethod
-    def load(
-        cls,
-        source: ModelInfo | str | os.PathLike[str],
-        *,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
-        **options: Any,
-    ) -> Self:
-        """Load the model (see :func:`rpg.backbones.loading.resolve_model`) onto ``device``.
-
-        ``options``: ``config`` (diffusers folder describing a single-file checkpoint),
-        ``allow_download`` (fetch a hub id that is not cached), ``cache_dir``; subclasses may
-        accept more (e.g. ControlNet models).
-        """
-        unknown = sorted(set(options) - set(cls.load_options()))
-        if unknown:
-            raise ConfigurationError(
-                f"backbone {cls.name!r} does not take option(s) {', '.join(unknown)}; "
-                f"it takes: {', '.join(cls.load_options())}"
-            )
-        resolve_keys = ("config", "allow_download", "cache_dir")
-        resolve_opts = {k: options.pop(k) for k in resolve_keys if k in options}
-        info = source if isinstance(source, ModelInfo) else resolve_model(source, **resolve_opts)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        pipe = cls.load_pipeline(info, dtype=torch_dtype, **options)
-        pipe = pipe.to(torch_device)
-        return cls(pipe, info=info)
-
-    @classmethod
-    def load_options(cls) -> tuple[str, ...]:
-        """Names of the keyword options :meth:`load` accepts."""
-        return LOAD_OPTIONS
-
-    @classmethod
-    @abstractmethod
-    def load_pipeline(cls, info: ModelInfo, *, dtype: torch.dtype, **options: Any) -> Any:
-        """Build the stock pipeline for ``info`` (on the CPU; :meth:`load` moves it)."""
-
-    @classmethod
-    def from_pipeline(cls, pipe: Any) -> Self:
-        """Wrap a pipeline object someone already has (its device and dtype are kept)."""
-        if not cls.accepts_pipeline(pipe):
-            raise ConfigurationError(
-                f"backbone {cls.name!r} drives {cls.pipeline_class().__name__}, "
-                f"not {type(pipe).__name__}"
-            )
-        backbone = cls(pipe)
-        backbone.keeps_pipeline_scheduler = True
-        return backbone
-
-    # ----------------------------------------------------------------- editing
-
-    def inpaint_pipeline_class(self) -> type | None:
-        """The stock inpainting pipeline class for this model (``None``: the family or this
-        diffusers has none)."""
-        from rpg.backbones.inpaint import diffusers_class
-
-        return diffusers_class(self.inpaint_pipeline_name)
-
-    def inpaint_refusal(self) -> str | None:
-        """Why this model cannot be edited although diffusers has its inpainting pipeline
-        (``None``: it can)."""
-        return None
-
-    def inpaint_backbone_class(self) -> type[Backbone]:
-        """The backbone class that drives the inpainting pipeline (the family's own)."""
-        return type(self)
-
-    def inpaint_backbone(self) -> Backbone:
-        """This model's stock inpainting pipeline, sharing its modules, as a backbone.
-
-        It encodes, lays out and attends exactly as this one does, so ``edit`` renders through
-        the same route as ``generate``. A family without an inpainting pipeline is a
-        :class:`~rpg.errors.ConfigurationError` here, before any planning or encoding.
-        """
-        import diffusers
-
-        from rpg.backbones.inpaint import build_inpaint_pipeline
-
-        cls = self.inpaint_pipeline_class()
-        why = self.inpaint_refusal()
-        if cls is None or why is not None:
-            wanted = self.inpaint_pipeline_name
-            if why is None:
-                why = (
-                    f"diffusers {diffusers.__version__} has no {wanted}"
-                    if wanted
-                    else "the family has no stock inpainting pipeline"
-                )
-            raise ConfigurationError(
-                f"rpg edit cannot repaint with {self.name!r}: {why}; edit with an SD, SDXL, "
-                "FLUX.1 or SD3 model, or regenerate with a changed plan instead"
-            )
-        painter = self.inpaint_backbone_class()(
-            build_inpaint_pipeline(self.pipe, cls), info=self.info
-        )
-        painter.inpainting = True
-        painter.cache_kv = self.cache_kv
-        painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
-        return painter
-
-    # ----------------------------------------------------------------- img2img
-
-    def img2img_pipeline_class(self) -> type | None:
-        """The stock img2img pipeline class for this model (``None``: the family or this
-        diffusers has none)."""
-        from rpg.backbones.inpaint import diffusers_class
-
-        return diffusers_class(self.img2img_pipeline_name)
-
-    def img2img_refusal(self) -> str | None:
-        """Why this model cannot render over an init image although diffusers has its img2img
-        pipeline (``None``: it can)."""
-        return None
-
-    def img2img_backbone(self) -> Backbone:
-        """This model's stock img2img pipeline, sharing its modules, as a backbone of this class.
-
-        It encodes, lays out and attends exactly as this one does, so an init image or a hires
-        pass renders through the same route as ``generate``. Built on every call (no weights are
-        copied; a few objects are made), so it always shares the pipeline's current modules and
-        scheduler. A family without one is a :class:`~rpg.errors.ConfigurationError` here,
-        before any planning or encoding.
-        """
-        import diffusers
-
-        from rpg.backbones.inpaint import build_inpaint_pipeline
-
-        if self.img2img:
-            return self
-        cls = self.img2img_pipeline_class()
-        why = self.img2img_refusal()
-        if cls is None or why is not None:
-            wanted = self.img2img_pipeline_name
-            if why is None:
-                why = (
-                    f"diffusers {diffusers.__version__} has no {wanted}"
-                    if wanted
-                    else "diffusers has no img2img pipeline for this family"
-                )
-            raise ConfigurationError(
-                f"img2img and the hires fix cannot render with {self.name!r}: {why}; leave out "
-                "the init image and --hires, or use an SD, SDXL, ControlNet, FLUX.1 or SD3 model"
-            )
-        painter = type(self)(build_inpaint_pipeline(self.pipe, cls), info=self.info)
-        painter.img2img = True
-        painter.cache_kv = self.cache_kv
-        painter.keeps_pipeline_scheduler = self.keeps_pipeline_scheduler
-        painter.adopt(self)
-        return painter
-
-    def adopt(self, source: Backbone) -> None:
-        """Take over per-model state from ``source`` when this backbone wraps a pipeline built
-        from its modules (the img2img one); ControlNet backbones keep their recorded names."""
-        del source
-
     # ----------------------------------------------------------------- facts about the model
 
     @property
@@ -352,51 +166,6 @@ class Backbone(ABC):
         """
         config = self.pipe.unet.config
         return guidance_scale > 1 and getattr(config, "time_cond_proj_dim", None) is None
-
-    def request_scheduler(self) -> str:
-        """The scheduler name a request without one records (and renders with).
-
-        A loaded model gets :attr:`default_scheduler`; a wrapped pipeline keeps the one it holds
-        now, under its short name (see :func:`~rpg.backbones.schedulers.scheduler_name`).
-        """
-        if self.keeps_pipeline_scheduler:
-            return scheduler_name(self.pipe.scheduler)
-        return self.default_scheduler
-
-    def scheduler_named(self, name: str) -> Any:
-        """The scheduler object for ``name``: built once from the model's config and reused;
-        ``"default"`` is the scheduler the pipeline came with."""
-        key = check_scheduler(name)
-        if key == "default":
-            return self._own_scheduler
-        if key not in self._schedulers:
-            self._schedulers[key] = make_scheduler(key, self.scheduler_config)
-        return self._schedulers[key]
-
-    def set_scheduler(self, name: str = DEFAULT_SCHEDULER) -> None:
-        """Use scheduler ``name`` (see :mod:`rpg.backbones.schedulers`) until changed again.
-
-        Renders through ``RPG`` do not need this: they swap the request's scheduler in for the
-        call and put the pipeline's back afterwards (:meth:`using_scheduler`).
-        """
-        self.pipe.scheduler = self.scheduler_named(name)
-
-    @contextmanager
-    def using_scheduler(self, name: str | None) -> Iterator[None]:
-        """Render with scheduler ``name`` inside the block; the pipeline's scheduler is back in
-        place afterwards, also on error. ``None`` leaves the pipeline's scheduler alone."""
-        previous = self.pipe.scheduler
-        if name is not None:
-            wanted = self.scheduler_named(name)
-            if self.keeps_pipeline_scheduler and scheduler_name(previous) == check_scheduler(name):
-                wanted = previous  # the user's own object, with any settings of theirs
-            self.pipe.scheduler = wanted
-        try:
-            yield
-        finally:
-            self.pipe.scheduler = previous
-
-    # ----------------------------------------------------------------- encoding
 
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
@@ -436,90 +205,23 @@ class Backbone(ABC):
         positives, where a region without its own uses ``negative_prompt``. The shorter half is
         padded with copies of its own tokens so both have one length. ``prompt`` (the user's
         whole prompt) goes to :meth:`pooled_embeds`. ``options`` (the family's, see
-        :meth:`parse_options`) may change what is packed; the base ignores them.
+        :meth:`parse_options`) may change what is packed; the base ignores them. The packing
+        itself is :func:`~rpg.backbones.packing.pack_plan`.
         """
         del options
-        has_base = plan.base_prompt is not None
-        texts = ([plan.base_prompt] if plan.base_prompt is not None else []) + plan.prompts
-        # A canvas's background paints with the base prompt, else with the whole prompt,
-        # packed last for it.
-        background = plan.has_background and not has_base
-        whole = []
-        if background:
-            from rpg.models import whole_image_text
-
-            whole = [whole_image_text(plan, prompt)]
-        embeds, spans = pack_segments(texts + whole, self.encode_texts)
-        global_span = spans.pop() if background else None
-        self._note_long_prompts(texts, spans, has_base)
-        base_span = spans[0] if has_base else None
-        region_spans = tuple(spans[1:] if has_base else spans)
-
-        negative = None
-        negative_span: Span | None = None
-        negative_region_spans: tuple[Span, ...] | None = None
-        negative_base_span: Span | None = None
-        if guidance:
-            regions = plan.regions
-            if all(r.negative_prompt is None for r in regions):
-                negative, (negative_span,) = pack_segments([negative_prompt], self.encode_texts)
-            else:
-                own = [
-                    negative_prompt if r.negative_prompt is None else r.negative_prompt
-                    for r in regions
-                ]
-                lead = has_base or background  # the background's negative half reads it too
-                negative, neg_spans = pack_segments(
-                    [negative_prompt, *own] if lead else own, self.encode_texts
-                )
-                negative_base_span = neg_spans[0] if lead else None
-                negative_region_spans = tuple(neg_spans[1:] if lead else neg_spans)
-            length = max(embeds.shape[1], negative.shape[1])
-            embeds, negative = pad_tokens(embeds, length), pad_tokens(negative, length)
-
+        packed = pack_plan(
+            plan,
+            negative_prompt,
+            self.encode_texts,
+            guidance=guidance,
+            prompt=prompt,
+            tokenizer=getattr(self.pipe, "tokenizer", None),
+            noted=self._long_prompts_noted,
+        )
         pooled, negative_pooled = self.pooled_embeds(
             plan, negative_prompt, guidance=guidance, prompt=prompt
         )
-        return RegionalConditioning(
-            prompt_embeds=embeds,
-            region_spans=region_spans,
-            base_span=base_span,
-            negative_prompt_embeds=negative,
-            negative_span=negative_span,
-            negative_region_spans=negative_region_spans,
-            negative_base_span=negative_base_span,
-            pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=negative_pooled,
-            global_span=global_span,
-        )
-
-    def _note_long_prompts(self, texts: list[str], spans: list[Span], has_base: bool) -> None:
-        """Say once per prompt (and loaded model) that it is encoded as several windows.
-
-        Nothing is truncated (see :func:`token_windows`), but the windows are encoded apart, so
-        words in different windows do not see each other: worth one line, not silence.
-        """
-        window = int(getattr(getattr(self.pipe, "tokenizer", None), "model_max_length", 0) or 0)
-        if not 2 < window < 100_000:
-            return
-        noted = self._long_prompts_noted
-        for i, (text, (start, end)) in enumerate(zip(texts, spans, strict=True)):
-            windows = (end - start) // window
-            if windows < 2 or text in noted:
-                continue
-            noted.add(text)
-            what = "the base prompt" if has_base and i == 0 else f"region {i + (not has_base)}"
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            log.warning(
-                "%s (%r) is longer than the text encoder's %d-token window; it is encoded as %d "
-                "windows of up to %d tokens, and words in different windows do not see each "
-                "other (shorten it to keep it in one)",
-                what,
-                shown,
-                window,
-                windows,
-                window - 2,
-            )
+        return packed.conditioning(pooled, negative_pooled)
 
     # ----------------------------------------------------------------- rendering
 

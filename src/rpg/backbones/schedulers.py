@@ -9,14 +9,16 @@ overrides such as ``use_karras_sigmas`` that must not leak into the next one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 from rpg.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_SCHEDULER",
     "SCHEDULERS",
+    "SchedulerChoice",
     "check_scheduler",
     "make_scheduler",
     "scheduler_name",
@@ -87,3 +89,64 @@ def scheduler_name(scheduler: Any) -> str:
         if all(config.get(k) == v for k, v in overrides.items()):
             return key
     return "default"
+
+
+class SchedulerChoice:
+    """Which scheduler a backbone's pipeline renders with: the part of
+    :class:`~rpg.backbones.base.Backbone` that names, builds and swaps schedulers.
+
+    A mixin: ``Backbone.__init__`` sets the state it reads (the pipeline, the model's own
+    scheduler config and object, the schedulers built so far).
+    """
+
+    pipe: Any
+    default_scheduler: ClassVar[str]
+    keeps_pipeline_scheduler: bool
+    scheduler_config: dict[str, Any]
+    _own_scheduler: Any
+    _schedulers: dict[str, Any]
+
+    def request_scheduler(self) -> str:
+        """The scheduler name a request without one records (and renders with).
+
+        A loaded model gets :attr:`default_scheduler`; a wrapped pipeline keeps the one it holds
+        now, under its short name (see :func:`~rpg.backbones.schedulers.scheduler_name`).
+        """
+        if self.keeps_pipeline_scheduler:
+            return scheduler_name(self.pipe.scheduler)
+        return self.default_scheduler
+
+    def scheduler_named(self, name: str) -> Any:
+        """The scheduler object for ``name``: built once from the model's config and reused;
+        ``"default"`` is the scheduler the pipeline came with."""
+        key = check_scheduler(name)
+        if key == "default":
+            return self._own_scheduler
+        if key not in self._schedulers:
+            self._schedulers[key] = make_scheduler(key, self.scheduler_config)
+        return self._schedulers[key]
+
+    def set_scheduler(self, name: str = DEFAULT_SCHEDULER) -> None:
+        """Use scheduler ``name`` (see :mod:`rpg.backbones.schedulers`) until changed again.
+
+        Renders through ``RPG`` do not need this: they swap the request's scheduler in for the
+        call and put the pipeline's back afterwards (:meth:`using_scheduler`).
+        """
+        self.pipe.scheduler = self.scheduler_named(name)
+
+    @contextmanager
+    def using_scheduler(self, name: str | None) -> Iterator[None]:
+        """Render with scheduler ``name`` inside the block; the pipeline's scheduler is back in
+        place afterwards, also on error. ``None`` leaves the pipeline's scheduler alone."""
+        previous = self.pipe.scheduler
+        if name is not None:
+            wanted = self.scheduler_named(name)
+            if self.keeps_pipeline_scheduler and scheduler_name(previous) == check_scheduler(name):
+                wanted = previous  # the user's own object, with any settings of theirs
+            self.pipe.scheduler = wanted
+        try:
+            yield
+        finally:
+            self.pipe.scheduler = previous
+
+    # ----------------------------------------------------------------- encoding
