@@ -234,7 +234,7 @@ def test_clear_errors(flux: RPG, sd3: RPG, tiny_rpg: Any) -> None:
 def test_detected_from_the_config(
     flux: RPG, sd3: RPG, dit_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rpg.backbones.dit import FluxBackbone
+    from rpg.backbones.flux import FluxBackbone
     from rpg.backbones.loading import resolve_model
 
     assert flux.backbone.name == "flux" and sd3.backbone.name == "sd3"

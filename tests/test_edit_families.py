@@ -101,7 +101,8 @@ def test_edit_repaints_only_the_changed_region(models: Path, name: str, pipeline
 def test_a_family_without_inpainting_is_refused_before_planning(
     models: Path, monkeypatch: pytest.MonkeyPatch, name: str, why: str
 ) -> None:
-    from rpg.backbones.dit import FluxBackbone, SD3Backbone
+    from rpg.backbones.flux import FluxBackbone
+    from rpg.backbones.sd3 import SD3Backbone
 
     pipe = _load(models, name)
     for cls in (FluxBackbone, SD3Backbone):

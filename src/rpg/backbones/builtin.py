@@ -35,12 +35,12 @@ BUILTIN_BACKBONES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "flux",
-        "rpg.backbones.dit:FluxBackbone",
+        "rpg.backbones.flux:FluxBackbone",
         "FLUX.1 (FluxPipeline) with regional joint attention",
     ),
     (
         "sd3",
-        "rpg.backbones.dit:SD3Backbone",
+        "rpg.backbones.sd3:SD3Backbone",
         "SD3 / SD3.5 (StableDiffusion3Pipeline) with regional joint attention",
     ),
     (

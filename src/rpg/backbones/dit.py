@@ -1,4 +1,7 @@
-"""FLUX.1 and SD3 / SD3.5: the stock MM-DiT pipelines with regional joint attention.
+"""The MM-DiT backbones' shared base: stock pipelines with regional joint attention.
+
+The families are :mod:`rpg.backbones.flux` (FLUX.1), :mod:`rpg.backbones.sd3` (SD3 / SD3.5) and
+:mod:`rpg.backbones.flux2` (FLUX.2 [klein]).
 
 The pipelines (``FluxPipeline``, ``StableDiffusion3Pipeline``) take ``prompt_embeds`` of any
 token length, and their transformers attend jointly over ``text ∪ image``; rpg packs
@@ -37,14 +40,14 @@ from rpg.attention.joint import JointRegions, regional_joint
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 from rpg.backbones.base import Backbone, StockCall, pack_segments, pad_tokens
 from rpg.backbones.loading import ModelInfo, load_pipeline
-from rpg.backbones.options import BackboneOptions, FluxOptions, JointOptions
+from rpg.backbones.options import BackboneOptions, JointOptions
 from rpg.errors import ConfigurationError
 from rpg.models import whole_image_text
 
 if TYPE_CHECKING:
-    from rpg.models import GenerationRequest, RegionPlan
+    from rpg.models import RegionPlan
 
-__all__ = ["FluxBackbone", "JointBackbone", "SD3Backbone"]
+__all__ = ["JointBackbone"]
 
 #: The only scheduler name the DiT backbones take: the pipeline's own flow-matching scheduler.
 DIT_SCHEDULER = "default"
@@ -276,189 +279,3 @@ class JointBackbone(Backbone):
     ) -> dict[str, Any]:
         """How ``regional_joint`` tells negative rows from positive ones for this pipeline."""
         raise NotImplementedError
-
-
-class FluxBackbone(JointBackbone):
-    """FLUX.1 [dev] / [schnell] and fine-tunes (``FluxPipeline``).
-
-    ``guidance_scale`` is the pipeline's own: the distilled guidance embedding of FLUX.1-dev
-    (ignored by [schnell]). True classifier-free guidance with the negative prompt is the
-    pipeline's ``true_cfg_scale`` (request field ``true_cfg_scale`` > 1): a second forward per
-    step over the negative prompt, plain stock attention.
-    """
-
-    name: ClassVar[str] = "flux"
-    description: ClassVar[str] = "FLUX.1 (FluxPipeline) with regional joint attention"
-    pipeline_class_names: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
-    checkpoint_types: ClassVar[tuple[str, ...]] = ("flux-dev", "flux-schnell")
-    transformer_class_name: ClassVar[str] = "FluxTransformer2DModel"
-    stock_t5_length: ClassVar[int] = 512
-    default_guidance: ClassVar[float] = 3.5
-    options_model: ClassVar[type[BackboneOptions]] = FluxOptions
-    inpaint_pipeline_name: ClassVar[str] = "FluxInpaintPipeline"
-    img2img_pipeline_name: ClassVar[str] = "FluxImg2ImgPipeline"
-
-    def img2img_refusal(self) -> str | None:
-        """A fill transformer reads the masked image as extra channels: no plain img2img."""
-        latent = int(self.pipe.vae.config.latent_channels) * 4
-        if int(self.pipe.transformer.config.in_channels) > latent:
-            return "a FLUX fill transformer takes a mask as well; use rpg edit with it"
-        return None
-
-    def inpaint_pipeline_class(self) -> type | None:
-        """``FluxFillPipeline`` for a fill transformer (it reads the masked image as extra
-        input channels), else ``FluxInpaintPipeline``."""
-        from rpg.backbones.inpaint import diffusers_class
-
-        latent = int(self.pipe.vae.config.latent_channels) * 4
-        if int(self.pipe.transformer.config.in_channels) > latent:
-            return diffusers_class("FluxFillPipeline")
-        return diffusers_class(self.inpaint_pipeline_name)
-
-    @classmethod
-    def pipeline_class(cls) -> type:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
-
-    def uses_guidance(self, guidance_scale: float) -> bool:
-        """FLUX's ``guidance_scale`` is an embedding, never a CFG batch."""
-        del guidance_scale
-        return False
-
-    def request_guidance(self, request: GenerationRequest) -> bool:
-        """The negative half is encoded only for true CFG (``true_cfg_scale`` > 1)."""
-        options: FluxOptions = self.parse_options(request.options)
-        return options.true_cfg_scale > 1
-
-    def option_inputs(self, options: Any) -> dict[str, Any]:
-        scale = float(options.true_cfg_scale)
-        return {"true_cfg_scale": scale} if scale > 1 else {}
-
-    def call_guidance(self, guidance_scale: float, pipeline_kwargs: Mapping[str, Any]) -> bool:
-        """Negative embeddings go in only with true CFG; ``guidance_scale`` is an embedding."""
-        del guidance_scale
-        return float(pipeline_kwargs.get("true_cfg_scale", 1.0)) > 1
-
-    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            embeds, pooled, _ = self.pipe.encode_prompt(
-                prompt=text, prompt_2=None, device=self.device, num_images_per_prompt=1,
-                max_sequence_length=self.stock_t5_length,
-            )  # fmt: skip
-        return embeds, pooled
-
-    def encode_pooled(self, text: str) -> torch.Tensor:
-        """CLIP's pooled embedding of ``text`` as the stock ``encode_prompt`` makes it."""
-        with torch.no_grad():
-            pooled: torch.Tensor = self.pipe._get_clip_prompt_embeds(
-                prompt=text, device=self.device, num_images_per_prompt=1
-            )
-        return pooled
-
-    def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
-        """Each text through T5 at its real length (end token included, no padding)."""
-        tokenizer, encoder = self.pipe.tokenizer_2, self.pipe.text_encoder_2
-        out = []
-        for text in texts:
-            ids = tokenizer(
-                text, truncation=True, max_length=self.stock_t5_length, return_tensors="pt"
-            ).input_ids
-            with torch.no_grad():
-                hidden = encoder(ids.to(self.device), output_hidden_states=False)[0]
-            out.append(hidden.to(dtype=encoder.dtype, device=self.device))
-        return out
-
-    def hook_inputs(
-        self, guidance: bool, negative: torch.Tensor | None, num_images: int
-    ) -> dict[str, Any]:
-        return {"negative_prompt_embeds": negative if guidance else None}
-
-
-class SD3Backbone(JointBackbone):
-    """SD3 / SD3.5 (``StableDiffusion3Pipeline``): CLIP-L, CLIP-G and T5, CFG batch.
-
-    Classifier-free guidance with one negative prompt for the whole image: the negative half of
-    the batch is the stock forward. SD3.5's image-only ``attn2`` layers stay stock. Skip-layer
-    guidance (SD3.5 medium) works: its extra positive forward is regional too.
-    """
-
-    name: ClassVar[str] = "sd3"
-    description: ClassVar[str] = (
-        "SD3 / SD3.5 (StableDiffusion3Pipeline) with regional joint attention"
-    )
-    pipeline_class_names: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
-    checkpoint_types: ClassVar[tuple[str, ...]] = ("sd3", "sd35_large", "sd35_medium")
-    transformer_class_name: ClassVar[str] = "SD3Transformer2DModel"
-    inpaint_pipeline_name: ClassVar[str] = "StableDiffusion3InpaintPipeline"
-    img2img_pipeline_name: ClassVar[str] = "StableDiffusion3Img2ImgPipeline"
-    stock_t5_length: ClassVar[int] = 256
-
-    @classmethod
-    def pipeline_class(cls) -> type:
-        from diffusers import StableDiffusion3Pipeline
-
-        return StableDiffusion3Pipeline
-
-    def uses_guidance(self, guidance_scale: float) -> bool:
-        return guidance_scale > 1
-
-    def encode_stock(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=text, prompt_2=None, prompt_3=None, device=self.device,
-                num_images_per_prompt=1, do_classifier_free_guidance=False,
-                max_sequence_length=self.stock_t5_length,
-            )  # fmt: skip
-        return embeds, pooled
-
-    def encode_pooled(self, text: str) -> torch.Tensor:
-        """CLIP-L ⊕ CLIP-G pooled embeddings of ``text``, as the stock ``encode_prompt``."""
-        pooled = []
-        with torch.no_grad():
-            for index in (0, 1):
-                _, part = self.pipe._get_clip_prompt_embeds(
-                    prompt=text, device=self.device, num_images_per_prompt=1,
-                    clip_model_index=index,
-                )  # fmt: skip
-                pooled.append(part)
-        return torch.cat(pooled, dim=-1)
-
-    def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
-        """Each text as ``[CLIP-L ⊕ CLIP-G (cut after the end token) | T5 (real length)]``."""
-        pipe = self.pipe
-        width = int(pipe.transformer.config.joint_attention_dim)
-        out = []
-        for text in texts:
-            parts = []
-            for tokenizer, encoder in (
-                (pipe.tokenizer, pipe.text_encoder),
-                (pipe.tokenizer_2, pipe.text_encoder_2),
-            ):
-                ids = tokenizer(
-                    text, padding="max_length", truncation=True,
-                    max_length=pipe.tokenizer_max_length, return_tensors="pt",
-                ).input_ids  # fmt: skip
-                real = len(tokenizer(text, truncation=True, max_length=ids.shape[1]).input_ids)
-                with torch.no_grad():
-                    hidden = encoder(ids.to(self.device), output_hidden_states=True)
-                # CLIP is causal: the first `real` positions do not see the padding after them.
-                parts.append(hidden.hidden_states[-2][:, :real].to(encoder.dtype))
-            clip = torch.cat(parts, dim=-1)
-            clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))
-            segments = [clip]
-            if pipe.text_encoder_3 is not None:
-                ids = pipe.tokenizer_3(
-                    text, truncation=True, max_length=self.stock_t5_length, return_tensors="pt"
-                ).input_ids
-                with torch.no_grad():
-                    t5 = pipe.text_encoder_3(ids.to(self.device))[0]
-                segments.append(t5.to(pipe.text_encoder_3.dtype))
-            dtype = segments[-1].dtype
-            out.append(torch.cat([s.to(dtype) for s in segments], dim=1).to(self.device))
-        return out
-
-    def hook_inputs(
-        self, guidance: bool, negative: torch.Tensor | None, num_images: int
-    ) -> dict[str, Any]:
-        return {"guidance_batch": num_images if guidance else None}
