@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rpg.errors import ConfigurationError
+from rpg.lora_delta import lora_delta
 
 if TYPE_CHECKING:
     from rpg.backbones.base import Backbone
@@ -121,28 +122,6 @@ def region_lora_refusal(backbone: Backbone) -> str | None:
         "be told apart per region: give the LoRA to the whole image (--lora, "
         "GenerationRequest.loras)"
     )
-
-
-def lora_delta(layer: Any, x: Any, adapters: tuple[tuple[str, float], ...]) -> Any:
-    """``Σ_a s_a · B_a(A_a(x)) · scaling_a`` of ``layer``'s (inactive) LoRA adapters, or ``None``.
-
-    The low-rank update a peft LoRA layer adds to its base output, computed for the named
-    adapters only whether or not they are active: how a region's own LoRA reaches its own text
-    (UNet: its keys and values; MM-DiT: its text rows). Adapters the layer does not hold add
-    nothing.
-    """
-    lora_a = getattr(layer, "lora_A", None)
-    if lora_a is None:
-        return None
-    delta = None
-    for name, scale in adapters:
-        if name not in lora_a:
-            continue
-        down = lora_a[name]
-        part = layer.lora_dropout[name](x.to(down.weight.dtype))
-        term = layer.lora_B[name](down(part)) * (layer.scaling[name] * scale)
-        delta = term if delta is None else delta + term
-    return None if delta is None else delta.to(x.dtype)
 
 
 #: What a region LoRA may hold, said in the refusal (UNet, MM-DiT).

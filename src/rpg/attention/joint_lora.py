@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rpg.errors import ConfigurationError
-from rpg.lora import lora_delta
+from rpg.lora_delta import lora_delta
 
 if TYPE_CHECKING:
     from rpg.attention.joint_regions import JointRegions

@@ -13,7 +13,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from rpg.attention.spec import Span
-from rpg.lora_adapters import lora_delta as _lora_delta
+from rpg.lora_delta import lora_delta as _lora_delta
 
 __all__: list[str] = []
 
