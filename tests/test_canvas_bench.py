@@ -36,3 +36,31 @@ def test_canvas_bench_runs_every_row(tmp_path, capsys) -> None:  # type: ignore[
         for name in names[1:]:
             assert len(rows[name]["ratios"]) == 1 and rows[name]["ratios"][0] > 0
             assert rows[name]["x_grid"] is not None
+
+
+def test_canvas_bench_counts_flops_without_timing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``--repeats 0 --flops``: exact counts; a grid given as layers does the grid's work.
+
+    The hard-box claim (each position computed once, so a canvas costs what a grid costs) is a
+    statement about work done, which the FLOP counter sees exactly where timings are noisy.
+    """
+    sys.path.insert(0, str(BENCH))
+    try:
+        import overhead_canvas
+
+        out = tmp_path / "flops.json"
+        argv = ["--tiny", "--repeats", "0", "--flops", "--counts", "4", "--out", str(out)]
+        assert overhead_canvas.main(argv) == 0
+    finally:
+        sys.path.remove(str(BENCH))
+    data = json.loads(out.read_text())
+    for arch in ("sd15", "flux"):
+        rows = {r["config"]: r for r in data[arch]}
+        assert all(r["flops"] > 0 for r in rows.values())
+        assert all(r["ratios"] == [] for r in rows.values())  # no timing asked for
+        for name in ("canvas 4", "canvas 4 base", "boxes 4 base"):
+            assert rows[name]["flops_x_grid"] == 1.0, (arch, name)
+        # a soft canvas attends shared positions once per layer painting them: more work
+        assert rows["soft 4"]["flops_x_grid"] > 1.0
+    # UNet: the background is one more painter over positions the boxes leave, same token count
+    assert {r["config"]: r for r in data["sd15"]}["boxes 4"]["flops_x_grid"] == 1.0
