@@ -11,7 +11,7 @@ starts), and give the eager render's latents.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +87,10 @@ def test_compiled_regional_render(models: Path, name: str, form: str, fields: di
         req = req.model_copy(update={"scheduler": "dpm++2m-karras"})
     eager = render(rpg, name, req)
 
-    counter = CompileCounter()
-    rpg = compile_denoisers(rpg, form, counter)
-    latents = []
-    for r in range(2):
-        counter.mark(f"r{r} s0")
-
-        def on_step(pipe: Any, i: int, t: Any, kw: dict[str, Any], r: int = r) -> dict:
-            counter.mark(f"r{r} s{i + 1}")
-            return {}
-
-        latents.append(render(rpg, name, req, callback_on_step_end=on_step))
-
-    assert not graph_breaks()
-    assert counter.graphs, "nothing was compiled"
-    late = [p for p in counter.graphs if p != "r0 s0"]
-    if req.options.get("regional_steps", 1.0) < 1:
-        # the image stops being regional after the first of two steps: one more graph, once
-        assert late == ["r0 s1"] * late.count("r0 s1") and 1 <= len(late) <= 2
-    else:
-        assert late == []
+    rpg = compile_denoisers(rpg, form, counter := CompileCounter())
+    latents = _two_compiled_renders(
+        counter, req, lambda on_step: render(rpg, name, req, callback_on_step_end=on_step)
+    )
     for got in latents:
         torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
 
@@ -143,9 +127,23 @@ def test_compiled_klein_edit(models: Path, form: str, fields: dict) -> None:
     rpg = load(models, "tiny-flux2-klein")
     eager = np.asarray(edit_render(rpg, req).image, dtype=int)
 
-    counter = CompileCounter()
-    rpg = compile_denoisers(rpg, form, counter)
-    images = []
+    rpg = compile_denoisers(rpg, form, counter := CompileCounter())
+    images = _two_compiled_renders(
+        counter, req, lambda on_step: edit_render(rpg, req, callback_on_step_end=on_step).image
+    )
+    for got in images:
+        assert np.abs(np.asarray(got, dtype=int) - eager).max() <= 1
+
+
+def _two_compiled_renders(
+    counter: CompileCounter, req: Any, run: Callable[[Any], Any]
+) -> list[Any]:
+    """Two renders of ``req`` (``run(on_step)``), marking each step; asserts what compiled.
+
+    No graph break; graphs only in the first render's first step, except one more, once, where
+    ``regional_steps < 1`` stops the image being regional after the first of two steps.
+    """
+    results = []
     for r in range(2):
         counter.mark(f"r{r} s0")
 
@@ -153,8 +151,7 @@ def test_compiled_klein_edit(models: Path, form: str, fields: dict) -> None:
             counter.mark(f"r{r} s{i + 1}")
             return {}
 
-        images.append(edit_render(rpg, req, callback_on_step_end=on_step).image)
-
+        results.append(run(on_step))
     assert not graph_breaks()
     assert counter.graphs, "nothing was compiled"
     late = [p for p in counter.graphs if p != "r0 s0"]
@@ -162,5 +159,4 @@ def test_compiled_klein_edit(models: Path, form: str, fields: dict) -> None:
         assert late == ["r0 s1"] * late.count("r0 s1") and 1 <= len(late) <= 2
     else:
         assert late == []
-    for got in images:
-        assert np.abs(np.asarray(got, dtype=int) - eager).max() <= 1
+    return results

@@ -178,3 +178,19 @@ def test_edit_request_records_klein(klein: RPG) -> None:
     assert isinstance(out.request, GenerationRequest)
     assert out.request.width == W and out.request.height == H
     assert out.request.plan == out.plan
+
+
+def test_edit_refuses_what_klein_cannot_map_before_the_planner_runs(klein: RPG) -> None:
+    """A reference image, or an image to repaint over 1024² pixels, is refused before any
+    planner call or encoding (the planner is never asked)."""
+    planner = ScriptedPlanner(0, "a frog")
+    big = Image.new("RGB", (1056, 1024), "white")
+    with pytest.raises(ConfigurationError, match="at most 1024x1024"):
+        edit(klein, big, "a frog", plan=RegionPlan.single("a cat"), planner=planner, steps=1)
+    with pytest.raises(ConfigurationError, match="reference images"):
+        edit(klein, _source(), "a frog", plan=RegionPlan.single("a cat"), planner=planner,
+             steps=1, image_reference=_source(2))  # fmt: skip
+    assert planner.calls == 0
+    # the same image at an allowed size goes on to the planner
+    edit(klein, _source(), "a frog", plan=RegionPlan.single("a cat"), planner=planner, steps=1)
+    assert planner.calls == 1

@@ -176,6 +176,9 @@ def edit(
     work_w, work_h = width // factor * factor, height // factor * factor
     if work_w < factor or work_h < factor:
         raise ConfigurationError(f"the image is {width}x{height}; it must be at least {factor}px")
+    refusal = painter.edit_refusal(width, height, pipeline_kwargs)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
 
     base = stored or GenerationRequest(prompt=prompt or instruction)
     current = plan if plan is not None else base.effective_plan()

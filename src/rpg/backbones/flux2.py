@@ -119,22 +119,46 @@ class Flux2KleinBackbone(JointBackbone):
         copy of the canvas, so it must be the size being rendered (the pipeline renders at the
         image's own size, shrunk to at most 1024² pixels) — and ``image_reference`` the
         reference, refused."""
+        image = pipeline_kwargs.get("image") if self.inpainting else None
+        size = None
+        if image is not None and hasattr(image, "size") and not isinstance(image, torch.Tensor):
+            size = tuple(image.size)
+        refusal = self._klein_refusal(pipeline_kwargs, width, height, size)
+        if refusal is not None:
+            raise ConfigurationError(refusal)
+        return super().call_inputs(pipeline_kwargs, width=width, height=height)
+
+    def edit_refusal(
+        self, width: int, height: int, pipeline_kwargs: Mapping[str, Any]
+    ) -> str | None:
+        """The checks of :meth:`call_inputs`, before ``edit`` plans: the image to repaint is
+        rendered at its own size (cut to whole 16-pixel patches)."""
+        return self._klein_refusal(
+            pipeline_kwargs, width // 16 * 16, height // 16 * 16, (width, height)
+        )
+
+    def _klein_refusal(
+        self,
+        pipeline_kwargs: Mapping[str, Any],
+        width: int,
+        height: int,
+        image_size: tuple[int, ...] | None,
+    ) -> str | None:
         reference = "image_reference" if self.inpainting else "image"
         if pipeline_kwargs.get(reference) is not None:
-            raise ConfigurationError(
+            return (
                 f"{self.name} does not take klein's reference images with regional prompting: "
                 f"their tokens lie on no cell of the layout — leave {reference!r} out"
             )
-        image = pipeline_kwargs.get("image") if self.inpainting else None
-        if image is not None and hasattr(image, "size") and not isinstance(image, torch.Tensor):
-            w, h = image.size
+        if image_size is not None:
+            w, h = image_size
             if w * h > 1024 * 1024 or (w // 16 * 16, h // 16 * 16) != (width, height):
-                raise ConfigurationError(
+                return (
                     f"{self.name} inpaints at the image's own size: the image is {w}x{h} but the "
                     f"layout is {width}x{height}; give an image of the size being rendered, at "
                     "most 1024x1024 pixels in area"
                 )
-        return super().call_inputs(pipeline_kwargs, width=width, height=height)
+        return None
 
     # ----------------------------------------------------------------- encoding
 

@@ -9,6 +9,7 @@ here, before any planning or encoding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 from rpg.backbones.loading import ModelInfo
@@ -49,6 +50,13 @@ class PipelineVariants(Generic[BackboneT]):
     def inpaint_refusal(self) -> str | None:
         """Why this model cannot be edited although diffusers has its inpainting pipeline
         (``None``: it can)."""
+        return None
+
+    def edit_refusal(
+        self, width: int, height: int, pipeline_kwargs: Mapping[str, Any]
+    ) -> str | None:
+        """Why this family cannot repaint a ``width`` × ``height`` image with these pipeline
+        arguments (``None``: it can). ``edit`` asks before any planner call or encoding."""
         return None
 
     def inpaint_backbone_class(self) -> type[BackboneT]:
