@@ -70,23 +70,18 @@ class PipelineVariants(Generic[BackboneT]):
         the same route as ``generate``. A family without an inpainting pipeline is a
         :class:`~rpg.errors.ConfigurationError` here, before any planning or encoding.
         """
-        import diffusers
 
         from rpg.backbones.inpaint import build_inpaint_pipeline
 
         cls = self.inpaint_pipeline_class()
         why = self.inpaint_refusal()
         if cls is None or why is not None:
-            wanted = self.inpaint_pipeline_name
-            if why is None:
-                why = (
-                    f"diffusers {diffusers.__version__} has no {wanted}"
-                    if wanted
-                    else "the family has no stock inpainting pipeline"
-                )
+            why = why or _missing(
+                self.inpaint_pipeline_name, "the family has no stock inpainting pipeline"
+            )
             raise ConfigurationError(
                 f"rpg edit cannot repaint with {self.name!r}: {why}; edit with an SD, SDXL, "
-                "FLUX.1 or SD3 model, or regenerate with a changed plan instead"
+                "FLUX.1, SD3 or FLUX.2 [klein] model, or regenerate with a changed plan instead"
             )
         painter = self.inpaint_backbone_class()(
             build_inpaint_pipeline(self.pipe, cls), info=self.info
@@ -119,7 +114,6 @@ class PipelineVariants(Generic[BackboneT]):
         scheduler. A family without one is a :class:`~rpg.errors.ConfigurationError` here,
         before any planning or encoding.
         """
-        import diffusers
 
         from rpg.backbones.inpaint import build_inpaint_pipeline
 
@@ -128,13 +122,9 @@ class PipelineVariants(Generic[BackboneT]):
         cls = self.img2img_pipeline_class()
         why = self.img2img_refusal()
         if cls is None or why is not None:
-            wanted = self.img2img_pipeline_name
-            if why is None:
-                why = (
-                    f"diffusers {diffusers.__version__} has no {wanted}"
-                    if wanted
-                    else "diffusers has no img2img pipeline for this family"
-                )
+            why = why or _missing(
+                self.img2img_pipeline_name, "diffusers has no img2img pipeline for this family"
+            )
             raise ConfigurationError(
                 f"img2img and the hires fix cannot render with {self.name!r}: {why}; leave out "
                 "the init image and --hires, or use an SD, SDXL, ControlNet, FLUX.1 or SD3 model"
@@ -152,3 +142,11 @@ class PipelineVariants(Generic[BackboneT]):
         """Take over per-model state from ``source`` when this backbone wraps a pipeline built
         from its modules (the img2img one); ControlNet backbones keep their recorded names."""
         del source
+
+
+def _missing(wanted: str | None, otherwise: str) -> str:
+    """Why a family's stock pipeline is missing: the installed diffusers lacks the class it
+    names, else the family names none."""
+    import diffusers
+
+    return f"diffusers {diffusers.__version__} has no {wanted}" if wanted else otherwise
