@@ -310,3 +310,37 @@ def test_random_canvases_cover_soft_hard_background_and_covered_layers() -> None
     assert kinds == {
         "soft", "hard", "background", "covered canvas", "unpainted layer", "base weights"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize("base", [True, False])
+def test_flux_soft_canvas_attends_the_image_once_and_matches_the_per_painter_path(
+    flux: Any, base: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Soft grids with global image attention merge every painter's text with one image pass
+    (``joint_soft``); the per-painter path (each painter re-attending the whole image) is what
+    runs without log-sum-exps, and both give the same outputs."""
+    from rpg.attention import joint_core, joint_soft
+
+    calls: list[int] = []
+    merged = joint_soft.painted_image_merged
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(len(args[5].painters))
+        return merged(*args, **kwargs)
+
+    monkeypatch.setattr(joint_core, "painted_image_merged", spy)
+    seed = next(
+        s
+        for s in range(3, 60, 6)  # soft canvases (see _joint_regions)
+        if region_index(_joint_regions(s, "global", base).layout, HEIGHT // 16, WIDTH // 16).soft
+    )
+    inputs = _flux_inputs(_joint_regions(seed, "global", base).text_length or 0, seed)
+    ours = run_regional(flux, _joint_regions(seed, "global", base), inputs)
+    assert calls and max(calls) >= 2  # the merged path ran, with shared positions
+    monkeypatch.setattr(joint_core._JointAttention, "_merges_base", lambda self, q: False)
+    calls.clear()
+    per_painter = run_regional(flux, _joint_regions(seed, "global", base), inputs)
+    assert not calls
+    assert (ours - per_painter).abs().max().item() < 1e-5
+    naive = run_naive(flux, _joint_regions(seed, "global", base), True, inputs)
+    assert (ours - naive).abs().max().item() < 1e-5

@@ -21,6 +21,7 @@ from diffusers.models.attention_dispatch import (
 )
 
 from rpg.attention.joint_regions import JointRegions
+from rpg.attention.joint_soft import painted_image_merged
 from rpg.attention.lse import attention_with_lse, merge_weight
 from rpg.attention.regions import RegionIndex
 from rpg.attention.spec import Span
@@ -166,7 +167,8 @@ class _JointAttention:
         text(base) ∪ I_r(p))]`` with the background a painter of its own text and ``β = 0``;
         ``I_r(p)`` is every image token (global) or the ones ``r`` paints (region). Each painter
         attends with the queries it paints only, gathered; with global image attention the base
-        term is the same for every painter and is attended once by every query.
+        term is the same for every painter and is attended once by every query; where the
+        kernel gives log-sum-exps, the image keys too (:mod:`rpg.attention.joint_soft`).
         """
         regions = self.regions
         out_t = torch.zeros_like(q_t)
@@ -193,6 +195,10 @@ class _JointAttention:
 
         global_image = regions.options.image_attention == "global"
         spans = regions.painter_spans
+        if global_image and self._merges_base(q_i):
+            return out_t, painted_image_merged(
+                q_i, k_i, v_i, k_t, v_t, index, spans, regions.base_span
+            )
         out_i = torch.zeros_like(q_i)
         for painter in index.painters:
             s0, s1 = spans[painter.region]
