@@ -220,3 +220,43 @@ def test_loss_picture_from_a_training_log(tmp_path: Path) -> None:
     (tmp_path / "train.log").write_text(log)
     picture = main(["--out", str(tmp_path / "m"), "--plot-log", str(tmp_path / "train.log")])
     assert picture == tmp_path / "m-loss.png" and Image.open(picture).size == (720, 360)
+
+
+def test_edge_weighted_reconstruction_loss_counts_shape_outlines_more() -> None:
+    """An error confined to a shape's outline costs more with an edge weight than without; an
+    error on flat colour costs less (the loss is normalised by the mean weight)."""
+    import numpy as np
+    import torch
+
+    from rpg.eval.shapes import Scene, ShapeObject, render
+    from rpg.eval.shapes_training import edge_pixels, reconstruction_loss
+
+    scene = Scene(objects=(ShapeObject(shape="star", colour="red", size="large", x=0.5, y=0.5),))
+    pixels = torch.from_numpy(np.asarray(render(scene), np.float32)).permute(2, 0, 1)[None]
+    pixels = pixels / 127.5 - 1
+    edges = edge_pixels(pixels)
+    assert 0 < edges.mean().item() < 0.2  # the outline only
+    assert edges[0, 0, 0, 0] == 0 and edges[0, 0, 32, 32] == 0  # background, star centre
+    on_edges = pixels + 0.5 * edges
+    off_edges = pixels + 0.5 * (1 - edges) * (torch.rand_like(edges) < 0.05)
+    plain = [reconstruction_loss(x, pixels, 0.0).item() for x in (on_edges, off_edges)]
+    weighted = [reconstruction_loss(x, pixels, 8.0).item() for x in (on_edges, off_edges)]
+    assert weighted[0] > plain[0] and weighted[1] < plain[1]
+    assert reconstruction_loss(pixels, pixels, 8.0).item() == 0
+
+
+def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
+    """``--latent-pool``: scenes are encoded once, and the UNet trains on draws from them."""
+    from diffusers import StableDiffusionPipeline
+
+    from rpg.eval.train_shapes import main
+
+    out = main(
+        ["--out", str(tmp_path / "m"), "--steps", "2", "--vae-steps", "1", "--batch", "2",
+         "--vae-batch", "2", "--log-every", "1", "--threads", "1", "--latent-pool", "5",
+         "--vae-channels", "8,16,16", "--latent-channels", "4"]
+    )  # fmt: skip
+    log = capsys.readouterr().out
+    assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.in_channels == 4 and pipe.vae.config.norm_num_groups == 2

@@ -86,8 +86,8 @@ def build_components(
     *,
     seed: int,
     unet_channels: Sequence[int],
-    vae_channels: Sequence[int] = (16, 32, 32),
-    latent_channels: int = 4,
+    vae_channels: Sequence[int] = (32, 64, 64),
+    latent_channels: int = 16,
 ) -> dict[str, Any]:
     """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights)."""
     from diffusers import (
@@ -138,8 +138,9 @@ def build_components(
         block_out_channels=tuple(vae_channels),
         layers_per_block=1,
         latent_channels=latent_channels,
-        # few groups: with one channel per group, GroupNorm erases the colour of a flat image
-        norm_num_groups=4,
+        # four channels per group in the narrowest block: with one channel per group, GroupNorm
+        # erases the colour of a flat image
+        norm_num_groups=max(1, min(vae_channels) // 4),
         sample_size=64,
         mid_block_add_attention=False,
     )
