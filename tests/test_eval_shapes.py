@@ -198,10 +198,19 @@ def test_training_script_one_step_smoke(tmp_path: Path) -> None:
             "1",
             "--threads",
             "1",
+            "--text-lr",
+            "1e-3",
         ]
     )
     assert (tmp_path / "m-loss.png").is_file()
     pipe = StableDiffusionPipeline.from_pretrained(out)
+    import torch
+
+    from rpg.eval.shapes_components import build_components
+
+    fresh = build_components(tmp_path / "tok", seed=0, unet_channels=[32, 64, 64])["text_encoder"]
+    saved = dict(pipe.text_encoder.named_parameters())
+    assert not all(torch.equal(p, saved[n]) for n, p in fresh.named_parameters())  # --text-lr
     assert pipe.vae_scale_factor == 4
     assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     image = pipe("a red circle", num_inference_steps=1, output_type="pil").images[0]
@@ -260,3 +269,11 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
     assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 4 and pipe.vae.config.norm_num_groups == 2
+    # without --text-lr the text encoder is the seeded initial one (trained, it collapses)
+    import torch
+
+    from rpg.eval.shapes_components import build_components
+
+    fresh = build_components(tmp_path / "tok", seed=0, unet_channels=[32, 64, 64])["text_encoder"]
+    saved = dict(pipe.text_encoder.named_parameters())
+    assert all(torch.equal(p, saved[n]) for n, p in fresh.named_parameters())

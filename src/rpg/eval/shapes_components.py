@@ -88,6 +88,7 @@ def build_components(
     unet_channels: Sequence[int],
     vae_channels: Sequence[int] = (32, 64, 64),
     latent_channels: int = 16,
+    prediction_type: str = "v_prediction",
 ) -> dict[str, Any]:
     """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights)."""
     from diffusers import (
@@ -149,6 +150,6 @@ def build_components(
         "text_encoder": text_encoder,
         "unet": unet,
         "vae": vae,
-        "train_scheduler": DDPMScheduler(**SD_SCHEDULE),
-        "scheduler": DPMSolverMultistepScheduler(**SD_SCHEDULE),
+        "train_scheduler": DDPMScheduler(**SD_SCHEDULE, prediction_type=prediction_type),
+        "scheduler": DPMSolverMultistepScheduler(**SD_SCHEDULE, prediction_type=prediction_type),
     }

@@ -138,7 +138,13 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
 
 
 def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespace, log: Any):
-    """Epsilon prediction on VAE latents, the text encoder trained with the UNet.
+    """Epsilon prediction on VAE latents.
+
+    The text encoder stays at its seeded initialisation unless ``--text-lr`` is set: trained
+    from scratch next to a UNet that does not read it yet, it collapsed to one output for every
+    caption within a thousand steps (nothing rewards it for telling captions apart before the
+    cross-attention uses it), while its random initial features already tell every word and
+    word order apart.
 
     With ``--latent-pool N`` the latents come from :func:`encode_pool` (re-captioned every
     draw); without, every batch is fresh scenes encoded on the spot.
@@ -151,8 +157,14 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
     )
     sched = parts["train_scheduler"]
     scaling = vae.config.scaling_factor
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2, betas=(0.9, 0.99))
+    params = list(unet.parameters())
+    groups: list[dict[str, Any]] = [{"params": list(params)}]
+    if args.text_lr:
+        groups.append({"params": list(text_encoder.parameters()), "lr": args.text_lr})
+        params += groups[-1]["params"]
+    else:
+        text_encoder.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=1e-2, betas=(0.9, 0.99))
     warmup = max(1, min(100, args.steps // 10))
 
     def lr_at(step: int) -> float:
@@ -170,6 +182,10 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
         "text_encoder": {n: p.detach().clone() for n, p in text_encoder.named_parameters()},
     }
     alphas = sched.alphas_cumprod
+    # v-prediction: with epsilon, the nearly pure noise of the first sampling steps is predicted
+    # well by any model (the target is almost the input), so the steps that lay out the picture,
+    # and where the caption matters most, taught next to nothing; samples were formless
+    velocity = sched.config.prediction_type == "v_prediction"
     snr = alphas / (1 - alphas)
     losses: list[float] = []
     gen = torch.Generator().manual_seed(args.seed)
@@ -191,14 +207,20 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
             truncation=True,
             return_tensors="pt",
         ).input_ids
-        cond = text_encoder(ids)[0]
+        with torch.set_grad_enabled(bool(args.text_lr)):
+            cond = text_encoder(ids)[0]
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen)
         noisy = sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         # min-SNR-5 weighting: the easy, low-noise steps do not dominate a short training
-        weight = torch.clamp(snr[t], max=5.0) / snr[t]
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        if velocity:
+            target = sched.get_velocity(latents, noise, t)
+            weight = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)
+        else:
+            target = noise
+            weight = torch.clamp(snr[t], max=5.0) / snr[t]
+        loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -51,6 +51,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2000, help="UNet training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--text-lr",
+        type=float,
+        default=0.0,
+        help="learning rate of the text encoder (0: keep it at its seeded initialisation; "
+        "trained from scratch with the UNet it collapses to one output for every caption)",
+    )
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the saved weights")
     p.add_argument("--vae-steps", type=int, default=300)
     p.add_argument("--vae-batch", type=int, default=16)
@@ -82,6 +89,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0,
         help="encode this many training scenes once and draw UNet batches from them "
         "(0: encode fresh scenes every step)",
+    )
+    p.add_argument(
+        "--prediction-type",
+        choices=("v_prediction", "epsilon"),
+        default="v_prediction",
+        help="what the UNet predicts (v: the high-noise steps that lay out the picture learn)",
     )
     p.add_argument("--unet-channels", default="32,64,64")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -120,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             unet_channels=[int(c) for c in args.unet_channels.split(",")],
             vae_channels=[int(c) for c in args.vae_channels.split(",")],
             latent_channels=args.latent_channels,
+            prediction_type=args.prediction_type,
         )
     sizes = {
         k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")
