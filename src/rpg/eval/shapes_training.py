@@ -25,13 +25,18 @@ from rpg.eval.shapes_components import MAX_LENGTH, write_word_tokenizer
 
 def sample_batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, list[str]]:
     """``n`` fresh scenes as pixels in [-1, 1] and their captions (each dropped with ``drop``)."""
-    images, captions = [], []
+    scenes, captions = [], []
     for _ in range(n):
         scene, text = sample_training_example(rng)
-        images.append(np.asarray(render(scene), dtype=np.float32))
+        scenes.append(scene)
         captions.append("" if rng.random() < drop else text)
-    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return pixels, captions
+    return scene_pixels(scenes), captions
+
+
+def scene_pixels(scenes: list[Scene]) -> torch.Tensor:
+    """The rendered ``scenes`` as one ``[N, 3, 64, 64]`` batch in [-1, 1], as the VAE reads it."""
+    images = np.stack([np.asarray(render(scene), dtype=np.float32) for scene in scenes])
+    return torch.from_numpy(images).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def _smooth(values: list[float], k: int = 20) -> float:
@@ -122,9 +127,8 @@ def encode_pool(
     start = time.monotonic()
     for first in range(0, count, 64):
         batch = [sample_scene(rng, avoid_held_out=True) for _ in range(min(64, count - first))]
-        pixels = torch.from_numpy(np.stack([np.asarray(render(sc), np.float32) for sc in batch]))
         with torch.no_grad():
-            chunks.append(vae.encode(pixels.permute(0, 3, 1, 2) / 127.5 - 1.0).latent_dist.mode())
+            chunks.append(vae.encode(scene_pixels(batch)).latent_dist.mode())
         scenes += batch
         if len(scenes) % 4096 < 64 or len(scenes) == count:
             log(f"pool {len(scenes)}/{count} scenes encoded ({time.monotonic() - start:.0f} s)")
@@ -138,7 +142,7 @@ def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: flo
 
 
 def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespace, log: Any):
-    """Epsilon prediction on VAE latents.
+    """The UNet on VAE latents, predicting v (or epsilon, ``--prediction-type``).
 
     The text encoder stays at its seeded initialisation unless ``--text-lr`` is set: trained
     from scratch next to a UNet that does not read it yet, it collapsed to one output for every
@@ -175,7 +179,7 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
             progress = max(progress, (time.monotonic() - start) / (60 * args.max_minutes))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    start = time.monotonic()
+    start = time.monotonic()  # lr_at reads it; restarted once the pool is encoded
     lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     emas = {
         "unet": {n: p.detach().clone() for n, p in unet.named_parameters()},
