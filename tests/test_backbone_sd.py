@@ -10,7 +10,12 @@ import torch
 
 from rpg.backbones.base import pack_segments, pad_tokens, token_windows
 from rpg.backbones.loading import ModelInfo, resolve_model
-from rpg.backbones.schedulers import SCHEDULERS, check_scheduler, make_scheduler
+from rpg.backbones.schedulers import (
+    SCHEDULERS,
+    check_scheduler,
+    default_for_config,
+    make_scheduler,
+)
 from rpg.backbones.sd import StableDiffusionBackbone
 from rpg.errors import ConfigurationError
 from rpg.models import GenerationRequest, Region, RegionPlan, Row
@@ -164,6 +169,31 @@ def test_schedulers_are_built_from_the_original_config(tiny_rpg: Any) -> None:
         assert backbone.pipe.scheduler.config.beta_schedule == "scaled_linear"
     default = make_scheduler("default", backbone.scheduler_config)
     assert type(default).__name__ == "PNDMScheduler"
+
+
+def test_a_zero_terminal_snr_model_defaults_to_evenly_spaced_dpm(tiny_rpg: Any) -> None:
+    """Karras sigmas would start at the clipped sigma of a zero-SNR last step (4096) and spend
+    half of 12 steps on timesteps 985-999; such a model gets plain DPM++ 2M by default."""
+    backbone = tiny_rpg.backbone
+    assert backbone.request_scheduler() == "dpm++2m-karras"
+    config = dict(backbone.scheduler_config)
+    zero_snr = dict(config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    assert default_for_config("dpm++2m-karras", zero_snr) == "dpm++2m"
+    assert default_for_config("euler-a", zero_snr) == "euler-a"  # a family's own choice stays
+    backbone.scheduler_config = zero_snr
+    backbone._schedulers.pop("dpm++2m", None)
+    try:
+        assert backbone.request_scheduler() == "dpm++2m"
+        karras = make_scheduler("dpm++2m-karras", zero_snr)
+        karras.set_timesteps(12)
+        even = backbone.scheduler_named("dpm++2m")
+        assert even.config.rescale_betas_zero_snr and not even.config.use_karras_sigmas
+        even.set_timesteps(12)
+        assert int(even.timesteps[0]) == 999 and int(even.timesteps[1]) < 950
+        assert int((karras.timesteps >= 985).sum()) >= 5  # what the default avoids
+    finally:
+        backbone.scheduler_config = config
+        backbone._schedulers.pop("dpm++2m", None)
 
 
 def test_detection_and_registration(tiny_sd_path: Path) -> None:

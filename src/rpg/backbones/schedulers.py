@@ -20,6 +20,7 @@ __all__ = [
     "SCHEDULERS",
     "SchedulerChoice",
     "check_scheduler",
+    "default_for_config",
     "make_scheduler",
     "scheduler_name",
 ]
@@ -47,6 +48,20 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "lcm": ("LCMScheduler", {}, "LCM (for LCM-distilled models or LCM-LoRA, 2-8 steps)"),
     "default": ("", {}, "the scheduler the model ships with"),
 }
+
+
+def default_for_config(default: str, config: Mapping[str, Any]) -> str:
+    """``default``, unless the model was trained to a zero-SNR last step: then DPM++ 2M without
+    Karras sigmas.
+
+    Karras sigmas start at the schedule's largest sigma, which zero terminal SNR makes huge
+    (4096 where diffusers clips it): at 12 steps half of them land on timesteps 985–999 and
+    the picture gets the rest. The plain spacing (``trailing`` in such models' configs) starts
+    at pure noise and spreads the steps evenly.
+    """
+    if default == "dpm++2m-karras" and config.get("rescale_betas_zero_snr"):
+        return "dpm++2m"
+    return default
 
 
 def check_scheduler(name: str) -> str:
@@ -114,7 +129,7 @@ class SchedulerChoice:
         """
         if self.keeps_pipeline_scheduler:
             return scheduler_name(self.pipe.scheduler)
-        return self.default_scheduler
+        return default_for_config(self.default_scheduler, self.scheduler_config)
 
     def scheduler_named(self, name: str) -> Any:
         """The scheduler object for ``name``: built once from the model's config and reused;

@@ -173,7 +173,8 @@ class GenerationRequest(BaseModel):
     scheduler: str | None = Field(
         default=None,
         description="Scheduler name; null uses the model's default (dpm++2m-karras for SD and "
-        "SDXL, the pipeline's own flow-matching scheduler for FLUX and SD3).",
+        "SDXL, dpm++2m for those trained to zero terminal SNR, the pipeline's own flow-matching "
+        "scheduler for FLUX and SD3).",
     )
     base_ratio: float | None = Field(
         default=None,
