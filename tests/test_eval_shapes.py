@@ -212,9 +212,43 @@ def test_training_script_one_step_smoke(tmp_path: Path) -> None:
     saved = dict(pipe.text_encoder.named_parameters())
     assert not all(torch.equal(p, saved[n]) for n, p in fresh.named_parameters())  # --text-lr
     assert pipe.vae_scale_factor == 4
+    # by default the 16×16 level is convolutions only; 8×8 and 4×4 cross-attend
+    assert pipe.unet.config.down_block_types == [
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+    ]
+    assert pipe.unet.config.up_block_types[-1] == "UpBlock2D"
+    # trained to a zero-SNR last step, and sampled from it
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
     assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     image = pipe("a red circle", num_inference_steps=1, output_type="pil").images[0]
     assert image.size == (64, 64)
+
+
+def test_min_snr_weights_keep_the_high_noise_steps_of_a_v_loss() -> None:
+    import torch
+
+    from rpg.eval.shapes_training import snr_weight
+
+    snr = torch.tensor([0.0, 0.01, 1.0, 4.0, 100.0])
+    v = snr_weight(snr, 5.0, velocity=True)
+    assert torch.allclose(v[:4], torch.ones(4))  # SNR + 1 <= 5: a plain v-loss
+    assert torch.isclose(v[4], torch.tensor(5 / 101))  # low noise: capped at 5 in image terms
+    eps = snr_weight(snr[1:], 5.0, velocity=False)
+    assert torch.allclose(eps, torch.tensor([1.0, 1.0, 1.0, 0.05]))
+    assert torch.equal(snr_weight(snr, 0.0, velocity=True), torch.ones(5))
+
+
+def test_zero_terminal_snr_refuses_epsilon(capsys) -> None:
+    from rpg.eval.train_shapes import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--prediction-type", "epsilon"])
+    assert "--no-zero-terminal-snr" in capsys.readouterr().err
+    args = parse_args(["--out", "x", "--prediction-type", "epsilon", "--no-zero-terminal-snr"])
+    assert not args.zero_terminal_snr
 
 
 def test_loss_picture_from_a_training_log(tmp_path: Path) -> None:
@@ -263,12 +297,16 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
     out = main(
         ["--out", str(tmp_path / "m"), "--steps", "2", "--vae-steps", "1", "--batch", "2",
          "--vae-batch", "2", "--log-every", "1", "--threads", "1", "--latent-pool", "5",
-         "--vae-channels", "8,16,16", "--latent-channels", "4"]
+         "--vae-channels", "8,16,16", "--latent-channels", "4", "--unet-attention", "0,1",
+         "--unet-channels", "16,32,32", "--unet-heads", "1"]
     )  # fmt: skip
     log = capsys.readouterr().out
     assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 4 and pipe.vae.config.norm_num_groups == 2
+    unet = pipe.unet.config
+    assert unet.down_block_types[0] == "CrossAttnDownBlock2D" and unet.attention_head_dim == 1
+    assert unet.up_block_types == ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
     # without --text-lr the text encoder is the seeded initial one (trained, it collapses)
     import torch
 
@@ -277,3 +315,11 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
     fresh = build_components(tmp_path / "tok", seed=0, unet_channels=[32, 64, 64])["text_encoder"]
     saved = dict(pipe.text_encoder.named_parameters())
     assert all(torch.equal(p, saved[n]) for n, p in fresh.named_parameters())
+    # --unet-from: a second run starts from the first one's UNet (no steps: saved unchanged)
+    again = main(
+        ["--out", str(tmp_path / "again"), "--steps", "0", "--vae-steps", "0", "--threads", "1",
+         "--vae-from", str(out / "vae"), "--unet-from", str(out), "--latent-channels", "4",
+         "--vae-channels", "8,16,16"]
+    )  # fmt: skip
+    first, second = pipe.unet.state_dict(), StableDiffusionPipeline.from_pretrained(again).unet
+    assert all(torch.equal(first[n], p) for n, p in second.state_dict().items())

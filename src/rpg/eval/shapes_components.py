@@ -86,11 +86,25 @@ def build_components(
     *,
     seed: int,
     unet_channels: Sequence[int],
+    unet_attention: Sequence[int] = (1, 2),
+    unet_heads: int = 2,
     vae_channels: Sequence[int] = (32, 64, 64),
     latent_channels: int = 16,
     prediction_type: str = "v_prediction",
+    zero_terminal_snr: bool = True,
 ) -> dict[str, Any]:
-    """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights)."""
+    """Fresh tokenizer, text encoder, UNet, VAE and scheduler of shapes-sd (seeded weights).
+
+    With ``zero_terminal_snr`` the SD betas are rescaled so the last timestep is pure noise, and
+    sampling starts there (``trailing`` spacing). Under the stock schedule the last step keeps 7%
+    of the image; over a 16×16 latent the mean of the starting noise is as large as that, and
+    the model read it as the picture: the seed, not the prompt, chose the background colour.
+
+    ``unet_attention`` names the UNet levels (0 = the 16×16 latent) that have transformer blocks.
+    The default leaves the 16×16 level to convolutions: on a CPU, attention over its 256 tokens
+    with narrow heads cost half of every training step, and a half-as-slow step bought a 1.8×
+    wider UNet that still takes twice the steps in the same time.
+    """
     from diffusers import (
         AutoencoderKL,
         DDPMScheduler,
@@ -125,10 +139,16 @@ def build_components(
         out_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=tuple(unet_channels),
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        down_block_types=tuple(
+            "CrossAttnDownBlock2D" if i in unet_attention else "DownBlock2D" for i in range(levels)
+        ),
+        up_block_types=tuple(
+            "CrossAttnUpBlock2D" if i in unet_attention else "UpBlock2D"
+            for i in reversed(range(levels))
+        ),
         cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=4,
+        # diffusers reads this legacy name as the number of heads
+        attention_head_dim=unet_heads,
         norm_num_groups=8,
     )
     vae = AutoencoderKL(
@@ -145,11 +165,14 @@ def build_components(
         sample_size=64,
         mid_block_add_attention=False,
     )
+    schedule = dict(SD_SCHEDULE, prediction_type=prediction_type)
+    if zero_terminal_snr:
+        schedule.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     return {
         "tokenizer": tokenizer,
         "text_encoder": text_encoder,
         "unet": unet,
         "vae": vae,
-        "train_scheduler": DDPMScheduler(**SD_SCHEDULE, prediction_type=prediction_type),
-        "scheduler": DPMSolverMultistepScheduler(**SD_SCHEDULE, prediction_type=prediction_type),
+        "train_scheduler": DDPMScheduler(**schedule),
+        "scheduler": DPMSolverMultistepScheduler(**schedule),
     }

@@ -135,6 +135,22 @@ def encode_pool(
     return scenes, torch.cat(chunks) * scaling
 
 
+def snr_weight(snr: torch.Tensor, gamma: float, velocity: bool) -> torch.Tensor:
+    """Min-SNR-``gamma`` loss weights: steps whose SNR is above ``gamma`` count as if it were
+    ``gamma``, so the easy, low-noise steps do not dominate a short training.
+
+    In terms of the image, a v-loss weighs a step by SNR + 1 and an epsilon loss by SNR; both are
+    capped at ``gamma``. For v the cap is on SNR + 1, not SNR: capping SNR itself would also
+    scale the high-noise steps down towards nothing (to 0 at a zero-SNR last step), and those
+    are where the picture is laid out.
+    """
+    if not gamma:
+        return torch.ones_like(snr)
+    if velocity:
+        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
+    return torch.clamp(snr, max=gamma) / snr
+
+
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -217,13 +233,8 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen)
         noisy = sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        # min-SNR-5 weighting: the easy, low-noise steps do not dominate a short training
-        if velocity:
-            target = sched.get_velocity(latents, noise, t)
-            weight = torch.clamp(snr[t], max=5.0) / (snr[t] + 1)
-        else:
-            target = noise
-            weight = torch.clamp(snr[t], max=5.0) / snr[t]
+        target = sched.get_velocity(latents, noise, t) if velocity else noise
+        weight = snr_weight(snr[t], args.snr_gamma, velocity)
         loss = (weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

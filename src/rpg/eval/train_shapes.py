@@ -96,7 +96,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="v_prediction",
         help="what the UNet predicts (v: the high-noise steps that lay out the picture learn)",
     )
-    p.add_argument("--unet-channels", default="32,64,64")
+    p.add_argument(
+        "--zero-terminal-snr",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rescale the SD schedule so its last step is pure noise (needs v-prediction)",
+    )
+    p.add_argument(
+        "--snr-gamma",
+        type=float,
+        default=5.0,
+        help="min-SNR weighting: the loss of steps with SNR above this is scaled down (0: off)",
+    )
+    p.add_argument("--unet-from", help="start the UNet from this pipeline or UNet folder")
+    p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
+    p.add_argument(
+        "--unet-attention",
+        default="1,2",
+        help="UNet levels with cross-attention (0 = the 16×16 latent; SD 1.x leaves one out)",
+    )
+    p.add_argument("--unet-heads", type=int, default=2, help="attention heads per UNet block")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument(
@@ -108,7 +127,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="only draw OUT-loss.png from the progress lines of a training log, and stop",
     )
     p.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.zero_terminal_snr and args.prediction_type == "epsilon":
+        p.error(
+            "--zero-terminal-snr needs --prediction-type v_prediction (at the last step the "
+            "noise is the whole input, so epsilon says nothing); add --no-zero-terminal-snr"
+        )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -131,9 +156,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             Path(tmp) / "tok",
             seed=args.seed,
             unet_channels=[int(c) for c in args.unet_channels.split(",")],
+            unet_attention=[int(c) for c in args.unet_attention.split(",") if c.strip()],
+            unet_heads=args.unet_heads,
             vae_channels=[int(c) for c in args.vae_channels.split(",")],
             latent_channels=args.latent_channels,
             prediction_type=args.prediction_type,
+            zero_terminal_snr=args.zero_terminal_snr,
         )
     sizes = {
         k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")
@@ -144,6 +172,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         parts["vae"] = AutoencoderKL.from_pretrained(args.vae_from)
         log(f"vae from {args.vae_from}")
+    if args.unet_from:
+        from diffusers import UNet2DConditionModel
+
+        folder = Path(args.unet_from)
+        parts["unet"] = UNet2DConditionModel.from_pretrained(
+            folder / "unet" if (folder / "unet").is_dir() else folder
+        )
+        log(f"unet from {folder}")
     vae = parts["vae"]
     vae_losses = train_vae(vae, rng, args, log)
     vae.requires_grad_(False)
