@@ -219,35 +219,33 @@ def test_training_script_one_step_smoke(tmp_path: Path) -> None:
         "CrossAttnDownBlock2D",
     ]
     assert pipe.unet.config.up_block_types[-1] == "UpBlock2D"
-    # trained to a zero-SNR last step, and sampled from it
-    assert pipe.scheduler.config.rescale_betas_zero_snr
-    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    assert not pipe.scheduler.config.rescale_betas_zero_snr  # the SD schedule by default
     assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
     image = pipe("a red circle", num_inference_steps=1, output_type="pil").images[0]
     assert image.size == (64, 64)
 
 
-def test_min_snr_weights_keep_the_high_noise_steps_of_a_v_loss() -> None:
+def test_min_snr_weights_cap_the_low_noise_steps() -> None:
     import torch
 
     from rpg.eval.shapes_training import snr_weight
 
-    snr = torch.tensor([0.0, 0.01, 1.0, 4.0, 100.0])
+    snr = torch.tensor([0.0, 1.0, 4.0, 100.0])
     v = snr_weight(snr, 5.0, velocity=True)
-    assert torch.allclose(v[:4], torch.ones(4))  # SNR + 1 <= 5: a plain v-loss
-    assert torch.isclose(v[4], torch.tensor(5 / 101))  # low noise: capped at 5 in image terms
+    # in image terms min(SNR, 5); a v-loss already weighs a step by SNR + 1
+    assert torch.allclose(v, torch.tensor([1.0, 1 / 2, 4 / 5, 5 / 101]))  # zero SNR: weight 1
     eps = snr_weight(snr[1:], 5.0, velocity=False)
-    assert torch.allclose(eps, torch.tensor([1.0, 1.0, 1.0, 0.05]))
-    assert torch.equal(snr_weight(snr, 0.0, velocity=True), torch.ones(5))
+    assert torch.allclose(eps, torch.tensor([1.0, 1.0, 0.05]))
+    assert torch.equal(snr_weight(snr, 0.0, velocity=True), torch.ones(4))
 
 
 def test_zero_terminal_snr_refuses_epsilon(capsys) -> None:
     from rpg.eval.train_shapes import parse_args
 
     with pytest.raises(SystemExit):
-        parse_args(["--out", "x", "--prediction-type", "epsilon"])
-    assert "--no-zero-terminal-snr" in capsys.readouterr().err
-    args = parse_args(["--out", "x", "--prediction-type", "epsilon", "--no-zero-terminal-snr"])
+        parse_args(["--out", "x", "--prediction-type", "epsilon", "--zero-terminal-snr"])
+    assert "needs --prediction-type v_prediction" in capsys.readouterr().err
+    args = parse_args(["--out", "x", "--prediction-type", "epsilon"])
     assert not args.zero_terminal_snr
 
 
@@ -298,7 +296,7 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
         ["--out", str(tmp_path / "m"), "--steps", "2", "--vae-steps", "1", "--batch", "2",
          "--vae-batch", "2", "--log-every", "1", "--threads", "1", "--latent-pool", "5",
          "--vae-channels", "8,16,16", "--latent-channels", "4", "--unet-attention", "0,1",
-         "--unet-channels", "16,32,32", "--unet-heads", "1"]
+         "--unet-channels", "16,32,32", "--unet-heads", "1", "--zero-terminal-snr"]
     )  # fmt: skip
     log = capsys.readouterr().out
     assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log
@@ -307,6 +305,9 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
     unet = pipe.unet.config
     assert unet.down_block_types[0] == "CrossAttnDownBlock2D" and unet.attention_head_dim == 1
     assert unet.up_block_types == ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    # --zero-terminal-snr: trained to a pure-noise last step, and sampled from it
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
     # without --text-lr the text encoder is the seeded initial one (trained, it collapses)
     import torch
 

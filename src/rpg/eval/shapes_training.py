@@ -136,19 +136,16 @@ def encode_pool(
 
 
 def snr_weight(snr: torch.Tensor, gamma: float, velocity: bool) -> torch.Tensor:
-    """Min-SNR-``gamma`` loss weights: steps whose SNR is above ``gamma`` count as if it were
-    ``gamma``, so the easy, low-noise steps do not dominate a short training.
-
-    In terms of the image, a v-loss weighs a step by SNR + 1 and an epsilon loss by SNR; both are
-    capped at ``gamma``. For v the cap is on SNR + 1, not SNR: capping SNR itself would also
-    scale the high-noise steps down towards nothing (to 0 at a zero-SNR last step), and those
-    are where the picture is laid out.
+    """Min-SNR-``gamma`` loss weights (Hang et al. 2023): in terms of the image, a step counts
+    with weight min(SNR, ``gamma``), so the easy, low-noise steps do not dominate a short
+    training. A zero-SNR step (pure noise, :func:`build_components` with
+    ``zero_terminal_snr``) keeps weight 1, as diffusers' training scripts do.
     """
     if not gamma:
         return torch.ones_like(snr)
-    if velocity:
-        return torch.clamp(snr + 1, max=gamma) / (snr + 1)
-    return torch.clamp(snr, max=gamma) / snr
+    capped = torch.clamp(snr, max=gamma)
+    weight = capped / (snr + 1) if velocity else capped / snr
+    return torch.where(snr == 0, torch.ones_like(snr), weight)
 
 
 def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:

@@ -99,8 +99,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--zero-terminal-snr",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="rescale the SD schedule so its last step is pure noise (needs v-prediction)",
+        default=False,
+        help="rescale the SD schedule so its last step is pure noise (needs v-prediction; "
+        "experimental: 40 minutes from a trained UNet drew mostly empty images)",
     )
     p.add_argument(
         "--snr-gamma",
@@ -113,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--unet-attention",
         default="1,2",
-        help="UNet levels with cross-attention (0 = the 16×16 latent; SD 1.x leaves one out)",
+        help="UNet levels with cross-attention (0: the 16×16 latent)",
     )
     p.add_argument("--unet-heads", type=int, default=2, help="attention heads per UNet block")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -131,7 +132,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.zero_terminal_snr and args.prediction_type == "epsilon":
         p.error(
             "--zero-terminal-snr needs --prediction-type v_prediction (at the last step the "
-            "noise is the whole input, so epsilon says nothing); add --no-zero-terminal-snr"
+            "noise is the whole input, so epsilon says nothing)"
         )
     return args
 
