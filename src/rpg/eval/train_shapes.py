@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="rescale the SD schedule so its last step is pure noise (needs v-prediction; "
-        "experimental: 40 minutes from a trained UNet drew mostly empty images)",
+        "experimental: 2000 steps from a trained UNet drew mostly empty images)",
     )
     p.add_argument(
         "--snr-gamma",
