@@ -99,8 +99,8 @@ def build_components(
     sampling starts there (``trailing`` spacing). Under the stock schedule the last step keeps 7%
     of the image; over a 16×16 latent the mean of the starting noise is as large as that, and
     the model reads it as the picture: the seed, not the prompt, chooses the background colour.
-    It is off by default because 2 000 steps (25 minutes) of training on it, from a UNet trained on the stock
-    schedule, drew mostly empty pictures; the SD schedule is what ``shapes-sd`` was trained on.
+    It is off by default because 2 000 steps (25 minutes) of training on it, from a UNet trained
+    on the stock schedule, drew mostly empty pictures; ``shapes-sd`` keeps the SD schedule.
 
     ``unet_attention`` names the UNet levels (0 = the 16×16 latent) that have transformer blocks.
     The default leaves the 16×16 level to convolutions: on a CPU, attention over its 256 tokens
