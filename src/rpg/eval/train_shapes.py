@@ -137,6 +137,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _int_list(text: str) -> list[int]:
+    """``"32,64,96"`` as ``[32, 64, 96]`` (an empty string is an empty list)."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     if args.threads:
@@ -156,10 +161,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         parts = build_components(
             Path(tmp) / "tok",
             seed=args.seed,
-            unet_channels=[int(c) for c in args.unet_channels.split(",")],
-            unet_attention=[int(c) for c in args.unet_attention.split(",") if c.strip()],
+            unet_channels=_int_list(args.unet_channels),
+            unet_attention=_int_list(args.unet_attention),
             unet_heads=args.unet_heads,
-            vae_channels=[int(c) for c in args.vae_channels.split(",")],
+            vae_channels=_int_list(args.vae_channels),
             latent_channels=args.latent_channels,
             prediction_type=args.prediction_type,
             zero_terminal_snr=args.zero_terminal_snr,
