@@ -205,7 +205,7 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
     velocity = sched.config.prediction_type == "v_prediction"
     snr = alphas / (1 - alphas)
     losses: list[float] = []
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.data_seed)
     pool = encode_pool(vae, rng, args.latent_pool, log) if args.latent_pool else None
     start = time.monotonic()
     for step in range(1, args.steps + 1):

@@ -9,9 +9,10 @@ Why it learns in about two hours on two CPU cores: the world is flat colours, so
 three-level VAE (latent factor 4, 16×16×16 latents at 64×64, a loss that weighs colour edges)
 reconstructs it in about half an hour; the text encoder is a two-layer CLIP over a word-level
 vocabulary (one token per word of :data:`rpg.eval.shapes.WORDS`); the UNet is small, with
-cross-attention at 16×16 and 8×8; the VAE encodes a large pool of scenes once (``--latent-pool``)
-and every draw gets a fresh caption, noise and timestep; batches are large with a high learning
-rate. Captions are dropped one time in ten so that classifier-free guidance works.
+cross-attention at 8×8 and 4×4 only (``--unet-attention``); the VAE encodes a large pool of
+scenes once (``--latent-pool``) and every draw gets a fresh caption, noise and timestep; batches
+are large with a high learning rate. Captions are dropped one time in ten so that
+classifier-free guidance works.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ __all__ = ["build_components", "main", "word_tokenizer_files", "write_word_token
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rpg.eval.train_shapes", description=__doc__)
     p.add_argument("--out", required=True, help="folder to write the pipeline to")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the data")
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        help="seed of the scenes, captions, noise and timesteps instead of --seed (a run that "
+        "goes on with --unet-from sees new scenes rather than replaying the first run's)",
+    )
     p.add_argument("--steps", type=int, default=2000, help="UNet training steps")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -152,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         picture.parent.mkdir(parents=True, exist_ok=True)
         plot_curves(curves_from_log(Path(args.plot_log).read_text(encoding="utf-8")), picture)
         return picture
-    rng = random.Random(args.seed)
+    if args.data_seed is None:
+        args.data_seed = args.seed
+    rng = random.Random(args.data_seed)
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
