@@ -239,6 +239,24 @@ def test_min_snr_weights_cap_the_low_noise_steps() -> None:
     assert torch.equal(snr_weight(snr, 0.0, velocity=True), torch.ones(4))
 
 
+def test_offset_noise_makes_the_channel_means_of_the_noise_uninformative() -> None:
+    """``--offset-noise``: a per-image, per-channel constant on top of plain Gaussian noise."""
+    import torch
+
+    from rpg.eval.shapes_training import training_noise
+
+    shape = torch.Size((256, 4, 16, 16))
+    plain = training_noise(shape, torch.Generator().manual_seed(3), 0.0)
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    offset = training_noise(shape, torch.Generator().manual_seed(3), 0.5)
+    # over 16×16 positions plain noise has channel means of std 1/16; the offset adds 0.5
+    assert float(plain.mean(dim=(2, 3)).std()) < 0.08
+    assert 0.4 < float(offset.mean(dim=(2, 3)).std()) < 0.6
+    # within a channel the offset is one constant: what varies from place to place is unchanged
+    assert torch.allclose(offset - offset.mean(dim=(2, 3), keepdim=True),
+                          plain - plain.mean(dim=(2, 3), keepdim=True), atol=1e-5)  # fmt: skip
+
+
 def test_zero_terminal_snr_refuses_epsilon(capsys) -> None:
     from rpg.eval.train_shapes import parse_args
 
@@ -296,7 +314,8 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
         ["--out", str(tmp_path / "m"), "--steps", "2", "--vae-steps", "1", "--batch", "2",
          "--vae-batch", "2", "--log-every", "1", "--threads", "1", "--latent-pool", "5",
          "--vae-channels", "8,16,16", "--latent-channels", "4", "--unet-attention", "0,1",
-         "--unet-channels", "16,32,32", "--unet-heads", "1", "--zero-terminal-snr"]
+         "--unet-channels", "16,32,32", "--unet-heads", "1", "--zero-terminal-snr",
+         "--offset-noise", "0.1"]
     )  # fmt: skip
     log = capsys.readouterr().out
     assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log

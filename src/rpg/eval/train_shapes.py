@@ -116,6 +116,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5.0,
         help="min-SNR weighting: the loss of steps with SNR above this is scaled down (0: off)",
     )
+    p.add_argument(
+        "--offset-noise",
+        type=float,
+        default=0.0,
+        help="add a per-image, per-channel constant of this std to the training noise, so the "
+        "mean of the starting noise no longer tells the UNet the picture's mean colour (0: off)",
+    )
     p.add_argument("--unet-from", help="start the UNet from this pipeline or UNet folder")
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
     p.add_argument(
