@@ -255,7 +255,8 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
         lr_sched.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         _ema_update(emas["unet"], unet, decay)
-        _ema_update(emas["text_encoder"], text_encoder, decay)
+        if args.text_lr:  # a frozen encoder's average drifts by rounding: keep it exact
+            _ema_update(emas["text_encoder"], text_encoder, decay)
         losses.append(float(loss.detach()))
         out_of_time = bool(args.max_minutes) and time.monotonic() - start > 60 * args.max_minutes
         if step % args.log_every == 0 or step == args.steps or out_of_time:
