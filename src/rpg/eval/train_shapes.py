@@ -48,7 +48,12 @@ __all__ = ["build_components", "main", "word_tokenizer_files", "write_word_token
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m rpg.eval.train_shapes", description=__doc__)
     p.add_argument("--out", required=True, help="folder to write the pipeline to")
-    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights and the data")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the initial weights (and the data, without --data-seed)",
+    )
     p.add_argument(
         "--data-seed",
         type=int,
@@ -148,6 +153,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--zero-terminal-snr needs --prediction-type v_prediction (at the last step the "
             "noise is the whole input, so epsilon says nothing)"
         )
+    if args.data_seed is None:
+        args.data_seed = args.seed
     return args
 
 
@@ -166,8 +173,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
         picture.parent.mkdir(parents=True, exist_ok=True)
         plot_curves(curves_from_log(Path(args.plot_log).read_text(encoding="utf-8")), picture)
         return picture
-    if args.data_seed is None:
-        args.data_seed = args.seed
     rng = random.Random(args.data_seed)
 
     def log(msg: str) -> None:
