@@ -270,13 +270,19 @@ def _where(obj: ShapeObject) -> str | None:
     return "in the center"
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
+def caption(scene: Scene, rng: random.Random, *, partial: float = 0.0) -> str:
     """One natural caption of ``scene`` (chosen by ``rng`` among the templates that are true).
 
-    Every caption names every object; relations and orders are only used when the geometry
-    makes them unambiguous.
+    Relations and orders are only used when the geometry makes them unambiguous. A caption names
+    every object, except that with probability ``partial`` one of a scene of several names only
+    some of them (at least one), as people's captions of real pictures do: a model trained only
+    on exhaustive captions learns that "a red circle" means *nothing else*, and then draws one
+    object for a whole canvas whose regions each ask for one.
     """
     objs = list(scene.objects)
+    if partial and len(objs) > 1 and rng.random() < partial:
+        kept = set(rng.sample(range(len(objs)), rng.randint(1, len(objs) - 1)))
+        objs = [o for i, o in enumerate(objs) if i in kept]
     sized = rng.random() < 0.4
     phrase = [object_phrase(o, with_size=sized) for o in objs]
     choices: list[str] = []
@@ -317,10 +323,10 @@ def caption(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def sample_training_example(rng: random.Random) -> tuple[Scene, str]:
-    """A training scene (no held-out pair) and one of its captions."""
+def sample_training_example(rng: random.Random, *, partial: float = 0.0) -> tuple[Scene, str]:
+    """A training scene (no held-out pair) and one of its captions (see :func:`caption`)."""
     scene = sample_scene(rng, avoid_held_out=True)
-    return scene, caption(scene, rng)
+    return scene, caption(scene, rng, partial=partial)
 
 
 def scene_array(scene: Scene) -> np.ndarray:

@@ -23,11 +23,13 @@ from rpg.eval.shapes import Scene, caption, render, sample_scene, sample_trainin
 from rpg.eval.shapes_components import MAX_LENGTH, write_word_tokenizer
 
 
-def sample_batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, list[str]]:
+def sample_batch(
+    rng: random.Random, n: int, drop: float, partial: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
     """``n`` fresh scenes as pixels in [-1, 1] and their captions (each dropped with ``drop``)."""
     scenes, captions = [], []
     for _ in range(n):
-        scene, text = sample_training_example(rng)
+        scene, text = sample_training_example(rng, partial=partial)
         scenes.append(scene)
         captions.append("" if rng.random() < drop else text)
     return scene_pixels(scenes), captions
@@ -225,13 +227,17 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
     start = time.monotonic()
     for step in range(1, args.steps + 1):
         if pool is None:
-            pixels, captions = sample_batch(rng, args.batch, 0.1)
+            pixels, captions = sample_batch(rng, args.batch, 0.1, args.partial_captions)
             with torch.no_grad():
                 latents = vae.encode(pixels).latent_dist.mode() * scaling
         else:
             drawn = rng.sample(range(len(pool[0])), args.batch)
             latents = pool[1][drawn]
-            captions = ["" if rng.random() < 0.1 else caption(pool[0][i], rng) for i in drawn]
+            partial = args.partial_captions
+            captions = [
+                "" if rng.random() < 0.1 else caption(pool[0][i], rng, partial=partial)
+                for i in drawn
+            ]
         ids = tokenizer(
             captions,
             padding="max_length",

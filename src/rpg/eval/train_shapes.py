@@ -128,6 +128,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="add a per-image, per-channel constant of this std to the training noise, so the "
         "mean of the starting noise no longer tells the UNet the picture's mean colour (0: off)",
     )
+    p.add_argument(
+        "--partial-captions",
+        type=float,
+        default=0.0,
+        help="the share of scenes with several objects whose caption names only some of them "
+        "(0: every caption names every object, and the UNet learns that it names all there is)",
+    )
     p.add_argument("--unet-from", help="start the UNet from this pipeline or UNet folder")
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
     p.add_argument(
@@ -153,6 +160,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--zero-terminal-snr needs --prediction-type v_prediction (at the last step the "
             "noise is the whole input, so epsilon says nothing)"
         )
+    if not 0.0 <= args.partial_captions <= 1.0:
+        p.error(f"--partial-captions is a share of scenes, 0 to 1; got {args.partial_captions}")
     if args.data_seed is None:
         args.data_seed = args.seed
     return args
