@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rpg.eval.prompts import objects_in_text, shapes_heldout_set, shapes_single_set
+from rpg.eval.prompts import (
+    load_prompt_set,
+    objects_in_text,
+    shapes_halves_set,
+    shapes_heldout_set,
+    shapes_single_set,
+)
 from rpg.eval.shapes import (
     COLOURS,
     HELD_OUT_PAIRS,
@@ -132,6 +138,19 @@ def test_the_heldout_prompt_set_uses_held_out_pairs_and_exact_plans() -> None:
         # the exact plan puts every object in its own region, in the prompt's reading order
         assert [r.prompt.split(" ", 1)[1] for r in item.plan.regions] == list(item.objects)
     assert len(shapes_single_set()) == len(COLOURS) * len(SHAPES)
+
+
+def test_the_halves_set_puts_every_object_once_on_each_side_with_no_base_prompt() -> None:
+    items = load_prompt_set("shapes-halves")
+    assert items == shapes_halves_set() and len(items) == len(COLOURS) * len(SHAPES)
+    every = {f"{c} {s}" for c in COLOURS for s in SHAPES}
+    assert {i.objects[0] for i in items} == every == {i.objects[1] for i in items}
+    for item in items:
+        (lc, ls), (rc, rs) = (name.split() for name in item.objects)
+        assert lc != rc and ls != rs
+        assert objects_in_text(item.prompt) == item.objects
+        assert item.plan is not None and item.plan.base_prompt is None
+        assert item.object_regions() == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
 
 
 def test_the_scorer_reads_back_the_generators_own_images() -> None:

@@ -17,8 +17,9 @@ _EXAMPLES = """examples:
   rpg eval color_val.txt --model ./my-sd15 --scorers clip,region-clip \
       --scorer-option model=openai/clip-vit-base-patch32
 
-PROMPTS is a built-in set (shapes-heldout, shapes-single), a .txt file with one prompt per line
-(T2I-CompBench's form) or a .jsonl file of {"prompt", "category", "objects", "plan"} objects.
+PROMPTS is a built-in set (shapes-heldout, shapes-single, shapes-halves), a .txt file with one
+prompt per line (T2I-CompBench's form) or a .jsonl file of {"prompt", "category", "objects",
+"plan"} objects.
 Methods: stock (the pipeline given the whole prompt), rpg[:PLANNER] (plans by a planner,
 --planner by default), exact (the set's plans); add :base=R and/or :kv=off. Running the same
 command again skips the images already in OUT (results.jsonl).

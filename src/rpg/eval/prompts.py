@@ -7,8 +7,8 @@ A prompt set is a list of :class:`EvalPrompt`. Three sources:
 - a ``.jsonl`` file of :class:`EvalPrompt` objects (or bare JSON strings), which may carry the
   exact plan and the expected objects of each prompt;
 - a built-in set by name (:data:`BUILTIN_SETS`): ``shapes-heldout`` (2–4 objects whose pairs
-  never share a training caption of ``shapes-sd``, with exact plans) and ``shapes-single`` (every
-  colour and shape alone).
+  never share a training caption of ``shapes-sd``, with exact plans), ``shapes-single`` (every
+  colour and shape alone) and ``shapes-halves`` (one object in each half, no base prompt).
 """
 
 from __future__ import annotations
@@ -171,8 +171,31 @@ def shapes_single_set() -> list[EvalPrompt]:
     return out
 
 
+def shapes_halves_set() -> list[EvalPrompt]:
+    """Every colour and shape in the left half, another object in the right (24 prompts).
+
+    Two regions and no base prompt, the plan of the semantic tests: each region sees only its
+    own object, so this measures whether the model draws what a region asks for where the region
+    is. The right-hand object differs in colour and shape, and every object is once on each side.
+    """
+    names = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
+    out = []
+    for i, left in enumerate(names):
+        right = names[(i + 7) % len(names)]
+        out.append(
+            EvalPrompt(
+                prompt=f"{_article(left)} on the left and {_article(right)} on the right",
+                category="2 halves",
+                objects=(left, right),
+                plan=RegionPlan.from_split_ratio("1,1", [_article(left), _article(right)]),
+            )
+        )
+    return out
+
+
 #: Built-in prompt sets by name.
 BUILTIN_SETS: dict[str, Callable[[], list[EvalPrompt]]] = {
+    "shapes-halves": shapes_halves_set,
     "shapes-heldout": shapes_heldout_set,
     "shapes-single": shapes_single_set,
 }
