@@ -195,9 +195,9 @@ def shapes_halves_set() -> list[EvalPrompt]:
 
 #: Built-in prompt sets by name.
 BUILTIN_SETS: dict[str, Callable[[], list[EvalPrompt]]] = {
-    "shapes-halves": shapes_halves_set,
     "shapes-heldout": shapes_heldout_set,
     "shapes-single": shapes_single_set,
+    "shapes-halves": shapes_halves_set,
 }
 
 
