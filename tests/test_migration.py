@@ -3,7 +3,8 @@
 The files in ``tests/data/v0679977`` were written by ``rpg generate`` at that commit (tiny models,
 seeds and settings in their metadata; the FLUX ones with ``--true-cfg``, ``--image-attention``,
 ``--regional-steps`` and ``--regional-blocks``, which were request fields then and are the FLUX
-family's options now). Re-rendering one with ``rpg generate --from`` must give its pixels.
+family's options now). Re-rendering one with ``rpg generate --from`` must give its pixels, to
+within the one-step rounding that a dependency release can move a value or two by.
 """
 
 from __future__ import annotations
@@ -51,5 +52,9 @@ def test_an_old_png_rerenders_to_its_pixels(
     with Image.open(DATA / name) as a, Image.open(out) as b:
         old, new = np.asarray(a.convert("RGB"), int), np.asarray(b.convert("RGB"), int)
     assert old.shape == new.shape
-    assert np.array_equal(old, new)
+    # A migration bug (a field read wrongly, a default changed) changes the whole picture. Across
+    # dependency releases the same request on the same weights can round a value or two one
+    # 8-bit step apart (seen: 2 of 12 288 values after a fresh install), so allow exactly that.
+    diff = np.abs(old - new)
+    assert diff.max() <= 1 and (diff > 0).sum() <= old.size // 1000, (diff.max(), (diff > 0).sum())
     assert load_request(out).options == load_request(DATA / name).options
