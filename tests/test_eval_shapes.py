@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -420,3 +421,37 @@ def test_data_seed_changes_the_data_but_not_the_initial_weights(tmp_path: Path) 
     assert equal(plain, run("same", 1, "--data-seed", "0"))
     assert not equal(plain, run("other", 1, "--data-seed", "5"))
     assert equal(run("init", 0), run("init-other", 0, "--data-seed", "5"))
+
+
+def test_unet_from_grows_new_cross_attention_that_starts_as_a_no_op(tmp_path: Path) -> None:
+    """``--unet-from`` with more ``--unet-attention`` levels: same outputs, new blocks to train."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from rpg.eval.shapes_components import build_components
+    from rpg.eval.train_shapes import main
+
+    small = {"unet_channels": [16, 32, 32], "unet_heads": 1, "latent_channels": 4}
+    trained = build_components(tmp_path / "tok", seed=3, unet_attention=(1, 2), **small)["unet"]
+    with torch.no_grad():  # not the seeded initialisation that the grown UNet also starts from
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trained.save_pretrained(tmp_path / "trained")
+    args = ["--steps", "0", "--vae-steps", "0", "--threads", "1", "--latent-channels", "4",
+            "--vae-channels", "8,16,16", "--unet-channels", "16,32,32",
+            "--unet-heads", "1"]  # fmt: skip
+    out = main(["--out", str(tmp_path / "grown"), "--unet-from", str(tmp_path / "trained"),
+                "--unet-attention", "0,1,2", *args])  # fmt: skip
+    grown = StableDiffusionPipeline.from_pretrained(out).unet
+    assert json.loads((out / "training.json").read_text())["unet_attention"] == "0,1,2"
+    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    assert grown.config.up_block_types[-1] == "CrossAttnUpBlock2D"
+    new = grown.down_blocks[0].attentions[0]
+    assert new.proj_out.weight.abs().max() == 0 and new.proj_in.weight.abs().max() > 0
+    latents, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 64)
+    with torch.no_grad():
+        assert torch.equal(trained(latents, 500, text).sample, grown(latents, 500, text).sample)
+    # a UNet can grow attention but not lose it: the grown one cannot go back to levels 1,2
+    with pytest.raises(SystemExit, match=r"levels \[0, 1, 2\].*not lose it.*--unet-attention"):
+        main(["--out", str(tmp_path / "shrunk"), "--unet-from", str(out),
+              "--unet-attention", "1,2", *args])  # fmt: skip

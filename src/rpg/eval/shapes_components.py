@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from rpg.eval.shapes import WORDS
 __all__ = [
     "MAX_LENGTH",
     "TEXT_HIDDEN",
+    "attention_levels",
     "build_components",
+    "grow_unet_attention",
     "word_tokenizer_files",
     "write_word_tokenizer",
 ]
@@ -178,3 +181,46 @@ def build_components(
         "train_scheduler": DDPMScheduler(**schedule),
         "scheduler": DPMSolverMultistepScheduler(**schedule),
     }
+
+
+def attention_levels(unet: Any) -> list[int]:
+    """The levels (0 = the 16×16 latent) of a UNet's down path that have cross-attention."""
+    return [i for i, kind in enumerate(unet.config.down_block_types) if "CrossAttn" in kind]
+
+
+def grow_unet_attention(trained: Any, levels: Sequence[int], *, seed: int = 0) -> Any:
+    """``trained`` with cross-attention on more ``levels``, in new blocks that start as no-ops.
+
+    The new blocks get seeded fresh weights except ``proj_out``, which starts at zero. A
+    transformer block adds its output to its input, so the grown UNet computes exactly what the
+    trained one did, and training goes on from the trained model instead of from one that new
+    random layers have knocked off course.
+    """
+    from diffusers import UNet2DConditionModel
+
+    have = attention_levels(trained)
+    if not set(have) <= set(levels):
+        raise ValueError(
+            f"the UNet has cross-attention at levels {have}; a UNet can grow attention, not "
+            f"lose it, so name at least those levels (asked for {list(levels)})"
+        )
+    count = len(trained.config.down_block_types)
+    config = dict(trained.config)
+    config["down_block_types"] = [
+        "CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(count)
+    ]
+    config["up_block_types"] = [
+        "CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(count))
+    ]
+    torch.manual_seed(seed)
+    grown = UNet2DConditionModel.from_config(config)
+    missing, unexpected = grown.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and all(".attentions." in key for key in missing), (missing, unexpected)
+    block_of = (re.match(r"(.*?\.attentions\.\d+)\.", key) for key in missing)
+    with torch.no_grad():
+        for name in sorted({match.group(1) for match in block_of if match}):
+            proj_out = grown.get_submodule(name).proj_out
+            proj_out.weight.zero_()
+            if proj_out.bias is not None:
+                proj_out.bias.zero_()
+    return grown

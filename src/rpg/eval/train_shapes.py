@@ -36,7 +36,9 @@ from rpg.eval.shapes_components import (
     TEXT_HIDDEN as TEXT_HIDDEN,
 )
 from rpg.eval.shapes_components import (
+    attention_levels,
     build_components,
+    grow_unet_attention,
     word_tokenizer_files,
     write_word_tokenizer,
 )
@@ -139,8 +141,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
     p.add_argument(
         "--unet-attention",
-        default="1,2",
-        help="UNet levels with cross-attention (0: the 16×16 latent)",
+        help="UNet levels with cross-attention (0: the 16×16 latent; default 1,2); with "
+        "--unet-from, naming more levels than it has grows new blocks into it that start as "
+        "no-ops (default: its own levels)",
     )
     p.add_argument("--unet-heads", type=int, default=2, help="attention heads per UNet block")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -192,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             Path(tmp) / "tok",
             seed=args.seed,
             unet_channels=_int_list(args.unet_channels),
-            unet_attention=_int_list(args.unet_attention),
+            unet_attention=_int_list(args.unet_attention or "1,2"),
             unet_heads=args.unet_heads,
             vae_channels=_int_list(args.vae_channels),
             latent_channels=args.latent_channels,
@@ -212,10 +215,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from diffusers import UNet2DConditionModel
 
         folder = Path(args.unet_from)
-        parts["unet"] = UNet2DConditionModel.from_pretrained(
+        unet = UNet2DConditionModel.from_pretrained(
             folder / "unet" if (folder / "unet").is_dir() else folder
         )
         log(f"unet from {folder}")
+        if args.unet_attention is not None and _int_list(args.unet_attention) != (
+            have := attention_levels(unet)
+        ):
+            try:
+                unet = grow_unet_attention(unet, _int_list(args.unet_attention), seed=args.seed)
+            except ValueError as err:
+                raise SystemExit(f"--unet-from {folder}: {err} with --unet-attention") from None
+            log(f"grew cross-attention from levels {have} to {attention_levels(unet)}")
+        args.unet_attention = ",".join(map(str, attention_levels(unet)))
+        parts["unet"] = unet
     vae = parts["vae"]
     vae_losses = train_vae(vae, rng, args, log)
     vae.requires_grad_(False)
