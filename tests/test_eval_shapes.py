@@ -320,6 +320,26 @@ def test_partial_captions_must_be_a_share(capsys) -> None:
     assert parse_args(["--out", "x", "--partial-captions", "0.3"]).partial_captions == 0.3
 
 
+def test_object_counts_weigh_how_many_objects_a_training_scene_has(capsys) -> None:
+    from rpg.eval.train_shapes import parse_args
+
+    counts = [
+        len(sample_training_example(rng, count_weights=(0, 1, 0, 3))[0].objects)
+        for rng in [random.Random(7)]
+        for _ in range(200)
+    ]
+    assert set(counts) == {2, 4} and 110 < counts.count(4) < 190
+    default = parse_args(["--out", "x"]).object_counts
+    assert [sample_training_example(random.Random(i)) for i in range(20)] == [
+        sample_training_example(random.Random(i), count_weights=default) for i in range(20)
+    ]
+    assert parse_args(["--out", "x", "--object-counts", "1,2,3,0"]).object_counts == (1, 2, 3, 0)
+    for bad in ("1,2,3", "0,0,0,0", "1,-1,1,1", "a,b,c,d"):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", "--object-counts", bad])
+        assert "four weights for 1, 2, 3 and 4 objects" in capsys.readouterr().err
+
+
 def test_loss_picture_from_a_training_log(tmp_path: Path) -> None:
     from rpg.eval.train_shapes import curves_from_log, main
 
@@ -368,7 +388,7 @@ def test_training_from_an_encoded_pool(tmp_path: Path, capsys) -> None:
          "--vae-batch", "2", "--log-every", "1", "--threads", "1", "--latent-pool", "5",
          "--vae-channels", "8,16,16", "--latent-channels", "4", "--unet-attention", "0,1",
          "--unet-channels", "16,32,32", "--unet-heads", "1", "--zero-terminal-snr",
-         "--offset-noise", "0.1", "--partial-captions", "0.5"]
+         "--offset-noise", "0.1", "--partial-captions", "0.5", "--object-counts", "0,0,0,1"]
     )  # fmt: skip
     log = capsys.readouterr().out
     assert "pool 5/5 scenes encoded" in log and "unet step 2/2" in log

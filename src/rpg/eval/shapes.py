@@ -27,6 +27,7 @@ __all__ = [
     "COLOURS",
     "HELD_OUT_PAIRS",
     "IMAGE_SIZE",
+    "OBJECT_COUNT_WEIGHTS",
     "PALETTE",
     "SHAPES",
     "SIZES",
@@ -50,6 +51,8 @@ COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "orange", "purple"
 SIZES: tuple[str, ...] = ("small", "large")
 #: Background colours: the neutral ones and every object colour.
 BACKGROUNDS: tuple[str, ...] = ("white", "black", "gray", *COLOURS)
+#: How often a scene has 1, 2, 3 and 4 objects (relative weights; fewer more often).
+OBJECT_COUNT_WEIGHTS: tuple[float, ...] = (4.0, 3.0, 2.0, 1.5)
 #: Side of an object's bounding box by size word.
 SIZE_PIXELS: dict[str, int] = {"small": 14, "large": 24}
 #: RGB of every colour word; well apart, so that segmentation by nearest colour is exact.
@@ -172,14 +175,15 @@ def sample_scene(
     count: int | None = None,
     background: str | None = None,
     avoid_held_out: bool = False,
+    count_weights: Sequence[float] = OBJECT_COUNT_WEIGHTS,
 ) -> Scene:
     """A random scene: 1–4 different objects (fewer more often) apart from each other.
 
     ``avoid_held_out`` draws again until no two objects form a pair of :data:`HELD_OUT_PAIRS`
-    (what the training data does).
+    (what the training data does). ``count_weights`` weighs 1, 2, 3 and 4 objects.
     """
     while True:
-        n = count if count is not None else rng.choices((1, 2, 3, 4), weights=(4, 3, 2, 1.5))[0]
+        n = count if count is not None else rng.choices((1, 2, 3, 4), weights=count_weights)[0]
         bg = background or (
             "white" if rng.random() < 0.5 else rng.choice(("black", "gray", *COLOURS))
         )
@@ -323,9 +327,14 @@ def caption(scene: Scene, rng: random.Random, *, partial: float = 0.0) -> str:
     return text
 
 
-def sample_training_example(rng: random.Random, *, partial: float = 0.0) -> tuple[Scene, str]:
+def sample_training_example(
+    rng: random.Random,
+    *,
+    partial: float = 0.0,
+    count_weights: Sequence[float] = OBJECT_COUNT_WEIGHTS,
+) -> tuple[Scene, str]:
     """A training scene (no held-out pair) and one of its captions (see :func:`caption`)."""
-    scene = sample_scene(rng, avoid_held_out=True)
+    scene = sample_scene(rng, avoid_held_out=True, count_weights=count_weights)
     return scene, caption(scene, rng, partial=partial)
 
 

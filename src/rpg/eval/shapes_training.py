@@ -12,6 +12,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpg.eval.shapes import Scene, caption, render, sample_scene, sample_training_example
+from rpg.eval.shapes import (
+    OBJECT_COUNT_WEIGHTS,
+    Scene,
+    caption,
+    render,
+    sample_scene,
+    sample_training_example,
+)
 from rpg.eval.shapes_components import MAX_LENGTH, write_word_tokenizer
 
 
 def sample_batch(
-    rng: random.Random, n: int, drop: float, partial: float = 0.0
+    rng: random.Random,
+    n: int,
+    drop: float,
+    partial: float = 0.0,
+    count_weights: Sequence[float] = OBJECT_COUNT_WEIGHTS,
 ) -> tuple[torch.Tensor, list[str]]:
     """``n`` fresh scenes as pixels in [-1, 1] and their captions (each dropped with ``drop``)."""
     scenes, captions = [], []
     for _ in range(n):
-        scene, text = sample_training_example(rng, partial=partial)
+        scene, text = sample_training_example(rng, partial=partial, count_weights=count_weights)
         scenes.append(scene)
         captions.append("" if rng.random() < drop else text)
     return scene_pixels(scenes), captions
@@ -115,7 +127,11 @@ def train_vae(vae: Any, rng: random.Random, args: argparse.Namespace, log: Any) 
 
 
 def encode_pool(
-    vae: Any, rng: random.Random, count: int, log: Any
+    vae: Any,
+    rng: random.Random,
+    count: int,
+    log: Any,
+    count_weights: Sequence[float] = OBJECT_COUNT_WEIGHTS,
 ) -> tuple[list[Scene], torch.Tensor]:
     """``count`` training scenes and their scaled VAE latents, encoded once.
 
@@ -128,7 +144,10 @@ def encode_pool(
     scaling = vae.config.scaling_factor
     start = time.monotonic()
     for first in range(0, count, 64):
-        batch = [sample_scene(rng, avoid_held_out=True) for _ in range(min(64, count - first))]
+        batch = [
+            sample_scene(rng, avoid_held_out=True, count_weights=count_weights)
+            for _ in range(min(64, count - first))
+        ]
         with torch.no_grad():
             chunks.append(vae.encode(scene_pixels(batch)).latent_dist.mode())
         scenes += batch
@@ -223,11 +242,17 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
     snr = alphas / (1 - alphas)
     losses: list[float] = []
     gen = torch.Generator().manual_seed(args.data_seed)
-    pool = encode_pool(vae, rng, args.latent_pool, log) if args.latent_pool else None
+    pool = (
+        encode_pool(vae, rng, args.latent_pool, log, args.object_counts)
+        if args.latent_pool
+        else None
+    )
     start = time.monotonic()
     for step in range(1, args.steps + 1):
         if pool is None:
-            pixels, captions = sample_batch(rng, args.batch, 0.1, args.partial_captions)
+            pixels, captions = sample_batch(
+                rng, args.batch, 0.1, args.partial_captions, args.object_counts
+            )
             with torch.no_grad():
                 latents = vae.encode(pixels).latent_dist.mode() * scaling
         else:

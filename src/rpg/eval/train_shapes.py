@@ -29,6 +29,7 @@ import torch
 # the command line lives here; what the model is made of, how it is trained and the loss picture
 # live in shapes_components, shapes_training and loss_curves (all importable from here as before)
 from rpg.eval.loss_curves import curves_from_log, plot_curves
+from rpg.eval.shapes import OBJECT_COUNT_WEIGHTS
 from rpg.eval.shapes_components import (
     MAX_LENGTH as MAX_LENGTH,
 )
@@ -137,6 +138,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the share of scenes with several objects whose caption names only some of them "
         "(0: every caption names every object, and the UNet learns that it names all there is)",
     )
+    p.add_argument(
+        "--object-counts",
+        type=_weights,
+        default=OBJECT_COUNT_WEIGHTS,
+        metavar="W1,W2,W3,W4",
+        help="relative weights of scenes with 1, 2, 3 and 4 objects (default "
+        + ",".join(f"{w:g}" for w in OBJECT_COUNT_WEIGHTS)
+        + "); with partial captions, more objects per scene means more captions that leave "
+        "some out",
+    )
     p.add_argument("--unet-from", help="start the UNet from this pipeline or UNet folder")
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
     p.add_argument(
@@ -168,6 +179,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.data_seed is None:
         args.data_seed = args.seed
     return args
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    """``"4,3,2,1.5"`` as four non-negative weights, not all zero (an argparse type)."""
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 4 or min(weights) < 0 or not sum(weights) > 0:
+        raise argparse.ArgumentTypeError(
+            f"four weights for 1, 2, 3 and 4 objects, e.g. 4,3,2,1.5; got {text!r}"
+        )
+    return weights
 
 
 def _int_list(text: str) -> list[int]:
