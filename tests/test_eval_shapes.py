@@ -438,6 +438,8 @@ def test_data_seed_changes_the_data_but_not_the_initial_weights(tmp_path: Path) 
         return all(torch.equal(a[n], p) for n, p in b.items())
 
     plain = run("plain", 1)
+    saved = json.loads((tmp_path / "plain" / "training.json").read_text())
+    assert saved["unet_attention"] == "1,2"  # the default, recorded
     assert equal(plain, run("same", 1, "--data-seed", "0"))
     assert not equal(plain, run("other", 1, "--data-seed", "5"))
     assert equal(run("init", 0), run("init-other", 0, "--data-seed", "5"))

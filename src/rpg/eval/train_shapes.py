@@ -251,8 +251,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             except ValueError as err:
                 raise SystemExit(f"--unet-from {folder}: {err} with --unet-attention") from None
             log(f"grew cross-attention from levels {have} to {attention_levels(unet)}")
-        args.unet_attention = ",".join(map(str, attention_levels(unet)))
         parts["unet"] = unet
+    # training.json records the levels the UNet has, whether named, defaulted or loaded
+    args.unet_attention = ",".join(map(str, attention_levels(parts["unet"])))
     vae = parts["vae"]
     vae_losses = train_vae(vae, rng, args, log)
     vae.requires_grad_(False)
