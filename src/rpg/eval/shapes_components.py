@@ -144,13 +144,7 @@ def build_components(
         out_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=tuple(unet_channels),
-        down_block_types=tuple(
-            "CrossAttnDownBlock2D" if i in unet_attention else "DownBlock2D" for i in range(levels)
-        ),
-        up_block_types=tuple(
-            "CrossAttnUpBlock2D" if i in unet_attention else "UpBlock2D"
-            for i in reversed(range(levels))
-        ),
+        **unet_block_types(levels, unet_attention),
         cross_attention_dim=TEXT_HIDDEN,
         # diffusers reads this legacy name as the number of heads
         attention_head_dim=unet_heads,
@@ -183,6 +177,18 @@ def build_components(
     }
 
 
+def unet_block_types(count: int, attention: Sequence[int]) -> dict[str, tuple[str, ...]]:
+    """Down and up block types of a ``count``-level UNet with cross-attention at ``attention``."""
+    return {
+        "down_block_types": tuple(
+            "CrossAttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(count)
+        ),
+        "up_block_types": tuple(
+            "CrossAttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(count))
+        ),
+    }
+
+
 def attention_levels(unet: Any) -> list[int]:
     """The levels (0 = the 16×16 latent) of a UNet's down path that have cross-attention."""
     return [i for i, kind in enumerate(unet.config.down_block_types) if "CrossAttn" in kind]
@@ -205,13 +211,7 @@ def grow_unet_attention(trained: Any, levels: Sequence[int], *, seed: int = 0) -
             f"lose it, so name at least those levels (asked for {list(levels)})"
         )
     count = len(trained.config.down_block_types)
-    config = dict(trained.config)
-    config["down_block_types"] = [
-        "CrossAttnDownBlock2D" if i in levels else "DownBlock2D" for i in range(count)
-    ]
-    config["up_block_types"] = [
-        "CrossAttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(count))
-    ]
+    config = dict(trained.config, **unet_block_types(count, levels))
     torch.manual_seed(seed)
     grown = UNet2DConditionModel.from_config(config)
     missing, unexpected = grown.load_state_dict(trained.state_dict(), strict=False)
