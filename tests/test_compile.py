@@ -59,8 +59,15 @@ CASES = [
     ("tiny-sd", "method", {}),
     ("tiny-sd", "wrap", {"base": False}),
     ("tiny-sd", "repeated", {}),
+    ("tiny-sd", "method", {"options": {"image_attention": "region", "group_norm": "region"}}),
     ("tiny-sdxl", "method", {"base": False}),
     ("tiny-sd-controlnet", "wrap", {}),
+    (
+        "tiny-sd-controlnet",
+        "method",
+        {"options": {"image_attention": "region", "group_norm": "region"}},
+    ),
+    ("tiny-sdxl", "repeated", {"base": False, "options": {"group_norm": "region"}}),
     # MM-DiT
     ("tiny-flux", "method", {"true_cfg_scale": 2.0, "regional_steps": 0.5}),
     ("tiny-flux", "repeated", {"base": False, "image_attention": "region", "regional_blocks": 2}),
@@ -71,6 +78,7 @@ CASES = [
     # canvas plans: hard boxes over a background, and a feathered mask (soft grids)
     ("tiny-sd", "method", {"canvas": "soft"}),
     ("tiny-sd", "wrap", {"canvas": "hard", "base": False}),
+    ("tiny-sd", "repeated", {"canvas": "hard", "options": {"image_attention": "region"}}),
     ("tiny-flux", "method", {"canvas": "soft", "base": False}),
     ("tiny-sd3", "method", {"canvas": "hard", "image_attention": "region"}),
 ]

@@ -12,6 +12,7 @@ from rpg.backbones.options import (
     FluxOptions,
     JointOptions,
     NoOptions,
+    UNetOptions,
     cli_option_fields,
     option_fields,
 )
@@ -35,11 +36,13 @@ def test_flags_come_from_the_declarations() -> None:
     flags = {f.name: f.flag for f in cli_option_fields()}
     assert flags == {
         "image_attention": "--image-attention",
+        "group_norm": "--group-norm",
         "regional_steps": "--regional-steps",
         "regional_blocks": "--regional-blocks",
         "true_cfg_scale": "--true-cfg",
     }
     assert [f.name for f in option_fields(NoOptions)] == []
+    assert [f.name for f in option_fields(UNetOptions)] == ["image_attention", "group_norm"]
     assert {f.name for f in option_fields(FluxOptions)} > {
         f.name for f in option_fields(JointOptions)
     }
@@ -64,6 +67,10 @@ def test_the_loaded_family_validates_and_records_options(tiny_rpg: RPG) -> None:
     [
         (["--regional-steps", "5"], "--regional-steps: input should be less than or equal to 1"),
         (["--true-cfg", "4"], "--true-cfg does not apply to tiny-sd"),
+        (
+            ["--group-norm", "rows"],
+            "--group-norm: invalid choice: 'rows' (choose from 'global', 'region')",
+        ),
         (["--model", "tiny-sd3", "--true-cfg", "4"], "--true-cfg does not apply to tiny-sd3"),
         (["--regional-blocks", "0"], "--regional-blocks: input should be greater than or equal"),
     ],

@@ -42,12 +42,13 @@ def _client(pipe: Any, tmp_path: Path) -> TestClient:
     return TestClient(app, base_url=LOCAL)
 
 
-def test_a_family_without_options_offers_none_and_refuses_foreign_ones(
+def test_the_sd_family_offers_its_own_options_and_refuses_foreign_ones(
     tiny_rpg: Any, tmp_path: Path
 ) -> None:
     client = _client(tiny_rpg, tmp_path)
     config = client.get("/api/config").json()
-    assert config["options"] == []
+    assert [c["name"] for c in config["options"]] == ["image_attention", "group_norm"]
+    assert all(c["choices"] == ["global", "region"] for c in config["options"])
     names = [s["name"] for s in config["schedulers"]]
     assert names[0] == config["scheduler"] == "dpm++2m-karras"
     assert {"euler", "default"} <= set(names)

@@ -17,12 +17,17 @@ the host.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from contextlib import ExitStack, contextmanager
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
 from rpg.attention.processor import RegionalAttnProcessor
+from rpg.attention.region_isolation import (
+    RegionSelfAttnProcessor,
+    check_isolatable,
+    region_group_norms,
+)
 from rpg.attention.spec import RegionalConditioning, RegionalLayout
 
 __all__ = ["AttentionModel", "cross_attention_names", "is_compiled", "regional", "unwrap_compiled"]
@@ -122,6 +127,8 @@ def regional(
     guidance: bool,
     cache_kv: bool = False,
     lora_scale: float | None = None,
+    image_attention: Literal["global", "region"] = "global",
+    group_norm: Literal["global", "region"] = "global",
 ) -> Iterator[RegionalAttnProcessor]:
     """Use :class:`RegionalAttnProcessor` on every cross-attention layer inside the block.
 
@@ -140,7 +147,17 @@ def regional(
     projected before the loop, ``lora_scale`` is the ``cross_attention_kwargs["scale"]`` the
     pipeline call will pass: the model applies it to its LoRA layers inside its forward, so the
     slots are projected under it too.
+
+    ``image_attention="region"`` also puts
+    :class:`~rpg.attention.region_isolation.RegionSelfAttnProcessor` on every
+    self-attention layer, and ``group_norm="region"`` swaps every GroupNorm for a
+    :class:`~rpg.attention.region_isolation.RegionGroupNorm` (see
+    :mod:`rpg.attention.region_isolation`; both need hard region edges, and both are undone on
+    exit). The defaults leave self-attention and normalisation as they are: RPG's semantics.
     """
+    for name, value in (("image_attention", image_attention), ("group_norm", group_norm)):
+        if value not in ("global", "region"):
+            raise ValueError(f"{name} must be 'global' or 'region', got {value!r}")
     models = [model] if isinstance(model, AttentionModel) else list(model)
     compiled = any(is_compiled(m) for m in models)
     models = [unwrap_compiled(m) for m in models]
@@ -151,19 +168,27 @@ def regional(
                 "model such as a UNet2DConditionModel or ControlNetModel"
             )
     processor = RegionalAttnProcessor(conditioning, layout, guidance=guidance, cache_kv=cache_kv)
+    self_processor = RegionSelfAttnProcessor(processor) if image_attention == "region" else None
     saved: list[tuple[AttentionModel, dict[str, Any]]] = []
+    norms = ExitStack()
     try:
+        device = conditioning.prompt_embeds.device
+        # a UNet (or ControlNet) halves its grid once per block level, rounding up
+        levels = max(_levels(m) for m in models)
+        processor.prepare(device, levels=levels)
+        if self_processor is not None or group_norm == "region":
+            check_isolatable(processor.indices)
         for m in models:
             previous = dict(m.attn_processors)
             cross = set(cross_attention_names(m))
             if not cross:
                 raise ValueError(f"{type(m).__name__} has no cross-attention layers")
             saved.append((m, previous))
-            m.set_attn_processor({k: processor if k in cross else v for k, v in previous.items()})
-        device = conditioning.prompt_embeds.device
-        # a UNet (or ControlNet) halves its grid once per block level, rounding up
-        levels = max(_levels(m) for m in models)
-        processor.prepare(device, levels=levels)
+            m.set_attn_processor(
+                {k: processor if k in cross else (self_processor or v) for k, v in previous.items()}
+            )
+            if group_norm == "region" and isinstance(m, torch.nn.Module):
+                norms.enter_context(region_group_norms(m, processor))
         if cache_kv and compiled:
             for m in models:
                 named = dict(m.named_modules())
@@ -173,5 +198,6 @@ def regional(
         yield processor
     finally:
         processor.clear_cache()
+        norms.close()
         for m, previous in reversed(saved):
             m.set_attn_processor(dict(previous))

@@ -160,6 +160,11 @@ class RegionalAttnProcessor:
         )
         self._slots.update({(id(attn), kind): found for kind, found in slots.items()})
 
+    @property
+    def indices(self) -> list[RegionIndex]:
+        """Every region index built so far (by :meth:`prepare` or on first use)."""
+        return list(self._indices.values())
+
     def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex:
         """The cached :class:`RegionIndex` of an ``h × w`` grid on ``device``."""
         key = (h, w, device)

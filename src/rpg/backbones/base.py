@@ -332,7 +332,6 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
         """
         from rpg.attention.install import regional
 
-        del call
         return regional(
             self.attention_models(),
             conditioning,
@@ -340,7 +339,19 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
             guidance=guidance,
             cache_kv=cache_kv,
             lora_scale=lora_call_scale(pipeline_kwargs),
+            **self.isolation(call),
         )
+
+    def isolation(self, call: StockCall | None) -> dict[str, Any]:
+        """``image_attention`` / ``group_norm`` for :func:`~rpg.attention.regional` from the
+        call's options (:class:`~rpg.backbones.options.UNetOptions`); nothing for a family
+        whose options do not have them."""
+        options = call.options if call is not None else self.parse_options(None)
+        return {
+            name: getattr(options, name)
+            for name in ("image_attention", "group_norm")
+            if hasattr(options, name)
+        }
 
     def size_inputs(self, layout: RegionalLayout) -> dict[str, int]:
         """``height``/``width`` for the stock call; nothing for the SD and SDXL img2img

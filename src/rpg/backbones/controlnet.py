@@ -231,6 +231,7 @@ class ControlNetBackboneMixin(Backbone):
         stack = ExitStack()
         try:
             scale = lora_call_scale(pipeline_kwargs)
+            isolation = self.isolation(call)
             stack.enter_context(
                 regional(
                     [self.pipe.unet],
@@ -239,6 +240,7 @@ class ControlNetBackboneMixin(Backbone):
                     guidance=True,
                     cache_kv=cache_kv,
                     lora_scale=scale,
+                    **isolation,
                 )
             )
             stack.enter_context(
@@ -249,6 +251,7 @@ class ControlNetBackboneMixin(Backbone):
                     guidance=False,
                     cache_kv=cache_kv,
                     lora_scale=scale,
+                    **isolation,
                 )
             )
         except BaseException:

@@ -26,6 +26,7 @@ __all__ = [
     "JointOptions",
     "NoOptions",
     "OptionField",
+    "UNetOptions",
     "cli_option_fields",
     "families_taking",
     "option_fields",
@@ -40,16 +41,46 @@ class BackboneOptions(BaseModel):
 
 
 class NoOptions(BackboneOptions):
-    """A family with no options of its own (SD 1.x/2.x, SDXL, ControlNet)."""
+    """A family with no options of its own (the default of a new backbone)."""
+
+
+#: Shared by every family that offers it, so the CLI's one ``--image-attention`` flag reads true.
+_IMAGE_ATTENTION = (
+    "What the image at a position sees of the image in attention: 'global' all of it (RPG), "
+    "'region' only its own region's cell."
+)
+
+
+class UNetOptions(BackboneOptions):
+    """What crosses region edges in a UNet (SD 1.x/2.x, SDXL, ControlNet) besides the text.
+
+    RPG confines only the *text* a position reads; self-attention and the GroupNorm statistics
+    still see the whole image, so one region's content can leak into another's (a blue object
+    shifting its neighbour's colour, a region left empty because the object elsewhere
+    "counts"). ``"region"`` cuts those paths too, at the cost of RPG's exact semantics; see
+    :mod:`rpg.attention.region_isolation`.
+    """
+
+    image_attention: Literal["global", "region"] = Field(
+        default="global", description=_IMAGE_ATTENTION
+    )
+    group_norm: Literal["global", "region"] = Field(
+        default="global",
+        description="Where the UNet's GroupNorm statistics come from: 'global' the whole image "
+        "(RPG, the stock UNet), 'region' each region's own cell.",
+    )
+
+    @property
+    def isolates(self) -> bool:
+        """Whether anything besides the text is regional."""
+        return self.image_attention == "region" or self.group_norm == "region"
 
 
 class JointOptions(BackboneOptions):
     """Regional joint attention on the MM-DiT families (FLUX.1, SD3, FLUX.2 klein)."""
 
     image_attention: Literal["global", "region"] = Field(
-        default="global",
-        description="What image tokens see of the image in regional joint attention: 'global' "
-        "all of it (RPG), 'region' only their own region's cell.",
+        default="global", description=_IMAGE_ATTENTION
     )
     regional_steps: float = Field(
         default=1.0,
@@ -136,10 +167,10 @@ def option_fields(model: type[BackboneOptions]) -> list[OptionField]:
 #: torch is imported (the CLI's flags); each backbone's ``options_model`` is the truth, and a
 #: test holds this table to it.
 BUILTIN_OPTIONS: dict[str, type[BackboneOptions]] = {
-    "StableDiffusionPipeline": NoOptions,
-    "StableDiffusionXLPipeline": NoOptions,
-    "StableDiffusionControlNetPipeline": NoOptions,
-    "StableDiffusionXLControlNetPipeline": NoOptions,
+    "StableDiffusionPipeline": UNetOptions,
+    "StableDiffusionXLPipeline": UNetOptions,
+    "StableDiffusionControlNetPipeline": UNetOptions,
+    "StableDiffusionXLControlNetPipeline": UNetOptions,
     "FluxPipeline": FluxOptions,
     "StableDiffusion3Pipeline": JointOptions,
     "Flux2KleinPipeline": JointOptions,

@@ -14,6 +14,7 @@ import torch
 
 from rpg.backbones.base import Backbone, token_windows
 from rpg.backbones.loading import ModelInfo, load_pipeline
+from rpg.backbones.options import BackboneOptions, UNetOptions
 
 __all__ = ["StableDiffusionBackbone"]
 
@@ -27,6 +28,7 @@ class StableDiffusionBackbone(Backbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("v1", "v2")
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusionInpaintPipeline"
     img2img_pipeline_name: ClassVar[str] = "StableDiffusionImg2ImgPipeline"
+    options_model: ClassVar[type[BackboneOptions]] = UNetOptions
 
     @classmethod
     def pipeline_class(cls) -> type:

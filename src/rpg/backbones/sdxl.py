@@ -22,6 +22,7 @@ import torch
 
 from rpg.backbones.base import Backbone, token_windows
 from rpg.backbones.loading import ModelInfo, load_pipeline
+from rpg.backbones.options import BackboneOptions, UNetOptions
 from rpg.errors import ConfigurationError
 from rpg.models import whole_image_text
 
@@ -40,6 +41,7 @@ class StableDiffusionXLBackbone(Backbone):
     checkpoint_types: ClassVar[tuple[str, ...]] = ("xl_base",)
     inpaint_pipeline_name: ClassVar[str] = "StableDiffusionXLInpaintPipeline"
     img2img_pipeline_name: ClassVar[str] = "StableDiffusionXLImg2ImgPipeline"
+    options_model: ClassVar[type[BackboneOptions]] = UNetOptions
 
     def __init__(self, pipe: Any, *, info: ModelInfo | None = None) -> None:
         super().__init__(pipe, info=info)
