@@ -25,6 +25,12 @@ def test_methods_parse_with_their_options() -> None:
     assert (m.kind, m.base_ratio, m.kv_cache) == ("exact", 0.6, False)
     assert m.label == "exact:base=0.6,kv=off"
     assert parse_method("rpg:rules:base=0").label == "rpg:rules:base=0"
+    m = parse_method("exact:image_attention=region,group_norm=region")
+    assert m.options == {"image_attention": "region", "group_norm": "region"}
+    assert m.label == "exact:image_attention=region,group_norm=region"
+    assert parse_method("rpg:regional_steps=0.5").options == {"regional_steps": 0.5}
+    # a method without family options hashes as before they existed: old runs still resume
+    assert "options" not in EvalMethod(kind="exact").model_dump(mode="json")
 
 
 @pytest.mark.parametrize(
@@ -34,7 +40,8 @@ def test_methods_parse_with_their_options() -> None:
         ("exact:base=high", "base= takes a number"),
         ("exact:base=2", "less than or equal to 1"),
         ("exact:kv=maybe", "kv= takes on or off"),
-        ("exact:colour=red", "unknown option 'colour'"),
+        ("exact:colour=red", "unknown option 'colour' .*group_norm"),
+        ("stock:group_norm=region", "takes no options"),
         ("stock:base=0.3", "takes no options"),
         ("exact:rules", "only 'rpg' takes a planner"),
     ],

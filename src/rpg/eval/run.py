@@ -46,21 +46,45 @@ class EvalMethod(BaseModel):
         default=None, ge=0, le=1, description="override of the plan's base ratio"
     )
     kv_cache: bool = Field(default=True, description="the backbone's K/V cache on or off")
+    options: dict[str, str | int | float] = Field(
+        default_factory=dict,
+        exclude_if=lambda v: not v,  # keeps the keys (and resumes) of runs made without any
+        description="the model family's options for rpg's requests (e.g. group_norm='region')",
+    )
 
     @property
     def label(self) -> str:
-        """``stock``, ``rpg:rules``, ``exact``, ``exact:base=0.6``, ``exact:kv=off``."""
+        """``stock``, ``rpg:rules``, ``exact``, ``exact:base=0.6``, ``exact:kv=off``,
+        ``exact:group_norm=region``."""
         head = f"rpg:{self.planner}" if self.kind == "rpg" else self.kind
         extra = []
         if self.base_ratio is not None:
             extra.append(f"base={self.base_ratio:g}")
         if not self.kv_cache:
             extra.append("kv=off")
+        for name, value in self.options.items():
+            extra.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
         return head + (":" + ",".join(extra) if extra else "")
 
 
+def _option_value(text: str) -> str | int | float:
+    """A family option's value as written: a number when it reads as one."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
-    """``stock``, ``rpg``, ``rpg:ollama``, ``exact``, ``exact:base=0.6``, ``rpg:rules:kv=off``."""
+    """``stock``, ``rpg``, ``rpg:ollama``, ``exact``, ``exact:base=0.6``, ``rpg:rules:kv=off``;
+    any other ``name=value`` is one of the model family's options
+    (``exact:image_attention=region,group_norm=region``), checked against the loaded model
+    when rendering."""
+    from rpg.backbones.options import cli_option_fields
+
+    family_options = [f.name for f in cli_option_fields()]
     parts = [p.strip() for p in text.strip().split(":") if p.strip()]
     if not parts or parts[0] not in ("stock", "rpg", "exact"):
         raise ConfigurationError(
@@ -86,8 +110,13 @@ def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
                 if value not in ("on", "off"):
                     raise ConfigurationError(f"method {text!r}: kv= takes on or off")
                 options["kv_cache"] = value == "on"
+            elif key in family_options:
+                options.setdefault("options", {})[key] = _option_value(value)
             else:
-                raise ConfigurationError(f"method {text!r}: unknown option {key!r} (base, kv)")
+                raise ConfigurationError(
+                    f"method {text!r}: unknown option {key!r} (base, kv, or a model family's "
+                    f"option: {', '.join(family_options)})"
+                )
     if kind == "stock" and options:
         raise ConfigurationError(f"method {text!r}: the stock pipeline takes no options")
     try:
@@ -165,6 +194,7 @@ def _render(
         width=width,
         height=height,
         base_ratio=method.base_ratio if method.kind == "rpg" else None,
+        options=dict(method.options),
     )
     backbone.cache_kv = method.kv_cache
     result = pipe.generate(request)
