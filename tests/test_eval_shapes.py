@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from rpg.eval.prompts import (
@@ -24,6 +25,7 @@ from rpg.eval.shapes import (
     Scene,
     ShapeObject,
     caption,
+    crop_scene,
     has_held_out_pair,
     render,
     sample_scene,
@@ -477,3 +479,65 @@ def test_unet_from_grows_new_cross_attention_that_starts_as_a_no_op(tmp_path: Pa
     with pytest.raises(SystemExit, match=r"levels \[0, 1, 2\].*not lose it.*--unet-attention"):
         main(["--out", str(tmp_path / "shrunk"), "--unet-from", str(out),
               "--unet-attention", "1,2", *args])  # fmt: skip
+
+
+def test_a_crop_shows_the_whole_objects_inside_in_its_own_fractions() -> None:
+    left = ShapeObject(shape="circle", colour="red", size="small", x=0.25, y=0.5)
+    right = ShapeObject(shape="star", colour="blue", size="large", x=0.75, y=0.5)
+    scene = Scene(background="green", objects=(left, right))
+    seen = crop_scene(scene, (0, 0, 32, 64))  # the left half
+    assert seen is not None and seen.background == "green"
+    assert [o.name for o in seen.objects] == ["red circle"]
+    assert (seen.objects[0].x, seen.objects[0].y) == pytest.approx((0.5, 0.5))
+    assert crop_scene(scene, (16, 0, 48, 64)) is None  # cuts both objects
+    assert crop_scene(scene, (0, 0, 16, 16)) is None  # shows nothing
+    # a crop's caption is a picture of its own: position words are the crop's
+    assert caption(crop_scene(scene, (32, 0, 64, 64)), random.Random(0)).count("blue star") == 1
+
+
+def test_cropped_batches_cut_the_pool_latents_where_their_scene_says(monkeypatch) -> None:
+    import rpg.eval.shapes_training as training
+    from rpg.eval.shapes_training import CROP_SIZES, cropped_batch
+
+    rng = random.Random(3)
+    scenes = [sample_scene(rng, avoid_held_out=True) for _ in range(40)]
+    # every latent says which scene and position it is: channel 0 = x, 1 = y, 2 = scene
+    grid = torch.arange(16.0)
+    latents = torch.stack(
+        [
+            torch.stack(
+                [grid.expand(16, 16), grid[:, None].expand(16, 16), torch.full((16, 16), float(i))]
+            )
+            for i in range(40)
+        ]
+    )
+    sizes = set()
+    for _ in range(6):
+        batch, captions, seen = cropped_batch(scenes, latents, rng, 8, partial=0.0, drop=0.0)
+        h, w = batch.shape[-2:]
+        sizes.add((w, h))
+        assert (w, h) in CROP_SIZES and batch.shape[:2] == (8, 3) and len(captions) == 8
+        for crop, text, shown in zip(batch, captions, seen, strict=True):
+            i, lx, ly = int(crop[2, 0, 0]), int(crop[0, 0, 0]), int(crop[1, 0, 0])
+            box = (lx * 4, ly * 4, (lx + w) * 4, (ly + h) * 4)
+            assert crop_scene(scenes[i], box) == shown
+            assert all(o.name in text for o in shown.objects)
+    assert len(sizes) > 1
+    # a large object is wider than a quarter of the canvas: no such crop can hold it
+    monkeypatch.setattr(training, "CROP_SIZES", ((4, 16),))
+    big = [Scene(objects=(ShapeObject(shape="star", colour="red", size="large", x=0.5, y=0.5),))]
+    with pytest.raises(ValueError, match="use a larger --latent-pool"):
+        cropped_batch(big, latents[:1], random.Random(0), 2, partial=0.0)
+
+
+def test_crops_must_be_a_share_and_need_a_pool(capsys) -> None:
+    from rpg.eval.train_shapes import parse_args
+
+    assert parse_args(["--out", "x", "--crops", "0.5", "--latent-pool", "10"]).crops == 0.5
+    for bad, message in (
+        (["--crops", "2"], "--crops is a share of steps"),
+        (["--crops", "0.5"], "give --latent-pool N"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", *bad])
+        assert message in capsys.readouterr().err

@@ -36,6 +36,7 @@ __all__ = [
     "Scene",
     "ShapeObject",
     "caption",
+    "crop_scene",
     "has_held_out_pair",
     "object_phrase",
     "render",
@@ -336,6 +337,28 @@ def sample_training_example(
     """A training scene (no held-out pair) and one of its captions (see :func:`caption`)."""
     scene = sample_scene(rng, avoid_held_out=True, count_weights=count_weights)
     return scene, caption(scene, rng, partial=partial)
+
+
+def crop_scene(scene: Scene, box: tuple[int, int, int, int]) -> Scene | None:
+    """What a viewer of the pixel rectangle ``box`` = ``(x0, y0, x1, y1)`` sees of ``scene``.
+
+    The objects wholly inside, placed in the rectangle's own fractions; ``None`` when the
+    rectangle cuts an object or holds none (its caption would be wrong or empty).
+    """
+    x0, y0, x1, y1 = box
+    inside = []
+    for obj in scene.objects:
+        bx0, by0, bx1, by1 = obj.box()
+        if bx1 <= x0 or bx0 >= x1 or by1 <= y0 or by0 >= y1:
+            continue  # wholly outside
+        if bx0 < x0 or bx1 > x1 or by0 < y0 or by1 > y1:
+            return None  # cut by an edge
+        cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+        moved = {"x": (cx - x0) / (x1 - x0), "y": (cy - y0) / (y1 - y0)}
+        inside.append(obj.model_copy(update=moved))
+    if not inside:
+        return None
+    return Scene(background=scene.background, objects=tuple(inside))
 
 
 def scene_array(scene: Scene) -> np.ndarray:

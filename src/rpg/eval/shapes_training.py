@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from rpg.eval.shapes import (
+    IMAGE_SIZE,
     OBJECT_COUNT_WEIGHTS,
     Scene,
     caption,
+    crop_scene,
     render,
     sample_scene,
     sample_training_example,
@@ -156,6 +158,51 @@ def encode_pool(
     return scenes, torch.cat(chunks) * scaling
 
 
+#: Latent crop sizes (width, height) of a cropped batch on the 16×16 latent grid: halves,
+#: thirds and quarters of the width, halves of the height, quarters of the canvas.
+CROP_SIZES: tuple[tuple[int, int], ...] = ((8, 16), (5, 16), (4, 16), (16, 8), (8, 8))
+
+
+def cropped_batch(
+    scenes: Sequence[Scene],
+    latents: torch.Tensor,
+    rng: random.Random,
+    n: int,
+    partial: float,
+    drop: float = 0.1,
+) -> tuple[torch.Tensor, list[str], list[Scene]]:
+    """``n`` latent rectangles of one size cut from the pool, each captioned with what it shows.
+
+    A region of an rpg plan is a narrower canvas than any the model saw in training; real
+    models are trained on many aspect ratios, and this gives the shapes model the same: crops
+    that are halves, thirds or quarters of the canvas, each holding whole objects only
+    (:func:`~rpg.eval.shapes.crop_scene`), captioned as a picture of their own. The third
+    value is what each crop shows.
+    """
+    side = latents.shape[-1]
+    factor = IMAGE_SIZE // side
+    w, h = rng.choice(CROP_SIZES)
+    chunks, captions, seen_scenes = [], [], []
+    attempts = 0
+    while len(chunks) < n:
+        attempts += 1
+        if attempts > 1000 * n:
+            raise ValueError(
+                f"no {w}x{h} latent crop of the {len(scenes)} pool scenes holds whole objects "
+                "only; use a larger --latent-pool"
+            )
+        i = rng.randrange(len(scenes))
+        lx, ly = rng.randint(0, side - w), rng.randint(0, side - h)
+        box = (lx * factor, ly * factor, (lx + w) * factor, (ly + h) * factor)
+        seen = crop_scene(scenes[i], box)
+        if seen is None:
+            continue
+        chunks.append(latents[i, :, ly : ly + h, lx : lx + w])
+        captions.append("" if rng.random() < drop else caption(seen, rng, partial=partial))
+        seen_scenes.append(seen)
+    return torch.stack(chunks), captions, seen_scenes
+
+
 def snr_weight(snr: torch.Tensor, gamma: float, velocity: bool) -> torch.Tensor:
     """Min-SNR-``gamma`` loss weights (Hang et al. 2023): in terms of the image, a step counts
     with weight min(SNR, ``gamma``), so the easy, low-noise steps do not dominate a short
@@ -255,6 +302,10 @@ def train_unet(parts: dict[str, Any], rng: random.Random, args: argparse.Namespa
             )
             with torch.no_grad():
                 latents = vae.encode(pixels).latent_dist.mode() * scaling
+        elif args.crops and rng.random() < args.crops:
+            latents, captions, _ = cropped_batch(
+                pool[0], pool[1], rng, args.batch, args.partial_captions
+            )
         else:
             drawn = rng.sample(range(len(pool[0])), args.batch)
             latents = pool[1][drawn]

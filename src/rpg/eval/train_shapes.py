@@ -148,6 +148,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         + "); with partial captions, more objects per scene means more captions that leave "
         "some out",
     )
+    p.add_argument(
+        "--crops",
+        type=float,
+        default=0.0,
+        help="the share of steps whose batch is cut from the latent pool as narrower canvases "
+        "(halves, thirds, quarters), each captioned with the whole objects it shows; needs "
+        "--latent-pool (0: every batch is the whole 64×64 canvas)",
+    )
     p.add_argument("--unet-from", help="start the UNet from this pipeline or UNet folder")
     p.add_argument("--unet-channels", default="32,64,96", help="UNet block widths")
     p.add_argument(
@@ -176,6 +184,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if not 0.0 <= args.partial_captions <= 1.0:
         p.error(f"--partial-captions is a share of scenes, 0 to 1; got {args.partial_captions}")
+    if not 0.0 <= args.crops <= 1.0:
+        p.error(f"--crops is a share of steps, 0 to 1; got {args.crops}")
+    if args.crops and not args.latent_pool:
+        p.error("--crops cuts batches from the latent pool; give --latent-pool N as well")
     if args.data_seed is None:
         args.data_seed = args.seed
     return args
