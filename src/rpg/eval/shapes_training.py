@@ -182,7 +182,9 @@ def cropped_batch(
     side = latents.shape[-1]
     factor = IMAGE_SIZE // side
     w, h = rng.choice(CROP_SIZES)
-    chunks, captions, seen_scenes = [], [], []
+    chunks: list[torch.Tensor] = []
+    captions: list[str] = []
+    seen_scenes: list[Scene] = []
     attempts = 0
     while len(chunks) < n:
         attempts += 1
