@@ -201,6 +201,41 @@ def test_processors_are_used_and_restored(sd_cn: RPG, control_image: Image.Image
         assert all(new[k] is old[k] for k in old)
 
 
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_region_isolation_reaches_the_controlnet_and_is_undone(
+    sd_cn: RPG, control_image: Image.Image, guess_mode: bool
+) -> None:
+    """The UNet and the ControlNet both get the isolation options, also in guess mode, where
+    they see different batches and get one installation each."""
+    from rpg.attention.region_isolation import RegionGroupNorm, RegionSelfAttnProcessor
+
+    before = _processors(sd_cn)
+    seen: list[tuple[bool, bool]] = []
+
+    def look(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for model in (pipe.unet, pipe.controlnet):
+            selfs = [p for k, p in model.attn_processors.items() if ".attn1." in k]
+            norms = any(isinstance(m, RegionGroupNorm) for m in model.modules())
+            seen.append((all(isinstance(p, RegionSelfAttnProcessor) for p in selfs), norms))
+        return {}
+
+    plan = RegionPlan.from_split_ratio("1,1", ["a cat", "a dog"])
+    isolated = {"image_attention": "region", "group_norm": "region"}
+    request = _request(plan=plan, steps=2, options=isolated)
+    out = sd_cn.generate(
+        request, image=control_image, guess_mode=guess_mode, callback_on_step_end=look,
+        output_type="np",
+    ).images[0]  # fmt: skip
+    plain = sd_cn.generate(
+        _request(plan=plan, steps=2), image=control_image, guess_mode=guess_mode, output_type="np"
+    ).images[0]
+    assert seen == [(True, True)] * 4
+    assert not np.allclose(out, plain, atol=1e-4)
+    assert not any(isinstance(m, RegionGroupNorm) for m in sd_cn.pipe.controlnet.modules())
+    for old, new in zip(before, _processors(sd_cn), strict=True):
+        assert all(new[k] is old[k] for k in old)
+
+
 @pytest.mark.parametrize(
     ("control", "message"),
     [
