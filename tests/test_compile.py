@@ -60,6 +60,12 @@ CASES = [
     ("tiny-sd", "wrap", {"base": False}),
     ("tiny-sd", "repeated", {}),
     ("tiny-sd", "method", {"options": {"image_attention": "region", "group_norm": "region"}}),
+    ("tiny-sd", "wrap", {"base": False, "options": {"regional_steps": 0.5}}),
+    (
+        "tiny-sd",
+        "method",
+        {"options": {"regional_steps": 0.5, "image_attention": "region", "group_norm": "region"}},
+    ),
     ("tiny-sdxl", "method", {"base": False}),
     ("tiny-sd-controlnet", "wrap", {}),
     (

@@ -76,8 +76,7 @@ def _cases() -> list[tuple[str, str, dict[str, Any]]]:
     for name in NAMES:
         for plan in PLANS:
             options: list[dict[str, Any]] = [{}]
-            if name in JOINT:
-                options.append({"regional_steps": 0.5})
+            options.append({"regional_steps": 0.5})  # packs the whole prompt without a base
             if name == "tiny-flux":
                 options.append({"regional_steps": 0.5, "true_cfg_scale": 2.0})
             cases += [(name, plan, o) for o in options]

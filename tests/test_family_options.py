@@ -42,7 +42,8 @@ def test_flags_come_from_the_declarations() -> None:
         "true_cfg_scale": "--true-cfg",
     }
     assert [f.name for f in option_fields(NoOptions)] == []
-    assert [f.name for f in option_fields(UNetOptions)] == ["image_attention", "group_norm"]
+    unet = [f.name for f in option_fields(UNetOptions)]
+    assert unet == ["image_attention", "group_norm", "regional_steps"]
     assert {f.name for f in option_fields(FluxOptions)} > {
         f.name for f in option_fields(JointOptions)
     }
@@ -55,8 +56,8 @@ def test_the_request_has_no_family_fields() -> None:
 
 
 def test_the_loaded_family_validates_and_records_options(tiny_rpg: RPG) -> None:
-    request = GenerationRequest(prompt="a cat", steps=1, seed=0, options={"regional_steps": 0.5})
-    with pytest.raises(ConfigurationError, match=r"regional_steps does not apply to 'sd'"):
+    request = GenerationRequest(prompt="a cat", steps=1, seed=0, options={"true_cfg_scale": 2})
+    with pytest.raises(ConfigurationError, match=r"true_cfg_scale does not apply to 'sd'"):
         tiny_rpg.generate(request)
     result = tiny_rpg.generate(request.model_copy(update={"options": {}}))
     assert result.request.options == {}

@@ -59,6 +59,8 @@ CASES = [
     ("tiny-sd", {}, {}),
     ("tiny-sdxl", {"base": False}, {}),
     ("tiny-sd-controlnet", {}, {}),
+    ("tiny-sd", {"base": False, "options": {"regional_steps": 0.5, "image_attention": "region",
+                                            "group_norm": "region"}}, {}),
     ("tiny-flux", {"true_cfg_scale": 2.0, "regional_steps": 0.5},
      {"true_cfg_scale": 2.0, "negative_prompt": "blurry"}),
     ("tiny-sd3", {"base": False, "regional_steps": 0.5, "image_attention": "region"}, {}),

@@ -47,15 +47,16 @@ def test_the_sd_family_offers_its_own_options_and_refuses_foreign_ones(
 ) -> None:
     client = _client(tiny_rpg, tmp_path)
     config = client.get("/api/config").json()
-    assert [c["name"] for c in config["options"]] == ["image_attention", "group_norm"]
-    assert all(c["choices"] == ["global", "region"] for c in config["options"])
+    names = [c["name"] for c in config["options"]]
+    assert names == ["image_attention", "group_norm", "regional_steps"]
+    assert all(c["choices"] == ["global", "region"] for c in config["options"][:2])
     names = [s["name"] for s in config["schedulers"]]
     assert names[0] == config["scheduler"] == "dpm++2m-karras"
     assert {"euler", "default"} <= set(names)
-    body = {"request": {"prompt": "a cat", "steps": 2, "options": {"regional_steps": 0.5}}}
+    body = {"request": {"prompt": "a cat", "steps": 2, "options": {"true_cfg_scale": 2}}}
     out = client.post("/api/generate", json=body)
     assert out.status_code == 422, out.text
-    assert "regional_steps does not apply to" in out.json()["error"]
+    assert "true_cfg_scale does not apply to" in out.json()["error"]
     assert out.json()["field"] == "request"
 
 

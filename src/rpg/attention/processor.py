@@ -100,6 +100,12 @@ class RegionalAttnProcessor:
         self.negative_span: Span | None = spans.negative_span
         self.negative_region_spans: tuple[Span, ...] | None = spans.negative_region_spans
         self.negative_base_span: Span | None = spans.negative_base_span
+        #: What positive queries read in steps that are not regional (``regional_steps``): the
+        #: base prompt, else the whole prompt packed for it; ``None`` when neither is packed.
+        self.global_span: Span | None = conditioning.base_span or conditioning.global_span
+        #: Whether this step is regional; :class:`~rpg.attention.regional_steps.RegionalStepSwitch`
+        #: turns it off after the regional steps (a Python flag: compiled code recompiles once).
+        self.regional = True
         # Decided once, from shapes: comparing context rows per call would wait on the device.
         self.shared_rows = conditioning.shared_rows
         #: Per region, the LoRA adapters acting on its text only (see :mod:`rpg.lora`).
@@ -240,9 +246,13 @@ class RegionalAttnProcessor:
         positive = slice(batch // 2, batch) if self.guidance else slice(0, batch)
         if self.guidance:
             self._negative_half(attn, query, context, mask, index, out, slice(0, batch // 2))
-        self._regional(
-            attn, query, context, mask, index, out, positive, self.region_spans, self.base_span
-        )
+        if self.regional:
+            self._regional(
+                attn, query, context, mask, index, out, positive, self.region_spans, self.base_span
+            )
+        else:
+            span = self.global_span or (0, context.shape[1])
+            self._plain(attn, query, context, mask, out, positive, span)
 
         hidden_states = out.reshape(batch, n_tokens, -1).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
@@ -296,13 +306,27 @@ class RegionalAttnProcessor:
             spans, base_span = (span,) * len(self.region_spans), span
         else:
             span = self.negative_span or (0, context.shape[1])
-            key, value = self._keys_values(attn, context, negative, span)
-            part = F.scaled_dot_product_attention(
-                query[negative], key, value, attn_mask=_cut(mask, negative, None, span)
-            )
-            out[negative].copy_(part.transpose(1, 2))
+            self._plain(attn, query, context, mask, out, negative, span)
             return
         self._regional(attn, query, context, mask, index, out, negative, spans, base_span)
+
+    def _plain(
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        context: torch.Tensor,
+        mask: torch.Tensor | None,
+        out: torch.Tensor,
+        rows: slice,
+        span: Span,
+    ) -> None:
+        """Every query of the batch ``rows`` attends to the tokens ``span``, as the stock layer
+        attends to its whole context."""
+        key, value = self._keys_values(attn, context, rows, span)
+        part = F.scaled_dot_product_attention(
+            query[rows], key, value, attn_mask=_cut(mask, rows, None, span)
+        )
+        out[rows].copy_(part.transpose(1, 2))
 
     def _keys_values(
         self, attn: Attention, context: torch.Tensor, rows: slice, span: Span

@@ -55,6 +55,9 @@ class RegionIndexSource(Protocol):
     @property
     def layout(self) -> Any: ...
 
+    #: Whether this step is regional; when not, the isolation layers act as the stock ones.
+    regional: bool
+
     def index_for(self, h: int, w: int, device: torch.device) -> RegionIndex: ...
 
 
@@ -71,12 +74,12 @@ def check_isolatable(indices: list[RegionIndex]) -> None:
             )
 
 
-def _gather(x: torch.Tensor, index: RegionIndex, dim: int) -> torch.Tensor:
-    return x if index.perm is None else x.index_select(dim, index.perm)
+def _gather(x: torch.Tensor, index: RegionIndex | None, dim: int) -> torch.Tensor:
+    return x if index is None or index.perm is None else x.index_select(dim, index.perm)
 
 
-def _scatter(x: torch.Tensor, index: RegionIndex, dim: int) -> torch.Tensor:
-    return x if index.inverse is None else x.index_select(dim, index.inverse)
+def _scatter(x: torch.Tensor, index: RegionIndex | None, dim: int) -> torch.Tensor:
+    return x if index is None or index.inverse is None else x.index_select(dim, index.inverse)
 
 
 class RegionSelfAttnProcessor:
@@ -117,7 +120,8 @@ class RegionSelfAttnProcessor:
             grid = latent_grid_for_tokens(
                 hidden_states.shape[1], layout.height, layout.width, factor=layout.latent_factor
             )
-        index = self.source.index_for(*grid, hidden_states.device)
+        regional = self.source.regional  # past regional_steps: one region, the whole image
+        index = self.source.index_for(*grid, hidden_states.device) if regional else None
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
@@ -134,7 +138,7 @@ class RegionSelfAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
         out = query.new_empty(batch, heads, n_tokens, query.shape[-1]).transpose(1, 2)
-        for start, end in index.bounds:
+        for start, end in index.bounds if index is not None else ((0, n_tokens),):
             if start == end:
                 continue
             part = F.scaled_dot_product_attention(
@@ -166,6 +170,8 @@ class RegionGroupNorm(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
         if x.ndim != 4:
+            return norm(x)
+        if not self.source.regional:  # past regional_steps: the stock statistics
             return norm(x)
         b, c, h, w = x.shape
         index = self.source.index_for(h, w, x.device)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -205,10 +205,10 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
         positives, where a region without its own uses ``negative_prompt``. The shorter half is
         padded with copies of its own tokens so both have one length. ``prompt`` (the user's
         whole prompt) goes to :meth:`pooled_embeds`. ``options`` (the family's, see
-        :meth:`parse_options`) may change what is packed; the base ignores them. The packing
-        itself is :func:`~rpg.backbones.packing.pack_plan`.
+        :meth:`parse_options`) may change what is packed: options that make some steps not
+        regional (``needs_whole_prompt``) pack the whole prompt when there is no base prompt.
+        The packing itself is :func:`~rpg.backbones.packing.pack_plan`.
         """
-        del options
         packed = pack_plan(
             plan,
             negative_prompt,
@@ -217,6 +217,7 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
             prompt=prompt,
             tokenizer=getattr(self.pipe, "tokenizer", None),
             noted=self._long_prompts_noted,
+            whole_prompt=bool(getattr(options, "needs_whole_prompt", False)),
         )
         pooled, negative_pooled = self.pooled_embeds(
             plan, negative_prompt, guidance=guidance, prompt=prompt
@@ -332,14 +333,37 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
         """
         from rpg.attention.install import regional
 
-        return regional(
-            self.attention_models(),
-            conditioning,
-            layout,
-            guidance=guidance,
-            cache_kv=cache_kv,
-            lora_scale=lora_call_scale(pipeline_kwargs),
-            **self.isolation(call),
+        stack = ExitStack()
+        try:
+            processor = stack.enter_context(
+                regional(
+                    self.attention_models(),
+                    conditioning,
+                    layout,
+                    guidance=guidance,
+                    cache_kv=cache_kv,
+                    lora_scale=lora_call_scale(pipeline_kwargs),
+                    **self.isolation(call),
+                )
+            )
+            self.switch_regional_steps(call, [processor])
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def switch_regional_steps(self, call: StockCall | None, processors: list[Any]) -> None:
+        """With ``regional_steps < 1`` in the call's options, end the regional steps of
+        ``processors`` from the pipeline's step callback
+        (:class:`~rpg.attention.regional_steps.RegionalStepSwitch`)."""
+        fraction = getattr(call.options, "regional_steps", 1.0) if call is not None else 1.0
+        if call is None or fraction >= 1:
+            return
+        from rpg.attention.regional_steps import RegionalStepSwitch
+
+        steps = call.steps
+        call.step_callbacks.append(
+            lambda callback: RegionalStepSwitch(processors, fraction, steps, callback)
         )
 
     def isolation(self, call: StockCall | None) -> dict[str, Any]:

@@ -232,7 +232,7 @@ class ControlNetBackboneMixin(Backbone):
         try:
             scale = lora_call_scale(pipeline_kwargs)
             isolation = self.isolation(call)
-            stack.enter_context(
+            unet_processor = stack.enter_context(
                 regional(
                     [self.pipe.unet],
                     conditioning,
@@ -243,7 +243,7 @@ class ControlNetBackboneMixin(Backbone):
                     **isolation,
                 )
             )
-            stack.enter_context(
+            controlnet_processor = stack.enter_context(
                 regional(
                     self.controlnets,
                     conditioning,
@@ -254,6 +254,7 @@ class ControlNetBackboneMixin(Backbone):
                     **isolation,
                 )
             )
+            self.switch_regional_steps(call, [unet_processor, controlnet_processor])
         except BaseException:
             stack.close()
             raise

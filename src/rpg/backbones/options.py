@@ -51,6 +51,12 @@ _IMAGE_ATTENTION = (
 )
 
 
+_REGIONAL_STEPS = (
+    "Fraction of the denoising steps that are regional; later steps follow the base (or whole) "
+    "prompt."
+)
+
+
 class UNetOptions(BackboneOptions):
     """What crosses region edges in a UNet (SD 1.x/2.x, SDXL, ControlNet) besides the text.
 
@@ -69,11 +75,13 @@ class UNetOptions(BackboneOptions):
         description="Where the UNet's GroupNorm statistics come from: 'global' the whole image "
         "(RPG, the stock UNet), 'region' each region's own cell.",
     )
+    regional_steps: float = Field(default=1.0, gt=0, le=1, description=_REGIONAL_STEPS)
 
     @property
-    def isolates(self) -> bool:
-        """Whether anything besides the text is regional."""
-        return self.image_attention == "region" or self.group_norm == "region"
+    def needs_whole_prompt(self) -> bool:
+        """Whether some steps are not regional, so (without a base prompt) the whole prompt is
+        packed for them to read."""
+        return self.regional_steps < 1
 
 
 class JointOptions(BackboneOptions):
@@ -82,13 +90,7 @@ class JointOptions(BackboneOptions):
     image_attention: Literal["global", "region"] = Field(
         default="global", description=_IMAGE_ATTENTION
     )
-    regional_steps: float = Field(
-        default=1.0,
-        gt=0,
-        le=1,
-        description="Fraction of the denoising steps that are regional; later steps follow the "
-        "base (or whole) prompt.",
-    )
+    regional_steps: float = Field(default=1.0, gt=0, le=1, description=_REGIONAL_STEPS)
     regional_blocks: int = Field(
         default=1, ge=1, description="Every k-th joint-attention block is regional."
     )

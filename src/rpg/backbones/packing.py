@@ -130,9 +130,14 @@ def pack_plan(
     prompt: str | None,
     tokenizer: Any,
     noted: set[str],
+    whole_prompt: bool = False,
 ) -> PackedPlan:
     """Encode ``plan``'s texts with ``encode`` and pack them (see
     :meth:`rpg.backbones.base.Backbone.encode` for the layout of both halves).
+
+    ``whole_prompt``: some calls are not regional (``regional_steps < 1``), so without a base
+    prompt the whole prompt is packed last (``global_span``) for them to read, as a canvas's
+    background is.
 
     ``tokenizer`` (the pipeline's, or ``None``) tells how long the encoder's window is; a prompt
     longer than it is noted once (``noted`` holds the prompts already noted).
@@ -143,12 +148,12 @@ def pack_plan(
     # packed last for it.
     background = plan.has_background and not has_base
     whole = []
-    if background:
+    if background or (whole_prompt and not has_base):
         from rpg.models import whole_image_text
 
         whole = [whole_image_text(plan, prompt)]
     embeds, spans = pack_segments(texts + whole, encode)
-    global_span = spans.pop() if background else None
+    global_span = spans.pop() if whole else None
     note_long_prompts(tokenizer, noted, texts, spans, has_base)
     base_span = spans[0] if has_base else None
     region_spans = tuple(spans[1:] if has_base else spans)
