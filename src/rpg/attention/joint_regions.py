@@ -11,12 +11,12 @@ the step is regional). Nothing here runs attention.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from rpg.attention.regional_steps import regional_step_count
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 
@@ -65,7 +65,7 @@ class JointAttentionOptions:
 
     def regional_step_count(self, steps: int) -> int:
         """How many of ``steps`` denoising steps are regional."""
-        return max(1, math.ceil(self.regional_steps * steps - 1e-9))
+        return regional_step_count(self.regional_steps, steps)
 
 
 @dataclass

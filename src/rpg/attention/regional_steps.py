@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rpg.attention.processor import RegionalAttnProcessor
+if TYPE_CHECKING:
+    from rpg.attention.processor import RegionalAttnProcessor
 
 __all__ = ["RegionalStepSwitch", "regional_step_count"]
 
