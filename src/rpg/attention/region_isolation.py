@@ -195,6 +195,8 @@ def region_group_norms(model: torch.nn.Module, source: RegionIndexSource) -> Ite
     swapped: list[tuple[torch.nn.Module, str, torch.nn.GroupNorm]] = []
     try:
         for parent in list(model.modules()):
+            if isinstance(parent, RegionGroupNorm):  # installed already (an outer block)
+                continue
             for name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.GroupNorm):
                     setattr(parent, name, RegionGroupNorm(child, source))
