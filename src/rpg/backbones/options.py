@@ -58,13 +58,15 @@ _REGIONAL_STEPS = (
 
 
 class UNetOptions(BackboneOptions):
-    """What crosses region edges in a UNet (SD 1.x/2.x, SDXL, ControlNet) besides the text.
+    """The UNet families' options (SD 1.x/2.x, SDXL, ControlNet): what crosses region edges
+    besides the text, and for how many steps the text is regional.
 
     RPG confines only the *text* a position reads; self-attention and the GroupNorm statistics
     still see the whole image, so one region's content can leak into another's (a blue object
     shifting its neighbour's colour, a region left empty because the object elsewhere
-    "counts"). ``"region"`` cuts those paths too, at the cost of RPG's exact semantics; see
-    :mod:`rpg.attention.region_isolation`.
+    "counts"). ``"region"`` cuts those paths too, at the cost of RPG's exact semantics (see
+    :mod:`rpg.attention.region_isolation`); ``regional_steps`` is
+    :mod:`rpg.attention.regional_steps`.
     """
 
     image_attention: Literal["global", "region"] = Field(
