@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from rpg.attention.regional_steps import regional_step_count
+from rpg.attention.regional_steps import ChainedStepCallback, regional_step_count
 from rpg.attention.regions import RegionIndex, region_index
 from rpg.attention.spec import RegionalConditioning, RegionalLayout, Span
 
@@ -89,29 +89,16 @@ class _RunState:
         self.regional, self.negative_next = True, False
 
 
-class _StepCallback:
-    """A ``callback_on_step_end`` that tells :class:`JointRegions` the next step, then chains.
-
-    Keeps the caller's ``tensor_inputs`` (a diffusers ``PipelineCallback``), so the pipeline
-    hands over the same tensors it would have without rpg.
-    """
+class _StepCallback(ChainedStepCallback):
+    """A ``callback_on_step_end`` that tells :class:`JointRegions` the next step, then chains."""
 
     def __init__(self, regions: JointRegions, callback: Any) -> None:
+        super().__init__(callback)
         self.regions = regions
-        self.callback = callback
         regions.state.driven = True  # from the first step on: no timestep is read
-        tensor_inputs = getattr(callback, "tensor_inputs", None)
-        if tensor_inputs is not None:
-            self.tensor_inputs = list(tensor_inputs)
 
-    def __call__(
-        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
+    def on_step_end(self, pipe: Any, step: int) -> None:
         self.regions.set_step(step + 1)
-        if self.callback is None:
-            return {}
-        result: dict[str, Any] = self.callback(pipe, step, timestep, callback_kwargs)
-        return result
 
 
 @dataclass

@@ -57,7 +57,24 @@ from rpg.attention.soft_canvas import paint_soft
 from rpg.attention.spec import PainterSpans, RegionalConditioning, RegionalLayout, Span
 from rpg.layout import latent_grid_for_tokens, latent_grids
 
-__all__ = ["RegionalAttnProcessor"]
+__all__ = ["RegionalAttnProcessor", "image_tokens"]
+
+
+def image_tokens(
+    hidden_states: torch.Tensor, layout: RegionalLayout
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A layer's input as ``[B, h·w, C]`` tokens and its latent grid ``(h, w)``.
+
+    A ``[B, C, h, w]`` input (an attention block on feature maps) is flattened; a token input's
+    grid is recovered from its length and the image size.
+    """
+    if hidden_states.ndim == 4:
+        b, c, h, w = hidden_states.shape
+        return hidden_states.view(b, c, h * w).transpose(1, 2), (h, w)
+    grid = latent_grid_for_tokens(
+        hidden_states.shape[1], layout.height, layout.width, factor=layout.latent_factor
+    )
+    return hidden_states, grid
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -205,18 +222,8 @@ class RegionalAttnProcessor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        four_d = hidden_states.ndim == 4
-        if four_d:
-            b4, c4, h4, w4 = hidden_states.shape
-            hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
-            grid = (h4, w4)
-        else:
-            grid = latent_grid_for_tokens(
-                hidden_states.shape[1],
-                self.layout.height,
-                self.layout.width,
-                factor=self.layout.latent_factor,
-            )
+        image_shape = hidden_states.shape if hidden_states.ndim == 4 else None
+        hidden_states, grid = image_tokens(hidden_states, self.layout)
         batch, n_tokens, _ = hidden_states.shape
         if encoder_hidden_states.shape[0] != batch:
             raise ValueError(
@@ -259,8 +266,8 @@ class RegionalAttnProcessor:
         hidden_states = attn.to_out[1](hidden_states)
         if index.inverse is not None:
             hidden_states = hidden_states.index_select(1, index.inverse)
-        if four_d:
-            hidden_states = hidden_states.transpose(1, 2).reshape(b4, c4, h4, w4)
+        if image_shape is not None:
+            hidden_states = hidden_states.transpose(1, 2).reshape(image_shape)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
+from rpg.attention.processor import image_tokens
 from rpg.attention.regions import RegionIndex
 from rpg.errors import ConfigurationError
-from rpg.layout import latent_grid_for_tokens
 
 __all__ = [
     "RegionGroupNorm",
@@ -110,16 +110,8 @@ class RegionSelfAttnProcessor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        four_d = hidden_states.ndim == 4
-        if four_d:
-            b4, c4, h4, w4 = hidden_states.shape
-            hidden_states = hidden_states.view(b4, c4, h4 * w4).transpose(1, 2)
-            grid = (h4, w4)
-        else:
-            layout = self.source.layout
-            grid = latent_grid_for_tokens(
-                hidden_states.shape[1], layout.height, layout.width, factor=layout.latent_factor
-            )
+        image_shape = hidden_states.shape if hidden_states.ndim == 4 else None
+        hidden_states, grid = image_tokens(hidden_states, self.source.layout)
         regional = self.source.regional  # past regional_steps: one region, the whole image
         index = self.source.index_for(*grid, hidden_states.device) if regional else None
         if attn.group_norm is not None:
@@ -148,8 +140,8 @@ class RegionSelfAttnProcessor:
         hidden_states = out.reshape(batch, n_tokens, -1).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         hidden_states = _scatter(hidden_states, index, 1)
-        if four_d:
-            hidden_states = hidden_states.transpose(1, 2).reshape(b4, c4, h4, w4)
+        if image_shape is not None:
+            hidden_states = hidden_states.transpose(1, 2).reshape(image_shape)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rpg.attention.processor import RegionalAttnProcessor
 
-__all__ = ["RegionalStepSwitch", "regional_step_count"]
+__all__ = ["ChainedStepCallback", "RegionalStepSwitch", "regional_step_count"]
 
 
 def regional_step_count(fraction: float, steps: int) -> int:
@@ -31,12 +31,35 @@ def regional_step_count(fraction: float, steps: int) -> int:
     return max(1, math.ceil(fraction * steps - 1e-9))
 
 
-class RegionalStepSwitch:
-    """A ``callback_on_step_end`` that ends the regional steps of ``processors``, then chains.
+class ChainedStepCallback:
+    """A ``callback_on_step_end`` that does rpg's part (:meth:`on_step_end`), then calls the
+    caller's callback.
 
     Keeps the caller's ``tensor_inputs`` (a diffusers ``PipelineCallback``), so the pipeline
     hands over the same tensors it would have without rpg.
     """
+
+    def __init__(self, callback: Any = None) -> None:
+        self.callback = callback
+        tensor_inputs = getattr(callback, "tensor_inputs", None)
+        if tensor_inputs is not None:
+            self.tensor_inputs = list(tensor_inputs)
+
+    def on_step_end(self, pipe: Any, step: int) -> None:
+        """What rpg does after step ``step`` (0-based) of ``pipe``."""
+
+    def __call__(
+        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.on_step_end(pipe, step)
+        if self.callback is None:
+            return {}
+        result: dict[str, Any] = self.callback(pipe, step, timestep, callback_kwargs)
+        return result
+
+
+class RegionalStepSwitch(ChainedStepCallback):
+    """A ``callback_on_step_end`` that ends the regional steps of ``processors``, then chains."""
 
     def __init__(
         self,
@@ -45,6 +68,7 @@ class RegionalStepSwitch:
         steps: int,
         callback: Any = None,
     ) -> None:
+        super().__init__(callback)
         for processor in processors:
             if processor.global_span is None:
                 raise ValueError(
@@ -55,21 +79,11 @@ class RegionalStepSwitch:
         self.processors = list(processors)
         self.fraction = fraction
         self.steps = steps
-        self.callback = callback
-        tensor_inputs = getattr(callback, "tensor_inputs", None)
-        if tensor_inputs is not None:
-            self.tensor_inputs = list(tensor_inputs)
 
-    def __call__(
-        self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
-    ) -> dict[str, Any]:
+    def on_step_end(self, pipe: Any, step: int) -> None:
         # the steps the pipeline runs (fewer than asked for in img2img), else those asked for
         steps = getattr(pipe, "num_timesteps", None) or self.steps
         regional = step + 1 < regional_step_count(self.fraction, steps)
         for processor in self.processors:
             if processor.regional != regional:  # a write compiled code would see: only on change
                 processor.regional = regional
-        if self.callback is None:
-            return {}
-        result: dict[str, Any] = self.callback(pipe, step, timestep, callback_kwargs)
-        return result
