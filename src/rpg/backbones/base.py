@@ -329,7 +329,8 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
         see different batches in some modes (ControlNet's guess mode) overrides this, deciding
         from ``pipeline_kwargs`` alone, so a backbone holds no per-call state. ``call`` says
         what else the call is made of (steps, images, the family's options, the embeddings as
-        passed) for backbones whose processors need it (the MM-DiT ones).
+        passed): the UNet's isolation and regional steps come from its options, and the MM-DiT
+        processors need the rest.
         """
         from rpg.attention.install import regional
 
@@ -343,39 +344,15 @@ class Backbone(BackboneLoading, PipelineVariants["Backbone"], SchedulerChoice):
                     guidance=guidance,
                     cache_kv=cache_kv,
                     lora_scale=lora_call_scale(pipeline_kwargs),
-                    **self.isolation(call),
+                    **(call.isolation() if call is not None else {}),
                 )
             )
-            self.switch_regional_steps(call, [processor])
+            if call is not None:
+                call.switch_regional_steps([processor])
         except BaseException:
             stack.close()
             raise
         return stack
-
-    def switch_regional_steps(self, call: StockCall | None, processors: list[Any]) -> None:
-        """With ``regional_steps < 1`` in the call's options, end the regional steps of
-        ``processors`` from the pipeline's step callback
-        (:class:`~rpg.attention.regional_steps.RegionalStepSwitch`)."""
-        fraction = getattr(call.options, "regional_steps", 1.0) if call is not None else 1.0
-        if call is None or fraction >= 1:
-            return
-        from rpg.attention.regional_steps import RegionalStepSwitch
-
-        steps = call.steps
-        call.step_callbacks.append(
-            lambda callback: RegionalStepSwitch(processors, fraction, steps, callback)
-        )
-
-    def isolation(self, call: StockCall | None) -> dict[str, Any]:
-        """``image_attention`` / ``group_norm`` for :func:`~rpg.attention.regional` from the
-        call's options (:class:`~rpg.backbones.options.UNetOptions`); nothing for a family
-        whose options do not have them."""
-        options = call.options if call is not None else self.parse_options(None)
-        return {
-            name: getattr(options, name)
-            for name in ("image_attention", "group_norm")
-            if hasattr(options, name)
-        }
 
     def size_inputs(self, layout: RegionalLayout) -> dict[str, int]:
         """``height``/``width`` for the stock call; nothing for the SD and SDXL img2img

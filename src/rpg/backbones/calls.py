@@ -30,6 +30,27 @@ class StockCall:
     #: from a tensor): each wraps the call's ``callback_on_step_end`` and returns the wrapper.
     step_callbacks: list[Callable[[Any], Any]] = field(default_factory=list)
 
+    def isolation(self) -> dict[str, Any]:
+        """``image_attention`` / ``group_norm`` for :func:`~rpg.attention.regional` from the
+        options (:class:`~rpg.backbones.options.UNetOptions`); nothing for a family whose
+        options do not have them."""
+        names = ("image_attention", "group_norm")
+        return {name: getattr(self.options, name) for name in names if hasattr(self.options, name)}
+
+    def switch_regional_steps(self, processors: list[Any]) -> None:
+        """With ``regional_steps < 1`` in the options, end the regional steps of the UNet's
+        ``processors`` from the pipeline's step callback
+        (:class:`~rpg.attention.regional_steps.RegionalStepSwitch`)."""
+        fraction = getattr(self.options, "regional_steps", 1.0)
+        if fraction >= 1:
+            return
+        from rpg.attention.regional_steps import RegionalStepSwitch
+
+        steps = self.steps
+        self.step_callbacks.append(
+            lambda callback: RegionalStepSwitch(processors, fraction, steps, callback)
+        )
+
 
 #: What :meth:`Backbone.render` (and ``RPG.generate``) can return: PIL images, float arrays in
 #: [0, 1] (``[H, W, 3]`` each), tensors (``[3, H, W]`` each), or the undecoded latents.

@@ -231,7 +231,7 @@ class ControlNetBackboneMixin(Backbone):
         stack = ExitStack()
         try:
             scale = lora_call_scale(pipeline_kwargs)
-            isolation = self.isolation(call)
+            isolation = call.isolation() if call is not None else {}
             unet_processor = stack.enter_context(
                 regional(
                     [self.pipe.unet],
@@ -254,7 +254,8 @@ class ControlNetBackboneMixin(Backbone):
                     **isolation,
                 )
             )
-            self.switch_regional_steps(call, [unet_processor, controlnet_processor])
+            if call is not None:
+                call.switch_regional_steps([unet_processor, controlnet_processor])
         except BaseException:
             stack.close()
             raise
