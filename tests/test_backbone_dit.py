@@ -226,9 +226,9 @@ def test_clear_errors(flux: RPG, sd3: RPG, tiny_rpg: Any) -> None:
         sd3.generate(GenerationRequest(prompt="a cat", plan=plan, steps=1, width=72, height=64))
     with pytest.raises(ConfigurationError, match="true_cfg_scale"):
         sd3.generate(_request("a cat", plan, true_cfg_scale=2.0))
-    with pytest.raises(ConfigurationError, match="regional_steps does not apply to 'sd'"):
+    with pytest.raises(ConfigurationError, match="regional_blocks does not apply to 'sd'"):
         tiny_rpg.generate(GenerationRequest(prompt="a cat", plan=plan, steps=1,
-                                            regional_steps=0.5))  # fmt: skip
+                                            regional_blocks=2))  # fmt: skip
 
 
 def test_detected_from_the_config(
