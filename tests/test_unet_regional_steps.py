@@ -69,7 +69,7 @@ def test_the_switch_needs_text_for_the_plain_steps() -> None:
         RegionalStepSwitch([processor], 0.5, 4)
 
 
-def _flags(rpg: RPG, request: GenerationRequest) -> list[bool]:
+def _flags(rpg: RPG, request: GenerationRequest, **call: Any) -> list[bool]:
     """The ``regional`` flag of the cross-attention processor at every UNet forward."""
     seen: list[bool] = []
 
@@ -79,7 +79,7 @@ def _flags(rpg: RPG, request: GenerationRequest) -> list[bool]:
 
     handle = rpg.pipe.unet.register_forward_pre_hook(hook)
     try:
-        rpg.generate(request, output_type="latent")
+        rpg.generate(request, output_type="latent", **call)
     finally:
         handle.remove()
     return seen
@@ -115,16 +115,6 @@ def test_img2img_counts_the_steps_it_runs(tiny_rpg: RPG) -> None:
         prompt=PROMPT, plan=plan, steps=4, seed=3, width=64, height=64, strength=0.5,
         options={"regional_steps": 0.5},
     )  # fmt: skip
-    seen: list[bool] = []
-
-    def hook(module: Any, args: Any) -> None:
-        found = [p for p in module.attn_processors.values() if isinstance(p, RegionalAttnProcessor)]
-        seen.append(found[0].regional)
-
-    handle = tiny_rpg.pipe.unet.register_forward_pre_hook(hook)
-    try:
-        tiny_rpg.generate(request, init_image=Image.new("RGB", (64, 64), (200, 40, 40)))
-    finally:
-        handle.remove()
+    seen = _flags(tiny_rpg, request, init_image=Image.new("RGB", (64, 64), (200, 40, 40)))
     # strength 0.5 runs 2 of the 4 steps: the first of them is regional
     assert seen == [True, False]
