@@ -187,8 +187,9 @@ class GenerationRequest(BaseModel):
         default_factory=dict,
         description="Options the model family owns (its backbone's options model, e.g. "
         "true_cfg_scale for FLUX.1, image_attention / regional_steps / regional_blocks for the "
-        "MM-DiT families), by name; empty uses the family's defaults. The result records them "
-        "as validated against the loaded model.",
+        "MM-DiT families, image_attention / group_norm / regional_steps for the UNet ones), by "
+        "name; empty uses the family's defaults. The result records them as validated against "
+        "the loaded model.",
     )
     controls: tuple[ControlInput, ...] = Field(
         default=(),
