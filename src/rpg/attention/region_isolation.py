@@ -161,9 +161,7 @@ class RegionGroupNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         norm = self.norm
-        if x.ndim != 4:
-            return norm(x)
-        if not self.source.regional:  # past regional_steps: the stock statistics
+        if x.ndim != 4 or not self.source.regional:  # not an image, or past regional_steps
             return norm(x)
         b, c, h, w = x.shape
         index = self.source.index_for(h, w, x.device)

@@ -67,16 +67,6 @@ class EvalMethod(BaseModel):
         return head + (":" + ",".join(extra) if extra else "")
 
 
-def _option_value(text: str) -> str | int | float:
-    """A family option's value as written: a number when it reads as one."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
     """``stock``, ``rpg``, ``rpg:ollama``, ``exact``, ``exact:base=0.6``, ``rpg:rules:kv=off``;
     any other ``name=value`` is one of the model family's options
@@ -84,7 +74,7 @@ def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
     when rendering."""
     from rpg.backbones.options import cli_option_fields
 
-    family_options = [f.name for f in cli_option_fields()]
+    family_options = {f.name: f for f in cli_option_fields()}
     parts = [p.strip() for p in text.strip().split(":") if p.strip()]
     if not parts or parts[0] not in ("stock", "rpg", "exact"):
         raise ConfigurationError(
@@ -111,7 +101,14 @@ def parse_method(text: str, default_planner: str = "rules") -> EvalMethod:
                     raise ConfigurationError(f"method {text!r}: kv= takes on or off")
                 options["kv_cache"] = value == "on"
             elif key in family_options:
-                options.setdefault("options", {})[key] = _option_value(value)
+                # typed as the family declares it, as the CLI's option flags are
+                cast: Any = {"float": float, "int": int}.get(family_options[key].kind, str)
+                try:
+                    options.setdefault("options", {})[key] = cast(value)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"method {text!r}: {key}= takes {family_options[key].kind}"
+                    ) from None
             else:
                 raise ConfigurationError(
                     f"method {text!r}: unknown option {key!r} (base, kv, or a model family's "
