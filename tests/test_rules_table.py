@@ -102,6 +102,11 @@ SEQUENCE = [
     ("a cat on the left of a dog and a bird on the right of the dog",
      "a cat | a dog | a bird", "relation"),
     ("from left to right, a cat, a dog and horse", "a cat | a dog | horse", "sequence"),
+    # "square" can be an adjective too; after a comma, an article still opens the next one
+    ("from left to right, a red square, a purple star and an orange square",
+     "a red square | a purple star | an orange square", "sequence"),
+    ("from left to right, a purple square, a green triangle, a blue triangle and a red star",
+     "a purple square | a green triangle | a blue triangle | a red star", "sequence"),
     ("a cat that is on the left of a dog which is under a table",
      "a table / a cat | a dog", "relation"),
 ]  # fmt: skip

@@ -178,8 +178,11 @@ def split_list(text: str, *, listing: bool = False) -> list[str]:
         if piece.lower().startswith("and "):
             piece = piece[4:]
         sub = split_and(piece, listing=listing)
-        opens = starts_entity(sub[0], strict=True) or (listing and _is_bare_noun_start(sub[0]))
-        if items and (not opens or _only_adjectives(items[-1])):
+        # "a purple square, a green star": an article opens an entity even after a phrase of
+        # words that can all be adjectives ("square"); "a big, brown bowl" stays one bowl
+        strong = starts_entity(sub[0], strict=True)
+        opens = strong or (listing and _is_bare_noun_start(sub[0]))
+        if items and (not opens or (not strong and _only_adjectives(items[-1]))):
             items[-1] = f"{items[-1]}, {sub[0]}"
             sub = sub[1:]
         items.extend(sub)
