@@ -10,10 +10,11 @@ from PIL import Image
 
 import rpg
 from rpg import plugins
-from rpg.errors import ModelNotFoundError, RegistryError
+from rpg.errors import ConfigurationError, ModelNotFoundError, RegistryError
 from rpg.eval.prompts import EvalPrompt
 from rpg.eval.scorers import ClipScorer, RegionClipScorer, ShapesScorer
 from rpg.eval.shapes import Scene, ShapeObject, render
+from rpg.eval.shapes_score import read_image
 from rpg.models import RegionPlan
 
 
@@ -79,12 +80,70 @@ def test_shapes_scorer_binding_and_placement() -> None:
         "placement": 1.0,
         "correct": 1.0,
         "extra_objects": 0.0,
+        "precision": 1.0,
     }
     assert scorer.score(image, wrong, None)["placement"] == 0.0
     assert scorer.score(image, missing, None)["binding"] == 0.5
     assert scorer.score(image, EvalPrompt(prompt="a cat"), None) == {}
-    with pytest.raises(Exception, match="takes no options"):
+    with pytest.raises(ConfigurationError, match="takes only the option scale"):
         ShapesScorer(model="x")
+    for bad in ("0", "-1", "wide"):
+        with pytest.raises(ConfigurationError, match="scale must be a positive number"):
+            ShapesScorer(scale=bad)
+
+
+def test_precision_counts_strays_that_placement_cannot_see() -> None:
+    plan = RegionPlan.from_split_ratio("1,1", ["a red circle", "a blue square"])
+    item = EvalPrompt(prompt="p", objects=("red circle", "blue square"), plan=plan)
+    objects = [
+        ShapeObject(shape="circle", colour="red", size="large", x=0.25, y=0.3),
+        ShapeObject(shape="square", colour="blue", size="large", x=0.75, y=0.3),
+    ]
+    scorer = ShapesScorer()
+    # a second red circle in its own half is still right; one in the wrong half and a stray
+    # green star are not, and placement stays 1 all along
+    copy = ShapeObject(shape="circle", colour="red", size="small", x=0.25, y=0.8)
+    wrong_half = ShapeObject(shape="circle", colour="red", size="small", x=0.75, y=0.8)
+    stray = ShapeObject(shape="star", colour="green", size="small", x=0.25, y=0.8)
+    for extra, precision in ((copy, 1.0), (wrong_half, 2 / 3), (stray, 2 / 3)):
+        scores = scorer.score(render(Scene(objects=(*objects, extra))), item, None)
+        assert scores["placement"] == 1.0
+        assert scores["precision"] == pytest.approx(precision)
+    blank = Image.new("RGB", (64, 64), (255, 255, 255))
+    assert "precision" not in scorer.score(blank, item, None)  # nothing found: undefined
+
+
+def test_the_shapes_scorer_reads_a_wide_canvas_at_the_worlds_scale() -> None:
+    left = render(
+        Scene(objects=(ShapeObject(shape="circle", colour="red", size="large", x=0.5, y=0.5),))
+    )
+    right = render(
+        Scene(objects=(ShapeObject(shape="star", colour="blue", size="large", x=0.5, y=0.5),))
+    )
+    wide = Image.new("RGB", (128, 64))
+    wide.paste(left, (0, 0))
+    wide.paste(right, (64, 0))
+    plan = RegionPlan.from_split_ratio("1,1", ["a red circle", "a blue star"])
+    item = EvalPrompt(prompt="p", objects=("red circle", "blue star"), plan=plan)
+    expected = {"binding": 1.0, "placement": 1.0, "correct": 1.0, "precision": 1.0}
+    # 128×64: the shorter side is the world's 64 pixels, read as drawn
+    assert ShapesScorer().score(wide, item, None).items() >= expected.items()
+    # twice as large, scale 2: the same reading
+    doubled = wide.resize((256, 128), Image.Resampling.NEAREST)
+    assert ShapesScorer(scale="2").score(doubled, item, None).items() >= expected.items()
+
+
+def test_a_two_by_two_canvas_of_native_regions_needs_scale_1() -> None:
+    quad = Image.new("RGB", (128, 128), (255, 255, 255))
+    large = ShapeObject(shape="square", colour="green", size="large", x=0.5, y=0.5)
+    quad.paste(render(Scene(objects=(large,))), (64, 64))
+    at_scale_1 = read_image(quad, 1.0).objects
+    assert [(d.name, d.size) for d in at_scale_1] == [("green square", "large")]
+    assert (at_scale_1[0].x, at_scale_1[0].y) == pytest.approx((0.75, 0.75), abs=0.02)
+    # the default reads the 128×128 canvas as a 64×64 world: the square comes out smaller
+    assert [d.size for d in read_image(quad).objects] != ["large"]
+    with pytest.raises(ValueError, match="scale must be positive"):
+        read_image(quad, 0)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,11 @@ scorer. The built-ins:
 
 - ``shapes``: reads the image back into objects (:mod:`rpg.eval.shapes_score`); ``binding`` is
   the fraction of expected objects present with the right colour and shape, ``placement`` the
-  fraction also centred in their expected region, ``correct`` 1 when every object is placed;
+  fraction also centred in their expected region, ``correct`` 1 when every object is placed,
+  ``precision`` the fraction of the objects found that are an expected one in its region
+  (missing when none was found). Option ``scale``: image pixels per pixel of the 64×64 world
+  (default: the shorter side is 64 world pixels, right for shapes-sd on any canvas whose
+  shorter side is 64);
 - ``clip``: CLIP score of the image against the whole prompt (100 · max(cos, 0));
 - ``region-clip``: the mean CLIP score of each region's crop against its regional prompt (for
   the stock pipeline, the regions of the item's exact plan).
@@ -57,28 +61,44 @@ class ShapesScorer:
 
     name = "shapes"
 
-    def __init__(self, **options: Any) -> None:
-        if options:
-            raise ConfigurationError(f"the shapes scorer takes no options, got {sorted(options)}")
+    def __init__(self, scale: float | str | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigurationError(
+                f"the shapes scorer takes only the option scale, got {sorted(unknown)}"
+            )
+        try:
+            self.scale = None if scale is None or scale in ("", "auto") else float(scale)
+        except ValueError:
+            self.scale = -1.0
+        if self.scale is not None and not self.scale > 0:
+            raise ConfigurationError(
+                f"the shapes scorer's scale must be a positive number (image pixels per pixel "
+                f"of the 64×64 world, e.g. scale=1), got {scale!r}"
+            )
 
     def score(
         self, image: Image.Image, item: EvalPrompt, plan: RegionPlan | None
     ) -> dict[str, float]:
-        from rpg.eval.shapes_score import match_objects, read_image
+        from rpg.eval.shapes_score import match_objects, read_image, region_precision
 
         if not item.objects:
             return {}
-        reading = read_image(image)
-        checks = match_objects(reading, item.objects, item.object_regions())
+        reading = read_image(image, self.scale)
+        regions = item.object_regions()
+        checks = match_objects(reading, item.objects, regions)
         n = len(checks)
         found = sum(c.found for c in checks)
         placed = sum(c.placed for c in checks)
-        return {
+        scores = {
             "binding": found / n,
             "placement": placed / n,
             "correct": float(placed == n),
             "extra_objects": float(max(0, len(reading.objects) - n)),
         }
+        precision = region_precision(reading, item.objects, regions)
+        if precision is not None:
+            scores["precision"] = precision
+        return scores
 
 
 class ClipScorer:

@@ -28,9 +28,10 @@ __all__ = [
     "ShapesReading",
     "match_objects",
     "read_image",
+    "region_precision",
 ]
 
-#: Components smaller than this many pixels (at 64×64) are noise, not objects.
+#: Components smaller than this many pixels (at the world's scale) are noise, not objects.
 MIN_AREA = 12
 #: A pixel farther than this (RGB distance) from every palette colour belongs to no colour.
 MAX_DISTANCE = 110.0
@@ -49,7 +50,7 @@ class Detection(BaseModel):
     size: str = Field(description="the size word whose side is nearest the template's")
     x: float = Field(description="centre of the object's box, fraction of the width")
     y: float = Field(description="centre of the object's box, fraction of the height")
-    area: int = Field(description="pixels in the component (at 64×64)")
+    area: int = Field(description="pixels in the component (at the world's scale)")
     iou: float = Field(description="overlap of the component and the best template, 0–1")
 
     @property
@@ -158,11 +159,23 @@ def _classify(pixels: np.ndarray) -> tuple[str, int, float, float, float]:
     return best
 
 
-def read_image(image: Image.Image) -> ShapesReading:
-    """The background and the objects of an image of the shapes world (any size, read at 64×64)."""
+def read_image(image: Image.Image, scale: float | None = None) -> ShapesReading:
+    """The background and the objects of an image of the shapes world.
+
+    ``scale`` is how many image pixels one pixel of the 64×64 world spans: the image is read at
+    its size divided by it, so objects keep the sizes the templates know. ``None`` fits the
+    shorter side to 64 (a square image of any size is read at 64×64). A model trained on the
+    64×64 world draws at scale 1 on any canvas, e.g. a 128×64 canvas with one region per half.
+    """
     rgb = image.convert("RGB")
-    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-        rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    if scale is None:
+        scale = min(rgb.size) / IMAGE_SIZE
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    read_w = max(1, round(rgb.size[0] / scale))
+    read_h = max(1, round(rgb.size[1] / scale))
+    if rgb.size != (read_w, read_h):
+        rgb = rgb.resize((read_w, read_h), Image.Resampling.BOX)
     labels = _labels(np.asarray(rgb))
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     border = border[border >= 0]
@@ -181,8 +194,8 @@ def read_image(image: Image.Image) -> ShapesReading:
                     colour=name,
                     shape=shape,
                     size=size,
-                    x=x / IMAGE_SIZE,
-                    y=y / IMAGE_SIZE,
+                    x=x / read_w,
+                    y=y / read_h,
                     area=len(pixels),
                     iou=round(iou, 4),
                 )
@@ -211,3 +224,30 @@ def match_objects(
         )
         checks.append(ObjectCheck(expected=name, region=box, found=bool(same), placed=placed))
     return checks
+
+
+def region_precision(
+    reading: ShapesReading,
+    expected: Sequence[str],
+    regions: Sequence[tuple[float, float, float, float] | None] | None = None,
+) -> float | None:
+    """The fraction of objects found that are an expected object inside that object's region.
+
+    Placement alone cannot see a canvas filled with everything: an object drawn in every region
+    is "placed" in its own. This is the other side, ``None`` when nothing was found. A second copy
+    of a region's object in that region counts as right; a stray of another kind does not.
+    """
+    if not reading.objects:
+        return None
+    boxes = list(regions) if regions is not None else [None] * len(expected)
+    if len(boxes) != len(expected):
+        raise ValueError(f"{len(expected)} expected objects but {len(boxes)} regions")
+    right = sum(
+        any(
+            d.name == name
+            and (box is None or (box[0] <= d.x <= box[2] and box[1] <= d.y <= box[3]))
+            for name, box in zip(expected, boxes, strict=True)
+        )
+        for d in reading.objects
+    )
+    return right / len(reading.objects)
