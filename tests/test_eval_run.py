@@ -13,8 +13,9 @@ from rpg.cli import main
 from rpg.errors import ConfigurationError
 from rpg.eval.prompts import EvalPrompt, load_prompt_set, shapes_heldout_set
 from rpg.eval.report import summarize, write_report
-from rpg.eval.run import EvalMethod, parse_method, read_results, run_eval
+from rpg.eval.run import EvalMethod, parse_method, read_results, region_canvas, run_eval
 from rpg.eval.scorers import ShapesScorer
+from rpg.models import Region, RegionPlan, Row
 
 
 def test_methods_parse_with_their_options() -> None:
@@ -110,7 +111,13 @@ def test_run_eval_scores_resumes_and_reports(tiny_rpg: Any, tmp_path: Path) -> N
     assert {r["method"] for r in records} == {"stock", "rpg:rules", "exact:base=0"}
     for r in records:
         assert (tmp_path / r["image"]).is_file()
-        assert set(r["scores"]) == {"binding", "placement", "correct", "extra_objects"}
+        # precision is there when the scorer found anything in the random-weight image
+        assert set(r["scores"]) - {"precision"} == {
+            "binding",
+            "placement",
+            "correct",
+            "extra_objects",
+        }
         assert (r["plan"] is None) == (r["method"] == "stock")
     exact = next(r for r in records if r["method"] == "exact:base=0")
     assert exact["plan"]["base_ratio"] == 0
@@ -137,6 +144,79 @@ def test_run_eval_scores_resumes_and_reports(tiny_rpg: Any, tmp_path: Path) -> N
         ("stock", "all"),
     }
     assert all(r["n"] == "2" for r in rows)
+
+
+def test_region_canvas_gives_every_region_the_asked_size() -> None:
+    halves = RegionPlan.from_split_ratio("1,1", ["a", "b"])
+    assert region_canvas(halves, 64) == (128, 64)
+    assert region_canvas(halves, 60) == (120, 64)  # 60 high rounds up to a multiple of 8
+    assert region_canvas(RegionPlan.from_split_ratio("1,2", ["a", "b"]), 64) == (192, 64)
+    stacked = RegionPlan(
+        rows=[Row(regions=[Region(prompt="a")]), Row(regions=[Region(prompt="b")])]
+    )
+    assert region_canvas(stacked, 64) == (64, 128)
+    four = shapes_heldout_set()[-1].plan
+    assert four is not None and region_canvas(four, 64) == (256, 64)
+    assert region_canvas(RegionPlan.single("a"), 64) == (64, 64)
+    with pytest.raises(ConfigurationError, match="at least 8 pixels"):
+        region_canvas(halves, 4)
+
+
+def test_region_size_sizes_each_prompt_and_stock_renders_the_same_canvas(
+    tiny_rpg: Any, tmp_path: Path
+) -> None:
+    two, four = shapes_heldout_set()[0], shapes_heldout_set()[-1]
+    unplanned = EvalPrompt(prompt="a red circle and a blue square")
+    methods = [parse_method("stock"), parse_method("exact"), parse_method("rpg")]
+    records = run_eval(
+        tiny_rpg,
+        [two, four],
+        seeds=[0],
+        methods=methods,
+        scorers=[],
+        out_dir=tmp_path / "sized",
+        steps=1,
+        region_size=32,
+        progress=False,
+    )
+    from PIL import Image
+
+    sizes = {
+        (r["prompt"], r["method"]): Image.open(tmp_path / "sized" / r["image"]).size
+        for r in records
+    }
+    w2, h2 = region_canvas(two.plan, 32)  # type: ignore[arg-type]
+    for method in ("stock", "exact", "rpg:rules"):
+        assert sizes[(two.prompt, method)] == (w2, h2)
+        assert sizes[(four.prompt, method)] == (128, 32)
+    assert all(r["settings"]["width"] == sizes[(r["prompt"], r["method"])][0] for r in records)
+    # a prompt without an exact plan keeps the model's native size
+    (plain,) = run_eval(
+        tiny_rpg,
+        [unplanned],
+        seeds=[0],
+        methods=[parse_method("stock")],
+        scorers=[],
+        out_dir=tmp_path / "plain",
+        steps=1,
+        region_size=32,
+        progress=False,
+    )
+    native = tiny_rpg.backbone.native_size
+    assert Image.open(tmp_path / "plain" / plain["image"]).size == native
+    with pytest.raises(ConfigurationError, match="not both"):
+        run_eval(
+            tiny_rpg,
+            [two],
+            seeds=[0],
+            methods=methods,
+            scorers=[],
+            out_dir=tmp_path / "both",
+            steps=1,
+            width=64,
+            region_size=32,
+            progress=False,
+        )
 
 
 def test_summary_means_per_method_and_category() -> None:
@@ -201,6 +281,10 @@ def test_the_command_writes_a_report(rpg_cache: Path, tmp_path: Path, capsys: An
         (["--seeds", "x"], "--seeds"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--scorer-option", "model"], "KEY=VALUE"),
+        (["--size", "100x64"], "--size: 100x64 is not a multiple of 8; try 96x64"),
+        (["--region-size", "4"], "--region-size must be at least 8 pixels"),
+        (["--scorer-option", "scale=0"], "scale must be a positive number"),
+        (["--scorers", "shapes", "--scorer-option", "model=x"], "takes only the option scale"),
     ],
 )
 def test_the_command_rejects_bad_options(
@@ -208,6 +292,22 @@ def test_the_command_rejects_bad_options(
 ) -> None:
     code = main(["eval", "shapes-heldout", "--out", str(tmp_path / "r"), *argv])
     assert code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--size", "wide"], "size must look like 768x512"),
+        (["--size", "64x64", "--region-size", "64"], "not allowed with argument --size"),
+    ],
+)
+def test_the_parser_rejects_bad_canvas_flags(
+    argv: list[str], message: str, tmp_path: Path, capsys: Any
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "shapes-heldout", "--out", str(tmp_path / "r"), *argv])
+    assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
 

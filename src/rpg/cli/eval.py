@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from rpg.cli.checks import UsageError, check_output_dir
+from rpg.cli.layout import parse_size
 
 _EXAMPLES = """examples:
   rpg eval shapes-heldout --model shapes-sd --out report/ --seeds 0-3
   rpg eval shapes-heldout --model shapes-sd --out ablation/ \
       --methods exact,exact:base=0,exact:base=0.6,exact:kv=off
+  rpg eval shapes-heldout --model shapes-sd --out wide/ --region-size 64
   rpg eval color_val.txt --model ./my-sd15 --scorers clip,region-clip \
       --scorer-option model=openai/clip-vit-base-patch32
 
@@ -60,6 +62,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance", type=float, default=7.0, help="guidance scale (default 7)")
+    canvas = p.add_mutually_exclusive_group()
+    canvas.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH",
+        help="canvas of every image, multiples of 8 (default: the model's native size)",
+    )
+    canvas.add_argument(
+        "--region-size",
+        type=int,
+        metavar="PX",
+        help="size each prompt's canvas from its exact plan so that every region is at least PX "
+        "pixels wide and high (e.g. the model's native size); stock renders the same canvas",
+    )
     p.add_argument("--limit", type=int, help="only the first N prompts of the set")
     p.add_argument(
         "--threads", type=int, help="CPU threads for torch (a shared machine: 1 is often fastest)"
@@ -110,6 +126,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seeds: {exc}") from None
     if args.steps < 1:
         raise UsageError("--steps must be at least 1")
+    if args.size is not None and (args.size[0] % 8 or args.size[1] % 8):
+        w, h = args.size
+        raise UsageError(
+            f"--size: {w}x{h} is not a multiple of 8; try {max(8, w // 8 * 8)}x{max(8, h // 8 * 8)}"
+        )
+    if args.region_size is not None and args.region_size < 8:
+        raise UsageError(f"--region-size must be at least 8 pixels, got {args.region_size}")
     try:
         methods = _methods(args.methods, args.planner)
     except ConfigurationError as exc:
@@ -139,7 +162,17 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     options = _options(args.scorer_option)
-    scorers = [registry.get(n).target(**options) for n in names]
+    scorers = []
+    for name in names:
+        try:
+            scorers.append(registry.get(name).target(**options))
+        except ConfigurationError as exc:
+            raise UsageError(f"--scorer-option: {exc}") from None
+        except TypeError as exc:  # an option this scorer's factory does not take
+            raise UsageError(
+                f"--scorer-option: the {name!r} scorer does not take {', '.join(sorted(options))} "
+                f"({exc}); options go to every scorer given to --scorers"
+            ) from None
     pipe = load_rpg(args, args.model or DEFAULT_MODEL, args.planner)
     pipe.progress = NoProgress()  # one bar for the whole evaluation, not one per image
     records = run_eval(
@@ -151,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         steps=args.steps,
         guidance_scale=args.guidance,
+        width=args.size[0] if args.size else None,
+        height=args.size[1] if args.size else None,
+        region_size=args.region_size,
         progress=not getattr(args, "no_progress", False),
     )
     command = "rpg " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
     from rpg.eval.scorers import Scorer
     from rpg.orchestrator import RPG
 
-__all__ = ["RESULTS_NAME", "EvalMethod", "parse_method", "read_results", "run_eval"]
+__all__ = [
+    "RESULTS_NAME",
+    "EvalMethod",
+    "parse_method",
+    "read_results",
+    "region_canvas",
+    "run_eval",
+]
 
 RESULTS_NAME = "results.jsonl"
 
@@ -134,6 +142,29 @@ def item_key(item: EvalPrompt, seed: int, method: EvalMethod, settings: Mapping[
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def region_canvas(plan: RegionPlan, region_size: int, multiple: int = 8) -> tuple[int, int]:
+    """The smallest canvas ``(width, height)`` on which every region of ``plan`` is at least
+    ``region_size`` pixels wide and high, each side rounded up to a multiple of ``multiple``.
+
+    A model draws a region best at the size it was trained on: two halves of a 128×64 canvas
+    are two 64×64 canvases for a model trained at 64×64, where a 64×64 canvas gives each half
+    32×64.
+    """
+    if region_size < multiple:
+        raise ConfigurationError(
+            f"region size must be at least {multiple} pixels, got {region_size}"
+        )
+    boxes = plan.boxes()
+    narrowest = min(x1 - x0 for x0, _, x1, _ in boxes)
+    shortest = min(y1 - y0 for _, y0, _, y1 in boxes)
+
+    def side(fraction: float) -> int:
+        pixels = math.ceil(region_size / fraction - 1e-6)
+        return -(-pixels // multiple) * multiple
+
+    return side(narrowest), side(shortest)
+
+
 def read_results(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The finished records of an evaluation folder (a torn last line is ignored)."""
     path = Path(out_dir) / RESULTS_NAME
@@ -210,6 +241,7 @@ def run_eval(
     guidance_scale: float = 7.5,
     width: int | None = None,
     height: int | None = None,
+    region_size: int | None = None,
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -217,6 +249,12 @@ def run_eval(
 
     Records are appended to ``results.jsonl`` as each item finishes and its image is written
     atomically under ``images/``, so a run stopped at any point resumes where it was.
+
+    The canvas is ``width`` × ``height`` (the model's native size by default) for every prompt;
+    with ``region_size``, each prompt that has an exact plan gets the canvas on which every
+    region of that plan is ``region_size`` pixels on its shorter sides
+    (:func:`region_canvas`), and every method renders that canvas, so stock and rpg still
+    compare on the same pixels.
     """
     from tqdm import tqdm
 
@@ -226,14 +264,18 @@ def run_eval(
         raise ConfigurationError("no methods to compare; give e.g. --methods stock,rpg,exact")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if region_size is not None and (width or height):
+        raise ConfigurationError("give a region size or a width and height, not both")
     native_w, native_h = pipe.backbone.native_size
-    settings = {
-        "model": pipe.model,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "width": width or native_w,
-        "height": height or native_h,
-    }
+    common = {"model": pipe.model, "steps": steps, "guidance_scale": guidance_scale}
+
+    def settings_for(item: EvalPrompt) -> dict[str, Any]:
+        if region_size is not None and item.plan is not None:
+            w, h = region_canvas(item.plan, region_size)
+        else:
+            w, h = width or native_w, height or native_h
+        return {**common, "width": w, "height": h}
+
     done = {r["key"]: r for r in read_results(out) if (out / r.get("image", "")).is_file()}
     jobs = [
         (index, item, seed, method)
@@ -249,10 +291,11 @@ def run_eval(
             f.seek(-1, os.SEEK_END)
             torn = f.read(1) != b"\n"
         if torn:  # a run killed mid-line: end that line so the next record stands alone
-            with results.open("a", encoding="utf-8") as f:
-                f.write("\n")
+            with results.open("a", encoding="utf-8") as end:
+                end.write("\n")
     with results.open("a", encoding="utf-8") as log:
         for index, item, seed, method in jobs:
+            settings = settings_for(item)
             key = item_key(item, seed, method, settings)
             if key in done:
                 records.append(done[key])
