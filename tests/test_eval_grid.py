@@ -84,3 +84,19 @@ def test_the_command_writes_the_picture(rpg_cache: Path, tmp_path: Path) -> None
                 "x",
             ]
         )
+
+
+def test_readmes_picture_command_runs(rpg_cache: Path, tmp_path: Path) -> None:
+    """README's first picture is made by the command beside it: its flags must stay valid."""
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("python -m rpg.eval.grid compare")
+    command = readme[start : readme.index("```", start)].replace("\\\n", " ")
+    argv = shlex.split(command)[3:]
+    assert argv[0] == "compare" and "--size" in argv
+    # the same flags on the tiny model, one seed, one step, into tmp_path
+    swap = {"--model": "tiny-sd", "--out": str(tmp_path / "c.png"), "--seeds": "0", "--steps": "1"}
+    for flag, value in swap.items():
+        argv[argv.index(flag) + 1] = value
+    assert main(argv).is_file()
