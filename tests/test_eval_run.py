@@ -190,6 +190,10 @@ def test_region_size_sizes_each_prompt_and_stock_renders_the_same_canvas(
         assert sizes[(two.prompt, method)] == (w2, h2)
         assert sizes[(four.prompt, method)] == (128, 32)
     assert all(r["settings"]["width"] == sizes[(r["prompt"], r["method"])][0] for r in records)
+    # the report keeps each image's aspect: 128×32 is drawn 160×40, its four regions 40 wide
+    page = write_report(tmp_path / "sized", records, title="t").read_text()
+    assert 'width="160" height="40"><image' in page
+    assert '<rect x="40.0" y="0.0" width="40.0" height="40.0"' in page
     # a prompt without an exact plan keeps the model's native size
     (plain,) = run_eval(
         tiny_rpg,

@@ -96,7 +96,13 @@ def _bar_chart(rows: Sequence[dict[str, Any]], metric: str) -> str:
 
 
 def _figure(record: dict[str, Any], size: int = 160) -> str:
-    """An image with the plan's regions drawn over it (SVG over the PNG), and its scores."""
+    """An image with the plan's regions drawn over it (SVG over the PNG), and its scores.
+
+    The longer side is ``size`` pixels and the image keeps the aspect it was rendered at.
+    """
+    settings = record.get("settings") or {}
+    w, h = settings.get("width") or 1, settings.get("height") or 1
+    width, height = size * w / max(w, h), size * h / max(w, h)
     boxes = ""
     plan = record.get("plan")
     if plan:
@@ -108,16 +114,18 @@ def _figure(record: dict[str, Any], size: int = 160) -> str:
         ):
             colour = _COLOURS[i % len(_COLOURS)]
             boxes += (
-                f'<rect x="{x0 * size:.1f}" y="{y0 * size:.1f}" width="{(x1 - x0) * size:.1f}" '
-                f'height="{(y1 - y0) * size:.1f}" fill="none" stroke="{colour}" '
-                f'stroke-width="2" stroke-dasharray="4 3"><title>{html.escape(prompt)}</title>'
-                f'</rect><text x="{x0 * size + 3:.1f}" y="{y0 * size + 12:.1f}" '
+                f'<rect x="{x0 * width:.1f}" y="{y0 * height:.1f}" '
+                f'width="{(x1 - x0) * width:.1f}" height="{(y1 - y0) * height:.1f}" fill="none" '
+                f'stroke="{colour}" stroke-width="2" stroke-dasharray="4 3">'
+                f"<title>{html.escape(prompt)}</title>"
+                f'</rect><text x="{x0 * width + 3:.1f}" y="{y0 * height + 12:.1f}" '
                 f'font-size="11" fill="{colour}">{i + 1}</text>'
             )
     scores = " · ".join(f"{k} {v:.2f}" for k, v in record["scores"].items())
     return (
-        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}">'
-        f'<image href="{html.escape(record["image"])}" width="{size}" height="{size}" '
+        f'<figure><svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+        f'height="{height:.0f}"><image href="{html.escape(record["image"])}" '
+        f'width="{width:.0f}" height="{height:.0f}" '
         f'style="image-rendering:pixelated"/>{boxes}</svg>'
         f"<figcaption><b>{html.escape(record['method'])}</b><br>{html.escape(scores)}"
         "</figcaption></figure>"
@@ -184,7 +192,7 @@ td:first-child, td:nth-child(2), th {{ text-align: left; }}
 .charts svg {{ margin: 0 1.5em 1em 0; }}
 .row {{ display: flex; gap: 8px; align-items: flex-start; margin-bottom: 6px; }}
 .seed {{ width: 4em; font-size: 12px; color: #666; }}
-figure {{ margin: 0; font-size: 11px; width: 160px; }}
+figure {{ margin: 0; font-size: 11px; max-width: 160px; }}
 .cat {{ color: #666; margin: 0; }}
 code {{ background: #f4f4f4; padding: 2px 4px; }}
 </style></head><body>

@@ -252,7 +252,7 @@ def run_eval(
 
     The canvas is ``width`` × ``height`` (the model's native size by default) for every prompt;
     with ``region_size``, each prompt that has an exact plan gets the canvas on which every
-    region of that plan is ``region_size`` pixels on its shorter sides
+    region of that plan is at least ``region_size`` pixels wide and high
     (:func:`region_canvas`), and every method renders that canvas, so stock and rpg still
     compare on the same pixels.
     """
