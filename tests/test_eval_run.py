@@ -299,6 +299,35 @@ def test_the_command_rejects_bad_options(
     assert message in capsys.readouterr().err
 
 
+def test_the_command_reads_shapes_at_the_models_scale_on_any_canvas(
+    rpg_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rpg.eval.shapes_score as shapes_score
+
+    rows = [Row(regions=[Region(prompt="a red circle"), Region(prompt="a blue star")])] * 2
+    item = EvalPrompt(
+        prompt="a red circle, a blue star, a green square and a purple triangle",
+        objects=("red circle", "blue star", "green square", "purple triangle"),
+        plan=RegionPlan(rows=rows),
+    )
+    prompts = tmp_path / "quad.jsonl"
+    prompts.write_text(item.model_dump_json() + "\n")
+    seen: list[tuple[tuple[int, int], float | None]] = []
+    read = shapes_score.read_image
+
+    def spy(image: Any, scale: float | None = None) -> Any:
+        seen.append((image.size, scale))
+        return read(image, scale)
+
+    monkeypatch.setattr(shapes_score, "read_image", spy)
+    argv = ["eval", str(prompts), "--model", "tiny-sd", "--methods", "exact", "--seeds", "0"]
+    argv += ["--steps", "1", "--no-progress", "--region-size", "64", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    # 2×2 regions of 64: a 128×128 canvas, read at tiny-sd's own scale (its native 64 is the
+    # world's 64), not squeezed to 64×64 as the shorter-side default would
+    assert seen == [((128, 128), 1.0)]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

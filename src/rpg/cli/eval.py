@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from rpg.eval.prompts import load_prompt_set
     from rpg.eval.report import write_report
     from rpg.eval.run import run_eval
+    from rpg.eval.scorers import ShapesScorer
+    from rpg.eval.shapes import IMAGE_SIZE
     from rpg.plugins import scorer_registry
     from rpg.progress import NoProgress
 
@@ -174,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
                 f"({exc}); options go to every scorer given to --scorers"
             ) from None
     pipe = load_rpg(args, args.model or DEFAULT_MODEL, args.planner)
+    for scorer in scorers:
+        # a model draws the shapes world at its own pixel scale on any canvas: shapes-sd's
+        # objects are as large on a 128×128 canvas of four 64×64 regions as on 64×64
+        if isinstance(scorer, ShapesScorer) and scorer.scale is None:
+            scorer.scale = min(pipe.backbone.native_size) / IMAGE_SIZE
     pipe.progress = NoProgress()  # one bar for the whole evaluation, not one per image
     records = run_eval(
         pipe,

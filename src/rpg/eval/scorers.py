@@ -17,8 +17,8 @@ scorer. The built-ins:
   fraction also centred in their expected region, ``correct`` 1 when every object is placed,
   ``precision`` the fraction of the objects found that are an expected one in its region
   (missing when none was found). Option ``scale``: image pixels per pixel of the 64×64 world
-  (default: the shorter side is 64 world pixels, right for shapes-sd on any canvas whose
-  shorter side is 64);
+  (``rpg eval`` sets the model's native size over 64 when it is not given; left at ``None``,
+  the shorter side of each image is 64 world pixels);
 - ``clip``: CLIP score of the image against the whole prompt (100 · max(cos, 0));
 - ``region-clip``: the mean CLIP score of each region's crop against its regional prompt (for
   the stock pipeline, the regions of the item's exact plan).
