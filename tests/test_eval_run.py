@@ -168,17 +168,8 @@ def test_region_size_sizes_each_prompt_and_stock_renders_the_same_canvas(
     two, four = shapes_heldout_set()[0], shapes_heldout_set()[-1]
     unplanned = EvalPrompt(prompt="a red circle and a blue square")
     methods = [parse_method("stock"), parse_method("exact"), parse_method("rpg")]
-    records = run_eval(
-        tiny_rpg,
-        [two, four],
-        seeds=[0],
-        methods=methods,
-        scorers=[],
-        out_dir=tmp_path / "sized",
-        steps=1,
-        region_size=32,
-        progress=False,
-    )
+    common: dict[str, Any] = dict(seeds=[0], scorers=[], steps=1, region_size=32, progress=False)
+    records = run_eval(tiny_rpg, [two, four], methods=methods, out_dir=tmp_path / "sized", **common)
     from PIL import Image
 
     sizes = {
@@ -196,31 +187,12 @@ def test_region_size_sizes_each_prompt_and_stock_renders_the_same_canvas(
     assert '<rect x="40.0" y="0.0" width="40.0" height="40.0"' in page
     # a prompt without an exact plan keeps the model's native size
     (plain,) = run_eval(
-        tiny_rpg,
-        [unplanned],
-        seeds=[0],
-        methods=[parse_method("stock")],
-        scorers=[],
-        out_dir=tmp_path / "plain",
-        steps=1,
-        region_size=32,
-        progress=False,
+        tiny_rpg, [unplanned], methods=methods[:1], out_dir=tmp_path / "plain", **common
     )
     native = tiny_rpg.backbone.native_size
     assert Image.open(tmp_path / "plain" / plain["image"]).size == native
     with pytest.raises(ConfigurationError, match="not both"):
-        run_eval(
-            tiny_rpg,
-            [two],
-            seeds=[0],
-            methods=methods,
-            scorers=[],
-            out_dir=tmp_path / "both",
-            steps=1,
-            width=64,
-            region_size=32,
-            progress=False,
-        )
+        run_eval(tiny_rpg, [two], methods=methods, out_dir=tmp_path / "both", width=64, **common)
 
 
 def test_summary_means_per_method_and_category() -> None:
