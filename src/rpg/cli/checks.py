@@ -81,6 +81,17 @@ class UsageError(ConfigurationError):
 # ----------------------------------------------------------------------------- request values
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` from a repeatable ``KEY=VALUE`` flag as ``{"a": "1", "b": "x"}``."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
+        options[key.strip()] = value
+    return options
+
+
 def validation_message(exc: ValidationError, flags: Mapping[str, str] | None = None) -> str:
     """One line for a pydantic error; fields in ``flags`` are named by their flag."""
     parts = []

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rpg.cli.checks import UsageError, check_output_dir
+from rpg.cli.checks import UsageError, check_output_dir, parse_key_values
 from rpg.cli.layout import parse_size
 
 _EXAMPLES = """examples:
@@ -100,16 +100,6 @@ def _methods(text: str, planner: str) -> list[Any]:
     return [parse_method(p, planner) for p in pieces]
 
 
-def _options(items: list[str]) -> dict[str, str]:
-    options = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--scorer-option takes KEY=VALUE, got {item!r}")
-        options[key.strip()] = value
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     from rpg.cli.batch import parse_seeds
     from rpg.cli.common import DEFAULT_MODEL, load_rpg
@@ -163,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    options = _options(args.scorer_option)
+    options = parse_key_values(args.scorer_option, "--scorer-option")
     scorers = []
     for name in names:
         try:

@@ -140,6 +140,7 @@ def compare_grid(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    from rpg.cli.checks import UsageError, parse_key_values
     from rpg.cli.layout import parse_size
     from rpg.eval.prompts import shapes_single_set
     from rpg.orchestrator import RPG
@@ -163,12 +164,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="a model family option for rpg's renders (compare; repeatable)",
     )
     args = p.parse_args(argv)
-    options = {}
-    for text in args.option:
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            p.error(f"--option takes NAME=VALUE, got {text!r}")
-        options[name] = value
+    try:
+        options = parse_key_values(args.option, "--option")
+    except UsageError as exc:
+        p.error(str(exc))
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -29,6 +29,7 @@ transformers (``--scorer-option model=openai/clip-vit-base-patch32``); nothing i
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -66,11 +67,12 @@ class ShapesScorer:
             raise ConfigurationError(
                 f"the shapes scorer takes only the option scale, got {sorted(unknown)}"
             )
-        try:
-            self.scale = None if scale is None or scale in ("", "auto") else float(scale)
-        except ValueError:
-            self.scale = -1.0
-        if self.scale is not None and not self.scale > 0:
+        self.scale: float | None = None
+        if scale is None or scale in ("", "auto"):
+            return
+        with contextlib.suppress(ValueError):  # not a number: the message below says so
+            self.scale = float(scale)
+        if not (self.scale or 0) > 0:
             raise ConfigurationError(
                 f"the shapes scorer's scale must be a positive number (image pixels per pixel "
                 f"of the 64×64 world, e.g. scale=1), got {scale!r}"
