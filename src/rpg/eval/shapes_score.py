@@ -204,24 +204,36 @@ def read_image(image: Image.Image, scale: float | None = None) -> ShapesReading:
     return ShapesReading(background=_NAMES[bg_index], objects=tuple(detections))
 
 
+_Box = tuple[float, float, float, float]
+
+
+def _paired(
+    expected: Sequence[str], regions: Sequence[_Box | None] | None
+) -> list[tuple[str, _Box | None]]:
+    """Each expected object with its region (``None``: anywhere)."""
+    boxes = list(regions) if regions is not None else [None] * len(expected)
+    if len(boxes) != len(expected):
+        raise ValueError(f"{len(expected)} expected objects but {len(boxes)} regions")
+    return list(zip(expected, boxes, strict=True))
+
+
+def _inside(d: Detection, box: _Box | None) -> bool:
+    return box is None or (box[0] <= d.x <= box[2] and box[1] <= d.y <= box[3])
+
+
 def match_objects(
     reading: ShapesReading,
     expected: Sequence[str],
-    regions: Sequence[tuple[float, float, float, float] | None] | None = None,
+    regions: Sequence[_Box | None] | None = None,
 ) -> list[ObjectCheck]:
     """For each expected ``"colour shape"``: found anywhere (binding) and found in its region.
 
     ``regions`` gives each expected object's box in fractions of the canvas (``None``: anywhere).
     """
-    boxes = list(regions) if regions is not None else [None] * len(expected)
-    if len(boxes) != len(expected):
-        raise ValueError(f"{len(expected)} expected objects but {len(boxes)} regions")
     checks = []
-    for name, box in zip(expected, boxes, strict=True):
+    for name, box in _paired(expected, regions):
         same = [d for d in reading.objects if d.name == name]
-        placed = bool(same) and (
-            box is None or any(box[0] <= d.x <= box[2] and box[1] <= d.y <= box[3] for d in same)
-        )
+        placed = any(_inside(d, box) for d in same)
         checks.append(ObjectCheck(expected=name, region=box, found=bool(same), placed=placed))
     return checks
 
@@ -229,7 +241,7 @@ def match_objects(
 def region_precision(
     reading: ShapesReading,
     expected: Sequence[str],
-    regions: Sequence[tuple[float, float, float, float] | None] | None = None,
+    regions: Sequence[_Box | None] | None = None,
 ) -> float | None:
     """The fraction of objects found that are an expected object inside that object's region.
 
@@ -239,15 +251,8 @@ def region_precision(
     """
     if not reading.objects:
         return None
-    boxes = list(regions) if regions is not None else [None] * len(expected)
-    if len(boxes) != len(expected):
-        raise ValueError(f"{len(expected)} expected objects but {len(boxes)} regions")
+    pairs = _paired(expected, regions)
     right = sum(
-        any(
-            d.name == name
-            and (box is None or (box[0] <= d.x <= box[2] and box[1] <= d.y <= box[3]))
-            for name, box in zip(expected, boxes, strict=True)
-        )
-        for d in reading.objects
+        any(d.name == name and _inside(d, box) for name, box in pairs) for d in reading.objects
     )
     return right / len(reading.objects)
